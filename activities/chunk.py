@@ -1,0 +1,128 @@
+"""Chunking: bounded pieces cut at paragraph, then sentence, then word boundaries."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import asdict, dataclass
+
+from temporalio import activity
+
+from activities.errors import staging_missing
+from core.staging import TEXT, StagingStore
+from workflows.types import CHUNK, ChunkResult, IngestTask
+
+MANIFEST = "chunks/manifest.json"
+_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s+")
+_PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
+_LINE = re.compile(r"\n\s*")
+_SPACE = re.compile(r"\s+")
+# Cut no earlier than this fraction of chunk_size when a boundary of the level exists.
+_MIN_FILL = 0.5
+
+
+@dataclass
+class TextChunk:
+    text: str
+    start: int
+    end: int
+    page: int | None = None
+
+
+def split_text(text: str, chunk_size: int, overlap: int) -> list[TextChunk]:
+    """Split into chunks of at most `chunk_size` characters sharing about `overlap`.
+
+    Offsets index into `text`: `text[chunk.start:chunk.end] == chunk.text`. Chunks never start
+    or end with whitespace.
+    """
+    if chunk_size <= 0 or not 0 <= overlap < chunk_size:
+        raise ValueError("need chunk_size > 0 and 0 <= overlap < chunk_size")
+    chunks: list[TextChunk] = []
+    start = _skip_space(text, 0)
+    while start < len(text):
+        end = _cut(text, start, chunk_size)
+        stripped_end = _strip_end(text, start, end)
+        chunks.append(TextChunk(text[start:stripped_end], start, stripped_end))
+        if end >= len(text):
+            break
+        start = _skip_space(text, _next_start(text, start, end, overlap))
+    return chunks
+
+
+def _skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return index
+
+
+def _strip_end(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def _cut(text: str, start: int, chunk_size: int) -> int:
+    """End of the chunk starting at `start`: the best boundary within the size limit."""
+    limit = start + chunk_size
+    if limit >= len(text):
+        return len(text)
+    earliest = start + int(chunk_size * _MIN_FILL)
+    window = text[earliest:limit]
+    for pattern in (_PARAGRAPH, _SENTENCE_END, _LINE, _SPACE):
+        last = None
+        for last in pattern.finditer(window):  # noqa: B007
+            pass
+        if last is not None:
+            return earliest + last.start() + _boundary_keep(last.group())
+    return limit
+
+
+def _boundary_keep(separator: str) -> int:
+    """Keep sentence punctuation in the chunk that ends with it, drop the whitespace."""
+    return len(separator) - len(separator.lstrip(".!?\u3002\uff01\uff1f\"'\u201d\u2019)]"))
+
+
+def _next_start(text: str, start: int, end: int, overlap: int) -> int:
+    """Start of the next chunk: about `overlap` characters back, on a word boundary."""
+    if overlap == 0:
+        return end
+    candidate = max(end - overlap, start + 1)
+    if candidate > 0 and not text[candidate - 1].isspace():
+        space = _SPACE.search(text, candidate, end)
+        candidate = space.end() if space else candidate
+    return candidate if start < candidate < end else end
+
+
+def assign_pages(chunks: list[TextChunk], page_starts: list[int] | None) -> None:
+    """Set each chunk's page (1-based) to the page where it starts."""
+    if not page_starts:
+        return
+    for chunk in chunks:
+        chunk.page = bisect.bisect_right(page_starts, chunk.start)
+
+
+def shard_name(start: int) -> str:
+    return f"chunks/{start:09d}.json"
+
+
+class ChunkActivities:
+    def __init__(self, staging: StagingStore) -> None:
+        self.staging = staging
+
+    @activity.defn(name=CHUNK)
+    def chunk(self, task: IngestTask) -> ChunkResult:
+        """Split `text.json` into shards of `embed_activity_chunks`, one per embed batch."""
+        try:
+            extracted = self.staging.read_json(task.task_id, TEXT)
+        except FileNotFoundError as exc:
+            raise staging_missing("the extracted text") from exc
+        chunks = split_text(extracted["text"], task.chunk_size, task.chunk_overlap)
+        assign_pages(chunks, extracted["page_starts"])
+        step = task.embed_activity_chunks
+        for start in range(0, len(chunks), step):
+            shard = [asdict(chunk) for chunk in chunks[start : start + step]]
+            self.staging.write_json(task.task_id, shard_name(start), shard)
+        pages = len(extracted["page_starts"]) if extracted["page_starts"] else None
+        manifest = {"chunks": len(chunks), "step": step, "pages": pages}
+        self.staging.write_json(task.task_id, MANIFEST, manifest)
+        return ChunkResult(chunks=len(chunks))

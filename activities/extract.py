@@ -1,0 +1,230 @@
+"""Text extraction: PDF (pypdf, with page boundaries), DOCX (with tables), HTML, text."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+
+import docx
+import pypdf
+from docx.table import Table
+from docx.text.paragraph import Paragraph
+from pypdf.errors import FileNotDecryptedError, PdfReadError
+from temporalio import activity
+
+from activities.errors import RejectedDocument, rejected_to_failure, staging_missing
+from core.formats import DocumentFormat, decode_text
+from core.staging import ORIGINAL, TEXT, StagingStore
+from workflows.types import EXTRACT, ExtractResult, FailureType, IngestTask
+
+# A DOCX is a ZIP: refuse archives that inflate past this before python-docx reads them.
+MAX_DOCX_UNCOMPRESSED = 256 * 1024 * 1024
+PAGE_SEPARATOR = "\n\n"
+
+
+@dataclass
+class ExtractedText:
+    text: str
+    # Character offset where each page starts (PDF only); page n starts at page_starts[n - 1].
+    page_starts: list[int] | None = None
+
+
+def extract_text(
+    data: bytes, fmt: DocumentFormat, on_page: Callable[[int], None] | None = None
+) -> ExtractedText:
+    """The document's text; raises RejectedDocument when the file cannot be read."""
+    extractors: dict[DocumentFormat, Callable[[], ExtractedText]] = {
+        DocumentFormat.PDF: lambda: extract_pdf(data, on_page),
+        DocumentFormat.DOCX: lambda: ExtractedText(extract_docx(data)),
+        DocumentFormat.HTML: lambda: ExtractedText(html_to_text(decode_text(data))),
+        DocumentFormat.MARKDOWN: lambda: ExtractedText(decode_text(data)),
+        DocumentFormat.TEXT: lambda: ExtractedText(decode_text(data)),
+    }
+    extracted = extractors[fmt]()
+    if not extracted.text.strip():
+        raise RejectedDocument(FailureType.EMPTY_DOCUMENT, _empty_reason(fmt))
+    return extracted
+
+
+def _empty_reason(fmt: DocumentFormat) -> str:
+    if fmt is DocumentFormat.PDF:
+        return "the PDF contains no extractable text (it may hold only scanned images)"
+    return "the document contains no text"
+
+
+def extract_pdf(data: bytes, on_page: Callable[[int], None] | None = None) -> ExtractedText:
+    reader = _open_pdf(data)
+    parts: list[str] = []
+    page_starts: list[int] = []
+    offset = 0
+    try:
+        for number, page in enumerate(reader.pages, start=1):
+            page_text = (page.extract_text() or "").strip()
+            page_starts.append(offset)
+            parts.append(page_text)
+            offset += len(page_text) + len(PAGE_SEPARATOR)
+            if on_page is not None:
+                on_page(number)
+    except RejectedDocument:
+        raise
+    except Exception as exc:  # pypdf raises many types on damaged files
+        raise RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT, f"the PDF is damaged and its pages cannot be read ({exc})"
+        ) from exc
+    return ExtractedText(PAGE_SEPARATOR.join(parts), page_starts)
+
+
+def _open_pdf(data: bytes) -> pypdf.PdfReader:
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise RejectedDocument(FailureType.ENCRYPTED_DOCUMENT, "the PDF is password-protected")
+        len(reader.pages)
+    except RejectedDocument:
+        raise
+    except (FileNotDecryptedError, pypdf.errors.DependencyError) as exc:
+        raise RejectedDocument(
+            FailureType.ENCRYPTED_DOCUMENT, "the PDF is encrypted and cannot be opened"
+        ) from exc
+    except (PdfReadError, Exception) as exc:
+        raise RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT, "the PDF is damaged or incomplete and cannot be read"
+        ) from exc
+    return reader
+
+
+def extract_docx(data: bytes) -> str:
+    _check_docx_archive(data)
+    try:
+        document = docx.Document(io.BytesIO(data))
+        blocks = list(_docx_blocks(document.iter_inner_content()))
+    except Exception as exc:  # python-docx and lxml raise many types on damaged files
+        raise RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT, "the Word document is damaged and cannot be read"
+        ) from exc
+    return "\n\n".join(block for block in blocks if block.strip())
+
+
+def _check_docx_archive(data: bytes) -> None:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT, "the Word document is not a valid ZIP archive"
+        ) from exc
+    if inflated > MAX_DOCX_UNCOMPRESSED:
+        raise RejectedDocument(
+            FailureType.DOCUMENT_TOO_LARGE,
+            f"the Word document unpacks to {inflated // (1024 * 1024)} MiB, "
+            f"over the {MAX_DOCX_UNCOMPRESSED // (1024 * 1024)} MiB limit",
+        )
+
+
+def _docx_blocks(items: Iterator[Paragraph | Table]) -> Iterator[str]:
+    for item in items:
+        if isinstance(item, Paragraph):
+            yield item.text
+        else:
+            yield _table_text(item)
+
+
+def _table_text(table: Table) -> str:
+    rows = []
+    for row in table.rows:
+        cells: list[str] = []
+        for cell in row.cells:
+            text = " ".join(p.text for p in cell.paragraphs).strip()
+            if not cells or cells[-1] != text:  # merged cells repeat their text
+                cells.append(text)
+        rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+class _HTMLText(HTMLParser):
+    _SKIP = frozenset({"script", "style", "head", "noscript", "template"})
+    _BLOCK = frozenset(
+        {
+            "p",
+            "div",
+            "br",
+            "li",
+            "tr",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "section",
+            "article",
+            "header",
+            "footer",
+            "blockquote",
+            "pre",
+            "table",
+            "ul",
+            "ol",
+            "hr",
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _HTMLText()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    paragraphs: list[str] = []
+    for line in lines:
+        if line:
+            paragraphs.append(line)
+        elif paragraphs and paragraphs[-1] != "":
+            paragraphs.append("")
+    return "\n".join(paragraphs).strip().replace("\n\n\n", "\n\n")
+
+
+class ExtractActivities:
+    def __init__(self, staging: StagingStore) -> None:
+        self.staging = staging
+
+    @activity.defn(name=EXTRACT)
+    def extract(self, task: IngestTask) -> ExtractResult:
+        """Read the original, write `text.json` (text and page starts) to staging."""
+        try:
+            data = self.staging.read_bytes(task.task_id, ORIGINAL)
+        except FileNotFoundError as exc:
+            raise staging_missing("the uploaded file") from exc
+        try:
+            extracted = extract_text(data, DocumentFormat(task.format), on_page=activity.heartbeat)
+        except RejectedDocument as rejected:
+            raise rejected_to_failure(rejected) from rejected
+        self.staging.write_json(
+            task.task_id, TEXT, {"text": extracted.text, "page_starts": extracted.page_starts}
+        )
+        pages = len(extracted.page_starts) if extracted.page_starts is not None else None
+        return ExtractResult(characters=len(extracted.text), pages=pages)

@@ -1,0 +1,135 @@
+"""Storage: one transaction upserts the document row and replaces its chunks with COPY."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from pgvector.psycopg import register_vector_async
+from sqlalchemy import delete, func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+
+from activities.chunk import MANIFEST, shard_name
+from activities.embed import from_npy, vectors_name
+from activities.errors import staging_missing
+from core.formats import DocumentFormat
+from core.models import Chunk, Document
+from core.staging import StagingStore
+from workflows.types import RECORD_OUTCOME, STORE, IngestTask, Outcome, Status, StoreResult
+
+_COPY_CHUNKS = (
+    "COPY chunks (document_id, ordinal, text, start_char, end_char, page, embedding) "
+    "FROM STDIN WITH (FORMAT BINARY)"
+)
+_COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
+
+
+async def upsert_document(
+    session: AsyncSession, task: IngestTask, status: str, **fields: Any
+) -> uuid.UUID:
+    """Insert or update the row of `task` (keyed by task id); return the document id."""
+    values: dict[str, Any] = {
+        "owner_id": uuid.UUID(task.owner_id),
+        "agent_id": uuid.UUID(task.agent_id),
+        "task_id": task.task_id,
+        "filename": task.filename,
+        "content_type": DocumentFormat(task.format).media_type,
+        "size_bytes": task.size_bytes,
+        "sha256": task.sha256,
+        "status": status,
+        "error_type": None,
+        "error_message": None,
+        **fields,
+    }
+    statement = insert(Document).values(**values)
+    updates = {key: statement.excluded[key] for key in values if key != "task_id"}
+    upsert = statement.on_conflict_do_update(
+        index_elements=[Document.task_id], set_={**updates, "updated_at": func.now()}
+    ).returning(Document.id)
+    document_id: uuid.UUID = (await session.execute(upsert)).scalar_one()
+    return document_id
+
+
+async def copy_chunks(session: AsyncSession, rows: Iterator[tuple[Any, ...]]) -> None:
+    """COPY rows into `chunks` on the session's own connection (same transaction)."""
+    connection = await (await session.connection()).get_raw_connection()
+    driver = connection.driver_connection
+    if not isinstance(driver, psycopg.AsyncConnection):
+        raise TypeError("COPY needs the psycopg async driver (postgresql+psycopg://)")
+    await register_vector_async(driver)
+    async with driver.cursor() as cursor, cursor.copy(_COPY_CHUNKS) as copy:
+        copy.set_types(_COPY_TYPES)
+        for row in rows:
+            await copy.write_row(row)
+
+
+class StoreActivities:
+    def __init__(
+        self, staging: StagingStore, sessionmaker: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self.staging = staging
+        self.sessionmaker = sessionmaker
+
+    @activity.defn(name=STORE)
+    async def store(self, task: IngestTask) -> StoreResult:
+        """Make the document searchable; running it twice leaves one copy of each chunk."""
+        manifest, shards = await asyncio.to_thread(self._load, task.task_id)
+        async with self.sessionmaker.begin() as session:
+            document_id = await upsert_document(
+                session,
+                task,
+                Status.COMPLETE,
+                chunk_count=manifest["chunks"],
+                page_count=manifest["pages"],
+            )
+            await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+            await copy_chunks(session, _rows(document_id, shards))
+        return StoreResult(document_id=str(document_id), chunks=manifest["chunks"])
+
+    def _load(self, task_id: str) -> tuple[dict[str, Any], list[tuple[list[Any], Any]]]:
+        try:
+            manifest: dict[str, Any] = self.staging.read_json(task_id, MANIFEST)
+            shards = [
+                (
+                    self.staging.read_json(task_id, shard_name(start)),
+                    from_npy(self.staging.read_bytes(task_id, vectors_name(start))),
+                )
+                for start in range(0, manifest["chunks"], manifest["step"])
+            ]
+        except FileNotFoundError as exc:
+            raise staging_missing("the chunks or their vectors") from exc
+        return manifest, shards
+
+    @activity.defn(name=RECORD_OUTCOME)
+    async def record_outcome(self, outcome: Outcome) -> None:
+        """Keep a row for a task that ended without chunks: why it failed, or that it stopped."""
+        async with self.sessionmaker.begin() as session:
+            document_id = await upsert_document(
+                session,
+                outcome.task,
+                outcome.status,
+                error_type=outcome.error_type,
+                error_message=outcome.error_message,
+            )
+            await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+
+
+def _rows(document_id: uuid.UUID, shards: list[tuple[list[Any], Any]]) -> Iterator[tuple[Any, ...]]:
+    ordinal = 0
+    for chunks, vectors in shards:
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            yield (
+                document_id,
+                ordinal,
+                chunk["text"],
+                chunk["start"],
+                chunk["end"],
+                chunk["page"],
+                vector,
+            )
+            ordinal += 1

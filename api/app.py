@@ -1,0 +1,50 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api.deps import Resources
+from api.errors import install_error_handlers
+from api.routes import agents, health, progress, uploads
+from core.db import create_engine, create_sessionmaker, resolve_database_url
+from core.settings import Settings
+from core.staging import StagingStore
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(resolve_database_url(settings))
+        # Lazy: the API starts (and /health says why) while Temporal is still coming up.
+        temporal = await Client.connect(
+            settings.resolved_temporal_address,
+            namespace=settings.temporal_namespace,
+            lazy=True,
+        )
+        app.state.resources = Resources(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            temporal=temporal,
+            staging=StagingStore(settings.resolved_staging_url),
+        )
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="docingest",
+        summary="Asynchronous document ingestion for RAG agents.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (health, agents, uploads, progress):
+        app.include_router(module.router)
+    return app

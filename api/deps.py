@@ -1,0 +1,84 @@
+"""Dependencies built once in the app's lifespan and handed to handlers as aliases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from core.errors import Unauthorized
+from core.keys import owner_for_key
+from core.settings import Settings
+from core.staging import StagingStore
+
+
+@dataclass
+class Resources:
+    """What the lifespan builds; `request.app.state.resources` holds it."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    temporal: Client
+    staging: StagingStore
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def get_settings(resources: ResourcesDep) -> Settings:
+    return resources.settings
+
+
+def get_temporal(resources: ResourcesDep) -> Client:
+    return resources.temporal
+
+
+def get_staging(resources: ResourcesDep) -> StagingStore:
+    return resources.staging
+
+
+def get_sessionmaker(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
+    return resources.sessionmaker
+
+
+async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
+    """One request, one transaction: committed when the handler returns, else rolled back."""
+    async with resources.sessionmaker.begin() as session:
+        yield session
+
+
+async def get_owner(request: Request, resources: ResourcesDep) -> uuid.UUID:
+    """The owner of the `Authorization: Bearer <key>` presented; 401 otherwise.
+
+    Uses its own short transaction so a long upload does not hold a pooled connection.
+    """
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("Malformed Authorization header: expected `Bearer <key>`")
+    async with resources.sessionmaker() as session:
+        owner = await owner_for_key(session, key.strip())
+    if owner is None:
+        raise Unauthorized("Invalid API key")
+    return owner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+StagingDep = Annotated[StagingStore, Depends(get_staging)]
+SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+OwnerDep = Annotated[uuid.UUID, Depends(get_owner)]

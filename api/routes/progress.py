@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from temporalio.service import RPCError
+
+from api.deps import OwnerDep, TemporalDep
+from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
+from api.task_status import render_execution
+from core.errors import InvalidRequest, ServiceUnavailable
+from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
+from workflows.types import WORKFLOW_NAME, Status
+
+router = APIRouter(prefix="/api", tags=["progress"], responses={401: {"model": ErrorBody}})
+
+# Visibility clauses per status: the execution status decides for terminated, timed-out and
+# cancelled workflows, whose IngestStatus attribute could not be updated.
+_STATUS_FILTERS = {
+    Status.QUEUED: f"ExecutionStatus = 'Running' AND {INGEST_STATUS.name} = 'queued'",
+    Status.PROCESSING: f"ExecutionStatus = 'Running' AND {INGEST_STATUS.name} = 'processing'",
+    Status.COMPLETE: "ExecutionStatus = 'Completed'",
+    Status.FAILED: f"ExecutionStatus = 'Failed' AND {INGEST_STATUS.name} = 'failed'",
+    Status.ERROR: (
+        f"(ExecutionStatus IN ('Terminated', 'TimedOut') OR (ExecutionStatus = 'Failed' "
+        f"AND {INGEST_STATUS.name} != 'failed'))"
+    ),
+    Status.CANCELLED: "ExecutionStatus = 'Canceled'",
+}
+
+
+def visibility_query(owner: uuid.UUID, agent_id: str | None, status: str | None) -> str:
+    clauses = [f"WorkflowType = '{WORKFLOW_NAME}'", f"{OWNER_ID.name} = '{owner}'"]
+    if agent_id is not None:
+        try:
+            clauses.append(f"{AGENT_ID.name} = '{uuid.UUID(agent_id)}'")
+        except ValueError as exc:
+            raise InvalidRequest(f"agent_id {agent_id[:100]!r} is not a valid id") from exc
+    if status is not None:
+        clauses.append(f"({_STATUS_FILTERS[status]})")
+    return " AND ".join(clauses)
+
+
+@router.get("/progress", responses={422: {"model": ErrorBody}})
+async def list_progress(
+    owner: OwnerDep,
+    temporal: TemporalDep,
+    agent_id: Annotated[str | None, Query(max_length=200)] = None,
+    status: TaskStatusValue | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> TasksPublic:
+    """The caller's upload tasks, newest first, from Temporal visibility."""
+    query = visibility_query(owner, agent_id, status)
+    tasks: list[TaskStatus] = []
+    try:
+        async for execution in temporal.list_workflows(
+            query, limit=limit, rpc_timeout=timedelta(seconds=5)
+        ):
+            rendered = await render_execution(execution, owner)
+            if rendered is not None:
+                tasks.append(rendered)
+    except RPCError as exc:
+        raise ServiceUnavailable(f"Temporal did not answer: {exc.message}") from exc
+    tasks.sort(key=lambda task: task.started_at or "", reverse=True)
+    return TasksPublic(tasks=tasks)

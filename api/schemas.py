@@ -1,0 +1,76 @@
+"""Response and request bodies of the HTTP API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+TaskStatusValue = Literal["queued", "processing", "complete", "failed", "error", "cancelled"]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+
+
+class AgentCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class AgentPublic(BaseModel):
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+
+
+class AgentsPublic(BaseModel):
+    agents: list[AgentPublic]
+
+
+class UploadAccepted(BaseModel):
+    """The seed contract of `POST /upload/agent`, field for field."""
+
+    message: str = "Document uploaded successfully, processing in background"
+    filename: str
+    agent_id: str
+    task_id: str
+    status: TaskStatusValue = "queued"
+    size_bytes: int
+
+
+class TaskProgressCounts(BaseModel):
+    chunks_total: int
+    chunks_embedded: int
+    percent: float
+
+
+class TaskError(BaseModel):
+    type: str
+    message: str
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    filename: str
+    agent_id: str
+    status: TaskStatusValue
+    message: str
+    document_id: str | None
+    started_at: str | None = Field(description="ISO-8601 UTC")
+    completed_at: str | None = Field(description="ISO-8601 UTC")
+    stage: str
+    progress: TaskProgressCounts
+    error: TaskError | None
+
+
+class TasksPublic(BaseModel):
+    tasks: list[TaskStatus]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unavailable"]
+    temporal: Literal["ok", "unavailable"]

@@ -1,0 +1,123 @@
+"""Task status from Temporal: describe() and visibility, never a worker or process memory.
+
+The workflow mirrors its progress object into its memo on every change, so `describe()` (one
+read of the server's state, answered with no worker running) returns what the `progress`
+query would, and list results carry the same object for `/api/progress`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.schemas import TaskError, TaskProgressCounts, TaskStatus
+from core.errors import ServiceUnavailable
+from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
+from workflows.types import MEMO_PROGRESS, WORKFLOW_NAME, Stage, Status, TaskProgress
+
+RPC_DEADLINE = timedelta(seconds=2)
+_STOPPED = {
+    WorkflowExecutionStatus.TERMINATED: "was stopped by an operator (terminated)",
+    WorkflowExecutionStatus.TIMED_OUT: "timed out",
+}
+
+
+async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> TaskStatus | None:
+    """The caller's task, or None when it does not exist or belongs to another owner."""
+    try:
+        description = await client.get_workflow_handle(task_id).describe(rpc_timeout=RPC_DEADLINE)
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            return None
+        raise ServiceUnavailable(f"Temporal did not answer: {exc.message}") from exc
+    return await render_execution(description, owner_id)
+
+
+async def render_execution(execution: WorkflowExecution, owner_id: uuid.UUID) -> TaskStatus | None:
+    attributes = execution.typed_search_attributes
+    if execution.workflow_type != WORKFLOW_NAME or attributes.get(OWNER_ID) != str(owner_id):
+        return None
+    memo: Mapping[str, Any] = await execution.memo()
+    raw = memo.get(MEMO_PROGRESS)
+    progress = TaskProgress(**raw) if isinstance(raw, dict) else _from_attributes(execution)
+    progress = _reconcile(progress, execution.status, execution.close_time)
+    return to_public(progress)
+
+
+def _from_attributes(execution: WorkflowExecution) -> TaskProgress:
+    """For a workflow started without a memo (e.g. from the CLI): what visibility knows."""
+    status = execution.typed_search_attributes.get(INGEST_STATUS) or Status.QUEUED
+    return TaskProgress(
+        task_id=execution.id,
+        filename="",
+        agent_id=execution.typed_search_attributes.get(AGENT_ID) or "",
+        status=status,
+        message="",
+        stage=Stage.QUEUED,
+        started_at=iso_utc(execution.start_time),
+    )
+
+
+def _reconcile(
+    progress: TaskProgress, status: WorkflowExecutionStatus | None, closed: datetime | None
+) -> TaskProgress:
+    """The memo cannot know of a terminate or timeout: the execution status decides then."""
+    completed_at = progress.completed_at or (iso_utc(closed) if closed else None)
+    if status in _STOPPED and progress.status not in Status.TERMINAL:
+        reason = _STOPPED[status]
+        return _replace(
+            progress,
+            status=Status.ERROR,
+            message=f"Processing {progress.filename} {reason}; the upload can be retried",
+            error_type="Terminated" if status is WorkflowExecutionStatus.TERMINATED else "Timeout",
+            error_message=reason,
+            completed_at=completed_at,
+        )
+    if status is WorkflowExecutionStatus.CANCELED and progress.status != Status.CANCELLED:
+        return _replace(
+            progress,
+            status=Status.CANCELLED,
+            message=f"Processing of {progress.filename} was cancelled",
+            completed_at=completed_at,
+        )
+    if status is WorkflowExecutionStatus.FAILED and progress.status not in Status.TERMINAL:
+        return _replace(
+            progress,
+            status=Status.ERROR,
+            message=f"Processing {progress.filename} failed unexpectedly",
+            completed_at=completed_at,
+        )
+    return progress
+
+
+def _replace(progress: TaskProgress, **changes: Any) -> TaskProgress:
+    return TaskProgress(**{**progress.__dict__, **changes})
+
+
+def to_public(progress: TaskProgress) -> TaskStatus:
+    total, embedded = progress.chunks_total, progress.chunks_embedded
+    if progress.status == Status.COMPLETE:
+        percent = 100.0
+    else:
+        percent = round(100.0 * embedded / total, 1) if total else 0.0
+    error = None
+    if progress.error_type is not None:
+        error = TaskError(type=progress.error_type, message=progress.error_message or "")
+    return TaskStatus(
+        task_id=progress.task_id,
+        filename=progress.filename,
+        agent_id=progress.agent_id,
+        status=progress.status,
+        message=progress.message,
+        document_id=progress.document_id,
+        started_at=progress.started_at,
+        completed_at=progress.completed_at,
+        stage=progress.stage,
+        progress=TaskProgressCounts(chunks_total=total, chunks_embedded=embedded, percent=percent),
+        error=error,
+    )

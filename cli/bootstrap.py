@@ -1,0 +1,63 @@
+"""First-run set-up shared by `docingest keys create` and `docingest dev`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from core.db import create_engine, create_sessionmaker, resolve_database_url
+from core.keys import NewKey, create_key, owner_for_key
+from core.models import Agent
+from core.settings import Settings
+
+
+async def create_api_key(settings: Settings, name: str, owner: uuid.UUID | None) -> NewKey:
+    engine = create_engine(resolve_database_url(settings), pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            return await create_key(session, name, owner)
+    finally:
+        await engine.dispose()
+
+
+@dataclass
+class DevCredentials:
+    api_key: str
+    agent_id: str
+
+
+async def dev_credentials(settings: Settings, database_url: str) -> DevCredentials:
+    """The dev key and demo agent, created once and kept in HOME/dev-credentials.json."""
+    path = settings.resolved_home / "dev-credentials.json"
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            saved = _read(path)
+            if saved is not None:
+                owner = await owner_for_key(session, saved.api_key)
+                agent = await session.scalar(
+                    select(Agent).where(Agent.id == uuid.UUID(saved.agent_id))
+                )
+                if owner is not None and agent is not None and agent.owner_id == owner:
+                    return saved
+            new_key = await create_key(session, "dev")
+            agent = Agent(owner_id=new_key.owner_id, name="demo")
+            session.add(agent)
+            await session.flush()
+            credentials = DevCredentials(api_key=new_key.key, agent_id=str(agent.id))
+    finally:
+        await engine.dispose()
+    path.write_text(json.dumps(credentials.__dict__))
+    path.chmod(0o600)
+    return credentials
+
+
+def _read(path: Path) -> DevCredentials | None:
+    try:
+        return DevCredentials(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

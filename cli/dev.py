@@ -1,0 +1,146 @@
+"""`docingest dev`: PostgreSQL, Temporal + UI, migrations, worker and API, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import httpx
+
+from cli.bootstrap import DevCredentials, dev_credentials
+from core.db import resolve_database_url
+from core.embedded import start_temporal_dev_server, wait_for_port
+from core.migrate import upgrade_to_head
+from core.settings import Settings
+from core.temporal import connect, register_search_attributes
+
+
+def run_dev(settings: Settings) -> int:
+    home = settings.resolved_home
+    home.mkdir(parents=True, exist_ok=True)
+    _refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT")
+    print(f"docingest dev: state in {home}", file=sys.stderr)
+    database_url = resolve_database_url(settings)
+    env = {
+        **os.environ,
+        "DOCINGEST_DATABASE_URL": database_url,
+        "DOCINGEST_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+    }
+    with _temporal(settings) as temporal_address:
+        env["DOCINGEST_TEMPORAL_ADDRESS"] = temporal_address
+        upgrade_to_head(database_url)
+        credentials = asyncio.run(_prepare(settings, temporal_address, database_url))
+        with _child("worker", env) as worker, _child("api", env) as api:
+            _wait_healthy(settings, [worker, api])
+            _print_banner(settings, credentials)
+            return _wait_for_exit([worker, api])
+
+
+async def _prepare(settings: Settings, temporal_address: str, database_url: str) -> DevCredentials:
+    client = await connect(temporal_address, settings.temporal_namespace)
+    await register_search_attributes(client)
+    return await dev_credentials(settings, database_url)
+
+
+def _refuse_busy_port(port: int, variable: str) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+
+
+@contextmanager
+def _temporal(settings: Settings) -> Iterator[str]:
+    if settings.temporal_address:
+        yield settings.temporal_address
+        return
+    _refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
+    _refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
+    server = start_temporal_dev_server(
+        settings.resolved_home,
+        port=settings.temporal_port,
+        ui_port=settings.temporal_ui_port,
+        namespace=settings.temporal_namespace,
+    )
+    try:
+        yield f"127.0.0.1:{settings.temporal_port}"
+    finally:
+        _stop(server)
+
+
+@contextmanager
+def _child(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", command], env=env)
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:
+    wait_for_port(settings.api_host, settings.api_port, timeout=120, process=children[1])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            raise SystemExit("a docingest process exited during start-up; see the log above")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"http://{settings.api_host}:{settings.api_port}/health").is_success:
+                return
+        time.sleep(0.5)
+    raise SystemExit("the API did not become healthy within 120 s")
+
+
+def _wait_for_exit(children: list[subprocess.Popen[bytes]]) -> int:
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\ndocingest dev: stopping…", file=sys.stderr)
+        return 0
+    print("docingest dev: a process exited; stopping the others", file=sys.stderr)
+    return 1
+
+
+def _print_banner(settings: Settings, credentials: DevCredentials) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    ui = (
+        f"http://127.0.0.1:{settings.temporal_ui_port}"
+        if not settings.temporal_address
+        else "(your Temporal's UI)"
+    )
+    auth = f'-H "Authorization: Bearer {credentials.api_key}"'
+    print(
+        f"""
+docingest is running — Ctrl-C stops everything; state stays in {settings.resolved_home}
+
+  API          {api}   (OpenAPI docs: {api}/docs)
+  Temporal UI  {ui}
+  API key      {credentials.api_key}
+  Agent        {credentials.agent_id}  (demo)
+
+Upload a document:
+  curl {auth} -F "file=@README.md" "{api}/upload/agent?agent_id={credentials.agent_id}"
+
+Watch it (use the task_id from the answer):
+  curl {auth} {api}/upload/status/TASK_ID
+  curl {auth} {api}/api/progress
+""",
+        flush=True,
+    )

@@ -1,0 +1,118 @@
+"""`docingest`: run each process alone, or all of them with `docingest dev`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+
+from core.settings import Settings
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from worker.main import Role, run_worker
+
+    asyncio.run(run_worker(settings, Role(args.role)))
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    from core.db import resolve_database_url
+    from core.migrate import upgrade_to_head
+
+    upgrade_to_head(resolve_database_url(settings))
+    print("database schema is up to date", file=sys.stderr)
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
+    from cli.bootstrap import create_api_key
+
+    owner = uuid.UUID(args.owner) if args.owner else None
+    print(asyncio.run(create_api_key(settings, args.name, owner)).key)
+
+
+def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:
+    from core.embedded import start_temporal_dev_server
+
+    server = start_temporal_dev_server(
+        settings.resolved_home,
+        port=settings.temporal_port,
+        ui_port=settings.temporal_ui_port,
+        namespace=settings.temporal_namespace,
+    )
+    print(
+        f"Temporal on 127.0.0.1:{settings.temporal_port}, UI http://127.0.0.1:"
+        f"{settings.temporal_ui_port}",
+        file=sys.stderr,
+    )
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait()
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
+    from cli.dev import run_dev
+
+    sys.exit(run_dev(settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="docingest", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    api = commands.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(run=cmd_api)
+    worker = commands.add_parser("worker", help="run a Temporal worker")
+    worker.add_argument(
+        "--role",
+        choices=["all", "main", "embed"],
+        default="all",
+        help="main: workflows and extract/chunk/store; embed: embedding only (GPU machines)",
+    )
+    worker.set_defaults(run=cmd_worker)
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key; prints only the key")
+    create.add_argument("--name", required=True)
+    create.add_argument("--owner", help="add the key to this owner id instead of a new owner")
+    create.set_defaults(run=cmd_keys_create)
+    commands.add_parser("temporal", help="run the Temporal dev server").set_defaults(
+        run=cmd_temporal
+    )
+    commands.add_parser("dev", help="run everything locally (what `make dev` runs)").set_defaults(
+        run=cmd_dev
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args.run(settings, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Database URLs, the async engine and its sessionmaker."""
+
+from __future__ import annotations
+
+from sqlalchemy import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from core.embedded import embedded_postgres_url
+from core.settings import Settings
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The configured URL, or the embedded PostgreSQL under DOCINGEST_HOME (started if needed)."""
+    if settings.database_url:
+        return normalize_url(settings.database_url)
+    return embedded_postgres_url(settings.resolved_home)
+
+
+def normalize_url(url: str) -> str:
+    """Use the psycopg 3 driver whatever scheme the user wrote."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg2"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

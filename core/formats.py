@@ -1,0 +1,132 @@
+"""Content sniffing and text decoding: what a file really is, whatever its name says."""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import zipfile
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+SNIFF_BYTES = 8192
+_MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
+_HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
+_ALLOWED_CONTROL = {"\t", "\n", "\r", "\f", "\v", "\x1b"}
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+class DocumentFormat(enum.StrEnum):
+    PDF = "pdf"
+    DOCX = "docx"
+    HTML = "html"
+    MARKDOWN = "markdown"
+    TEXT = "text"
+
+    @property
+    def media_type(self) -> str:
+        return _MEDIA_TYPES[self]
+
+
+_MEDIA_TYPES = {
+    DocumentFormat.PDF: "application/pdf",
+    DocumentFormat.DOCX: "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    DocumentFormat.HTML: "text/html",
+    DocumentFormat.MARKDOWN: "text/markdown",
+    DocumentFormat.TEXT: "text/plain",
+}
+
+
+class UnreadableContent(ValueError):
+    """The bytes are none of the formats we can extract text from."""
+
+
+def sniff_format(file: BinaryIO, filename: str) -> DocumentFormat:
+    """Decide the format from the content; the extension only tells text flavours apart."""
+    head = file.read(SNIFF_BYTES)
+    if not head:
+        raise UnreadableContent("the file is empty")
+    if head.lstrip(b"\x00\t\n\r ").startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
+        return DocumentFormat.PDF
+    if head.startswith(b"PK\x03\x04"):
+        file.seek(0)
+        return _sniff_zip(file)
+    text = decode_head(head)
+    if text is None:
+        raise UnreadableContent("the content is binary data of a format we cannot read")
+    suffix = PurePosixPath(filename.lower()).suffix
+    if suffix in _HTML_SUFFIXES or _looks_like_html(text):
+        return DocumentFormat.HTML
+    if suffix in _MARKDOWN_SUFFIXES:
+        return DocumentFormat.MARKDOWN
+    return DocumentFormat.TEXT
+
+
+def _sniff_zip(file: BinaryIO) -> DocumentFormat:
+    try:
+        with zipfile.ZipFile(file) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UnreadableContent("the file looks like a ZIP archive but is damaged") from exc
+    if "word/document.xml" in names:
+        return DocumentFormat.DOCX
+    raise UnreadableContent("the ZIP archive is not a Word (.docx) document")
+
+
+def _looks_like_html(text: str) -> bool:
+    start = text.lstrip("\ufeff \t\r\n")[:256].lower()
+    return start.startswith(("<!doctype html", "<html")) or (
+        start.startswith("<?xml") and "<html" in start
+    )
+
+
+def detect_encoding(data: bytes) -> tuple[str, int]:
+    """Return (codec, bytes to skip) for `data`: BOM first, then UTF-8, UTF-16, cp1252."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return codec, len(bom)
+    sample = data[:SNIFF_BYTES]
+    if _utf8_prefix_ok(sample):
+        return "utf-8", 0
+    if len(sample) >= 2 and sample.count(0) * 3 >= len(sample):
+        zeros_even = sample[0::2].count(0)
+        zeros_odd = sample[1::2].count(0)
+        return ("utf-16-be" if zeros_even > zeros_odd else "utf-16-le"), 0
+    return "cp1252", 0
+
+
+def _utf8_prefix_ok(sample: bytes) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def decode_text(data: bytes) -> str:
+    """Decode a whole text file; undecodable bytes become U+FFFD rather than failing."""
+    codec, skip = detect_encoding(data)
+    return data[skip:].decode(codec, errors="replace")
+
+
+def decode_head(head: bytes) -> str | None:
+    """Decode the first bytes of a file, or None when they are not text."""
+    codec, skip = detect_encoding(head)
+    text = codecs.getincrementaldecoder(codec)(errors="replace").decode(head[skip:], final=False)
+    return text if is_probably_text(text) else None
+
+
+def is_probably_text(text: str) -> bool:
+    if not text:
+        return True
+    if "\x00" in text:
+        return False
+    suspicious = sum(
+        1 for ch in text if (ord(ch) < 32 and ch not in _ALLOWED_CONTROL) or ch == "\ufffd"
+    )
+    return suspicious * 20 <= len(text)

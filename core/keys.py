@@ -1,0 +1,61 @@
+"""API keys: random secrets shown once; the database keeps a prefix and a SHA-256 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.models import ApiKey, Owner
+
+KEY_SCHEME = "dik"
+_PREFIX_LENGTH = 12
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: str
+    owner_id: uuid.UUID
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _prefix(key: str) -> str | None:
+    scheme, _, secret = key.partition("_")
+    if scheme != KEY_SCHEME or len(secret) < _PREFIX_LENGTH * 2:
+        return None
+    return secret[:_PREFIX_LENGTH]
+
+
+async def create_key(session: AsyncSession, name: str, owner_id: uuid.UUID | None = None) -> NewKey:
+    """Create a key for `owner_id`, or for a new owner called `name` when none is given."""
+    if owner_id is None:
+        owner = Owner(name=name)
+        session.add(owner)
+        await session.flush()
+        owner_id = owner.id
+    key = f"{KEY_SCHEME}_{secrets.token_urlsafe(32)}"
+    prefix = _prefix(key)
+    assert prefix is not None
+    session.add(ApiKey(owner_id=owner_id, name=name, prefix=prefix, key_hash=hash_key(key)))
+    await session.flush()
+    return NewKey(key=key, owner_id=owner_id)
+
+
+async def owner_for_key(session: AsyncSession, key: str) -> uuid.UUID | None:
+    """The owner of a presented key, compared in constant time; None when it is not valid."""
+    prefix = _prefix(key)
+    if prefix is None:
+        return None
+    found = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar()
+    if found is None or not hmac.compare_digest(found.key_hash, hash_key(key)):
+        return None
+    return found.owner_id

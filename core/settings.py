@@ -1,0 +1,64 @@
+"""Process settings, read once at each process edge (api factory, worker main, CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every setting of docingest; each is overridable by a `DOCINGEST_<NAME>` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCINGEST_", extra="ignore")
+
+    home: Path = Field(default=Path(".docingest"), description="Embedded state folder.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means the embedded PostgreSQL."
+    )
+    temporal_address: str | None = Field(
+        default=None, description="host:port of an existing Temporal; unset means local dev."
+    )
+    temporal_namespace: str = "default"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    staging_url: str | None = Field(
+        default=None, description="fsspec URL of the staging store; unset means HOME/staging."
+    )
+    max_upload_bytes: int = Field(default=50 * MIB, gt=0)
+    chunk_size: int = Field(default=1000, ge=100, le=20_000)
+    chunk_overlap: int = Field(default=100, ge=0, le=10_000)
+    embedding_model: str | None = Field(
+        default=None, description="Local sentence-transformers model path; unset = bundled."
+    )
+    embedding_batch_size: int = Field(default=32, ge=1, le=1024)
+    embed_activity_chunks: int = Field(
+        default=128, ge=1, le=10_000, description="Chunks embedded by one activity."
+    )
+    embed_window: int = Field(default=4, ge=1, le=64, description="Embed batches in flight.")
+    task_queue: str = "docingest"
+    embed_task_queue: str = "docingest-embed"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("DOCINGEST_CHUNK_OVERLAP must be smaller than DOCINGEST_CHUNK_SIZE")
+        return self
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_staging_url(self) -> str:
+        return self.staging_url or str(self.resolved_home / "staging")
+
+    @property
+    def resolved_temporal_address(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"

@@ -1,0 +1,67 @@
+"""The staging store: uploaded originals and intermediate artefacts, addressed by task id.
+
+Backed by fsspec so a local folder (the default) and object stores (`s3://...`, when the API
+and the workers run on different machines) are used the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, BinaryIO, cast
+
+import fsspec
+from fsspec.core import url_to_fs
+
+ORIGINAL = "original"
+TEXT = "text.json"
+CHUNKS = "chunks.json"
+
+
+class StagingStore:
+    """Keys are `<task_id>/<name>`; every write replaces the whole object (retry-safe)."""
+
+    def __init__(self, url: str) -> None:
+        fs, root = url_to_fs(url)
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root = cast(str, root).rstrip("/")
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def path(self, task_id: str, name: str) -> str:
+        return f"{self.root}/{task_id}/{name}"
+
+    def open_write(self, task_id: str, name: str) -> BinaryIO:
+        self.fs.makedirs(f"{self.root}/{task_id}", exist_ok=True)
+        return cast(BinaryIO, self.fs.open(self.path(task_id, name), "wb"))
+
+    def open_read(self, task_id: str, name: str) -> BinaryIO:
+        return cast(BinaryIO, self.fs.open(self.path(task_id, name), "rb"))
+
+    def exists(self, task_id: str, name: str) -> bool:
+        return bool(self.fs.exists(self.path(task_id, name)))
+
+    def size(self, task_id: str, name: str) -> int:
+        return int(self.fs.size(self.path(task_id, name)))
+
+    def write_bytes(self, task_id: str, name: str, data: bytes) -> None:
+        """Write atomically where the backend allows it: a reader never sees half a file."""
+        final = self.path(task_id, name)
+        partial = f"{final}.partial"
+        with self.open_write(task_id, f"{name}.partial") as out:
+            out.write(data)
+        self.fs.mv(partial, final)
+
+    def read_bytes(self, task_id: str, name: str) -> bytes:
+        with self.open_read(task_id, name) as src:
+            return src.read()
+
+    def write_json(self, task_id: str, name: str, value: Any) -> None:
+        self.write_bytes(task_id, name, json.dumps(value, ensure_ascii=False).encode())
+
+    def read_json(self, task_id: str, name: str) -> Any:
+        return json.loads(self.read_bytes(task_id, name))
+
+    def remove_task(self, task_id: str) -> None:
+        """Remove everything staged for a task; removing twice is not an error."""
+        folder = f"{self.root}/{task_id}"
+        if self.fs.exists(folder):
+            self.fs.rm(folder, recursive=True)

@@ -1,0 +1,140 @@
+"""The worker process: builds its dependencies once, registers, and polls both task queues."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.chunk import ChunkActivities
+from activities.cleanup import CleanupActivities
+from activities.embed import EmbedActivities, SentenceTransformerEmbedder, TextEmbedder
+from activities.extract import ExtractActivities
+from activities.store import StoreActivities
+from core.db import create_engine, create_sessionmaker, resolve_database_url
+from core.errors import ConfigurationError
+from core.settings import Settings
+from core.staging import StagingStore
+from core.temporal import connect, register_search_attributes
+from workflows.ingest import IngestDocument
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.StrEnum):
+    ALL = "all"
+    MAIN = "main"  # workflows, extract, chunk, store, cleanup
+    EMBED = "embed"  # embedding only: the role for GPU machines
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    staging: StagingStore,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    embedder: TextEmbedder | None,
+    executor: ThreadPoolExecutor,
+    role: Role = Role.ALL,
+) -> list[Worker]:
+    workers: list[Worker] = []
+    if role in (Role.ALL, Role.MAIN):
+        store = StoreActivities(staging, sessionmaker)
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.task_queue,
+                workflows=[IngestDocument],
+                activities=[
+                    ExtractActivities(staging).extract,
+                    ChunkActivities(staging).chunk,
+                    store.store,
+                    store.record_outcome,
+                    CleanupActivities(staging).cleanup,
+                ],
+                activity_executor=executor,
+                max_concurrent_activities=4,
+            )
+        )
+    if role in (Role.ALL, Role.EMBED):
+        if embedder is None:
+            raise ConfigurationError("an embed worker needs an embedding model")
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.embed_task_queue,
+                activities=[
+                    EmbedActivities(staging, embedder, settings.embedding_batch_size).embed
+                ],
+                activity_executor=executor,
+                # One batch at a time: torch already spreads one batch over every core.
+                max_concurrent_activities=1,
+            )
+        )
+    return workers
+
+
+async def check_embedding_dimension(engine: AsyncEngine, dimension: int) -> None:
+    """Refuse to start when the model's width differs from the `chunks.embedding` column."""
+    async with engine.connect() as connection:
+        column = (
+            await connection.execute(
+                text(
+                    "SELECT atttypmod FROM pg_attribute "
+                    "WHERE attrelid = to_regclass('chunks') AND attname = 'embedding'"
+                )
+            )
+        ).scalar()
+    if column is None:
+        raise ConfigurationError("the database has no schema yet: run `docingest migrate`")
+    if int(column) != dimension:
+        raise ConfigurationError(
+            f"the embedding model produces {dimension}-dimensional vectors but the database "
+            f"stores {column}; use a {column}-dimensional model or migrate the schema"
+        )
+
+
+async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
+    """Run until SIGINT/SIGTERM; in-flight activities get their heartbeat timeout to finish."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    client = await connect(settings.resolved_temporal_address, settings.temporal_namespace)
+    await register_search_attributes(client)
+    engine = create_engine(resolve_database_url(settings), pool_size=4)
+    embedder: TextEmbedder | None = None
+    if role in (Role.ALL, Role.EMBED):
+        embedder = SentenceTransformerEmbedder(
+            settings.embedding_model, settings.embedding_batch_size
+        )
+        await check_embedding_dimension(engine, embedder.dimension)
+    staging = StagingStore(settings.resolved_staging_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        workers = build_workers(
+            client, settings, staging, create_sessionmaker(engine), embedder, executor, role
+        )
+        log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
+        await _run_until(workers, stop)
+    await engine.dispose()
+
+
+async def _run_until(workers: list[Worker], stop: asyncio.Event) -> None:
+    runs = [asyncio.create_task(worker.run()) for worker in workers]
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([*runs, waiter], return_when=asyncio.FIRST_COMPLETED)
+    for worker in workers:
+        await worker.shutdown()
+    waiter.cancel()
+    for run in runs:
+        if run.done() and run.exception() is not None:
+            raise run.exception()  # type: ignore[misc]

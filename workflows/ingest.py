@@ -1,0 +1,248 @@
+"""IngestDocument: orchestration only. Every step is an activity; this code does no I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from core.temporal import INGEST_STATUS, iso_utc
+    from workflows.types import (
+        CHUNK,
+        CLEANUP,
+        EMBED,
+        EXTRACT,
+        MEMO_PROGRESS,
+        PROGRESS_QUERY,
+        RECORD_OUTCOME,
+        STORE,
+        WORKFLOW_NAME,
+        ChunkResult,
+        EmbedBatch,
+        EmbedResult,
+        ExtractResult,
+        FailureType,
+        IngestTask,
+        Outcome,
+        Stage,
+        Status,
+        StoreResult,
+        TaskProgress,
+    )
+
+_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=list(FailureType.NON_RETRYABLE),
+)
+# The database may be restarting: store and outcome keep trying for a few minutes.
+_DATABASE_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=10)
+_CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class IngestDocument:
+    """Extract → chunk → embed (batched, bounded window) → store → clean up."""
+
+    @workflow.init
+    def __init__(self, task: IngestTask) -> None:
+        self._progress = TaskProgress(
+            task_id=task.task_id,
+            filename=task.filename,
+            agent_id=task.agent_id,
+            status=Status.QUEUED,
+            message=f"Queued {task.filename} for processing",
+            stage=Stage.QUEUED,
+            started_at=iso_utc(workflow.info().start_time),
+            size_bytes=task.size_bytes,
+        )
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def progress(self) -> TaskProgress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, task: IngestTask) -> TaskProgress:
+        try:
+            await self._ingest(task)
+        except ActivityError as failure:
+            await self._fail(task, failure)
+        except asyncio.CancelledError:
+            await self._cancelled(task)
+            raise
+        return self._progress
+
+    async def _ingest(self, task: IngestTask) -> None:
+        self._update(Status.PROCESSING, Stage.EXTRACTING, f"Processing {task.filename}...")
+        await workflow.execute_activity(
+            EXTRACT,
+            task,
+            result_type=ExtractResult,
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(minutes=1),
+            retry_policy=_STEP_RETRY,
+        )
+        self._update(Status.PROCESSING, Stage.CHUNKING)
+        chunked = await workflow.execute_activity(
+            CHUNK,
+            task,
+            result_type=ChunkResult,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=_STEP_RETRY,
+        )
+        self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
+        await self._embed_all(task, chunked.chunks)
+        self._update(Status.PROCESSING, Stage.STORING)
+        stored = await workflow.execute_activity(
+            STORE,
+            task,
+            result_type=StoreResult,
+            start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=_DATABASE_RETRY,
+        )
+        self._update(
+            Status.COMPLETE,
+            Stage.DONE,
+            f"Successfully processed {task.filename}",
+            document_id=stored.document_id,
+            completed_at=iso_utc(workflow.now()),
+        )
+        await self._cleanup(task)
+
+    async def _embed_all(self, task: IngestTask, total: int) -> None:
+        """Embed in batches with at most `embed_window` in flight, in order of start."""
+        step = max(1, task.embed_activity_chunks)
+        window = max(1, task.embed_window)
+        running: list[asyncio.Task[EmbedResult]] = []  # a list: iteration order is replayed
+        try:
+            for start in range(0, total, step):
+                if len(running) >= window:
+                    running = await self._collect_one(running)
+                batch = EmbedBatch(task.task_id, start, min(start + step, total))
+                running.append(asyncio.ensure_future(self._embed(task, batch)))
+            while running:
+                running = await self._collect_one(running)
+        finally:
+            for pending in running:
+                pending.cancel()
+
+    async def _collect_one(
+        self, running: list[asyncio.Task[EmbedResult]]
+    ) -> list[asyncio.Task[EmbedResult]]:
+        done, still_running = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for finished in done:
+            embedded = finished.result().embedded
+            self._update(
+                Status.PROCESSING,
+                Stage.EMBEDDING,
+                chunks_embedded=self._progress.chunks_embedded + embedded,
+            )
+        return still_running
+
+    async def _embed(self, task: IngestTask, batch: EmbedBatch) -> EmbedResult:
+        result: EmbedResult = await workflow.execute_activity(
+            EMBED,
+            batch,
+            result_type=EmbedResult,
+            task_queue=task.embed_task_queue,
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(minutes=1),
+            retry_policy=_STEP_RETRY,
+        )
+        return result
+
+    async def _fail(self, task: IngestTask, failure: ActivityError) -> None:
+        error_type, reason = _describe_failure(failure)
+        if error_type in FailureType.PERMANENT:
+            status = Status.FAILED
+            message = f"Failed to process {task.filename}: {reason}"
+        else:
+            status = Status.ERROR
+            message = (
+                f"Processing {task.filename} stopped after repeated errors: {reason}. "
+                "The upload is kept and can be retried."
+            )
+        self._update(
+            status,
+            self._progress.stage,
+            message,
+            error_type=error_type,
+            error_message=reason,
+            completed_at=iso_utc(workflow.now()),
+        )
+        await self._record_outcome(task, status, error_type, reason)
+        raise ApplicationError(message, type=error_type, non_retryable=True) from failure
+
+    async def _cancelled(self, task: IngestTask) -> None:
+        self._update(
+            Status.CANCELLED,
+            self._progress.stage,
+            f"Processing of {task.filename} was cancelled",
+            completed_at=iso_utc(workflow.now()),
+        )
+        await self._record_outcome(task, Status.CANCELLED, "Cancelled", "cancelled on request")
+        await self._cleanup(task)
+
+    async def _record_outcome(
+        self, task: IngestTask, status: str, error_type: str, reason: str
+    ) -> None:
+        try:
+            await workflow.execute_activity(
+                RECORD_OUTCOME,
+                Outcome(task, status, error_type, reason),
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=_DATABASE_RETRY,
+            )
+        except ActivityError:
+            # The workflow's own failure remains the record in Temporal; the database row is
+            # a convenience that can be missing when the database stayed down.
+            workflow.logger.warning("could not record the outcome of %s", task.task_id)
+
+    async def _cleanup(self, task: IngestTask) -> None:
+        try:
+            await workflow.execute_activity(
+                CLEANUP,
+                task.task_id,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_CLEANUP_RETRY,
+            )
+        except ActivityError:
+            workflow.logger.warning("could not clean up staging of %s", task.task_id)
+
+    def _update(
+        self, status: str, stage: str, message: str | None = None, **counts: object
+    ) -> None:
+        """Change the progress object and mirror it where describe() and the UI can see it."""
+        previous_status = self._progress.status
+        changes: dict[str, object] = {"status": status, "stage": stage, **counts}
+        if message is not None:
+            changes["message"] = message
+        self._progress = dataclasses.replace(self._progress, **changes)  # type: ignore[arg-type]
+        workflow.upsert_memo({MEMO_PROGRESS: dataclasses.asdict(self._progress)})
+        if status != previous_status:
+            workflow.upsert_search_attributes([INGEST_STATUS.value_set(status)])
+        workflow.set_current_details(_details(self._progress))
+
+
+def _describe_failure(failure: ActivityError) -> tuple[str, str]:
+    """The error type and a sentence a person understands, from an activity's failure."""
+    cause = failure.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type or "ActivityError", cause.message
+    if isinstance(cause, TimeoutError):
+        return "Timeout", f"a {failure.activity_type} step timed out (a worker may have died)"
+    return "ActivityError", str(cause or failure)
+
+
+def _details(progress: TaskProgress) -> str:
+    lines = [f"**{progress.status}** — {progress.message}", f"stage: {progress.stage}"]
+    if progress.chunks_total:
+        lines.append(f"chunks: {progress.chunks_embedded}/{progress.chunks_total} embedded")
+    return "\n\n".join(lines)

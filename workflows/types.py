@@ -1,0 +1,140 @@
+"""The small dataclasses the workflow exchanges with its activities and clients.
+
+Only references and counts travel through Temporal (payloads over 2 MiB are rejected), never
+file bytes, chunk lists or vectors: those live in the staging store under the task id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORKFLOW_NAME = "IngestDocument"
+PROGRESS_QUERY = "progress"
+MEMO_PROGRESS = "progress"
+
+EXTRACT = "extract"
+CHUNK = "chunk"
+EMBED = "embed"
+STORE = "store"
+RECORD_OUTCOME = "record_outcome"
+CLEANUP = "cleanup"
+
+
+class Status:
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    TERMINAL = frozenset({COMPLETE, FAILED, ERROR, CANCELLED})
+
+
+class Stage:
+    QUEUED = "queued"
+    EXTRACTING = "extracting"
+    CHUNKING = "chunking"
+    EMBEDDING = "embedding"
+    STORING = "storing"
+    DONE = "done"
+
+
+class FailureType:
+    """ApplicationError types for files that can never be ingested as they are."""
+
+    UNSUPPORTED_FORMAT = "UnsupportedFormat"
+    CORRUPT_DOCUMENT = "CorruptDocument"
+    ENCRYPTED_DOCUMENT = "EncryptedDocument"
+    EMPTY_DOCUMENT = "EmptyDocument"
+    DOCUMENT_TOO_LARGE = "DocumentTooLarge"
+    STAGING_MISSING = "StagingMissing"
+
+    PERMANENT = frozenset(
+        {
+            UNSUPPORTED_FORMAT,
+            CORRUPT_DOCUMENT,
+            ENCRYPTED_DOCUMENT,
+            EMPTY_DOCUMENT,
+            DOCUMENT_TOO_LARGE,
+        }
+    )
+    # Retrying these can never help; STAGING_MISSING ends as `error` (the system lost input).
+    NON_RETRYABLE = (*sorted(PERMANENT), STAGING_MISSING, "ConfigurationError")
+
+
+@dataclass
+class IngestTask:
+    """Everything the workflow needs to know about one upload."""
+
+    task_id: str
+    owner_id: str
+    agent_id: str
+    filename: str
+    format: str
+    size_bytes: int
+    sha256: str
+    chunk_size: int
+    chunk_overlap: int
+    embed_task_queue: str
+    embed_activity_chunks: int = 128
+    embed_window: int = 4
+
+
+@dataclass
+class ExtractResult:
+    characters: int
+    pages: int | None
+
+
+@dataclass
+class ChunkResult:
+    chunks: int
+
+
+@dataclass
+class EmbedBatch:
+    task_id: str
+    start: int
+    end: int
+
+
+@dataclass
+class EmbedResult:
+    embedded: int
+
+
+@dataclass
+class StoreResult:
+    document_id: str
+    chunks: int
+
+
+@dataclass
+class Outcome:
+    """The permanent record of a task that ended without storing chunks."""
+
+    task: IngestTask
+    status: str
+    error_type: str
+    error_message: str
+
+
+@dataclass
+class TaskProgress:
+    """What `/upload/status` shows; kept by the workflow and mirrored into its memo."""
+
+    task_id: str
+    filename: str
+    agent_id: str
+    status: str
+    message: str
+    stage: str
+    started_at: str
+    completed_at: str | None = None
+    document_id: str | None = None
+    chunks_total: int = 0
+    chunks_embedded: int = 0
+    size_bytes: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
