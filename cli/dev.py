@@ -22,7 +22,14 @@ from core.settings import Settings
 from core.temporal import connect, register_search_attributes
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_dev(settings: Settings) -> int:
+    # SIGTERM (a supervisor, `kill`) stops everything the same way as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     home = settings.resolved_home
     home.mkdir(parents=True, exist_ok=True)
     _refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT")

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     args.run(settings, args)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import psutil
 import psycopg
 
 from core.temporal import SEARCH_ATTRIBUTES
@@ -30,13 +32,29 @@ def embedded_postgres_url(home: Path, *, cleanup_mode: str | None = "stop") -> s
         "XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}")
     )
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
-    from pgserver.postgres_server import get_server  # heavy, with side effects: only when embedded is wanted
+    from pgserver.postgres_server import (
+        get_server,  # heavy, with side effects: only when embedded is wanted
+    )
 
     home.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(home / "postgres")
     server = get_server(home / "postgres", cleanup_mode=cleanup_mode)
     socket_dir = parse_qs(urlparse(server.get_uri()).query)["host"][0]
     ensure_database(socket_dir, DATABASE_NAME)
     return f"postgresql+psycopg://postgres@/{DATABASE_NAME}?host={socket_dir}"
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver stops the server when its last registered process exits; a process killed
+    with SIGKILL never unregisters, which would keep the server running forever after."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
 
 
 def ensure_database(socket_dir: str, name: str) -> None:

@@ -30,8 +30,9 @@ class StagingStore:
         return f"{self.root}/{task_id}/{name}"
 
     def open_write(self, task_id: str, name: str) -> BinaryIO:
-        self.fs.makedirs(f"{self.root}/{task_id}", exist_ok=True)
-        return cast(BinaryIO, self.fs.open(self.path(task_id, name), "wb"))
+        path = self.path(task_id, name)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        return cast(BinaryIO, self.fs.open(path, "wb"))
 
     def open_read(self, task_id: str, name: str) -> BinaryIO:
         return cast(BinaryIO, self.fs.open(self.path(task_id, name), "rb"))

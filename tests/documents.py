@@ -1,0 +1,78 @@
+"""Real documents built in memory for tests: PDFs with reportlab, DOCX with python-docx."""
+
+from __future__ import annotations
+
+import io
+
+import docx
+import pypdf
+from reportlab.lib.pagesizes import A4
+from reportlab.pdfgen import canvas
+
+
+def make_pdf(pages: list[str]) -> bytes:
+    """A PDF with one page per string; each line of a string is drawn as one text line."""
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    for page in pages:
+        y = 800.0
+        for line in page.splitlines():
+            pdf.drawString(40, y, line)
+            y -= 14
+            if y < 40:
+                break
+        pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
+
+
+def make_image_only_pdf() -> bytes:
+    """A valid PDF whose only page has a drawing and no text at all."""
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    pdf.rect(100, 100, 200, 200, fill=1)
+    pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
+
+
+def make_encrypted_pdf(text: str = "secret page", password: str = "hunter2") -> bytes:
+    reader = pypdf.PdfReader(io.BytesIO(make_pdf([text])))
+    writer = pypdf.PdfWriter()
+    for page in reader.pages:
+        writer.add_page(page)
+    writer.encrypt(user_password=password, owner_password=password, algorithm="RC4-128")
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+def make_docx(paragraphs: list[str], table: list[list[str]] | None = None) -> bytes:
+    """A DOCX with the paragraphs, then (optionally) a table of the given rows."""
+    document = docx.Document()
+    for paragraph in paragraphs:
+        document.add_paragraph(paragraph)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                grid.cell(r, c).text = value
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+def lorem(sentences: int, seed: int = 0) -> str:
+    """Deterministic prose with sentence and paragraph boundaries."""
+    words = (
+        "ingestion vector search document agent chunk embedding worker retry durable "
+        "temporal postgres page table paragraph sentence boundary overlap offset"
+    ).split()
+    out = []
+    for index in range(sentences):
+        n = 6 + (index * 7 + seed) % 9
+        sentence = " ".join(words[(index * 3 + k + seed) % len(words)] for k in range(n))
+        out.append(sentence.capitalize() + ".")
+        if index % 5 == 4:
+            out.append("\n\n")
+    return " ".join(out).replace(" \n\n ", "\n\n")
