@@ -16,11 +16,13 @@ from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import TaskError, TaskProgressCounts, TaskStatus
+from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
 from workflows.types import MEMO_PROGRESS, WORKFLOW_NAME, Stage, Status, TaskProgress
 
 RPC_DEADLINE = timedelta(seconds=2)
+_MISSING = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
 _STOPPED = {
     WorkflowExecutionStatus.TERMINATED: "was stopped by an operator (terminated)",
     WorkflowExecutionStatus.TIMED_OUT: "timed out",
@@ -29,12 +31,15 @@ _STOPPED = {
 
 async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> TaskStatus | None:
     """The caller's task, or None when it does not exist or belongs to another owner."""
+    handle = client.get_workflow_handle(task_id)
     try:
-        description = await client.get_workflow_handle(task_id).describe(rpc_timeout=RPC_DEADLINE)
-    except RPCError as exc:
-        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+        with temporal_unavailable_as_503("Cannot read the task"):
+            description = await handle.describe(rpc_timeout=RPC_DEADLINE)
+    except ServiceUnavailable as exc:
+        cause = exc.__cause__
+        if isinstance(cause, RPCError) and cause.status in _MISSING:
             return None
-        raise ServiceUnavailable(f"Temporal did not answer: {exc.message}") from exc
+        raise
     return await render_execution(description, owner_id)
 
 

@@ -31,7 +31,10 @@ def embedded_postgres_url(home: Path, *, cleanup_mode: str | None = "stop") -> s
     os.environ.setdefault(
         "XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}")
     )
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    if runtime.stat().st_uid == os.getuid():
+        runtime.chmod(0o700)
     from pgserver.postgres_server import (
         get_server,  # heavy, with side effects: only when embedded is wanted
     )

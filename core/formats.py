@@ -86,17 +86,18 @@ def _looks_like_html(text: str) -> bool:
 
 
 def detect_encoding(data: bytes) -> tuple[str, int]:
-    """Return (codec, bytes to skip) for `data`: BOM first, then UTF-8, UTF-16, cp1252."""
+    """Return (codec, bytes to skip) for `data`: BOM, then NUL-rich UTF-16, UTF-8, cp1252."""
     for bom, codec in _BOMS:
         if data.startswith(bom):
             return codec, len(bom)
     sample = data[:SNIFF_BYTES]
-    if _utf8_prefix_ok(sample):
-        return "utf-8", 0
+    # Before UTF-8: BOM-less UTF-16 of ASCII text is valid UTF-8 too (full of NULs).
     if len(sample) >= 2 and sample.count(0) * 3 >= len(sample):
         zeros_even = sample[0::2].count(0)
         zeros_odd = sample[1::2].count(0)
         return ("utf-16-be" if zeros_even > zeros_odd else "utf-16-le"), 0
+    if _utf8_prefix_ok(sample):
+        return "utf-8", 0
     return "cp1252", 0
 
 

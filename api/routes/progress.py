@@ -5,12 +5,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from temporalio.service import RPCError
 
 from api.deps import OwnerDep, TemporalDep
 from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
 from api.task_status import render_execution
-from core.errors import InvalidRequest, ServiceUnavailable
+from api.temporal_errors import temporal_unavailable_as_503
+from core.errors import InvalidRequest
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
 from workflows.types import WORKFLOW_NAME, Status
 
@@ -54,14 +54,12 @@ async def list_progress(
     """The caller's upload tasks, newest first, from Temporal visibility."""
     query = visibility_query(owner, agent_id, status)
     tasks: list[TaskStatus] = []
-    try:
+    with temporal_unavailable_as_503("Cannot list tasks"):
         async for execution in temporal.list_workflows(
             query, limit=limit, rpc_timeout=timedelta(seconds=5)
         ):
             rendered = await render_execution(execution, owner)
             if rendered is not None:
                 tasks.append(rendered)
-    except RPCError as exc:
-        raise ServiceUnavailable(f"Temporal did not answer: {exc.message}") from exc
     tasks.sort(key=lambda task: task.started_at or "", reverse=True)
     return TasksPublic(tasks=tasks)

@@ -10,13 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError
 
 from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import get_task_status, to_public
+from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import StagedUpload, receive_upload
-from core.errors import InvalidRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
+from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, sniff_format
 from core.models import Agent, Document
 from core.settings import Settings
@@ -92,7 +92,7 @@ async def _start_ingest(
         started_at=iso_utc(datetime.now(UTC)),
         size_bytes=task.size_bytes,
     )
-    try:
+    with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):
         await temporal.start_workflow(
             IngestDocument.run,
             task,
@@ -113,10 +113,6 @@ async def _start_ingest(
             ),
             rpc_timeout=timedelta(seconds=5),
         )
-    except RPCError as exc:
-        raise ServiceUnavailable(
-            f"The task queue (Temporal) is unavailable, nothing was stored: {exc.message}"
-        ) from exc
 
 
 @router.post(

@@ -1,0 +1,319 @@
+"""`POST /upload/agent` and `GET /upload/status/{id}` over HTTP against the real stack."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.embedded import free_port
+from tests.documents import make_pdf
+from tests.support import Stack, Tenant, make_settings, new_tenant, serve
+
+UPLOAD_KEYS = {"message", "filename", "agent_id", "task_id", "status", "size_bytes"}
+STATUS_KEYS = {
+    "task_id", "filename", "agent_id", "status", "message", "document_id",
+    "started_at", "completed_at", "stage", "progress", "error",
+}  # fmt: skip
+
+
+def staged_tasks(stack: Stack) -> set[str]:
+    root = Path(stack.settings.resolved_staging_url)
+    return set(os.listdir(root)) if root.exists() else set()
+
+
+def upload_url(tenant: Tenant, **params: object) -> str:
+    query = "&".join(
+        f"{key}={value}" for key, value in {"agent_id": tenant.agent_id, **params}.items()
+    )
+    return f"/upload/agent?{query}"
+
+
+async def test_upload_answers_202_with_the_seed_body(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    pdf = make_pdf(["Seed contract page"])
+    response = await http.post(
+        upload_url(tenant), headers=tenant.headers, files={"file": ("report.pdf", pdf)}
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == UPLOAD_KEYS
+    assert body["message"] == "Document uploaded successfully, processing in background"
+    assert body["filename"] == "report.pdf"
+    assert body["agent_id"] == tenant.agent_id
+    assert body["status"] == "queued"
+    assert body["size_bytes"] == len(pdf)
+
+    status = await http.get(f"/upload/status/{body['task_id']}", headers=tenant.headers)
+    assert status.status_code == 200
+    assert set(status.json()) == STATUS_KEYS
+    assert status.json()["filename"] == "report.pdf"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer dik_wrongwrongwrongwrongwrongwrongwrongwrongwro"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer not-a-key"},
+    ],
+)
+async def test_upload_without_a_valid_key_is_401(
+    http: httpx.AsyncClient, tenant: Tenant, headers: dict[str, str]
+) -> None:
+    response = await http.post(
+        upload_url(tenant), headers=headers, files={"file": ("a.txt", b"hi")}
+    )
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "agent_id", ["00000000-0000-0000-0000-000000000000", "x' OR '1'='1", "../../etc"]
+)
+async def test_upload_for_an_unknown_agent_is_404(
+    http: httpx.AsyncClient, tenant: Tenant, agent_id: str
+) -> None:
+    response = await http.post(
+        "/upload/agent", params={"agent_id": agent_id}, headers=tenant.headers,
+        files={"file": ("a.txt", b"hello")},
+    )  # fmt: skip
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+async def test_upload_for_another_owners_agent_is_404(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    other = await new_tenant(stack, "other")
+    response = await http.post(
+        upload_url(other), headers=tenant.headers, files={"file": ("a.txt", b"hello")}
+    )
+    assert response.status_code == 404
+
+
+@pytest.fixture(scope="module")
+async def small_limit_api(stack: Stack) -> AsyncIterator[str]:
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home,
+        stack.settings.database_url,
+        stack.settings.resolved_temporal_address,
+        max_upload_bytes=1000,
+    )
+    async with serve(settings) as url:
+        yield url
+
+
+async def test_upload_over_the_limit_is_413_and_leaves_nothing(
+    small_limit_api: str, stack: Stack, tenant: Tenant
+) -> None:
+    before = staged_tasks(stack)
+    async with httpx.AsyncClient(base_url=small_limit_api) as http:
+        response = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("big.txt", b"a" * 1001)}
+        )
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "payload_too_large"
+    assert staged_tasks(stack) == before
+
+
+async def test_upload_streamed_without_length_is_cut_at_the_limit(
+    small_limit_api: str, stack: Stack, tenant: Tenant
+) -> None:
+    """No Content-Length to trust: the limit is enforced while the body streams in."""
+    boundary = "testboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        for _ in range(100):
+            yield b"b" * 100
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    before = staged_tasks(stack)
+    async with httpx.AsyncClient(base_url=small_limit_api) as http:
+        response = await http.post(
+            upload_url(tenant),
+            headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body(),
+        )
+    assert response.status_code == 413
+    assert staged_tasks(stack) == before
+
+
+async def test_upload_exactly_at_the_limit_is_accepted(
+    small_limit_api: str, tenant: Tenant
+) -> None:
+    async with httpx.AsyncClient(base_url=small_limit_api) as http:
+        response = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("fits.txt", b"a " * 500)}
+        )
+    assert response.status_code == 202, response.text
+    assert response.json()["size_bytes"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("random.pdf", bytes(range(256)) * 40),
+        ("empty.txt", b""),
+        ("archive.docx", b"PK\x03\x04" + b"\x00" * 100),
+        ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4),
+    ],
+)
+async def test_upload_of_unreadable_content_is_415_and_leaves_nothing(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, name: str, data: bytes
+) -> None:
+    before = staged_tasks(stack)
+    response = await http.post(
+        upload_url(tenant), headers=tenant.headers, files={"file": (name, data)}
+    )
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    assert name in response.json()["detail"]
+    assert staged_tasks(stack) == before
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"chunk_size": 500, "chunk_overlap": 500},
+        {"chunk_size": 500, "chunk_overlap": 800},
+        {"chunk_size": 0},
+        {"chunk_size": -5},
+        {"chunk_size": 10**9},
+        {"chunk_overlap": -1},
+        {"chunk_size": "abc"},
+    ],
+)
+async def test_upload_with_bad_chunking_is_422(
+    http: httpx.AsyncClient, tenant: Tenant, params: dict[str, object]
+) -> None:
+    response = await http.post(
+        upload_url(tenant, **params), headers=tenant.headers, files={"file": ("a.txt", b"hello")}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+
+
+async def test_upload_with_custom_chunking_is_accepted(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    response = await http.post(
+        upload_url(tenant, chunk_size=300, chunk_overlap=30),
+        headers=tenant.headers,
+        files={"file": ("a.txt", b"hello world")},
+    )
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"document": ("a.txt", b"hello")},
+        [("file", ("a.txt", b"hello")), ("file", ("b.txt", b"world"))],
+    ],
+)
+async def test_upload_without_exactly_one_file_is_422(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, files: object
+) -> None:
+    before = staged_tasks(stack)
+    response = await http.post(upload_url(tenant), headers=tenant.headers, files=files)  # type: ignore[arg-type]
+    assert response.status_code == 422, response.text
+    assert staged_tasks(stack) == before
+
+
+async def test_upload_that_is_not_multipart_is_422(http: httpx.AsyncClient, tenant: Tenant) -> None:
+    response = await http.post(upload_url(tenant), headers=tenant.headers, content=b"raw bytes")
+    assert response.status_code == 422
+    assert "multipart/form-data" in response.json()["detail"]
+
+
+async def test_upload_filename_is_cleaned_for_display(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    boundary = "b0undary"
+    raw_name = "../../etc/pass\x07wd\x00.txt"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{raw_name}"\r\n'
+        f"\r\nhello\r\n--{boundary}--\r\n"
+    ).encode()
+    response = await http.post(
+        upload_url(tenant),
+        headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=body,
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["filename"] == "passwd.txt"
+
+
+async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
+    stack: Stack, tenant: Tenant
+) -> None:
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home, stack.settings.database_url, f"127.0.0.1:{free_port()}"
+    )
+    before = staged_tasks(stack)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        response = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("a.txt", b"hello")}
+        )
+        health = await http.get("/health")
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "service_unavailable"
+    assert staged_tasks(stack) == before
+    assert health.status_code == 503
+    assert health.json()["temporal"] == "unavailable"
+    assert health.json()["database"] == "ok"
+
+
+async def test_status_answers_within_3s_when_no_worker_runs(stack: Stack, tenant: Tenant) -> None:
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home,
+        stack.settings.database_url,
+        stack.settings.resolved_temporal_address,
+    )  # fresh task queues that no worker polls
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
+        upload = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("a.txt", b"hello")}
+        )
+        task_id = upload.json()["task_id"]
+        for _ in range(3):
+            status = await http.get(
+                f"/upload/status/{task_id}", headers=tenant.headers, timeout=3.0
+            )
+            assert status.status_code == 200
+            assert status.json()["status"] == "queued"
+            assert status.json()["message"] == "Queued a.txt for processing"
+        listed = await http.get("/api/progress", headers=tenant.headers, timeout=3.0)
+    assert [task["task_id"] for task in listed.json()["tasks"]] == [task_id]
+
+
+async def test_status_of_unknown_or_foreign_task_is_404(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    upload = await http.post(
+        upload_url(tenant), headers=tenant.headers, files={"file": ("a.txt", b"hello")}
+    )
+    other = await new_tenant(stack, "other")
+    foreign = await http.get(f"/upload/status/{upload.json()['task_id']}", headers=other.headers)
+    unknown = await http.get("/upload/status/no-such-task", headers=tenant.headers)
+    assert foreign.status_code == 404
+    assert unknown.status_code == 404
+    assert foreign.json() == {
+        "detail": f"Task {upload.json()['task_id']!r} not found",
+        "code": "not_found",
+    }

@@ -1,0 +1,153 @@
+"""Helpers shared by the tests: fake embedder, tenants, workers, a served API, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.embed import TextEmbedder, Vectors
+from api.app import create_app
+from core.embedded import free_port
+from core.keys import create_key
+from core.models import EMBEDDING_DIMENSION, Agent
+from core.settings import Settings
+from core.staging import StagingStore
+from worker.main import build_workers
+
+
+class FakeEmbedder:
+    """Deterministic unit vectors from a hash of the text: fast, for workflow tests."""
+
+    dimension = EMBEDDING_DIMENSION
+
+    def encode(self, texts: list[str]) -> Vectors:
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            vector = np.random.default_rng(seed).standard_normal(self.dimension)
+            rows.append(vector / np.linalg.norm(vector))
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dimension)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    client: Client
+    sessionmaker: async_sessionmaker[AsyncSession]
+    staging: StagingStore
+
+
+@dataclass
+class Tenant:
+    key: str
+    owner_id: uuid.UUID
+    agent_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def make_settings(
+    home: Path, database_url: str, temporal_address: str, **overrides: Any
+) -> Settings:
+    """Settings for a test stack: fresh task queues so no other test's worker interferes."""
+    suffix = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "home": home,
+        "database_url": database_url,
+        "temporal_address": temporal_address,
+        "staging_url": str(home / "staging"),
+        "task_queue": f"test-{suffix}",
+        "embed_task_queue": f"test-embed-{suffix}",
+        "embed_activity_chunks": 16,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+async def new_tenant(stack: Stack, name: str = "tenant") -> Tenant:
+    """A fresh owner with one key and one agent."""
+    async with stack.sessionmaker.begin() as session:
+        new_key = await create_key(session, name)
+        agent = Agent(owner_id=new_key.owner_id, name=f"{name}-agent")
+        session.add(agent)
+        await session.flush()
+        return Tenant(new_key.key, new_key.owner_id, str(agent.id))
+
+
+@asynccontextmanager
+async def running_workers(
+    stack: Stack, settings: Settings, embedder: TextEmbedder
+) -> AsyncIterator[list[Worker]]:
+    """The production workers (both task queues of `settings`) running in this loop."""
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        workers = build_workers(
+            stack.client, settings, stack.staging, stack.sessionmaker, embedder, executor
+        )
+        runs = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            yield workers
+        finally:
+            for worker in workers:
+                await worker.shutdown()
+            await asyncio.gather(*runs, return_exceptions=True)
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    """The real API under uvicorn on a free port; yields its base URL."""
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient,
+    tenant: Tenant,
+    task_id: str,
+    statuses: set[str] | frozenset[str],
+    deadline_s: float = 120,
+) -> dict[str, Any]:
+    """Poll `/upload/status` until the task reaches one of `statuses`."""
+    body: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(deadline_s):
+            while True:
+                response = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+                assert response.status_code == 200, response.text
+                body = response.json()
+                if body["status"] in statuses:
+                    return body
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"task {task_id} stuck at {body}") from None
+
+
+def multipart_file(name: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+    return {"file": (name, data, content_type)}
