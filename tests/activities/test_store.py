@@ -1,0 +1,64 @@
+"""The store activity against the real PostgreSQL: idempotent, one transaction, COPY."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from sqlalchemy import func, select
+from temporalio.testing import ActivityEnvironment
+
+from activities.chunk import ChunkActivities
+from activities.embed import EmbedActivities
+from activities.extract import ExtractActivities
+from activities.store import StoreActivities
+from core.formats import DocumentFormat
+from core.models import Chunk, Document
+from core.staging import ORIGINAL
+from tests.documents import make_pdf
+from tests.support import FakeEmbedder, Stack, Tenant
+from workflows.types import EmbedBatch, IngestTask
+
+
+async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: Tenant) -> None:
+    pdf = make_pdf([f"Page {n} " + "words and more words. " * 60 for n in range(1, 4)])
+    task = IngestTask(
+        task_id=str(uuid.uuid4()),
+        owner_id=str(tenant.owner_id),
+        agent_id=tenant.agent_id,
+        filename="twice.pdf",
+        format=DocumentFormat.PDF.value,
+        size_bytes=len(pdf),
+        sha256=hashlib.sha256(pdf).hexdigest(),
+        chunk_size=200,
+        chunk_overlap=20,
+        embed_task_queue="unused",
+        embed_activity_chunks=5,
+    )
+    stack.staging.write_bytes(task.task_id, ORIGINAL, pdf)
+    env = ActivityEnvironment()
+    env.run(ExtractActivities(stack.staging).extract, task)
+    total = env.run(ChunkActivities(stack.staging).chunk, task).chunks
+    embed = EmbedActivities(stack.staging, FakeEmbedder()).embed
+    for start in range(0, total, 5):
+        env.run(embed, EmbedBatch(task.task_id, start, min(start + 5, total)))
+    store = StoreActivities(stack.staging, stack.sessionmaker).store
+
+    first = await env.run(store, task)
+    second = await env.run(store, task)
+
+    assert first == second
+    async with stack.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(Chunk.ordinal, Chunk.page).where(
+                    Chunk.document_id == uuid.UUID(first.document_id)
+                )
+            )
+        ).all()
+        documents = await session.scalar(
+            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
+        )
+    assert documents == 1
+    assert sorted(ordinal for ordinal, _ in rows) == list(range(total))
+    assert {page for _, page in rows} == {1, 2, 3}

@@ -1,0 +1,117 @@
+"""The whole stack over HTTP: upload → Temporal workflow → real model → pgvector → status."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from activities.extract import extract_text
+from core.formats import DocumentFormat
+from tests.documents import lorem, make_docx, make_pdf
+from tests.support import Stack, Tenant, wait_for_status
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
+
+
+async def upload(http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes) -> str:
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": tenant.agent_id},
+        headers=tenant.headers,
+        files={"file": (name, data)},
+    )
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+async def stored_chunks(stack: Stack, document_id: str) -> list[dict[str, Any]]:
+    async with stack.sessionmaker() as session:
+        rows = await session.execute(
+            text(
+                "SELECT ordinal, text, start_char, end_char, page, vector_norm(embedding) AS norm "
+                "FROM chunks WHERE document_id = :id ORDER BY ordinal"
+            ),
+            {"id": uuid.UUID(document_id)},
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+async def test_e2e_pdf_and_docx_reach_complete_with_correct_rows(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    pdf = make_pdf([f"Chapter {n}\n" + lorem(40, seed=n).replace("\n\n", "\n") for n in (1, 2, 3)])
+    docx = make_docx(
+        [lorem(15, seed=7), lorem(15, seed=8)],
+        table=[["Region", "Revenue"], ["North", "1200"], ["South", "800"]],
+    )
+    pdf_task = await upload(http, tenant, "chapters.pdf", pdf)
+    docx_task = await upload(http, tenant, "memo.docx", docx)
+
+    for task_id, name, data, fmt in (
+        (pdf_task, "chapters.pdf", pdf, DocumentFormat.PDF),
+        (docx_task, "memo.docx", docx, DocumentFormat.DOCX),
+    ):
+        status = await wait_for_status(http, tenant, task_id, TERMINAL)
+        assert status["status"] == "complete", status
+        assert status["message"] == f"Successfully processed {name}"
+        assert status["stage"] == "done"
+        assert status["error"] is None
+        assert status["completed_at"] >= status["started_at"]
+        progress = status["progress"]
+        assert progress["percent"] == 100.0
+        assert progress["chunks_embedded"] == progress["chunks_total"] > 0
+
+        chunks = await stored_chunks(stack, status["document_id"])
+        assert [chunk["ordinal"] for chunk in chunks] == list(range(progress["chunks_total"]))
+        source = extract_text(data, fmt).text
+        for chunk in chunks:
+            assert source[chunk["start_char"] : chunk["end_char"]] == chunk["text"]
+            assert len(chunk["text"]) <= 1000
+            assert chunk["norm"] == pytest.approx(1.0, abs=1e-3)
+        pages = {chunk["page"] for chunk in chunks}
+        assert pages == ({1, 2, 3} if fmt is DocumentFormat.PDF else {None})
+
+    docx_chunks = await stored_chunks(stack, (await wait_for_status(
+        http, tenant, docx_task, TERMINAL))["document_id"])  # fmt: skip
+    assert any("North | 1200" in str(chunk["text"]) for chunk in docx_chunks)
+
+    listed = await http.get("/api/progress", headers=tenant.headers)
+    assert listed.status_code == 200
+    tasks = listed.json()["tasks"]
+    assert [task["task_id"] for task in tasks] == [docx_task, pdf_task]  # newest first
+    assert {task["status"] for task in tasks} == {"complete"}
+    only_complete = await http.get(
+        "/api/progress", params={"status": "complete", "limit": 1}, headers=tenant.headers
+    )
+    assert len(only_complete.json()["tasks"]) == 1
+
+
+async def test_e2e_corrupt_pdf_fails_with_a_clear_message(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    task_id = await upload(http, tenant, "cut.pdf", make_pdf(["soon to be cut"])[:400])
+    status = await wait_for_status(http, tenant, task_id, TERMINAL)
+    assert status["status"] == "failed"
+    assert status["message"].startswith("Failed to process cut.pdf: the PDF is damaged")
+    assert status["error"]["type"] == "CorruptDocument"
+    failed = await http.get("/api/progress", params={"status": "failed"}, headers=tenant.headers)
+    assert [task["task_id"] for task in failed.json()["tasks"]] == [task_id]
+
+
+async def test_e2e_text_markdown_and_html_complete(http: httpx.AsyncClient, tenant: Tenant) -> None:
+    files = {
+        "notes.txt": lorem(10).encode("utf-16"),
+        "readme.md": b"# Title\n\nSome *markdown* text about ingestion.",
+        "page.html": b"<html><head><script>x()</script></head><body><p>Hello web</p></body></html>",
+    }
+    tasks = [await upload(http, tenant, name, data) for name, data in files.items()]
+    for task_id in tasks:
+        status = await wait_for_status(http, tenant, task_id, TERMINAL)
+        assert status["status"] == "complete", status

@@ -1,0 +1,112 @@
+"""IngestDocument on the real Temporal dev server and PostgreSQL, with a fake embedder."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from core.formats import DocumentFormat
+from core.models import Chunk, Document
+from core.settings import Settings
+from core.staging import ORIGINAL
+from tests.documents import lorem, make_pdf
+from tests.support import FakeEmbedder, Stack, Tenant, make_settings, running_workers
+from workflows.ingest import IngestDocument
+from workflows.types import IngestTask, Status
+
+
+@pytest.fixture(scope="module")
+async def fake_settings(stack: Stack) -> AsyncIterator[Settings]:
+    """Workers with the fake embedder on task queues of their own."""
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home,
+        stack.settings.database_url,
+        stack.settings.resolved_temporal_address,
+        embed_activity_chunks=4,
+        embed_window=2,
+    )
+    async with running_workers(stack, settings, FakeEmbedder()):
+        yield settings
+
+
+def stage(stack: Stack, settings: Settings, tenant: Tenant, data: bytes, fmt: DocumentFormat,
+          filename: str) -> IngestTask:  # fmt: skip
+    task_id = str(uuid.uuid4())
+    stack.staging.write_bytes(task_id, ORIGINAL, data)
+    return IngestTask(
+        task_id=task_id,
+        owner_id=str(tenant.owner_id),
+        agent_id=tenant.agent_id,
+        filename=filename,
+        format=fmt.value,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk_size=300,
+        chunk_overlap=30,
+        embed_task_queue=settings.embed_task_queue,
+        embed_activity_chunks=settings.embed_activity_chunks,
+        embed_window=settings.embed_window,
+    )
+
+
+async def test_ingest_stores_every_chunk_once_and_cleans_staging(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    text = lorem(120)
+    task = stage(stack, fake_settings, tenant, text.encode(), DocumentFormat.TEXT, "notes.txt")
+    result = await stack.client.execute_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    assert result.status == Status.COMPLETE
+    assert result.message == "Successfully processed notes.txt"
+    assert result.chunks_total > 8  # several embed batches of 4, window 2
+    assert result.chunks_embedded == result.chunks_total
+    assert result.document_id is not None
+    document_id = uuid.UUID(result.document_id)
+    async with stack.sessionmaker() as session:
+        document = await session.get(Document, document_id)
+        stored = await session.scalar(
+            select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)
+        )
+    assert document is not None
+    assert document.status == Status.COMPLETE
+    assert document.chunk_count == stored == result.chunks_total
+    assert not stack.staging.exists(task.task_id, ORIGINAL)
+
+    queried = await stack.client.get_workflow_handle(task.task_id).query(IngestDocument.progress)
+    assert queried == result
+
+
+async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    broken = make_pdf(["a page that will be cut"])[:300]
+    task = stage(stack, fake_settings, tenant, broken, DocumentFormat.PDF, "broken.pdf")
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "CorruptDocument"
+    assert cause.message.startswith("Failed to process broken.pdf: the PDF is damaged")
+
+    attempts = [
+        event.activity_task_started_event_attributes.attempt
+        async for event in handle.fetch_history_events()
+        if event.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [1, 1]  # extract once, then record_outcome once: no retry of a bad file
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert (document.status, document.error_type) == (Status.FAILED, "CorruptDocument")
+    assert stack.staging.exists(task.task_id, ORIGINAL)  # kept so the task can be retried
