@@ -13,7 +13,10 @@ from core.staging import TEXT, StagingStore
 from workflows.types import CHUNK, ChunkResult, IngestTask
 
 MANIFEST = "chunks/manifest.json"
-_SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s+")
+# CJK full stops need no following space: CJK text has none between sentences.
+_SENTENCE_END = re.compile(
+    r"[.!?][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s*"
+)
 _PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
 _LINE = re.compile(r"\n\s*")
 _SPACE = re.compile(r"\s+")
@@ -89,7 +92,12 @@ def _next_start(text: str, start: int, end: int, overlap: int) -> int:
     candidate = max(end - overlap, start + 1)
     if candidate > 0 and not text[candidate - 1].isspace():
         space = _SPACE.search(text, candidate, end)
-        candidate = space.end() if space else candidate
+        if space:
+            candidate = space.end()
+        elif _SPACE.search(text, start, candidate):
+            # The overlap would begin inside the chunk's last word: share nothing instead.
+            # (Text without spaces at all, like CJK, still overlaps mid-run.)
+            return end
     return candidate if start < candidate < end else end
 
 

@@ -44,6 +44,8 @@ def extract_text(
         DocumentFormat.TEXT: lambda: ExtractedText(decode_text(data)),
     }
     extracted = extractors[fmt]()
+    # PostgreSQL text cannot hold NUL; dropping it keeps offsets consistent from here on.
+    extracted.text = extracted.text.replace("\x00", "")
     if not extracted.text.strip():
         raise RejectedDocument(FailureType.EMPTY_DOCUMENT, _empty_reason(fmt))
     return extracted
@@ -62,7 +64,7 @@ def extract_pdf(data: bytes, on_page: Callable[[int], None] | None = None) -> Ex
     offset = 0
     try:
         for number, page in enumerate(reader.pages, start=1):
-            page_text = (page.extract_text() or "").strip()
+            page_text = (page.extract_text() or "").replace("\x00", "").strip()
             page_starts.append(offset)
             parts.append(page_text)
             offset += len(page_text) + len(PAGE_SEPARATOR)
@@ -178,6 +180,8 @@ class _HTMLText(HTMLParser):
         self._skipping = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body":  # HTML lets </head> be left out; the body is never skipped
+            self._skipping = 0
         if tag in self._SKIP:
             self._skipping += 1
         elif tag in self._BLOCK:
@@ -188,6 +192,8 @@ class _HTMLText(HTMLParser):
             self._skipping = max(0, self._skipping - 1)
         elif tag in self._BLOCK:
             self.parts.append("\n")
+        elif tag in ("td", "th"):  # keep adjacent cells apart: "Name Age", not "NameAge"
+            self.parts.append(" ")
 
     def handle_data(self, data: str) -> None:
         if not self._skipping:

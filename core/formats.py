@@ -51,7 +51,7 @@ def sniff_format(file: BinaryIO, filename: str) -> DocumentFormat:
     head = file.read(SNIFF_BYTES)
     if not head:
         raise UnreadableContent("the file is empty")
-    if head.lstrip(b"\x00\t\n\r ").startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
+    if _is_pdf(head):
         return DocumentFormat.PDF
     if head.startswith(b"PK\x03\x04"):
         file.seek(0)
@@ -65,6 +65,14 @@ def sniff_format(file: BinaryIO, filename: str) -> DocumentFormat:
     if suffix in _MARKDOWN_SUFFIXES:
         return DocumentFormat.MARKDOWN
     return DocumentFormat.TEXT
+
+
+def _is_pdf(head: bytes) -> bool:
+    """PDF readers accept the header anywhere in the first KiB, after junk bytes; text that
+    merely mentions `%PDF-` stays text."""
+    if head.lstrip(b"\x00\t\n\r\xef\xbb\xbf ").startswith(b"%PDF-"):
+        return True
+    return b"%PDF-" in head[:1024] and decode_head(head) is None
 
 
 def _sniff_zip(file: BinaryIO) -> DocumentFormat:
@@ -112,6 +120,12 @@ def _utf8_prefix_ok(sample: bytes) -> bool:
 def decode_text(data: bytes) -> str:
     """Decode a whole text file; undecodable bytes become U+FFFD rather than failing."""
     codec, skip = detect_encoding(data)
+    if codec == "utf-8":
+        try:
+            return data[skip:].decode("utf-8")
+        except UnicodeDecodeError:
+            # The first KiBs looked like UTF-8 but a later byte is not: a legacy encoding.
+            codec = "cp1252"
     return data[skip:].decode(codec, errors="replace")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import docx
 import pypdf
@@ -64,10 +65,27 @@ def make_docx(paragraphs: list[str], table: list[list[str]] | None = None) -> by
 
 def lorem(sentences: int, seed: int = 0) -> str:
     """Deterministic prose with sentence and paragraph boundaries."""
-    words = (
-        "ingestion vector search document agent chunk embedding worker retry durable "
-        "temporal postgres page table paragraph sentence boundary overlap offset"
-    ).split()
+    words = [
+        "ingestion",
+        "vector",
+        "search",
+        "document",
+        "agent",
+        "chunk",
+        "embedding",
+        "worker",
+        "retry",
+        "durable",
+        "temporal",
+        "postgres",
+        "page",
+        "table",
+        "paragraph",
+        "sentence",
+        "boundary",
+        "overlap",
+        "offset",
+    ]
     out = []
     for index in range(sentences):
         n = 6 + (index * 7 + seed) % 9
@@ -76,3 +94,28 @@ def lorem(sentences: int, seed: int = 0) -> str:
         if index % 5 == 4:
             out.append("\n\n")
     return " ".join(out).replace(" \n\n ", "\n\n")
+
+
+def make_docx_blocks(blocks: list[str | list[list[str]]]) -> bytes:
+    """A DOCX with paragraphs (strings) and tables (lists of rows) in the given order."""
+    document = docx.Document()
+    for block in blocks:
+        if isinstance(block, str):
+            document.add_paragraph(block)
+            continue
+        grid = document.add_table(rows=len(block), cols=len(block[0]))
+        for r, row in enumerate(block):
+            for c, value in enumerate(row):
+                grid.cell(r, c).text = value
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """A plain ZIP archive holding the given files (name -> content), deflated."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()

@@ -1,0 +1,306 @@
+"""Chunking: bounded chunks with exact offsets, cut at the most natural boundary."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+
+import pytest
+
+from activities.chunk import TextChunk, assign_pages, split_text
+from tests.documents import lorem
+
+
+def assert_valid(text: str, chunks: list[TextChunk], chunk_size: int) -> None:
+    """What every caller relies on, whatever the text."""
+    for chunk in chunks:
+        assert 0 < len(chunk.text) <= chunk_size
+        assert text[chunk.start : chunk.end] == chunk.text
+        assert not chunk.text[0].isspace()
+        assert not chunk.text[-1].isspace()
+        assert chunk.page is None
+    starts = [chunk.start for chunk in chunks]
+    assert starts == sorted(set(starts)), "chunks must advance"
+    covered = [False] * len(text)
+    for chunk in chunks:
+        covered[chunk.start : chunk.end] = [True] * (chunk.end - chunk.start)
+    missing = [i for i, ch in enumerate(text) if not ch.isspace() and not covered[i]]
+    assert not missing, f"characters not in any chunk at {missing[:10]}"
+
+
+def overlaps(chunks: list[TextChunk]) -> list[int]:
+    return [prev.end - nxt.start for prev, nxt in itertools.pairwise(chunks)]
+
+
+# --- invariants on ordinary prose ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "overlap"),
+    [(1, 0), (2, 1), (10, 3), (50, 0), (80, 20), (200, 50), (500, 100), (1000, 999)],
+)
+def test_split_text_prose_keeps_every_invariant(chunk_size: int, overlap: int) -> None:
+    text = lorem(120, seed=chunk_size)
+    chunks = split_text(text, chunk_size, overlap)
+    assert_valid(text, chunks, chunk_size)
+
+
+def test_split_text_short_text_is_one_stripped_chunk() -> None:
+    text = "  \n Hello, world. \t\n"
+    assert split_text(text, 100, 10) == [TextChunk("Hello, world.", 4, 17)]
+
+
+def test_split_text_text_of_exactly_chunk_size_is_one_chunk() -> None:
+    text = "a" * 50
+    assert split_text(text, 50, 10) == [TextChunk(text, 0, 50)]
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\n\n", " \t\r\n\f\v", "\u3000\u00a0\u2028"])
+def test_split_text_empty_or_whitespace_gives_no_chunks(text: str) -> None:
+    assert split_text(text, 100, 10) == []
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "overlap"),
+    [(0, 0), (-1, 0), (100, 100), (100, 150), (100, -1), (1, 1)],
+)
+def test_split_text_invalid_arguments_raise(chunk_size: int, overlap: int) -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        split_text("some text", chunk_size, overlap)
+
+
+# --- overlap ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("chunk_size", "overlap"), [(200, 40), (300, 100), (120, 20)])
+def test_split_text_consecutive_chunks_overlap_about_overlap(chunk_size: int, overlap: int) -> None:
+    text = lorem(200, seed=7)
+    chunks = split_text(text, chunk_size, overlap)
+    assert len(chunks) > 5
+    for shared in overlaps(chunks):
+        assert 0 < shared <= overlap
+    for prev, nxt in itertools.pairwise(chunks):
+        assert prev.text.endswith(text[nxt.start : prev.end])
+
+
+def test_split_text_without_overlap_chunks_do_not_share_text() -> None:
+    text = lorem(200, seed=3)
+    chunks = split_text(text, 150, 0)
+    assert_valid(text, chunks, 150)
+    for prev, nxt in itertools.pairwise(chunks):
+        assert nxt.start >= prev.end
+        assert text[prev.end : nxt.start].strip() == ""
+
+
+def test_split_text_overlap_starts_on_a_word() -> None:
+    rng = random.Random(11)
+    vocabulary = ["a", "to", "the", "word", "internationalization", "x" * 30, "end."]
+    text = " ".join(rng.choice(vocabulary) for _ in range(600))
+    chunks = split_text(text, 80, 10)
+    assert_valid(text, chunks, 80)
+    for chunk in chunks[1:]:
+        assert text[chunk.start - 1].isspace(), f"chunk starts mid-word: {chunk.text[:20]!r}"
+    for prev, nxt in itertools.pairwise(chunks):
+        assert prev.end - nxt.start <= 10
+        assert text[prev.end : nxt.start].strip() == ""
+
+
+# --- boundary preference ------------------------------------------------------------------
+
+
+def test_split_text_prefers_a_paragraph_break() -> None:
+    first = "The first paragraph talks. It has sentences. Several of them here."
+    second = "The second one continues. Another sentence ends. Words go on and on and on."
+    text = f"{first}\n\n{second}"
+    chunks = split_text(text, 100, 0)
+    assert chunks[0] == TextChunk(first, 0, len(first))
+    assert chunks[1].start == len(first) + 2
+
+
+def test_split_text_prefers_a_sentence_end_over_spaces() -> None:
+    first = "This sentence ends in the middle of the window and then."
+    text = first + " More words follow without any full stop for quite a while longer"
+    chunks = split_text(text, 100, 0)
+    assert chunks[0] == TextChunk(first, 0, len(first))
+
+
+@pytest.mark.parametrize("end", ["!", "?", '."', ".)", ".\u201d"])
+def test_split_text_keeps_sentence_punctuation_in_the_chunk(end: str) -> None:
+    first = "She said it clearly and loudly to everyone in the room" + end
+    text = first + " and the rest of the story carries on with more words to read"
+    chunks = split_text(text, 100, 0)
+    assert chunks[0].text == first
+
+
+def test_split_text_prefers_a_line_break_over_spaces() -> None:
+    first = "a line of words without any full stop that runs on"
+    text = first + "\nand the next line also has no full stop and keeps going on and on"
+    chunks = split_text(text, 100, 0)
+    assert chunks[0].text == first
+
+
+def test_split_text_falls_back_to_the_last_space() -> None:
+    text = " ".join(["word"] * 40)
+    chunks = split_text(text, 42, 0)
+    assert_valid(text, chunks, 42)
+    assert chunks[0].text == " ".join(["word"] * 8)
+    assert all(chunk.text.split() == ["word"] * len(chunk.text.split()) for chunk in chunks)
+
+
+def test_split_text_ignores_breaks_that_would_make_a_tiny_chunk() -> None:
+    text = "Hi.\n\n" + " ".join(["word"] * 60)
+    chunks = split_text(text, 100, 0)
+    assert chunks[0].text.startswith("Hi.\n\nword")
+    assert len(chunks[0].text) >= 50
+
+
+def test_split_text_no_spaces_is_cut_hard_and_covered() -> None:
+    text = "".join(random.Random(5).choice("abcdefghij") for _ in range(20_000))
+    chunks = split_text(text, 512, 64)
+    assert_valid(text, chunks, 512)
+    assert chunks[0].start == 0
+    assert chunks[-1].end == len(text)
+    for prev, nxt in itertools.pairwise(chunks):
+        assert nxt.start <= prev.end
+    assert len(chunks) <= 20_000 // (512 - 64) + 2
+
+
+def test_split_text_no_spaces_without_overlap_is_contiguous() -> None:
+    text = "x" * 20_000
+    chunks = split_text(text, 1000, 0)
+    assert [(c.start, c.end) for c in chunks] == [(i, i + 1000) for i in range(0, 20_000, 1000)]
+
+
+# --- unicode ------------------------------------------------------------------------------
+
+
+def test_split_text_emoji_offsets() -> None:
+    text = " ".join(["party 🎉🎊 time 👩‍👩‍👧"] * 60)
+    chunks = split_text(text, 64, 16)
+    assert_valid(text, chunks, 64)
+
+
+def test_split_text_cjk_cuts_after_full_stops() -> None:
+    sentence = "这是一个测试句子。"
+    text = sentence * 40
+    chunks = split_text(text, 50, 0)
+    assert_valid(text, chunks, 50)
+    for chunk in chunks:
+        assert chunk.text.endswith("。")
+        assert chunk.start % len(sentence) == 0
+
+
+def test_split_text_cjk_with_overlap() -> None:
+    text = "東京は日本の首都です。大阪は関西にあります\uff01本当ですか\uff1f" * 30
+    chunks = split_text(text, 40, 10)
+    assert_valid(text, chunks, 40)
+    assert all(0 < shared <= 10 for shared in overlaps(chunks))
+
+
+def test_split_text_combining_marks() -> None:
+    text = " ".join(["cafe\u0301 nai\u0308ve Z\u0335\u0321a\u0336l\u0337g\u0338o"] * 50)
+    chunks = split_text(text, 60, 10)
+    assert_valid(text, chunks, 60)
+
+
+def test_split_text_rtl_text() -> None:
+    text = " ".join(["مرحبا بالعالم.", "שלום עולם!", "hello world"] * 40)
+    chunks = split_text(text, 70, 15)
+    assert_valid(text, chunks, 70)
+    assert chunks[0].text.endswith((".", "!", "d"))
+
+
+# --- adversarial input --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n" * 5_000 + "word " * 200 + "\n" * 5_000,
+        "\n\nword" * 2_000,
+        "a\n" * 5_000,
+        ". " * 5_000,
+        "." * 10_000,
+        "!?" * 3_000 + " end",
+        ("\u3002" * 3_000) + "x",
+        " \t \n" * 3_000 + "x",
+        "\r\n\r\n".join(["line"] * 2_000),
+    ],
+    ids=[
+        "newlines-around-words",
+        "paragraph-per-word",
+        "line-per-letter",
+        "sentence-stops",
+        "only-dots",
+        "bangs",
+        "cjk-stops",
+        "whitespace-then-x",
+        "crlf-paragraphs",
+    ],
+)
+@pytest.mark.parametrize(("chunk_size", "overlap"), [(50, 0), (50, 45), (7, 3)])
+def test_split_text_adversarial_input_terminates(text: str, chunk_size: int, overlap: int) -> None:
+    began = time.monotonic()
+    chunks = split_text(text, chunk_size, overlap)
+    assert time.monotonic() - began < 2
+    assert_valid(text, chunks, chunk_size)
+    assert len(chunks) <= len(text)
+
+
+def test_split_text_random_texts_keep_every_invariant() -> None:
+    rng = random.Random(20240601)
+    alphabet = [*"abcdefgh", *"ABC", " ", " ", " ", "\n", "\n\n", ".", ". ", "! ", "?\n"]
+    alphabet += ["\t", "\u3002", "日本", "🎉", "e\u0301", "مرحبا", "\u00a0", '." ', "xxxxxxxxxx"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 600)))
+        chunk_size = rng.randint(1, 120)
+        overlap = rng.randint(0, chunk_size - 1)
+        chunks = split_text(text, chunk_size, overlap)
+        assert_valid(text, chunks, chunk_size)
+        for shared in overlaps(chunks):
+            assert shared <= overlap
+            if overlap == 0:
+                assert shared <= 0
+
+
+# --- assign_pages -------------------------------------------------------------------------
+
+
+def test_assign_pages_sets_the_page_where_each_chunk_starts() -> None:
+    chunks = [TextChunk("a", 0, 1), TextChunk("b", 9, 10), TextChunk("c", 10, 11)]
+    chunks += [TextChunk("d", 25, 26), TextChunk("e", 40, 41)]
+    assign_pages(chunks, [0, 10, 20, 40])
+    assert [chunk.page for chunk in chunks] == [1, 1, 2, 3, 4]
+
+
+def test_assign_pages_chunk_spanning_pages_gets_its_first_page() -> None:
+    chunks = [TextChunk("x" * 30, 5, 35)]
+    assign_pages(chunks, [0, 10, 20])
+    assert chunks[0].page == 1
+
+
+@pytest.mark.parametrize("page_starts", [None, []])
+def test_assign_pages_without_pages_leaves_none(page_starts: list[int] | None) -> None:
+    chunks = split_text(lorem(30), 100, 10)
+    assign_pages(chunks, page_starts)
+    assert chunks
+    assert all(chunk.page is None for chunk in chunks)
+
+
+def test_assign_pages_with_split_text_matches_page_text() -> None:
+    pages = [lorem(12, seed=n) for n in range(4)]
+    text = "\n\n".join(pages)
+    page_starts = []
+    offset = 0
+    for page in pages:
+        page_starts.append(offset)
+        offset += len(page) + 2
+    chunks = split_text(text, 120, 30)
+    assign_pages(chunks, page_starts)
+    for chunk in chunks:
+        assert chunk.page is not None
+        assert page_starts[chunk.page - 1] <= chunk.start
+        if chunk.page < len(pages):
+            assert chunk.start < page_starts[chunk.page]
+    assert {chunk.page for chunk in chunks} == {1, 2, 3, 4}

@@ -1,0 +1,286 @@
+"""Text extraction from real PDF, DOCX, HTML and text files, and why files are rejected."""
+
+from __future__ import annotations
+
+import codecs
+import io
+import zipfile
+
+import pytest
+
+from activities import extract as extract_module
+from activities.errors import RejectedDocument
+from activities.extract import extract_docx, extract_pdf, extract_text, html_to_text
+from core.formats import DocumentFormat
+from tests.documents import (
+    make_docx,
+    make_docx_blocks,
+    make_encrypted_pdf,
+    make_image_only_pdf,
+    make_pdf,
+    make_zip,
+)
+from workflows.types import FailureType
+
+PAGES = [
+    "Page one opens the report.\nIt has two lines.",
+    "Page two holds the figures.",
+    "Page three is the conclusion.",
+]
+
+
+def rejected(data: bytes, fmt: DocumentFormat) -> RejectedDocument:
+    with pytest.raises(RejectedDocument) as info:
+        extract_text(data, fmt)
+    return info.value
+
+
+# --- PDF ----------------------------------------------------------------------------------
+
+
+def test_extract_text_pdf_keeps_page_starts() -> None:
+    result = extract_text(make_pdf(PAGES), DocumentFormat.PDF)
+    assert result.page_starts is not None
+    assert len(result.page_starts) == len(PAGES)
+    assert result.page_starts[0] == 0
+    for index, page in enumerate(PAGES):
+        start = result.page_starts[index]
+        assert result.text[start:].startswith(page)
+    assert result.text == "\n\n".join(PAGES)
+
+
+def test_extract_text_pdf_page_starts_with_a_blank_page() -> None:
+    result = extract_text(make_pdf(["Alpha page", "", "Gamma page"]), DocumentFormat.PDF)
+    assert result.page_starts is not None
+    assert len(result.page_starts) == 3
+    third = result.page_starts[2]
+    assert result.text[third:] == "Gamma page"
+    assert result.text[: len("Alpha page")] == "Alpha page"
+    assert result.page_starts[0] < result.page_starts[1] <= third
+
+
+def test_extract_pdf_reports_each_page() -> None:
+    seen: list[int] = []
+    extract_pdf(make_pdf(PAGES), on_page=seen.append)
+    assert seen == [1, 2, 3]
+
+
+def test_extract_text_pdf_with_empty_user_password_opens() -> None:
+    result = extract_text(make_encrypted_pdf("Readable text", password=""), DocumentFormat.PDF)
+    assert result.text == "Readable text"
+    assert result.page_starts == [0]
+
+
+def test_extract_text_encrypted_pdf_is_rejected() -> None:
+    error = rejected(make_encrypted_pdf(), DocumentFormat.PDF)
+    assert error.error_type == FailureType.ENCRYPTED_DOCUMENT
+    assert "password" in error.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [make_pdf(PAGES)[:200], b"%PDF-1.4 garbage", b"%PDF-1.7\n" + bytes(range(256)) * 4],
+    ids=["truncated", "garbage", "binary-after-header"],
+)
+def test_extract_text_damaged_pdf_is_corrupt(data: bytes) -> None:
+    error = rejected(data, DocumentFormat.PDF)
+    assert error.error_type == FailureType.CORRUPT_DOCUMENT
+    assert "PDF" in error.message
+
+
+def test_extract_text_image_only_pdf_is_empty() -> None:
+    error = rejected(make_image_only_pdf(), DocumentFormat.PDF)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+    assert "no extractable text" in error.message
+
+
+def test_extract_text_pdf_of_blank_pages_is_empty() -> None:
+    error = rejected(make_pdf(["", "   "]), DocumentFormat.PDF)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+
+
+# --- DOCX ---------------------------------------------------------------------------------
+
+
+def test_extract_text_docx_paragraphs_then_table() -> None:
+    data = make_docx(["First paragraph.", "Second paragraph."], [["Name", "Age"], ["Ann", "42"]])
+    result = extract_text(data, DocumentFormat.DOCX)
+    assert result.text == "First paragraph.\n\nSecond paragraph.\n\nName | Age\nAnn | 42"
+    assert result.page_starts is None
+
+
+def test_extract_docx_keeps_tables_between_paragraphs_in_order() -> None:
+    data = make_docx_blocks(
+        ["Before the table.", [["a1", "b1"], ["a2", "b2"]], "After the table.", [["only"]]]
+    )
+    assert extract_docx(data) == "Before the table.\n\na1 | b1\na2 | b2\n\nAfter the table.\n\nonly"
+
+
+def test_extract_docx_skips_blank_paragraphs() -> None:
+    assert extract_docx(make_docx(["One", "", "   ", "Two"])) == "One\n\nTwo"
+
+
+def test_extract_docx_keeps_unicode() -> None:
+    text = "Grüße — 日本語 🎉 مرحبا"
+    assert extract_docx(make_docx([text])) == text
+
+
+def test_extract_text_docx_without_text_is_empty() -> None:
+    error = rejected(make_docx([]), DocumentFormat.DOCX)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+    assert error.message == "the document contains no text"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"this is not a zip archive", make_pdf(["not a docx"]), b""],
+    ids=["text", "pdf", "empty"],
+)
+def test_extract_text_docx_that_is_not_a_zip_is_corrupt(data: bytes) -> None:
+    error = rejected(data, DocumentFormat.DOCX)
+    assert error.error_type == FailureType.CORRUPT_DOCUMENT
+    assert error.message == "the Word document is not a valid ZIP archive"
+
+
+def test_extract_text_zip_without_word_document_is_corrupt() -> None:
+    error = rejected(make_zip({"hello.txt": b"hi"}), DocumentFormat.DOCX)
+    assert error.error_type == FailureType.CORRUPT_DOCUMENT
+    assert error.message == "the Word document is damaged and cannot be read"
+
+
+def test_extract_text_docx_with_broken_xml_is_corrupt() -> None:
+    original = make_docx(["Hello"])
+    with zipfile.ZipFile(io.BytesIO(original)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["word/document.xml"] = b"<w:document><unclosed"
+    error = rejected(make_zip(members), DocumentFormat.DOCX)
+    assert error.error_type == FailureType.CORRUPT_DOCUMENT
+
+
+def test_extract_text_docx_that_inflates_too_far_is_too_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(extract_module, "MAX_DOCX_UNCOMPRESSED", 1024 * 1024)
+    data = make_zip({"word/document.xml": b"<" + b" " * (2 * 1024 * 1024)})
+    error = rejected(data, DocumentFormat.DOCX)
+    assert error.error_type == FailureType.DOCUMENT_TOO_LARGE
+    assert error.message == "the Word document unpacks to 2 MiB, over the 1 MiB limit"
+
+
+# --- text and encodings -------------------------------------------------------------------
+
+TEXT = "Grüße aus Köln — “quoted” café.\nSecond line."
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        TEXT.encode("utf-8"),
+        codecs.BOM_UTF8 + TEXT.encode("utf-8"),
+        codecs.BOM_UTF16_LE + TEXT.encode("utf-16-le"),
+        codecs.BOM_UTF16_BE + TEXT.encode("utf-16-be"),
+        TEXT.encode("cp1252"),
+    ],
+    ids=["utf8", "utf8-bom", "utf16le-bom", "utf16be-bom", "cp1252"],
+)
+@pytest.mark.parametrize("fmt", [DocumentFormat.TEXT, DocumentFormat.MARKDOWN])
+def test_extract_text_decodes_text_encodings(data: bytes, fmt: DocumentFormat) -> None:
+    result = extract_text(data, fmt)
+    assert result.text == TEXT
+    assert result.page_starts is None
+
+
+def test_extract_text_markdown_is_kept_verbatim() -> None:
+    source = "# Title\n\n* item with **bold**\n\n```\ncode\n```\n"
+    assert extract_text(source.encode(), DocumentFormat.MARKDOWN).text == source
+
+
+def test_extract_text_removes_nul_characters() -> None:
+    assert extract_text(b"abc\x00def\x00", DocumentFormat.TEXT).text == "abcdef"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"   \n\t\r\n  ",
+        b"  \x00 \n  \x00\t ",
+        codecs.BOM_UTF8 + b" \n",
+        "\u3000\u00a0".encode(),
+    ],
+    ids=["empty", "whitespace", "nul-and-space", "bom-and-space", "unicode-spaces"],
+)
+@pytest.mark.parametrize("fmt", [DocumentFormat.TEXT, DocumentFormat.MARKDOWN])
+def test_extract_text_whitespace_only_is_empty(data: bytes, fmt: DocumentFormat) -> None:
+    error = rejected(data, fmt)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+    assert error.message == "the document contains no text"
+
+
+# --- HTML ---------------------------------------------------------------------------------
+
+
+def test_html_to_text_drops_script_style_and_head() -> None:
+    html = """<!DOCTYPE html>
+<html><head><title>Tab title</title><style>p { color: red }</style>
+<script>var secret = "hidden";</script></head>
+<body><script type="module">alert("x")</script><noscript>Enable JS</noscript>
+<p>Visible text.</p><template><p>Template text</p></template></body></html>"""
+    assert html_to_text(html) == "Visible text."
+
+
+def test_html_to_text_keeps_block_breaks() -> None:
+    html = (
+        "<h1>Title</h1><p>First <b>bold</b> paragraph.</p><div>Second block</div>"
+        "<ul><li>one</li><li>two</li></ul>line<br>break"
+    )
+    assert html_to_text(html) == (
+        "Title\n\nFirst bold paragraph.\n\nSecond block\n\none\n\ntwo\n\nline\nbreak"
+    )
+
+
+def test_html_to_text_collapses_whitespace_and_blank_lines() -> None:
+    html = "<p>  lots   of\tspace  </p>\n\n\n\n<p>next</p><div><div><div>deep</div></div></div>"
+    assert html_to_text(html) == "lots of space\n\nnext\n\ndeep"
+
+
+def test_html_to_text_decodes_entities() -> None:
+    assert html_to_text("<p>Fish &amp; chips&nbsp;&lt;3 &#8364;5 &eacute;</p>") == (
+        "Fish & chips <3 €5 é"
+    )
+
+
+def test_html_to_text_keeps_table_cells_apart() -> None:
+    html = "<table><tr><th>Name</th><th>Age</th></tr><tr><td>Ann</td><td>42</td></tr></table>"
+    assert html_to_text(html) == "Name Age\n\nAnn 42"
+
+
+def test_html_to_text_reads_body_when_head_is_not_closed() -> None:
+    html = "<html><head><title>Title</title><body><p>Body text</p></body></html>"
+    assert html_to_text(html) == "Body text"
+
+
+def test_html_to_text_survives_unbalanced_tags() -> None:
+    text = html_to_text("</script></style><p>Text<p>More</div>")
+    assert [line for line in text.splitlines() if line] == ["Text", "More"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<html><body><p>Caf\xc3\xa9 &amp; bar</p></body></html>",
+        codecs.BOM_UTF16_LE + "<html><body><p>Café &amp; bar</p></body></html>".encode("utf-16-le"),
+        b"<html><body><p>Caf\xe9 &amp; bar</p></body></html>",
+    ],
+    ids=["utf8", "utf16-bom", "cp1252"],
+)
+def test_extract_text_html_bytes(data: bytes) -> None:
+    result = extract_text(data, DocumentFormat.HTML)
+    assert result.text == "Café & bar"
+    assert result.page_starts is None
+
+
+def test_extract_text_html_with_only_scripts_is_empty() -> None:
+    data = b"<html><head><script>x()</script></head><body><style>p{}</style></body></html>"
+    error = rejected(data, DocumentFormat.HTML)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT

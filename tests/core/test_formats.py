@@ -1,0 +1,304 @@
+"""Content sniffing and text decoding: what a file is, whatever its name says."""
+
+from __future__ import annotations
+
+import codecs
+import io
+import random
+
+import pytest
+
+from core.formats import (
+    SNIFF_BYTES,
+    DocumentFormat,
+    UnreadableContent,
+    decode_head,
+    decode_text,
+    detect_encoding,
+    is_probably_text,
+    sniff_format,
+)
+from tests.documents import make_docx, make_pdf, make_zip
+
+PLAIN = "Quarterly report.\nRevenue grew in every region.\n"
+CP1252_TEXT = "Café naïve \u2013 “smart quotes” cost 5 €.\n"
+
+
+def sniff(data: bytes, filename: str) -> DocumentFormat:
+    return sniff_format(io.BytesIO(data), filename)
+
+
+def random_bytes(count: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(count)
+
+
+# --- sniff_format: binary formats by content ---------------------------------------------
+
+
+@pytest.mark.parametrize("filename", ["report.pdf", "notes.txt", "README.md", "page.html", "x"])
+def test_sniff_format_pdf_by_magic_whatever_the_name(filename: str) -> None:
+    assert sniff(make_pdf(["hello"]), filename) is DocumentFormat.PDF
+
+
+def test_sniff_format_pdf_with_leading_junk_within_first_kilobyte() -> None:
+    data = b"\r\n \x00" + b"junk line\n" * 50 + make_pdf(["hello"])
+    assert sniff(data, "scan.bin") is DocumentFormat.PDF
+
+
+def test_sniff_format_docx_zip_is_docx_even_with_wrong_name() -> None:
+    assert sniff(make_docx(["Hello"]), "letter.txt") is DocumentFormat.DOCX
+
+
+def test_sniff_format_docx_reads_archive_from_the_start() -> None:
+    file = io.BytesIO(make_docx(["Hello"]))
+    assert sniff_format(file, "letter.docx") is DocumentFormat.DOCX
+
+
+def test_sniff_format_zip_that_is_not_docx_is_unreadable() -> None:
+    archive = make_zip({"data.csv": b"a,b\n1,2\n", "readme.txt": b"hello"})
+    with pytest.raises(UnreadableContent, match=r"not a Word \(\.docx\) document"):
+        sniff(archive, "report.docx")
+
+
+def test_sniff_format_damaged_zip_is_unreadable() -> None:
+    data = b"PK\x03\x04" + random_bytes(500, seed=3)
+    with pytest.raises(UnreadableContent, match="ZIP archive but is damaged"):
+        sniff(data, "report.docx")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sniff_format_random_binary_named_pdf_is_unreadable(seed: int) -> None:
+    with pytest.raises(UnreadableContent, match="binary data"):
+        sniff(random_bytes(4096, seed), "report.pdf")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00",
+        b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 200,
+        b"\x00" * 1000,
+        b"text with a NUL\x00 in the middle",
+    ],
+    ids=["png", "elf", "zeros", "nul-in-text"],
+)
+def test_sniff_format_binary_headers_are_unreadable(data: bytes) -> None:
+    with pytest.raises(UnreadableContent):
+        sniff(data, "document.txt")
+
+
+def test_sniff_format_empty_file_is_unreadable() -> None:
+    with pytest.raises(UnreadableContent, match="empty"):
+        sniff(b"", "empty.txt")
+
+
+# --- sniff_format: text flavours -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<!DOCTYPE html><html><body><p>Hi</p></body></html>",
+        b"<!doctype HTML>\n<title>x</title>",
+        b"\n\n   <html lang='en'><body>Hi</body></html>",
+        b'<?xml version="1.0"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><body/></html>',
+        codecs.BOM_UTF8 + b"<html><body>Hi</body></html>",
+        codecs.BOM_UTF16_LE + "<!DOCTYPE html><p>Hi</p>".encode("utf-16-le"),
+    ],
+    ids=["doctype", "doctype-upper", "leading-blank", "xhtml-prolog", "utf8-bom", "utf16-bom"],
+)
+def test_sniff_format_html_by_content_with_text_name(data: bytes) -> None:
+    assert sniff(data, "page.txt") is DocumentFormat.HTML
+
+
+@pytest.mark.parametrize("filename", ["page.html", "page.htm", "PAGE.HTML", "doc.xhtml"])
+def test_sniff_format_html_by_extension(filename: str) -> None:
+    assert sniff(b"<p>Just a fragment</p>", filename) is DocumentFormat.HTML
+
+
+def test_sniff_format_xml_that_is_not_html_is_text() -> None:
+    data = b'<?xml version="1.0"?>\n<catalog><book>Dune</book></catalog>'
+    assert sniff(data, "catalog.xml") is DocumentFormat.TEXT
+
+
+def test_sniff_format_html_mentioned_late_is_not_html() -> None:
+    assert sniff(b"How to write <html> tags: start with a doctype.", "howto.txt") is (
+        DocumentFormat.TEXT
+    )
+
+
+@pytest.mark.parametrize(
+    "filename", ["notes.md", "notes.markdown", "NOTES.MD", "a.mdown", "a.mkd", "dir.v2/x.md"]
+)
+def test_sniff_format_markdown_by_extension(filename: str) -> None:
+    assert sniff(b"# Title\n\nSome *text*.\n", filename) is DocumentFormat.MARKDOWN
+
+
+def test_sniff_format_markdown_content_named_txt_is_text() -> None:
+    assert sniff(b"# Title\n\nSome *text*.\n", "notes.txt") is DocumentFormat.TEXT
+
+
+@pytest.mark.parametrize(
+    ("bom", "codec"),
+    [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")],
+    ids=["le", "be"],
+)
+def test_sniff_format_utf16_with_bom_is_text(bom: bytes, codec: str) -> None:
+    assert sniff(bom + PLAIN.encode(codec), "report.txt") is DocumentFormat.TEXT
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_sniff_format_utf16_without_bom_is_text(codec: str) -> None:
+    assert sniff(PLAIN.encode(codec), "report.txt") is DocumentFormat.TEXT
+
+
+@pytest.mark.parametrize("filename", ["notes.txt", "notes", "data.csv", "weird.name.LOG"])
+def test_sniff_format_plain_utf8_text(filename: str) -> None:
+    data = "Ünïcödé text — with 日本語 and emoji 🎉.\n".encode()
+    assert sniff(data, filename) is DocumentFormat.TEXT
+
+
+def test_sniff_format_cp1252_text() -> None:
+    assert sniff(CP1252_TEXT.encode("cp1252"), "legacy.txt") is DocumentFormat.TEXT
+
+
+def test_sniff_format_large_text_only_reads_the_head() -> None:
+    data = PLAIN.encode() * 10_000 + random_bytes(10_000, seed=9)
+    assert sniff(data, "big.txt") is DocumentFormat.TEXT
+
+
+# --- detect_encoding ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bom", "encode_as", "codec"),
+    [
+        (codecs.BOM_UTF8, "utf-8", "utf-8"),
+        (codecs.BOM_UTF16_LE, "utf-16-le", "utf-16-le"),
+        (codecs.BOM_UTF16_BE, "utf-16-be", "utf-16-be"),
+        (codecs.BOM_UTF32_LE, "utf-32-le", "utf-32-le"),
+        (codecs.BOM_UTF32_BE, "utf-32-be", "utf-32-be"),
+    ],
+    ids=["utf8", "utf16le", "utf16be", "utf32le", "utf32be"],
+)
+def test_detect_encoding_bom_wins_and_is_skipped(bom: bytes, encode_as: str, codec: str) -> None:
+    assert detect_encoding(bom + "héllo".encode(encode_as)) == (codec, len(bom))
+
+
+@pytest.mark.parametrize(
+    "text", ["", "plain ascii", "naïve café ✓ 日本語 🎉"], ids=["empty", "ascii", "multibyte"]
+)
+def test_detect_encoding_utf8_without_bom(text: str) -> None:
+    assert detect_encoding(text.encode()) == ("utf-8", 0)
+
+
+def test_detect_encoding_utf8_cut_mid_character_at_sniff_limit() -> None:
+    data = ("a" * (SNIFF_BYTES - 1) + "é" * 10).encode()
+    assert data[SNIFF_BYTES - 1 : SNIFF_BYTES] == b"\xc3"
+    assert detect_encoding(data) == ("utf-8", 0)
+
+
+def test_detect_encoding_cp1252_fallback() -> None:
+    assert detect_encoding(CP1252_TEXT.encode("cp1252")) == ("cp1252", 0)
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("text", ["hello world", "héllo wörld"], ids=["ascii", "latin"])
+def test_detect_encoding_utf16_without_bom(codec: str, text: str) -> None:
+    assert detect_encoding(text.encode(codec)) == (codec, 0)
+
+
+# --- decode_text --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PLAIN.encode(),
+        codecs.BOM_UTF8 + PLAIN.encode(),
+        codecs.BOM_UTF16_LE + PLAIN.encode("utf-16-le"),
+        codecs.BOM_UTF16_BE + PLAIN.encode("utf-16-be"),
+        PLAIN.encode("utf-16-le"),
+        PLAIN.encode("utf-16-be"),
+        codecs.BOM_UTF32_LE + PLAIN.encode("utf-32-le"),
+    ],
+    ids=["utf8", "utf8-bom", "utf16le-bom", "utf16be-bom", "utf16le", "utf16be", "utf32le-bom"],
+)
+def test_decode_text_round_trips_without_bom(data: bytes) -> None:
+    assert decode_text(data) == PLAIN
+
+
+def test_decode_text_multibyte_utf8() -> None:
+    text = "Grüße, 世界! مرحبا 🎉 e\u0301"
+    assert decode_text(text.encode()) == text
+
+
+def test_decode_text_cp1252_fallback() -> None:
+    assert decode_text(CP1252_TEXT.encode("cp1252")) == CP1252_TEXT
+
+
+def test_decode_text_legacy_bytes_after_the_sniffed_head_fall_back_to_cp1252() -> None:
+    data = b"a" * (SNIFF_BYTES + 10) + b"caf\xe9 tail"
+    text = decode_text(data)
+    assert text == "a" * (SNIFF_BYTES + 10) + "caf\u00e9 tail"
+
+
+def test_sniff_text_that_mentions_the_pdf_header_stays_text() -> None:
+    data = b"Notes on file formats.\nA PDF starts with %PDF-1.7 and ends with %%EOF.\n"
+    assert sniff_format(io.BytesIO(data), "notes.txt") is DocumentFormat.TEXT
+
+
+def test_decode_text_empty() -> None:
+    assert decode_text(b"") == ""
+
+
+# --- decode_head --------------------------------------------------------------------------
+
+
+def test_decode_head_text() -> None:
+    assert decode_head(PLAIN.encode()) == PLAIN
+
+
+def test_decode_head_drops_a_character_cut_at_the_end() -> None:
+    head = "abc é".encode()[:-1]
+    assert decode_head(head) == "abc "
+
+
+def test_decode_head_utf16_cut_at_odd_length() -> None:
+    head = (codecs.BOM_UTF16_LE + "hello".encode("utf-16-le"))[:-1]
+    assert decode_head(head) == "hell"
+
+
+def test_decode_head_binary_is_none() -> None:
+    assert decode_head(random_bytes(2048, seed=5)) is None
+
+
+def test_decode_head_cp1252() -> None:
+    assert decode_head(CP1252_TEXT.encode("cp1252")) == CP1252_TEXT
+
+
+# --- is_probably_text ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "hello", "tabs\tand\nnewlines\r\n\f\v", "\x1b[1mbold\x1b[0m terminal", "日本語 🎉"],
+    ids=["empty", "word", "whitespace-controls", "ansi-escape", "unicode"],
+)
+def test_is_probably_text_accepts_text(text: str) -> None:
+    assert is_probably_text(text)
+
+
+def test_is_probably_text_rejects_any_nul() -> None:
+    assert not is_probably_text("a" * 1000 + "\x00")
+
+
+def test_is_probably_text_tolerates_one_suspicious_character_in_twenty() -> None:
+    assert is_probably_text("a" * 19 + "\x01")
+    assert is_probably_text("a" * 19 + "\ufffd")
+    assert not is_probably_text("a" * 18 + "\x01")
+    assert not is_probably_text("a" * 18 + "\ufffd")
+
+
+def test_is_probably_text_rejects_control_heavy_text() -> None:
+    assert not is_probably_text("".join(chr(c) for c in range(1, 32)) * 3)
