@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from temporalio.client import Client
 
 from api.deps import OwnerDep, TemporalDep
 from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
@@ -53,13 +55,28 @@ async def list_progress(
 ) -> TasksPublic:
     """The caller's upload tasks, newest first, from Temporal visibility."""
     query = visibility_query(owner, agent_id, status)
-    tasks: list[TaskStatus] = []
+    # Visibility lists running workflows first, then closed ones by close time, and SQL
+    # visibility refuses ORDER BY: fetch both groups and order by start time here.
+    groups = [
+        f"{query} AND ExecutionStatus = 'Running'",
+        f"{query} AND ExecutionStatus != 'Running'",
+    ]
     with temporal_unavailable_as_503("Cannot list tasks"):
-        async for execution in temporal.list_workflows(
-            query, limit=limit, rpc_timeout=timedelta(seconds=5)
-        ):
-            rendered = await render_execution(execution, owner)
-            if rendered is not None:
-                tasks.append(rendered)
-    tasks.sort(key=lambda task: task.started_at or "", reverse=True)
-    return TasksPublic(tasks=tasks)
+        found = await asyncio.gather(*(_list(temporal, owner, group, limit) for group in groups))
+    tasks = sorted(
+        (task for group in found for task in group),
+        key=lambda task: task.started_at or "",
+        reverse=True,
+    )
+    return TasksPublic(tasks=tasks[:limit])
+
+
+async def _list(temporal: Client, owner: uuid.UUID, query: str, limit: int) -> list[TaskStatus]:
+    tasks: list[TaskStatus] = []
+    async for execution in temporal.list_workflows(
+        query, limit=limit, rpc_timeout=timedelta(seconds=5)
+    ):
+        rendered = await render_execution(execution, owner)
+        if rendered is not None:
+            tasks.append(rendered)
+    return tasks

@@ -122,7 +122,7 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(
         )
     assert response.status_code == 413, response.text
     assert response.json()["code"] == "payload_too_large"
-    assert staged_tasks(stack) == before
+    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
 
 
 async def test_upload_streamed_without_length_is_cut_at_the_limit(
@@ -149,7 +149,7 @@ async def test_upload_streamed_without_length_is_cut_at_the_limit(
             content=body(),
         )
     assert response.status_code == 413
-    assert staged_tasks(stack) == before
+    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
 
 
 async def test_upload_exactly_at_the_limit_is_accepted(
@@ -182,7 +182,7 @@ async def test_upload_of_unreadable_content_is_415_and_leaves_nothing(
     assert response.status_code == 415, response.text
     assert response.json()["code"] == "unsupported_media_type"
     assert name in response.json()["detail"]
-    assert staged_tasks(stack) == before
+    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ async def test_upload_without_exactly_one_file_is_422(
     before = staged_tasks(stack)
     response = await http.post(upload_url(tenant), headers=tenant.headers, files=files)  # type: ignore[arg-type]
     assert response.status_code == 422, response.text
-    assert staged_tasks(stack) == before
+    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
 
 
 async def test_upload_that_is_not_multipart_is_422(http: httpx.AsyncClient, tenant: Tenant) -> None:
@@ -273,7 +273,7 @@ async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
         health = await http.get("/health")
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "service_unavailable"
-    assert staged_tasks(stack) == before
+    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
     assert health.status_code == 503
     assert health.json()["temporal"] == "unavailable"
     assert health.json()["database"] == "ok"
