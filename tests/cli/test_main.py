@@ -1,0 +1,125 @@
+"""The `docingest` console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from core.embedded import free_port
+from core.keys import owner_for_key
+from tests.support import Stack
+
+DOCINGEST = str(Path(sys.executable).parent / "docingest")
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DOCINGEST, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+async def test_cli_keys_create_prints_only_a_working_key(stack: Stack, database_url: str) -> None:
+    result = run_cli("keys", "create", "--name", "ci", env={"DOCINGEST_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("dik_")
+    async with stack.sessionmaker() as session:
+        assert await owner_for_key(session, lines[0]) is not None
+
+
+def test_cli_migrate_twice_is_harmless(database_url: str) -> None:
+    for _ in range(2):
+        result = run_cli("migrate", env={"DOCINGEST_DATABASE_URL": database_url})
+        assert result.returncode == 0, result.stderr
+
+
+def start_dev(home: Path, ports: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """Start `docingest dev`; return it and its banner once it printed one."""
+    env = {**os.environ, "DOCINGEST_HOME": str(home), **ports}
+    env.pop("DOCINGEST_DATABASE_URL", None)
+    env.pop("DOCINGEST_TEMPORAL_ADDRESS", None)
+    process = subprocess.Popen(
+        [DOCINGEST, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    banner: list[str] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise AssertionError(f"docingest dev exited: {''.join(banner)}")
+        banner.append(line)
+        if line.startswith("  curl") and "/api/progress" in line:
+            return process, "".join(banner)
+    raise AssertionError("no banner from docingest dev")
+
+
+def stop_dev(process: subprocess.Popen[str], home: Path) -> None:
+    """SIGTERM (as Ctrl-C) stops every process dev started, PostgreSQL included."""
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+    postmaster = home / "postgres" / "postmaster.pid"
+    deadline = time.monotonic() + 30
+    while postmaster.exists():
+        assert time.monotonic() < deadline, "PostgreSQL still runs after dev stopped"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_cli_dev_prints_a_curl_that_works_and_keeps_state(tmp_path: Path) -> None:
+    ports = {
+        "DOCINGEST_API_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
+    }
+    process, banner = start_dev(tmp_path, ports)
+    try:
+        upload = next(line for line in banner.splitlines() if "-F" in line)
+        document = tmp_path / "README.md"
+        document.write_text("# Hello\n\nThe dev stack ingests this file end to end.\n")
+        args = shlex.split(upload.strip().replace("file=@README.md", f"file=@{document}"))
+        assert args[0] == "curl"
+        headers = dict([args[2].split(": ", 1)])
+        url = args[-1]
+        with httpx.Client(timeout=30) as http:
+            accepted = http.post(url, headers=headers, files={"file": document.open("rb")})
+            assert accepted.status_code == 202, accepted.text
+            status_url = (
+                url.split("/upload/agent")[0] + "/upload/status/" + accepted.json()["task_id"]
+            )
+            deadline = time.monotonic() + 120
+            while http.get(status_url, headers=headers).json()["status"] != "complete":
+                assert time.monotonic() < deadline, "upload did not complete"
+                time.sleep(0.5)
+        assert f"Temporal UI  http://127.0.0.1:{ports['DOCINGEST_TEMPORAL_UI_PORT']}" in banner
+        ui = httpx.get(f"http://127.0.0.1:{ports['DOCINGEST_TEMPORAL_UI_PORT']}/", timeout=10)
+        assert ui.status_code == 200
+    finally:
+        stop_dev(process, tmp_path)
+
+    key = re.search(r"API key +(\S+)", banner)
+    process, second_banner = start_dev(tmp_path, ports)
+    try:
+        assert key is not None and key.group(1) in second_banner  # the same key survives
+        with httpx.Client(timeout=30) as http:
+            listed = http.get(
+                f"http://127.0.0.1:{ports['DOCINGEST_API_PORT']}/api/progress",
+                headers={"Authorization": f"Bearer {key.group(1)}"},
+            )
+        assert [task["status"] for task in listed.json()["tasks"]] == ["complete"]
+    finally:
+        stop_dev(process, tmp_path)
