@@ -36,11 +36,17 @@ def bundled_model_path() -> str:
 class SentenceTransformerEmbedder:
     """A local sentence-transformers model; nothing is downloaded (HF_HUB_OFFLINE=1)."""
 
-    def __init__(self, model_path: str | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, model_path: str | None = None, batch_size: int = 32, device: str = "auto"
+    ) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model_path = model_path or bundled_model_path()
-        self.model = SentenceTransformer(self.model_path, device="cpu", local_files_only=True)
+        self.device = device
+        self.model = SentenceTransformer(self.model_path, device=device, local_files_only=True)
         self.batch_size = batch_size
         width = self.model.get_embedding_dimension()
         if width is None:

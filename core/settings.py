@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(
         default=None, description="Local sentence-transformers model path; unset = bundled."
     )
+    embedding_device: str = Field(
+        default="auto", description="cpu, cuda, cuda:N, or auto (CUDA when present)."
+    )
     embedding_batch_size: int = Field(default=32, ge=1, le=1024)
     embed_activity_chunks: int = Field(
         default=128, ge=1, le=10_000, description="Chunks embedded by one activity."

@@ -111,7 +111,7 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     embedder: TextEmbedder | None = None
     if role in (Role.ALL, Role.EMBED):
         embedder = SentenceTransformerEmbedder(
-            settings.embedding_model, settings.embedding_batch_size
+            settings.embedding_model, settings.embedding_batch_size, settings.embedding_device
         )
         await check_embedding_dimension(engine, embedder.dimension)
     staging = StagingStore(settings.resolved_staging_url)
