@@ -17,7 +17,7 @@ from temporalio import activity
 
 from activities.errors import RejectedDocument, rejected_to_failure, staging_missing
 from core.formats import DocumentFormat, decode_text
-from core.staging import ORIGINAL, TEXT, StagingStore
+from core.staging import TEXT, StagingStore
 from workflows.types import EXTRACT, ExtractResult, FailureType, IngestTask
 
 # A DOCX is a ZIP: refuse archives that inflate past this before python-docx reads them.
@@ -222,7 +222,7 @@ class ExtractActivities:
     def extract(self, task: IngestTask) -> ExtractResult:
         """Read the original, write `text.json` (text and page starts) to staging."""
         try:
-            data = self.staging.read_bytes(task.task_id, ORIGINAL)
+            data = self.staging.read_bytes(task.task_id, task.original)
         except FileNotFoundError as exc:
             raise staging_missing("the uploaded file") from exc
         try:

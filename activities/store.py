@@ -9,10 +9,12 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector_async
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.chunk import MANIFEST, shard_name
 from activities.embed import from_npy, vectors_name
@@ -20,7 +22,15 @@ from activities.errors import staging_missing
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.staging import StagingStore
-from workflows.types import RECORD_OUTCOME, STORE, IngestTask, Outcome, Status, StoreResult
+from workflows.types import (
+    RECORD_OUTCOME,
+    STORE,
+    FailureType,
+    IngestTask,
+    Outcome,
+    Status,
+    StoreResult,
+)
 
 _COPY_CHUNKS = (
     "COPY chunks (document_id, ordinal, text, start_char, end_char, page, embedding) "
@@ -79,17 +89,33 @@ class StoreActivities:
     async def store(self, task: IngestTask) -> StoreResult:
         """Make the document searchable; running it twice leaves one copy of each chunk."""
         manifest, shards = await asyncio.to_thread(self._load, task.task_id)
-        async with self.sessionmaker.begin() as session:
-            document_id = await upsert_document(
-                session,
-                task,
-                Status.COMPLETE,
-                chunk_count=manifest["chunks"],
-                page_count=manifest["pages"],
-            )
-            await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
-            await copy_chunks(session, _rows(document_id, shards))
+        try:
+            async with self.sessionmaker.begin() as session:
+                existing = await find_stored_copy(session, task)
+                if existing is not None:
+                    return existing
+                document_id = await upsert_document(
+                    session,
+                    task,
+                    Status.COMPLETE,
+                    chunk_count=manifest["chunks"],
+                    page_count=manifest["pages"],
+                )
+                await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+                await copy_chunks(session, _rows(document_id, shards))
+        except IntegrityError as exc:
+            return await self._settle_conflict(task, exc)
         return StoreResult(document_id=str(document_id), chunks=manifest["chunks"])
+
+    async def _settle_conflict(self, task: IngestTask, exc: IntegrityError) -> StoreResult:
+        """Another task stored the same bytes for this agent first, or the agent is gone."""
+        async with self.sessionmaker.begin() as session:
+            existing = await find_stored_copy(session, task)
+        if existing is not None:
+            return existing
+        if _violates(exc, "fk"):
+            raise agent_deleted(task) from exc
+        raise exc
 
     def _load(self, task_id: str) -> tuple[dict[str, Any], list[tuple[list[Any], Any]]]:
         try:
@@ -108,15 +134,51 @@ class StoreActivities:
     @activity.defn(name=RECORD_OUTCOME)
     async def record_outcome(self, outcome: Outcome) -> None:
         """Keep a row for a task that ended without chunks: why it failed, or that it stopped."""
-        async with self.sessionmaker.begin() as session:
-            document_id = await upsert_document(
-                session,
-                outcome.task,
-                outcome.status,
-                error_type=outcome.error_type,
-                error_message=outcome.error_message,
+        try:
+            async with self.sessionmaker.begin() as session:
+                document_id = await upsert_document(
+                    session,
+                    outcome.task,
+                    outcome.status,
+                    error_type=outcome.error_type,
+                    error_message=outcome.error_message,
+                )
+                await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+        except IntegrityError as exc:
+            if not _violates(exc, "fk"):
+                raise
+            # The agent was deleted meanwhile: its documents are gone, nothing to record.
+
+
+async def find_stored_copy(session: AsyncSession, task: IngestTask) -> StoreResult | None:
+    """A complete document of another task with the same bytes for the same agent."""
+    found = (
+        await session.execute(
+            select(Document.id, Document.chunk_count).where(
+                Document.agent_id == uuid.UUID(task.agent_id),
+                Document.sha256 == task.sha256,
+                Document.status == Status.COMPLETE,
+                Document.task_id != task.task_id,
             )
-            await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
+        )
+    ).first()
+    if found is None:
+        return None
+    return StoreResult(document_id=str(found.id), chunks=found.chunk_count, duplicate=True)
+
+
+def agent_deleted(task: IngestTask) -> ApplicationError:
+    return ApplicationError(
+        f"the agent {task.agent_id} was deleted while the document was processed",
+        type=FailureType.AGENT_DELETED,
+        non_retryable=True,
+    )
+
+
+def _violates(exc: IntegrityError, kind: str) -> bool:
+    """Whether a constraint of this kind (`fk` for foreign keys, `uq` for unique) failed."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate == {"fk": "23503", "uq": "23505"}[kind]
 
 
 def _rows(document_id: uuid.UUID, shards: list[tuple[list[Any], Any]]) -> Iterator[tuple[Any, ...]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
@@ -19,6 +20,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # The schema's vector width; the worker refuses to start with a model of another width.
@@ -67,9 +69,34 @@ class Agent(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+class UploadBatch(Base):
+    __tablename__ = "upload_batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("owners.id", ondelete="CASCADE"), index=True
+    )
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    files: Mapped[int] = mapped_column(Integer)
+    # The files refused at upload (too large, unreadable…): they never became tasks.
+    rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    created_at: Mapped[datetime] = _created_at()
+
+
 class Document(Base):
     __tablename__ = "documents"
-    __table_args__ = (Index("ix_documents_agent_status", "agent_id", "status"),)
+    __table_args__ = (
+        Index("ix_documents_agent_status", "agent_id", "status"),
+        Index("ix_documents_agent_created", "agent_id", "created_at"),
+        # At most one stored copy of the same bytes per agent: the database settles races.
+        Index(
+            "uq_documents_agent_sha256_complete",
+            "agent_id",
+            "sha256",
+            unique=True,
+            postgresql_where=text("status = 'complete'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     owner_id: Mapped[uuid.UUID] = mapped_column(

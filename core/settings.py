@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -30,7 +31,14 @@ class Settings(BaseSettings):
     staging_url: str | None = Field(
         default=None, description="fsspec URL of the staging store; unset means HOME/staging."
     )
-    max_upload_bytes: int = Field(default=50 * MIB, gt=0)
+    max_upload_bytes: int = Field(default=50 * MIB, gt=0, description="Per file.")
+    max_batch_files: int = Field(default=100, ge=1, le=1000)
+    max_batch_bytes: int = Field(default=500 * MIB, gt=0, description="Whole batch request.")
+    staging_ttl: timedelta = Field(
+        default=timedelta(days=7),
+        description="Staging of finished (or vanished) tasks is removed after this long.",
+    )
+    search_ef_search: int = Field(default=100, ge=10, le=1000, description="HNSW ef_search.")
     chunk_size: int = Field(default=1000, ge=100, le=20_000)
     chunk_overlap: int = Field(default=100, ge=0, le=10_000)
     embedding_model: str | None = Field(

@@ -61,6 +61,12 @@ class StagingStore:
     def read_json(self, task_id: str, name: str) -> Any:
         return json.loads(self.read_bytes(task_id, name))
 
+    def remove(self, task_id: str, name: str) -> None:
+        """Remove one staged object; a missing one is not an error."""
+        path = self.path(task_id, name)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
     def remove_task(self, task_id: str) -> None:
         """Remove everything staged for a task; removing twice is not an error."""
         folder = f"{self.root}/{task_id}"

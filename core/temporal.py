@@ -15,7 +15,8 @@ from temporalio.common import SearchAttributeKey
 OWNER_ID = SearchAttributeKey.for_keyword("OwnerId")
 AGENT_ID = SearchAttributeKey.for_keyword("AgentId")
 INGEST_STATUS = SearchAttributeKey.for_keyword("IngestStatus")
-SEARCH_ATTRIBUTES = (OWNER_ID, AGENT_ID, INGEST_STATUS)
+BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
+SEARCH_ATTRIBUTES = (OWNER_ID, AGENT_ID, INGEST_STATUS, BATCH_ID)
 
 
 async def connect(address: str, namespace: str) -> Client:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from core.temporal import INGEST_STATUS, iso_utc
@@ -42,6 +43,9 @@ _STEP_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=list(FailureType.NON_RETRYABLE),
 )
+# On cancel, wait for a running activity to stop (at its next heartbeat) before cleaning up,
+# else the cleanup races it and leaves rows or files behind.
+_WAIT = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 # The database may be restarting: store and outcome keep trying for a few minutes.
 _DATABASE_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=10)
 _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
@@ -88,6 +92,7 @@ class IngestDocument:
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=_STEP_RETRY,
+            cancellation_type=_WAIT,
         )
         self._update(Status.PROCESSING, Stage.CHUNKING)
         chunked = await workflow.execute_activity(
@@ -96,6 +101,7 @@ class IngestDocument:
             result_type=ChunkResult,
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=_STEP_RETRY,
+            cancellation_type=_WAIT,
         )
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
         await self._embed_all(task, chunked.chunks)
@@ -106,12 +112,17 @@ class IngestDocument:
             result_type=StoreResult,
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=_DATABASE_RETRY,
+            cancellation_type=_WAIT,
         )
+        message = f"Successfully processed {task.filename}"
+        if stored.duplicate:
+            message = f"{task.filename} is already stored for this agent; nothing new was stored"
         self._update(
             Status.COMPLETE,
             Stage.DONE,
-            f"Successfully processed {task.filename}",
+            message,
             document_id=stored.document_id,
+            duplicate=stored.duplicate,
             completed_at=iso_utc(workflow.now()),
         )
         await self._cleanup(task)
@@ -155,6 +166,7 @@ class IngestDocument:
             start_to_close_timeout=timedelta(minutes=10),
             heartbeat_timeout=timedelta(minutes=1),
             retry_policy=_STEP_RETRY,
+            cancellation_type=_WAIT,
         )
         return result
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 WORKFLOW_NAME = "IngestDocument"
 PROGRESS_QUERY = "progress"
 MEMO_PROGRESS = "progress"
+MEMO_TASK = "task"
 
 EXTRACT = "extract"
 CHUNK = "chunk"
@@ -49,6 +50,7 @@ class FailureType:
     EMPTY_DOCUMENT = "EmptyDocument"
     DOCUMENT_TOO_LARGE = "DocumentTooLarge"
     STAGING_MISSING = "StagingMissing"
+    AGENT_DELETED = "AgentDeleted"
 
     PERMANENT = frozenset(
         {
@@ -60,7 +62,7 @@ class FailureType:
         }
     )
     # Retrying these can never help; STAGING_MISSING ends as `error` (the system lost input).
-    NON_RETRYABLE = (*sorted(PERMANENT), STAGING_MISSING, "ConfigurationError")
+    NON_RETRYABLE = (*sorted(PERMANENT), STAGING_MISSING, AGENT_DELETED, "ConfigurationError")
 
 
 @dataclass
@@ -79,6 +81,9 @@ class IngestTask:
     embed_task_queue: str
     embed_activity_chunks: int = 128
     embed_window: int = 4
+    # Name of the uploaded file inside the task's staging folder.
+    original: str = "original"
+    batch_id: str | None = None
 
 
 @dataclass
@@ -108,6 +113,8 @@ class EmbedResult:
 class StoreResult:
     document_id: str
     chunks: int
+    # The agent already had these bytes stored: nothing new was written.
+    duplicate: bool = False
 
 
 @dataclass
@@ -138,3 +145,4 @@ class TaskProgress:
     size_bytes: int = 0
     error_type: str | None = None
     error_message: str | None = None
+    duplicate: bool = False

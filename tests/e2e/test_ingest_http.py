@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -101,7 +102,14 @@ async def test_e2e_corrupt_pdf_fails_with_a_clear_message(
     assert status["status"] == "failed"
     assert status["message"].startswith("Failed to process cut.pdf: the PDF is damaged")
     assert status["error"]["type"] == "CorruptDocument"
-    failed = await http.get("/api/progress", params={"status": "failed"}, headers=tenant.headers)
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while True:
+            failed = await http.get(
+                "/api/progress", params={"status": "failed"}, headers=tenant.headers
+            )
+            if failed.json()["tasks"]:
+                break
+            await asyncio.sleep(0.1)
     assert [task["task_id"] for task in failed.json()["tasks"]] == [task_id]
 
 
