@@ -30,15 +30,37 @@ class AgentsPublic(BaseModel):
     agents: list[AgentPublic]
 
 
-class UploadAccepted(BaseModel):
-    """The seed contract of `POST /upload/agent`, field for field."""
+UPLOAD_MESSAGE = "Document uploaded successfully, processing in background"
+DUPLICATE_MESSAGE = "Document already ingested for this agent; nothing new was stored"
 
-    message: str = "Document uploaded successfully, processing in background"
+
+class UploadAccepted(BaseModel):
+    """The seed contract of `POST /upload/agent`, field for field; `duplicate` and
+    `document_id` appear only when the agent already had these bytes."""
+
+    message: str = UPLOAD_MESSAGE
     filename: str
     agent_id: str
     task_id: str
     status: TaskStatusValue = "queued"
     size_bytes: int
+    duplicate: bool | None = None
+    document_id: str | None = None
+
+
+class UploadRejected(BaseModel):
+    """A file of a batch that did not become a task, and why."""
+
+    filename: str
+    status: Literal["rejected"] = "rejected"
+    status_code: int
+    code: str
+    detail: str
+
+
+class BatchAccepted(BaseModel):
+    batch_id: str
+    tasks: list[UploadAccepted | UploadRejected]
 
 
 class TaskProgressCounts(BaseModel):
@@ -74,3 +96,13 @@ class HealthPublic(BaseModel):
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "unavailable"]
     temporal: Literal["ok", "unavailable"]
+
+
+class BatchStatus(BaseModel):
+    batch_id: str
+    agent_id: str
+    created_at: datetime
+    files: int
+    tasks: list[TaskStatus]
+    rejected: list[UploadRejected]
+    summary: dict[str, int]

@@ -7,12 +7,18 @@ query would, and list results carry the same object for `/api/progress`.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import TaskError, TaskProgressCounts, TaskStatus
@@ -29,8 +35,10 @@ _STOPPED = {
 }
 
 
-async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> TaskStatus | None:
-    """The caller's task, or None when it does not exist or belongs to another owner."""
+async def describe_owned(
+    client: Client, owner_id: uuid.UUID, task_id: str
+) -> tuple[WorkflowExecutionDescription, dict[str, Any]] | None:
+    """The task's workflow description and memo, or None when missing or another owner's."""
     handle = client.get_workflow_handle(task_id)
     try:
         with temporal_unavailable_as_503("Cannot read the task"):
@@ -40,18 +48,39 @@ async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> 
         if isinstance(cause, RPCError) and cause.status in _MISSING:
             return None
         raise
-    return await render_execution(description, owner_id)
+    attributes = description.typed_search_attributes
+    if description.workflow_type != WORKFLOW_NAME or attributes.get(OWNER_ID) != str(owner_id):
+        return None
+    return description, dict(await description.memo())
+
+
+async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> TaskStatus | None:
+    """The caller's task, or None when it does not exist or belongs to another owner."""
+    found = await describe_owned(client, owner_id, task_id)
+    if found is None:
+        return None
+    description, memo = found
+    return render(description, memo)
 
 
 async def render_execution(execution: WorkflowExecution, owner_id: uuid.UUID) -> TaskStatus | None:
     attributes = execution.typed_search_attributes
     if execution.workflow_type != WORKFLOW_NAME or attributes.get(OWNER_ID) != str(owner_id):
         return None
-    memo: Mapping[str, Any] = await execution.memo()
+    return render(execution, dict(await execution.memo()))
+
+
+def render(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStatus:
     raw = memo.get(MEMO_PROGRESS)
-    progress = TaskProgress(**raw) if isinstance(raw, dict) else _from_attributes(execution)
+    progress = _progress_from(raw) if isinstance(raw, dict) else _from_attributes(execution)
     progress = _reconcile(progress, execution.status, execution.close_time)
     return to_public(progress)
+
+
+def _progress_from(raw: dict[str, Any]) -> TaskProgress:
+    """Tolerate memos written by older or newer workflow versions."""
+    known = {field.name for field in dataclasses.fields(TaskProgress)}
+    return TaskProgress(**{key: value for key, value in raw.items() if key in known})
 
 
 def _from_attributes(execution: WorkflowExecution) -> TaskProgress:

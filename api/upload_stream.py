@@ -1,32 +1,30 @@
-"""Stream a multipart upload straight to the staging store: bounded memory, size and hash."""
+"""Stream multipart uploads straight to the staging store: bounded memory, sizes and hashes.
+
+The parser's callbacks only record events; all I/O happens on the async side (in threads), so
+the event loop never blocks on the staging store, local or remote.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from core.errors import InvalidRequest, PayloadTooLarge
-from core.staging import ORIGINAL, StagingStore
+from core.errors import DocingestError, InvalidRequest, PayloadTooLarge
+from core.staging import StagingStore
 
 FILE_FIELD = "file"
 _FLUSH_BYTES = 1024 * 1024
 _MAX_OTHER_FIELD_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024
 _MAX_FILENAME = 255
-
-
-@dataclass
-class StagedUpload:
-    filename: str
-    size_bytes: int
-    sha256: str
 
 
 def clean_filename(raw: str) -> str:
@@ -38,35 +36,40 @@ def clean_filename(raw: str) -> str:
 
 
 @dataclass
-class _Part:
-    headers: dict[bytes, bytes] = field(default_factory=dict)
-    field_name: str | None = None
-    filename: str | None = None
+class ReceivedFile:
+    """One `file` part, staged at `<task_id>/<original>` unless `error` says why not."""
+
+    filename: str
+    task_id: str
+    original: str
+    size_bytes: int = 0
+    sha256: str = ""
+    error: DocingestError | None = None
+    _hasher: Any = field(default_factory=hashlib.sha256, repr=False)
+    _sink: BinaryIO | None = field(default=None, repr=False)
 
 
-class _FileReceiver:
-    """Parser callbacks; file bytes queue up in `pending` for the async side to write."""
+# A staging target for the next file: (task_id, name of the original inside its folder).
+TargetFactory = Callable[[], tuple[str, str]]
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.part = _Part()
-        self._header_field = b""
-        self._header_value = b""
-        self.filename: str | None = None
-        self.files_seen = 0
-        self.in_file = False
-        self.size = 0
-        self.other_bytes = 0
-        self.hasher = hashlib.sha256()
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
+
+class _PartEvents:
+    """MultipartParser callbacks that only queue ("begin", name) / ("data", bytes) / ("end",)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
         self.field_names: list[str] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._in_file = False
+        self._other_bytes = 0
 
     def callbacks(self) -> dict[str, object]:
         return {
             "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field_data,
-            "on_header_value": self._header_value_data,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
@@ -74,54 +77,39 @@ class _FileReceiver:
         }
 
     def _part_begin(self) -> None:
-        self.part = _Part()
+        self._headers = {}
 
-    def _header_field_data(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
 
-    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
 
     def _header_end(self) -> None:
-        self.part.headers[self._header_field.lower()] = self._header_value
-        self._header_field = self._header_value = b""
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
 
     def _headers_finished(self) -> None:
-        _, options = parse_options_header(self.part.headers.get(b"content-disposition", b""))
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
-        filename = options.get(b"filename")
-        self.part.field_name = name.decode("utf-8", "replace") if name is not None else None
-        self.field_names.append(self.part.field_name or "")
-        if self.part.field_name != FILE_FIELD:
-            return
-        self.files_seen += 1
-        if self.files_seen > 1:
-            raise InvalidRequest("send exactly one file per upload in the `file` field")
-        self.in_file = True
-        self.filename = clean_filename(filename.decode("utf-8", "replace") if filename else "")
+        self.field_names.append(name.decode("utf-8", "replace") if name is not None else "")
+        self._in_file = name == FILE_FIELD.encode()
+        if self._in_file:
+            filename = options.get(b"filename") or b""
+            self.events.append(("begin", clean_filename(filename.decode("utf-8", "replace"))))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        piece = data[start:end]
-        if not self.in_file:
-            self.other_bytes += len(piece)
-            if self.other_bytes > _MAX_OTHER_FIELD_BYTES:
-                raise InvalidRequest("form fields other than `file` are too large")
+        if self._in_file:
+            self.events.append(("data", data[start:end]))
             return
-        self.size += len(piece)
-        if self.size > self.max_bytes:
-            raise PayloadTooLarge(f"the file is larger than the {self.max_bytes}-byte upload limit")
-        self.hasher.update(piece)
-        self.pending.append(piece)
-        self.pending_bytes += len(piece)
+        self._other_bytes += end - start
+        if self._other_bytes > _MAX_OTHER_FIELD_BYTES:
+            raise InvalidRequest("form fields other than `file` are too large")
 
     def _part_end(self) -> None:
-        self.in_file = False
-
-    def take_pending(self) -> bytes:
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.pending_bytes = 0
-        return data
+        if self._in_file:
+            self.events.append(("end", None))
+        self._in_file = False
 
 
 def _boundary(request: Request) -> bytes:
@@ -129,40 +117,145 @@ def _boundary(request: Request) -> bytes:
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise InvalidRequest(
-            "send the document as multipart/form-data with the file in the `file` field"
+            "send documents as multipart/form-data with each file in a `file` field"
         )
     return boundary
 
 
-def _check_declared_length(request: Request, max_bytes: int) -> None:
+class _Receiver:
+    def __init__(
+        self,
+        staging: StagingStore,
+        received: list[ReceivedFile],
+        next_target: TargetFactory,
+        max_file_bytes: int,
+        max_files: int,
+    ) -> None:
+        self.staging = staging
+        self.received = received
+        self.next_target = next_target
+        self.max_file_bytes = max_file_bytes
+        self.max_files = max_files
+        self.current: ReceivedFile | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+
+    async def handle(self, kind: str, value: Any) -> None:
+        if kind == "begin":
+            await self._begin(value)
+        elif kind == "data":
+            await self._data(value)
+        else:
+            await self._end()
+
+    async def _begin(self, filename: str) -> None:
+        if len(self.received) >= self.max_files:
+            raise InvalidRequest(
+                f"send at most {self.max_files} file(s) in the `file` field per request"
+                + (" (use the batch endpoint for several)" if self.max_files == 1 else "")
+            )
+        task_id, original = self.next_target()
+        self.current = ReceivedFile(filename=filename, task_id=task_id, original=original)
+        self.received.append(self.current)
+        self.current._sink = await anyio.to_thread.run_sync(
+            self.staging.open_write, task_id, original
+        )
+
+    async def _data(self, piece: bytes) -> None:
+        current = self.current
+        if current is None or current.error is not None:
+            return
+        current.size_bytes += len(piece)
+        if current.size_bytes > self.max_file_bytes:
+            current.error = PayloadTooLarge(
+                f"{current.filename} is larger than the {self.max_file_bytes}-byte upload limit"
+            )
+            await self._close(current)
+            await anyio.to_thread.run_sync(self.staging.remove, current.task_id, current.original)
+            return
+        current._hasher.update(piece)
+        self.pending.append(piece)
+        self.pending_bytes += len(piece)
+        if self.pending_bytes >= _FLUSH_BYTES:
+            await self._flush(current)
+
+    async def _end(self) -> None:
+        current = self.current
+        if current is not None and current.error is None:
+            await self._flush(current)
+            await self._close(current)
+            current.sha256 = current._hasher.hexdigest()
+        self.current = None
+
+    async def _flush(self, current: ReceivedFile) -> None:
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        if current._sink is not None and data:
+            await anyio.to_thread.run_sync(current._sink.write, data)
+
+    async def _close(self, current: ReceivedFile) -> None:
+        self.pending.clear()
+        self.pending_bytes = 0
+        if current._sink is not None:
+            sink, current._sink = current._sink, None
+            await anyio.to_thread.run_sync(sink.close)
+
+    async def close_all(self) -> None:
+        for received in self.received:
+            await self._close(received)
+
+
+async def receive_files(
+    request: Request,
+    staging: StagingStore,
+    received: list[ReceivedFile],
+    *,
+    next_target: TargetFactory,
+    max_file_bytes: int,
+    max_files: int,
+    max_request_bytes: int,
+) -> None:
+    """Stage every `file` part into `received` (which the caller owns, to clean up on error).
+
+    A file over `max_file_bytes` gets its own `error` and the rest of the request goes on; a
+    request over `max_request_bytes` (by Content-Length or while streaming) raises 413.
+    """
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + _MULTIPART_OVERHEAD:
-        raise PayloadTooLarge(f"the file is larger than the {max_bytes}-byte upload limit")
-
-
-async def receive_upload(
-    request: Request, staging: StagingStore, task_id: str, max_bytes: int
-) -> StagedUpload:
-    """Write the `file` part to `<task_id>/original`; the caller removes it on any error."""
-    _check_declared_length(request, max_bytes)
-    receiver = _FileReceiver(max_bytes)
-    parser = MultipartParser(_boundary(request), receiver.callbacks())  # type: ignore[arg-type]
-    sink: BinaryIO = await anyio.to_thread.run_sync(staging.open_write, task_id, ORIGINAL)
+    if declared and declared.isdigit() and int(declared) > max_request_bytes:
+        raise PayloadTooLarge(f"the request is larger than the {max_request_bytes}-byte limit")
+    events = _PartEvents()
+    parser = MultipartParser(_boundary(request), events.callbacks())  # type: ignore[arg-type]
+    receiver = _Receiver(staging, received, next_target, max_file_bytes, max_files)
+    total = 0
     try:
-        try:
-            async for data in request.stream():
-                parser.write(data)
-                if receiver.pending_bytes >= _FLUSH_BYTES:
-                    await anyio.to_thread.run_sync(sink.write, receiver.take_pending())
-            parser.finalize()
-        except ClientDisconnect as exc:
-            raise InvalidRequest("the client disconnected before the upload finished") from exc
-        except FormParserError as exc:
-            raise InvalidRequest(f"the multipart body is malformed: {exc}") from exc
-        await anyio.to_thread.run_sync(sink.write, receiver.take_pending())
+        async for data in request.stream():
+            total += len(data)
+            if total > max_request_bytes:
+                raise PayloadTooLarge(
+                    f"the request is larger than the {max_request_bytes}-byte limit"
+                )
+            parser.write(data)
+            await _drain(events, receiver)
+        parser.finalize()
+        await _drain(events, receiver)
+    except ClientDisconnect as exc:
+        raise InvalidRequest("the client disconnected before the upload finished") from exc
+    except FormParserError as exc:
+        raise InvalidRequest(f"the multipart body is malformed: {exc}") from exc
     finally:
-        await anyio.to_thread.run_sync(sink.close)
-    if receiver.files_seen == 0 or receiver.filename is None:
-        seen = ", ".join(repr(name) for name in receiver.field_names) or "none"
+        await receiver.close_all()
+    if not received:
+        seen = ", ".join(repr(name) for name in events.field_names) or "none"
         raise InvalidRequest(f"no file in the `file` field (form fields received: {seen})")
-    return StagedUpload(receiver.filename, receiver.size, receiver.hasher.hexdigest())
+
+
+async def _drain(events: _PartEvents, receiver: _Receiver) -> None:
+    queued, events.events = events.events, []
+    for kind, value in queued:
+        await receiver.handle(kind, value)
+
+
+def request_limit(max_file_bytes: int) -> int:
+    """The whole-request limit for a single-file upload: the file plus multipart framing."""
+    return max_file_bytes + _MULTIPART_OVERHEAD

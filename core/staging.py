@@ -62,10 +62,16 @@ class StagingStore:
         return json.loads(self.read_bytes(task_id, name))
 
     def remove(self, task_id: str, name: str) -> None:
-        """Remove one staged object; a missing one is not an error."""
+        """Remove one staged object, and the task folder once empty; missing is not an error."""
         path = self.path(task_id, name)
         if self.fs.exists(path):
             self.fs.rm(path)
+        folder = f"{self.root}/{task_id}"
+        try:
+            if self.fs.exists(folder) and not self.fs.ls(folder):
+                self.fs.rmdir(folder)
+        except OSError:
+            pass  # another upload of the same task id wrote into it meanwhile: keep it
 
     def remove_task(self, task_id: str) -> None:
         """Remove everything staged for a task; removing twice is not an error."""

@@ -1,33 +1,38 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
+from api.ingest_start import (
+    AlreadyStarted,
+    IngestRequest,
+    accept_file,
+    chunking,
+    find_agent,
+    task_from_memo,
+)
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
-from api.task_status import get_task_status, to_public
-from api.temporal_errors import temporal_unavailable_as_503
-from api.upload_stream import StagedUpload, receive_upload
-from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
-from core.formats import DocumentFormat, UnreadableContent, sniff_format
-from core.models import Agent, Document
-from core.settings import Settings
+from api.task_status import describe_owned, get_task_status, render, to_public
+from api.upload_stream import ReceivedFile, receive_files, request_limit
+from core.errors import InvalidRequest, NotFound
+from core.models import Document
 from core.staging import ORIGINAL, StagingStore
-from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
-from workflows.ingest import IngestDocument
-from workflows.types import MEMO_PROGRESS, IngestTask, Stage, Status, TaskProgress
+from core.temporal import iso_utc
+from workflows.types import Stage, Status, TaskProgress
 
 router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model": ErrorBody}})
 
-_MULTIPART_BODY: dict[str, Any] = {
+# Task ids of idempotent uploads are uuid5(owner:key) in this namespace.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("8f1d2c47-3f0e-4a53-9c55-2b7f4f0e9a11")
+_MAX_IDEMPOTENCY_KEY = 255
+
+MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
@@ -41,159 +46,113 @@ _MULTIPART_BODY: dict[str, Any] = {
         },
     }
 }
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody},
+    413: {"model": ErrorBody},
+    415: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+    503: {"model": ErrorBody},
+}
+
+ChunkSize = Annotated[int | None, Query(ge=100, le=20_000)]
+ChunkOverlap = Annotated[int | None, Query(ge=0, le=10_000)]
+AgentIdQuery = Annotated[str, Query(max_length=200)]
 
 
-async def find_agent(
-    sessionmaker: async_sessionmaker[AsyncSession], owner: uuid.UUID, agent_id: str
-) -> Agent:
-    """The caller's agent; 404 for a malformed id, a missing one, or another owner's."""
-    try:
-        parsed = uuid.UUID(agent_id)
-    except ValueError:
-        parsed = None
-    async with sessionmaker() as session:
-        agent = None
-        if parsed is not None:
-            agent = await session.scalar(
-                select(Agent).where(Agent.id == parsed, Agent.owner_id == owner)
-            )
-    if agent is None:
-        raise NotFound(f"Agent {agent_id[:100]!r} not found")
-    return agent
-
-
-def chunking(settings: Settings, size: int | None, overlap: int | None) -> tuple[int, int]:
-    chosen_size = size if size is not None else settings.chunk_size
-    chosen_overlap = (
-        overlap if overlap is not None else min(settings.chunk_overlap, chosen_size // 2)
-    )
-    if chosen_overlap >= chosen_size:
+def idempotent_task_id(owner: uuid.UUID, key: str) -> str:
+    if not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY or not key.isprintable():
         raise InvalidRequest(
-            f"chunk_overlap ({chosen_overlap}) must be smaller than chunk_size ({chosen_size})"
+            f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters"
         )
-    return chosen_size, chosen_overlap
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{owner}:{key}"))
 
 
-def _sniff(staging: StagingStore, task_id: str, filename: str) -> DocumentFormat:
-    with staging.open_read(task_id, ORIGINAL) as original:
-        return sniff_format(original, filename)
-
-
-async def _start_ingest(
-    temporal: Client, settings: Settings, task: IngestTask, owner: uuid.UUID
-) -> None:
-    queued = TaskProgress(
-        task_id=task.task_id,
-        filename=task.filename,
-        agent_id=task.agent_id,
-        status=Status.QUEUED,
-        message=f"Queued {task.filename} for processing",
-        stage=Stage.QUEUED,
-        started_at=iso_utc(datetime.now(UTC)),
-        size_bytes=task.size_bytes,
-    )
-    with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):
-        await temporal.start_workflow(
-            IngestDocument.run,
-            task,
-            id=task.task_id,
-            task_queue=settings.task_queue,
-            memo={MEMO_PROGRESS: queued.__dict__},
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(OWNER_ID, str(owner)),
-                    SearchAttributePair(AGENT_ID, task.agent_id),
-                    SearchAttributePair(INGEST_STATUS, Status.QUEUED),
-                ]
-            ),
-            static_summary=f"{task.filename} → agent {task.agent_id}",
-            static_details=(
-                f"**{task.filename}** ({task.format}, {task.size_bytes} bytes)\n\n"
-                f"agent `{task.agent_id}` · owner `{owner}` · sha256 `{task.sha256[:16]}…`"
-            ),
-            rpc_timeout=timedelta(seconds=5),
-        )
+async def discard(staging: StagingStore, received: list[ReceivedFile]) -> None:
+    """Remove what a failed request staged: only its own files, never another's."""
+    with anyio.CancelScope(shield=True):
+        for item in received:
+            await anyio.to_thread.run_sync(staging.remove, item.task_id, item.original)
 
 
 @router.post(
     "/agent",
     status_code=202,
-    openapi_extra=_MULTIPART_BODY,
-    responses={
-        404: {"model": ErrorBody},
-        413: {"model": ErrorBody},
-        415: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-        503: {"model": ErrorBody},
-    },
+    openapi_extra=MULTIPART_BODY,
+    response_model_exclude_none=True,
+    responses={200: {"model": UploadAccepted, "description": "Duplicate"}, **UPLOAD_ERRORS},
 )
 async def upload_document(
     request: Request,
+    response: Response,
     owner: OwnerDep,
     settings: SettingsDep,
     sessionmaker: SessionmakerDep,
     staging: StagingDep,
     temporal: TemporalDep,
-    agent_id: Annotated[str, Query(max_length=200)],
-    chunk_size: Annotated[int | None, Query(ge=100, le=20_000)] = None,
-    chunk_overlap: Annotated[int | None, Query(ge=0, le=10_000)] = None,
+    agent_id: AgentIdQuery,
+    chunk_size: ChunkSize = None,
+    chunk_overlap: ChunkOverlap = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> UploadAccepted:
     """Upload one document for an agent; returns at once with the task id."""
     size, overlap = chunking(settings, chunk_size, chunk_overlap)
     agent = await find_agent(sessionmaker, owner, agent_id)
-    task_id = str(uuid.uuid4())
+    task_id, original = str(uuid.uuid4()), ORIGINAL
+    if idempotency_key is not None:
+        task_id = idempotent_task_id(owner, idempotency_key)
+        original = f"{ORIGINAL}-{uuid.uuid4().hex[:12]}"
+        replay = await replayed_upload(temporal, owner, task_id, response)
+        if replay is not None:
+            return replay
+    ingest = IngestRequest(
+        temporal, settings, sessionmaker, staging, owner, agent, size, overlap,
+        idempotent=idempotency_key is not None,
+    )  # fmt: skip
+    received: list[ReceivedFile] = []
     try:
-        staged = await receive_upload(request, staging, task_id, settings.max_upload_bytes)
-        fmt = await _sniff_or_reject(staging, task_id, staged)
-        task = _ingest_task(settings, owner, agent, task_id, staged, fmt, size, overlap)
-        await _start_ingest(temporal, settings, task, owner)
+        await receive_files(
+            request, staging, received,
+            next_target=lambda: (task_id, original),
+            max_file_bytes=settings.max_upload_bytes,
+            max_files=1,
+            max_request_bytes=request_limit(settings.max_upload_bytes),
+        )  # fmt: skip
+        if received[0].error is not None:
+            raise received[0].error
+        accepted = await accept_file(ingest, received[0])
+    except AlreadyStarted:
+        await discard(staging, received)
+        replay = await replayed_upload(temporal, owner, task_id, response)
+        if replay is None:
+            raise
+        return replay
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(staging.remove_task, task_id)
+        await discard(staging, received)
         raise
+    if accepted.duplicate:
+        response.status_code = 200
+    return accepted
+
+
+async def replayed_upload(
+    temporal: TemporalDep, owner: uuid.UUID, task_id: str, response: Response
+) -> UploadAccepted | None:
+    """The answer to a repeated Idempotency-Key: the first request's task, as it is now."""
+    found = await describe_owned(temporal, owner, task_id)
+    if found is None:
+        return None
+    description, memo = found
+    task = task_from_memo(memo)
+    if task is None:
+        return None
+    status = render(description, memo)
+    response.headers["Idempotent-Replayed"] = "true"
     return UploadAccepted(
-        filename=staged.filename,
-        agent_id=str(agent.id),
-        task_id=task_id,
-        size_bytes=staged.size_bytes,
-    )
-
-
-async def _sniff_or_reject(
-    staging: StagingStore, task_id: str, staged: StagedUpload
-) -> DocumentFormat:
-    try:
-        return await anyio.to_thread.run_sync(_sniff, staging, task_id, staged.filename)
-    except UnreadableContent as exc:
-        raise UnsupportedMediaType(
-            f"{staged.filename} cannot be ingested: {exc}. "
-            "Supported: PDF, DOCX, HTML, Markdown and plain text."
-        ) from exc
-
-
-def _ingest_task(
-    settings: Settings,
-    owner: uuid.UUID,
-    agent: Agent,
-    task_id: str,
-    staged: StagedUpload,
-    fmt: DocumentFormat,
-    size: int,
-    overlap: int,
-) -> IngestTask:
-    return IngestTask(
-        task_id=task_id,
-        owner_id=str(owner),
-        agent_id=str(agent.id),
-        filename=staged.filename,
-        format=fmt.value,
-        size_bytes=staged.size_bytes,
-        sha256=staged.sha256,
-        chunk_size=size,
-        chunk_overlap=overlap,
-        embed_task_queue=settings.embed_task_queue,
-        embed_activity_chunks=settings.embed_activity_chunks,
-        embed_window=settings.embed_window,
+        filename=task.filename,
+        agent_id=task.agent_id,
+        task_id=task.task_id,
+        status=status.status,
+        size_bytes=task.size_bytes,
     )
 
 

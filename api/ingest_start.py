@@ -1,0 +1,228 @@
+"""From a staged file to a started workflow: sniff, dedup, start; shared by every upload route."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
+from api.temporal_errors import temporal_unavailable_as_503
+from api.upload_stream import ReceivedFile
+from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from core.formats import DocumentFormat, UnreadableContent, sniff_format
+from core.models import Agent, Document
+from core.settings import Settings
+from core.staging import StagingStore
+from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc
+from workflows.ingest import IngestDocument
+from workflows.types import MEMO_PROGRESS, MEMO_TASK, IngestTask, Stage, Status, TaskProgress
+
+
+class AlreadyStarted(Exception):
+    """A workflow with this task id exists already (a repeated idempotency key)."""
+
+
+async def find_agent(
+    sessionmaker: async_sessionmaker[AsyncSession], owner: uuid.UUID, agent_id: str
+) -> Agent:
+    """The caller's agent; 404 for a malformed id, a missing one, or another owner's."""
+    try:
+        parsed = uuid.UUID(agent_id)
+    except ValueError:
+        parsed = None
+    agent = None
+    if parsed is not None:
+        async with sessionmaker() as session:
+            agent = await session.scalar(
+                select(Agent).where(Agent.id == parsed, Agent.owner_id == owner)
+            )
+    if agent is None:
+        raise NotFound(f"Agent {agent_id[:100]!r} not found")
+    return agent
+
+
+def chunking(settings: Settings, size: int | None, overlap: int | None) -> tuple[int, int]:
+    chosen_size = size if size is not None else settings.chunk_size
+    default_overlap = min(settings.chunk_overlap, chosen_size // 2)
+    chosen_overlap = overlap if overlap is not None else default_overlap
+    if chosen_overlap >= chosen_size:
+        raise InvalidRequest(
+            f"chunk_overlap ({chosen_overlap}) must be smaller than chunk_size ({chosen_size})"
+        )
+    return chosen_size, chosen_overlap
+
+
+@dataclasses.dataclass
+class IngestRequest:
+    """What every file of one upload request shares."""
+
+    temporal: Client
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    staging: StagingStore
+    owner: uuid.UUID
+    agent: Agent
+    chunk_size: int
+    chunk_overlap: int
+    batch_id: str | None = None
+    idempotent: bool = False
+
+
+async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadAccepted:
+    """Sniff the staged file, answer a duplicate from the database, or start its workflow."""
+    fmt = await _sniff(request.staging, received)
+    duplicate = await _stored_copy(request, received.sha256)
+    if duplicate is not None:
+        await anyio.to_thread.run_sync(request.staging.remove, received.task_id, received.original)
+        return UploadAccepted(
+            message=DUPLICATE_MESSAGE,
+            filename=received.filename,
+            agent_id=str(request.agent.id),
+            task_id=duplicate.task_id,
+            status="complete",
+            size_bytes=received.size_bytes,
+            duplicate=True,
+            document_id=str(duplicate.id),
+        )
+    task = _ingest_task(request, received, fmt)
+    await start_ingest(request.temporal, request.settings, task, request.owner, request.idempotent)
+    return UploadAccepted(
+        filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
+        size_bytes=task.size_bytes,
+    )  # fmt: skip
+
+
+async def _sniff(staging: StagingStore, received: ReceivedFile) -> DocumentFormat:
+    def sniff() -> DocumentFormat:
+        with staging.open_read(received.task_id, received.original) as original:
+            return sniff_format(original, received.filename)
+
+    try:
+        return await anyio.to_thread.run_sync(sniff)
+    except UnreadableContent as exc:
+        raise UnsupportedMediaType(
+            f"{received.filename} cannot be ingested: {exc}. "
+            "Supported: PDF, DOCX, HTML, Markdown and plain text."
+        ) from exc
+
+
+async def _stored_copy(request: IngestRequest, sha256: str) -> Document | None:
+    async with request.sessionmaker() as session:
+        found: Document | None = await session.scalar(
+            select(Document).where(
+                Document.agent_id == request.agent.id,
+                Document.sha256 == sha256,
+                Document.status == Status.COMPLETE,
+            )
+        )
+        return found
+
+
+def _ingest_task(request: IngestRequest, received: ReceivedFile, fmt: DocumentFormat) -> IngestTask:
+    settings = request.settings
+    return IngestTask(
+        task_id=received.task_id,
+        owner_id=str(request.owner),
+        agent_id=str(request.agent.id),
+        filename=received.filename,
+        format=fmt.value,
+        size_bytes=received.size_bytes,
+        sha256=received.sha256,
+        chunk_size=request.chunk_size,
+        chunk_overlap=request.chunk_overlap,
+        embed_task_queue=settings.embed_task_queue,
+        embed_activity_chunks=settings.embed_activity_chunks,
+        embed_window=settings.embed_window,
+        original=received.original,
+        batch_id=request.batch_id,
+    )
+
+
+async def start_ingest(
+    temporal: Client,
+    settings: Settings,
+    task: IngestTask,
+    owner: uuid.UUID,
+    idempotent: bool = False,
+    *,
+    rerun: bool = False,
+) -> None:
+    """Start IngestDocument with id = task id; raise AlreadyStarted when the id is taken.
+
+    A repeated idempotency key must never start a second run, even after the first closed
+    (REJECT_DUPLICATE); a retry (`rerun`) starts a new run of a closed task (ALLOW_DUPLICATE).
+    """
+    queued = TaskProgress(
+        task_id=task.task_id,
+        filename=task.filename,
+        agent_id=task.agent_id,
+        status=Status.QUEUED,
+        message=f"Queued {task.filename} for processing",
+        stage=Stage.QUEUED,
+        started_at=iso_utc(datetime.now(UTC)),
+        size_bytes=task.size_bytes,
+    )
+    attributes = [
+        SearchAttributePair(OWNER_ID, str(owner)),
+        SearchAttributePair(AGENT_ID, task.agent_id),
+        SearchAttributePair(INGEST_STATUS, Status.QUEUED),
+    ]
+    if task.batch_id:
+        attributes.append(SearchAttributePair(BATCH_ID, task.batch_id))
+    reuse = WorkflowIDReusePolicy.ALLOW_DUPLICATE
+    if idempotent and not rerun:
+        reuse = WorkflowIDReusePolicy.REJECT_DUPLICATE
+    try:
+        with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):
+            await temporal.start_workflow(
+                IngestDocument.run,
+                task,
+                id=task.task_id,
+                task_queue=settings.task_queue,
+                id_reuse_policy=reuse,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                memo={
+                    MEMO_PROGRESS: dataclasses.asdict(queued),
+                    MEMO_TASK: dataclasses.asdict(task),
+                },
+                search_attributes=TypedSearchAttributes(attributes),
+                static_summary=f"{task.filename} → agent {task.agent_id}",
+                static_details=_details(task, owner),
+                rpc_timeout=timedelta(seconds=5),
+            )
+    except WorkflowAlreadyStartedError as exc:
+        raise AlreadyStarted(task.task_id) from exc
+
+
+def _details(task: IngestTask, owner: uuid.UUID) -> str:
+    lines = [
+        f"**{task.filename}** ({task.format}, {task.size_bytes} bytes)",
+        f"agent `{task.agent_id}` · owner `{owner}` · sha256 `{task.sha256[:16]}…`",
+        f"chunks of {task.chunk_size} characters, overlap {task.chunk_overlap}",
+    ]
+    if task.batch_id:
+        lines.append(f"batch `{task.batch_id}`")
+    return "\n\n".join(lines)
+
+
+def task_from_memo(memo: dict[str, Any]) -> IngestTask | None:
+    """The IngestTask a workflow was started with, as its memo keeps it."""
+    raw = memo.get(MEMO_TASK)
+    if not isinstance(raw, dict):
+        return None
+    known = {field.name for field in dataclasses.fields(IngestTask)}
+    return IngestTask(**{key: value for key, value in raw.items() if key in known})
