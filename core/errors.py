@@ -24,6 +24,11 @@ class NotFound(DocingestError):
     status_code = 404
 
 
+class Conflict(DocingestError):
+    code = "conflict"
+    status_code = 409
+
+
 class PayloadTooLarge(DocingestError):
     code = "payload_too_large"
     status_code = 413

@@ -141,8 +141,11 @@ class IngestDocument:
             while running:
                 running = await self._collect_one(running)
         finally:
+            # On failure or cancel, stop the other batches and wait until they have stopped,
+            # so nothing writes to staging after the cleanup.
             for pending in running:
                 pending.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _collect_one(
         self, running: list[asyncio.Task[EmbedResult]]
@@ -181,6 +184,7 @@ class IngestDocument:
                 f"Processing {task.filename} stopped after repeated errors: {reason}. "
                 "The upload is kept and can be retried."
             )
+        await self._record_outcome(task, status, error_type, reason)
         self._update(
             status,
             self._progress.stage,
@@ -189,18 +193,18 @@ class IngestDocument:
             error_message=reason,
             completed_at=iso_utc(workflow.now()),
         )
-        await self._record_outcome(task, status, error_type, reason)
         raise ApplicationError(message, type=error_type, non_retryable=True) from failure
 
     async def _cancelled(self, task: IngestTask) -> None:
+        """Remove what the task wrote, then say `cancelled`: the status is the last word."""
+        await self._record_outcome(task, Status.CANCELLED, "Cancelled", "cancelled on request")
+        await self._cleanup(task)
         self._update(
             Status.CANCELLED,
             self._progress.stage,
             f"Processing of {task.filename} was cancelled",
             completed_at=iso_utc(workflow.now()),
         )
-        await self._record_outcome(task, Status.CANCELLED, "Cancelled", "cancelled on request")
-        await self._cleanup(task)
 
     async def _record_outcome(
         self, task: IngestTask, status: str, error_type: str, reason: str

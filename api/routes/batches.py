@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
+from api.ingest_start import IngestRequest, accept_file, chunking, find_agent
+from api.routes.uploads import (
+    MULTIPART_BODY,
+    UPLOAD_ERRORS,
+    AgentIdQuery,
+    ChunkOverlap,
+    ChunkSize,
+    discard,
+)
+from api.schemas import (
+    BatchAccepted,
+    BatchStatus,
+    ErrorBody,
+    TaskStatus,
+    UploadAccepted,
+    UploadRejected,
+)
+from api.task_status import render_execution
+from api.temporal_errors import temporal_unavailable_as_503
+from api.upload_stream import ReceivedFile, receive_files
+from core.errors import DocingestError, NotFound
+from core.models import UploadBatch
+from core.staging import ORIGINAL
+from core.temporal import BATCH_ID, OWNER_ID
+from workflows.types import WORKFLOW_NAME
+
+router = APIRouter(prefix="/upload", tags=["batches"], responses={401: {"model": ErrorBody}})
+
+
+def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
+    return UploadRejected(
+        filename=received.filename,
+        status_code=error.status_code,
+        code=error.code,
+        detail=error.detail,
+    )
+
+
+@router.post(
+    "/agent/batch",
+    status_code=202,
+    openapi_extra=MULTIPART_BODY,
+    response_model_exclude_none=True,
+    responses=UPLOAD_ERRORS,
+)
+async def upload_batch(
+    request: Request,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    sessionmaker: SessionmakerDep,
+    staging: StagingDep,
+    temporal: TemporalDep,
+    agent_id: AgentIdQuery,
+    chunk_size: ChunkSize = None,
+    chunk_overlap: ChunkOverlap = None,
+) -> BatchAccepted:
+    """Upload several documents (repeated `file` fields); a bad file does not sink the rest."""
+    size, overlap = chunking(settings, chunk_size, chunk_overlap)
+    agent = await find_agent(sessionmaker, owner, agent_id)
+    batch_id = str(uuid.uuid4())
+    ingest = IngestRequest(
+        temporal, settings, sessionmaker, staging, owner, agent, size, overlap, batch_id=batch_id
+    )
+    received: list[ReceivedFile] = []
+    try:
+        await receive_files(
+            request, staging, received,
+            next_target=lambda: (str(uuid.uuid4()), ORIGINAL),
+            max_file_bytes=settings.max_upload_bytes,
+            max_files=settings.max_batch_files,
+            max_request_bytes=settings.max_batch_bytes,
+        )  # fmt: skip
+    except BaseException:
+        await discard(staging, received)
+        raise
+    entries = await asyncio.gather(*(_accept_one(ingest, item) for item in received))
+    rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
+    async with sessionmaker.begin() as session:
+        session.add(
+            UploadBatch(
+                id=uuid.UUID(batch_id),
+                owner_id=owner,
+                agent_id=agent.id,
+                files=len(received),
+                rejected=[entry.model_dump() for entry in rejected],
+            )
+        )
+    return BatchAccepted(batch_id=batch_id, tasks=list(entries))
+
+
+async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> UploadAccepted | UploadRejected:
+    try:
+        if item.error is not None:
+            raise item.error
+        return await accept_file(ingest, item)
+    except DocingestError as error:
+        await discard(ingest.staging, [item])
+        return _rejected(item, error)
+    except BaseException:
+        await discard(ingest.staging, [item])
+        raise
+
+
+@router.get("/batch/{batch_id}", responses={404: {"model": ErrorBody}})
+async def batch_status(
+    batch_id: str, owner: OwnerDep, temporal: TemporalDep, session: SessionDep
+) -> BatchStatus:
+    """The tasks of a batch with their statuses, and a count per status."""
+    try:
+        parsed = uuid.UUID(batch_id)
+    except ValueError:
+        parsed = None
+    batch = None
+    if parsed is not None:
+        batch = await session.scalar(
+            select(UploadBatch).where(UploadBatch.id == parsed, UploadBatch.owner_id == owner)
+        )
+    if batch is None:
+        raise NotFound(f"Batch {batch_id[:100]!r} not found")
+    query = (
+        f"WorkflowType = '{WORKFLOW_NAME}' AND {BATCH_ID.name} = '{batch.id}' "
+        f"AND {OWNER_ID.name} = '{owner}'"
+    )
+    tasks: list[TaskStatus] = []
+    with temporal_unavailable_as_503("Cannot list the batch's tasks"):
+        async for execution in temporal.list_workflows(
+            query, limit=batch.files, rpc_timeout=timedelta(seconds=5)
+        ):
+            rendered = await render_execution(execution, owner)
+            if rendered is not None:
+                tasks.append(rendered)
+    tasks.sort(key=lambda task: task.started_at or "")
+    rejected = [UploadRejected.model_validate(entry) for entry in batch.rejected]
+    summary: Counter[str] = Counter(str(task.status) for task in tasks)
+    if rejected:
+        summary["rejected"] = len(rejected)
+    return BatchStatus(
+        batch_id=str(batch.id),
+        agent_id=str(batch.agent_id),
+        created_at=batch.created_at,
+        files=batch.files,
+        tasks=tasks,
+        rejected=rejected,
+        summary=dict(summary),
+    )

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+from fastapi import APIRouter
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from api.deps import OwnerDep, SettingsDep, StagingDep, TemporalDep
+from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
+from api.schemas import ErrorBody, TaskStatus, UploadAccepted
+from api.task_status import describe_owned, render
+from api.temporal_errors import temporal_unavailable_as_503
+from core.errors import Conflict, NotFound
+from workflows.types import Status
+
+router = APIRouter(
+    prefix="/upload",
+    tags=["uploads"],
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+
+RETRY_MESSAGE = "Document retry started, processing in background"
+
+
+async def _owned_status(
+    temporal: Client, owner: uuid.UUID, task_id: str
+) -> tuple[TaskStatus, dict[str, Any]]:
+    found = await describe_owned(temporal, owner, task_id)
+    if found is None:
+        raise NotFound(f"Task {task_id[:100]!r} not found")
+    description, memo = found
+    return render(description, memo), memo
+
+
+@router.post("/{task_id}/retry", status_code=202)
+async def retry_task(
+    task_id: str,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    staging: StagingDep,
+    temporal: TemporalDep,
+) -> UploadAccepted:
+    """Re-run a task that ended `error` or `failed`, from its staged original; same task id."""
+    status, memo = await _owned_status(temporal, owner, task_id)
+    if status.status not in (Status.ERROR, Status.FAILED):
+        raise Conflict(
+            f"Task {task_id} is {status.status}; only a task that ended error or failed "
+            "can be retried"
+        )
+    task = task_from_memo(memo)
+    if task is None:
+        raise Conflict(f"Task {task_id} was started by an older version and cannot be retried")
+    if not await anyio.to_thread.run_sync(staging.exists, task.task_id, task.original):
+        raise Conflict(
+            f"The staged original of {task.filename} was removed "
+            f"(staging is kept {settings.staging_ttl} after a task ends); upload it again"
+        )
+    try:
+        await start_ingest(temporal, settings, task, owner, rerun=True)
+    except AlreadyStarted as exc:
+        raise Conflict(f"Task {task_id} is already running again") from exc
+    return UploadAccepted(
+        message=RETRY_MESSAGE,
+        filename=task.filename,
+        agent_id=task.agent_id,
+        task_id=task.task_id,
+        size_bytes=task.size_bytes,
+    )
+
+
+@router.post("/{task_id}/cancel", status_code=202)
+async def cancel_task(task_id: str, owner: OwnerDep, temporal: TemporalDep) -> TaskStatus:
+    """Cancel a queued or running task; it ends `cancelled` with nothing left behind."""
+    status, _ = await _owned_status(temporal, owner, task_id)
+    if status.status in Status.TERMINAL:
+        raise Conflict(f"Task {task_id} already ended {status.status}")
+    handle = temporal.get_workflow_handle(task_id)
+    with temporal_unavailable_as_503("Cannot cancel the task"):
+        await handle.cancel()
+        description = await handle.describe()
+    if description.status is WorkflowExecutionStatus.RUNNING:
+        status = status.model_copy(update={"message": f"Cancelling {status.filename}…"})
+    return status

@@ -1,0 +1,313 @@
+"""Batch upload, retry, cancel, dedup and idempotency keys over HTTP against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from activities.embed import TextEmbedder
+from core.models import Chunk, Document
+from core.settings import Settings
+from tests.documents import lorem, make_pdf
+from tests.support import (
+    Stack,
+    Tenant,
+    make_settings,
+    new_tenant,
+    running_workers,
+    serve,
+    wait_for_status,
+)
+
+TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def params(tenant: Tenant, **extra: Any) -> dict[str, Any]:
+    return {"agent_id": tenant.agent_id, **extra}
+
+
+async def upload(
+    http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes, **headers: str
+) -> httpx.Response:
+    return await http.post(
+        "/upload/agent",
+        params=params(tenant),
+        headers={**tenant.headers, **headers},
+        files={"file": (name, data)},
+    )
+
+
+async def documents_with(stack: Stack, sha_of: bytes) -> list[Document]:
+    import hashlib
+
+    sha = hashlib.sha256(sha_of).hexdigest()
+    async with stack.sessionmaker() as session:
+        return list(await session.scalars(select(Document).where(Document.sha256 == sha)))
+
+
+async def chunk_count(stack: Stack, document_id: str) -> int:
+    async with stack.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id)
+        )
+    return int(count or 0)
+
+
+# --- batch ---------------------------------------------------------------------------------
+
+
+async def test_batch_accepts_good_files_and_reports_bad_ones(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    files = [
+        ("file", ("one.pdf", make_pdf(["first document " + lorem(5, seed=1)]))),
+        ("file", ("noise.pdf", os.urandom(4096))),
+        ("file", ("two.txt", lorem(8, seed=2).encode())),
+    ]
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    entries = body["tasks"]
+    assert [entry["filename"] for entry in entries] == ["one.pdf", "noise.pdf", "two.txt"]
+    assert [entry["status"] for entry in entries] == ["queued", "rejected", "queued"]
+    assert entries[1]["status_code"] == 415
+    assert entries[1]["code"] == "unsupported_media_type"
+
+    for entry in (entries[0], entries[2]):
+        done = await wait_for_status(http, tenant, entry["task_id"], TERMINAL)
+        assert done["status"] == "complete"
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while True:
+            batch = await http.get(f"/upload/batch/{body['batch_id']}", headers=tenant.headers)
+            assert batch.status_code == 200
+            if batch.json()["summary"].get("complete") == 2:
+                break
+            await asyncio.sleep(0.1)
+    status = batch.json()
+    assert status["summary"] == {"complete": 2, "rejected": 1}
+    assert status["files"] == 3
+    assert {task["task_id"] for task in status["tasks"]} == {
+        entries[0]["task_id"],
+        entries[2]["task_id"],
+    }
+    assert [item["filename"] for item in status["rejected"]] == ["noise.pdf"]
+
+
+async def test_batch_of_another_owner_or_unknown_is_404(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers,
+        files=[("file", ("a.txt", b"hello batch"))],
+    )  # fmt: skip
+    other = await new_tenant(stack, "other")
+    batch_id = response.json()["batch_id"]
+    assert (await http.get(f"/upload/batch/{batch_id}", headers=other.headers)).status_code == 404
+    missing = await http.get("/upload/batch/not-a-batch", headers=tenant.headers)
+    assert missing.status_code == 404
+
+
+async def test_batch_with_a_file_over_the_limit_rejects_only_that_file(
+    stack: Stack, tenant: Tenant
+) -> None:
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home, stack.settings.database_url,
+        stack.settings.resolved_temporal_address, max_upload_bytes=2000,
+    )  # fmt: skip
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/upload/agent/batch", params=params(tenant), headers=tenant.headers,
+            files=[("file", ("big.txt", b"x " * 2000)), ("file", ("small.txt", b"small file"))],
+        )  # fmt: skip
+    entries = response.json()["tasks"]
+    assert [entry["status"] for entry in entries] == ["rejected", "queued"]
+    assert entries[0]["status_code"] == 413
+
+
+# --- dedup ---------------------------------------------------------------------------------
+
+
+async def test_dedup_second_upload_of_the_same_bytes_stores_nothing(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    data = lorem(20, seed=11).encode()
+    first = await upload(http, tenant, "a.txt", data)
+    done = await wait_for_status(http, tenant, first.json()["task_id"], TERMINAL)
+    second = await upload(http, tenant, "a-copy.txt", data)
+    assert second.status_code == 200
+    body = second.json()
+    assert body["duplicate"] is True
+    assert body["document_id"] == done["document_id"]
+    assert body["task_id"] == first.json()["task_id"]
+    assert body["status"] == "complete"
+    status = await http.get(f"/upload/status/{body['task_id']}", headers=tenant.headers)
+    assert status.json()["status"] == "complete"
+    assert [doc.status for doc in await documents_with(stack, data)] == ["complete"]
+
+    other_agent = await http.post("/agents", json={"name": "second"}, headers=tenant.headers)
+    elsewhere = await http.post(
+        "/upload/agent", params={"agent_id": other_agent.json()["id"]}, headers=tenant.headers,
+        files={"file": ("a.txt", data)},
+    )  # fmt: skip
+    assert elsewhere.status_code == 202  # dedup is per agent
+
+
+async def test_dedup_two_identical_uploads_racing_end_with_one_document(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    data = lorem(30, seed=12).encode()
+    responses = await asyncio.gather(*(upload(http, tenant, f"r{i}.txt", data) for i in range(2)))
+    finals = [
+        await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+        for response in responses
+    ]
+    assert {final["status"] for final in finals} == {"complete"}
+    assert len({final["document_id"] for final in finals}) == 1
+    documents = await documents_with(stack, data)
+    assert [doc.status for doc in documents] == ["complete"]
+    assert await chunk_count(stack, str(documents[0].id)) == documents[0].chunk_count
+
+
+# --- idempotency keys ----------------------------------------------------------------------
+
+
+async def test_idempotency_key_repeated_returns_the_same_task(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    first = await upload(http, tenant, "k.txt", b"idempotent one", **{"Idempotency-Key": "k-1"})
+    second = await upload(http, tenant, "k.txt", b"idempotent one", **{"Idempotency-Key": "k-1"})
+    assert first.status_code == second.status_code == 202
+    assert first.json()["task_id"] == second.json()["task_id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    other = await new_tenant(stack, "other")
+    foreign = await http.post(
+        "/upload/agent", params=params(other), headers={**other.headers, "Idempotency-Key": "k-1"},
+        files={"file": ("k.txt", b"idempotent one")},
+    )  # fmt: skip
+    assert foreign.json()["task_id"] != first.json()["task_id"]
+    bad = await upload(http, tenant, "k.txt", b"x", **{"Idempotency-Key": "k" * 300})
+    assert bad.status_code == 422
+
+
+async def test_idempotency_key_sent_twice_at_once_starts_one_workflow(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    data = lorem(12, seed=13).encode()
+    responses = await asyncio.gather(
+        *(upload(http, tenant, "same.txt", data, **{"Idempotency-Key": "race"}) for _ in range(4))
+    )
+    assert {response.status_code for response in responses} == {202}
+    task_ids = {response.json()["task_id"] for response in responses}
+    assert len(task_ids) == 1
+    task_id = task_ids.pop()
+    await stack.client.get_workflow_handle(task_id).result()  # includes the staging cleanup
+    runs = [
+        execution async for execution in stack.client.list_workflows(f"WorkflowId = '{task_id}'")
+    ]
+    assert len(runs) == 1
+    assert not Path(stack.settings.resolved_staging_url, task_id).exists()
+
+
+# --- retry ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def idle_api(stack: Stack) -> AsyncIterator[tuple[str, Settings]]:
+    """An API on task queues that no worker polls (until a test starts one)."""
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home, stack.settings.database_url,
+        stack.settings.resolved_temporal_address, embed_activity_chunks=4,
+    )  # fmt: skip
+    async with serve(settings) as url:
+        yield url, settings
+
+
+async def test_retry_reruns_a_task_that_ended_error_under_the_same_id(
+    idle_api: tuple[str, Settings], stack: Stack, tenant: Tenant, embedder: TextEmbedder
+) -> None:
+    url, settings = idle_api
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_id = (await upload(http, tenant, "retry.txt", lorem(10, seed=14).encode())).json()[
+            "task_id"
+        ]
+        early = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert early.status_code == 409  # still queued
+        await stack.client.get_workflow_handle(task_id).terminate("operator test")
+        errored = await wait_for_status(http, tenant, task_id, TERMINAL)
+        assert errored["status"] == "error"
+
+        async with running_workers(stack, settings, embedder):
+            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+            assert retried.status_code == 202, retried.text
+            assert retried.json()["task_id"] == task_id
+            done = await wait_for_status(http, tenant, task_id, TERMINAL)
+        assert done["status"] == "complete"
+        again = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert again.status_code == 409
+        assert again.json()["code"] == "conflict"
+
+
+async def test_retry_of_a_failed_file_runs_again_and_fails_again(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    task_id = (await upload(http, tenant, "cut.pdf", make_pdf(["x"])[:300])).json()["task_id"]
+    assert (await wait_for_status(http, tenant, task_id, TERMINAL))["status"] == "failed"
+    retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 202
+    final = await wait_for_status(http, tenant, task_id, TERMINAL)
+    assert final["status"] == "failed"
+    assert final["error"]["type"] == "CorruptDocument"
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+async def test_cancel_during_embedding_leaves_nothing_behind(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    text = lorem(900, seed=15)  # a few hundred chunks: seconds of embedding
+    response = await http.post(
+        "/upload/agent", params=params(tenant, chunk_size=200, chunk_overlap=0),
+        headers=tenant.headers, files={"file": ("long.txt", text.encode())},
+    )  # fmt: skip
+    task_id = response.json()["task_id"]
+    async with asyncio.timeout(60):
+        while True:
+            status = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
+            if status["stage"] == "embedding" and status["progress"]["chunks_embedded"] > 0:
+                break
+            assert status["status"] not in TERMINAL, status
+            await asyncio.sleep(0.05)
+    cancelled = await http.post(f"/upload/{task_id}/cancel", headers=tenant.headers)
+    assert cancelled.status_code == 202
+    final = await wait_for_status(http, tenant, task_id, TERMINAL)
+    assert final["status"] == "cancelled"
+    assert final["message"] == "Processing of long.txt was cancelled"
+    documents = await documents_with(stack, text.encode())
+    assert [doc.status for doc in documents] == ["cancelled"]
+    assert await chunk_count(stack, str(documents[0].id)) == 0
+    assert not Path(stack.settings.resolved_staging_url, task_id).exists()
+    again = await http.post(f"/upload/{task_id}/cancel", headers=tenant.headers)
+    assert again.status_code == 409
+
+
+async def test_cancel_and_retry_of_another_owners_task_is_404(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    task_id = (await upload(http, tenant, "mine.txt", b"private text")).json()["task_id"]
+    other = await new_tenant(stack, "other")
+    for action in ("cancel", "retry"):
+        response = await http.post(f"/upload/{task_id}/{action}", headers=other.headers)
+        assert response.status_code == 404
