@@ -7,10 +7,11 @@ import re
 from dataclasses import asdict, dataclass
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.errors import staging_missing
 from core.staging import TEXT, StagingStore
-from workflows.types import CHUNK, ChunkResult, IngestTask
+from workflows.types import CHUNK, ChunkResult, FailureType, IngestTask
 
 MANIFEST = "chunks/manifest.json"
 # CJK full stops need no following space: CJK text has none between sentences.
@@ -125,6 +126,13 @@ class ChunkActivities:
         except FileNotFoundError as exc:
             raise staging_missing("the extracted text") from exc
         chunks = split_text(extracted["text"], task.chunk_size, task.chunk_overlap)
+        if len(chunks) > task.max_chunks:
+            raise ApplicationError(
+                f"the document makes {len(chunks)} chunks of {task.chunk_size} characters, "
+                f"over the limit of {task.max_chunks}; split it or use a larger chunk_size",
+                type=FailureType.DOCUMENT_TOO_LARGE,
+                non_retryable=True,
+            )
         assign_pages(chunks, extracted["page_starts"])
         step = task.embed_activity_chunks
         for start in range(0, len(chunks), step):

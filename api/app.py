@@ -10,7 +10,17 @@ from temporalio.client import Client
 
 from api.deps import Resources
 from api.errors import install_error_handlers
-from api.routes import agents, health, progress, uploads
+from api.routes import (
+    agents,
+    batches,
+    documents,
+    health,
+    live,
+    progress,
+    search,
+    task_actions,
+    uploads,
+)
 from core.db import create_engine, create_sessionmaker, resolve_database_url
 from core.settings import Settings
 from core.staging import StagingStore
@@ -45,6 +55,16 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, agents, uploads, progress):
+    for module in (
+        health,
+        agents,
+        documents,
+        search,
+        uploads,
+        batches,
+        task_actions,
+        progress,
+        live,
+    ):
         app.include_router(module.router)
     return app

@@ -149,6 +149,9 @@ def _ingest_task(request: IngestRequest, received: ReceivedFile, fmt: DocumentFo
         embed_window=settings.embed_window,
         original=received.original,
         batch_id=request.batch_id,
+        max_chunks=settings.max_document_chunks,
+        heartbeat_timeout_s=max(1, int(settings.activity_heartbeat_timeout.total_seconds())),
+        database_attempts=settings.database_attempts,
     )
 
 

@@ -106,3 +106,49 @@ class BatchStatus(BaseModel):
     tasks: list[TaskStatus]
     rejected: list[UploadRejected]
     summary: dict[str, int]
+
+
+DocumentStatusValue = Literal["complete", "failed", "error", "cancelled"]
+
+
+class DocumentPublic(BaseModel):
+    id: uuid.UUID
+    agent_id: uuid.UUID
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    page_count: int | None
+    chunk_count: int
+    status: DocumentStatusValue
+    error: TaskError | None
+    task_id: str = Field(description="The upload task that made this document")
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentsPublic(BaseModel):
+    documents: list[DocumentPublic]
+    total: int = Field(description="Matching documents across all pages")
+    limit: int
+    offset: int
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(default=5, ge=1, le=50)
+
+
+class SearchHit(BaseModel):
+    score: float = Field(description="Cosine similarity, 1 - cosine distance")
+    text: str
+    document_id: uuid.UUID
+    filename: str
+    page: int | None
+    start_char: int
+    end_char: int
+    chunk_id: int
+
+
+class SearchResults(BaseModel):
+    results: list[SearchHit] = Field(description="Best first")

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -24,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.schemas import TaskError, TaskProgressCounts, TaskStatus
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
+from core.models import Document
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
 from workflows.types import MEMO_PROGRESS, WORKFLOW_NAME, Stage, Status, TaskProgress
 
@@ -154,4 +157,38 @@ def to_public(progress: TaskProgress) -> TaskStatus:
         stage=progress.stage,
         progress=TaskProgressCounts(chunks_total=total, chunks_embedded=embedded, percent=percent),
         error=error,
+    )
+
+
+async def status_from_record(
+    session: AsyncSession, owner: uuid.UUID, task_id: str
+) -> TaskStatus | None:
+    """After Temporal's retention removed the workflow, the document row still answers."""
+    document = await session.scalar(
+        select(Document).where(Document.task_id == task_id, Document.owner_id == owner)
+    )
+    if document is None:
+        return None
+    complete = document.status == Status.COMPLETE
+    message = (
+        f"Successfully processed {document.filename}"
+        if complete
+        else f"Processing {document.filename} ended {document.status}: {document.error_message}"
+    )
+    return to_public(
+        TaskProgress(
+            task_id=task_id,
+            filename=document.filename,
+            agent_id=str(document.agent_id),
+            status=document.status,
+            message=message,
+            stage=Stage.DONE if complete else Stage.QUEUED,
+            started_at=iso_utc(document.created_at),
+            completed_at=iso_utc(document.updated_at),
+            document_id=str(document.id) if complete else None,
+            chunks_total=document.chunk_count,
+            chunks_embedded=document.chunk_count,
+            error_type=document.error_type,
+            error_message=document.error_message,
+        )
     )

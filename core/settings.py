@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         default=timedelta(days=7),
         description="Staging of finished (or vanished) tasks is removed after this long.",
     )
+    upload_orphan_grace: timedelta = Field(
+        default=timedelta(hours=1),
+        description="Staging of an upload that never started its workflow goes after this.",
+    )
     search_ef_search: int = Field(default=100, ge=10, le=1000, description="HNSW ef_search.")
     chunk_size: int = Field(default=1000, ge=100, le=20_000)
     chunk_overlap: int = Field(default=100, ge=0, le=10_000)
@@ -51,10 +55,29 @@ class Settings(BaseSettings):
     embed_activity_chunks: int = Field(
         default=128, ge=1, le=10_000, description="Chunks embedded by one activity."
     )
+    max_document_chunks: int = Field(
+        default=20_000, ge=1, description="A document past this many chunks fails."
+    )
+    activity_heartbeat_timeout: timedelta = Field(
+        default=timedelta(minutes=1), description="How soon a lost worker's activity is retried."
+    )
+    database_attempts: int = Field(
+        default=10, ge=1, le=100, description="Attempts of store/record before `error`."
+    )
     embed_window: int = Field(default=4, ge=1, le=64, description="Embed batches in flight.")
     task_queue: str = "docingest"
     embed_task_queue: str = "docingest-embed"
     log_level: str = "INFO"
+
+    @field_validator(
+        "staging_ttl", "activity_heartbeat_timeout", "upload_orphan_grace", mode="before"
+    )
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """Durations also read as plain seconds (`DOCINGEST_STAGING_TTL=3600`)."""
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +156,42 @@ async def wait_for_status(
 
 def multipart_file(name: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
     return {"file": (name, data, content_type)}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `docingest` subprocess exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, timedelta):
+            value = int(value.total_seconds())
+        env[f"DOCINGEST_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """`docingest worker` as a separate process, to kill it like a crash would."""
+
+    settings: Settings
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **settings_env(self.settings), "DOCINGEST_LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker"], env=env, stdout=subprocess.DEVNULL
+        )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()

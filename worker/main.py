@@ -18,13 +18,16 @@ from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities, SentenceTransformerEmbedder, TextEmbedder
 from activities.extract import ExtractActivities
+from activities.staging_cleanup import StagingCleanupActivities
 from activities.store import StoreActivities
 from core.db import create_engine, create_sessionmaker, resolve_database_url
 from core.errors import ConfigurationError
 from core.settings import Settings
 from core.staging import StagingStore
 from core.temporal import connect, register_search_attributes
+from worker.schedules import ensure_staging_schedule
 from workflows.ingest import IngestDocument
+from workflows.staging_cleanup import CleanStaging
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +54,16 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=[IngestDocument],
+                workflows=[IngestDocument, CleanStaging],
                 activities=[
                     ExtractActivities(staging).extract,
                     ChunkActivities(staging).chunk,
                     store.store,
                     store.record_outcome,
                     CleanupActivities(staging).cleanup,
+                    StagingCleanupActivities(
+                        staging, client, settings.staging_ttl, settings.upload_orphan_grace
+                    ).clean_staging,
                 ],
                 activity_executor=executor,
                 max_concurrent_activities=4,
@@ -107,6 +113,8 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     client = await connect(settings.resolved_temporal_address, settings.temporal_namespace)
     await register_search_attributes(client)
+    if role in (Role.ALL, Role.MAIN):
+        await ensure_staging_schedule(client, settings)
     engine = create_engine(resolve_database_url(settings), pool_size=4)
     embedder: TextEmbedder | None = None
     if role in (Role.ALL, Role.EMBED):

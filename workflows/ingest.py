@@ -46,9 +46,12 @@ _STEP_RETRY = RetryPolicy(
 # On cancel, wait for a running activity to stop (at its next heartbeat) before cleaning up,
 # else the cleanup races it and leaves rows or files behind.
 _WAIT = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-# The database may be restarting: store and outcome keep trying for a few minutes.
-_DATABASE_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=10)
 _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
+
+
+def _database_retry(task: IngestTask) -> RetryPolicy:
+    """The database may be restarting: its steps keep trying for a few minutes by default."""
+    return dataclasses.replace(_STEP_RETRY, maximum_attempts=max(1, task.database_attempts))
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -90,7 +93,7 @@ class IngestDocument:
             task,
             result_type=ExtractResult,
             start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(minutes=1),
+            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
             retry_policy=_STEP_RETRY,
             cancellation_type=_WAIT,
         )
@@ -111,7 +114,7 @@ class IngestDocument:
             task,
             result_type=StoreResult,
             start_to_close_timeout=timedelta(minutes=10),
-            retry_policy=_DATABASE_RETRY,
+            retry_policy=_database_retry(task),
             cancellation_type=_WAIT,
         )
         message = f"Successfully processed {task.filename}"
@@ -167,7 +170,7 @@ class IngestDocument:
             result_type=EmbedResult,
             task_queue=task.embed_task_queue,
             start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(minutes=1),
+            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
             retry_policy=_STEP_RETRY,
             cancellation_type=_WAIT,
         )
@@ -214,7 +217,7 @@ class IngestDocument:
                 RECORD_OUTCOME,
                 Outcome(task, status, error_type, reason),
                 start_to_close_timeout=timedelta(minutes=1),
-                retry_policy=_DATABASE_RETRY,
+                retry_policy=_database_retry(task),
             )
         except ActivityError:
             # The workflow's own failure remains the record in Temporal; the database row is

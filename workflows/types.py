@@ -84,6 +84,12 @@ class IngestTask:
     # Name of the uploaded file inside the task's staging folder.
     original: str = "original"
     batch_id: str | None = None
+    # A document past this many chunks fails (DocumentTooLarge) instead of embedding for hours.
+    max_chunks: int = 20_000
+    # How soon a lost worker is noticed: heartbeating activities are retried after this.
+    heartbeat_timeout_s: int = 60
+    # Attempts of the database steps (store, record_outcome) before the task ends `error`.
+    database_attempts: int = 10
 
 
 @dataclass

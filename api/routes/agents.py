@@ -1,13 +1,51 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlalchemy import select
+import asyncio
+import logging
+import uuid
+from datetime import timedelta
+from typing import Annotated
 
-from api.deps import OwnerDep, SessionDep
-from api.schemas import AgentCreate, AgentPublic, AgentsPublic, ErrorBody
-from core.models import Agent
+from fastapi import APIRouter, Query
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
+
+from api.deps import OwnerDep, SessionDep, SessionmakerDep, TemporalDep
+from api.routes.documents import document_public, parse_id
+from api.schemas import (
+    AgentCreate,
+    AgentPublic,
+    AgentsPublic,
+    DocumentsPublic,
+    DocumentStatusValue,
+    ErrorBody,
+)
+from core.errors import NotFound
+from core.models import Agent, Document
+from core.temporal import AGENT_ID, OWNER_ID
+from workflows.types import WORKFLOW_NAME
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/agents", tags=["agents"], responses={401: {"model": ErrorBody}})
+
+# PostgreSQL's OFFSET is a bigint: past it the query fails, so the API refuses (422) instead.
+_MAX_OFFSET = 2**63 - 1
+_CANCEL_DEADLINE = timedelta(seconds=10)
+
+
+async def owned_agent(session: AsyncSession, owner: uuid.UUID, agent_id: str) -> Agent:
+    """The caller's agent; 404 for a malformed id, a missing one, or another owner's."""
+    parsed = parse_id(agent_id)
+    agent = None
+    if parsed is not None:
+        agent = await session.scalar(
+            select(Agent).where(Agent.id == parsed, Agent.owner_id == owner)
+        )
+    if agent is None:
+        raise NotFound(f"Agent {agent_id[:100]!r} not found")
+    return agent
 
 
 @router.post("", status_code=201)
@@ -29,3 +67,87 @@ async def list_agents(owner: OwnerDep, session: SessionDep) -> AgentsPublic:
     return AgentsPublic(
         agents=[AgentPublic.model_validate(agent, from_attributes=True) for agent in rows]
     )
+
+
+@router.get("/{agent_id}/documents", responses={404: {"model": ErrorBody}})
+async def list_documents(
+    agent_id: str,
+    owner: OwnerDep,
+    session: SessionDep,
+    status: DocumentStatusValue | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
+) -> DocumentsPublic:
+    """The agent's documents, newest first, one page at a time."""
+    agent = await owned_agent(session, owner, agent_id)
+    scope = [Document.agent_id == agent.id, Document.owner_id == owner]
+    if status is not None:
+        scope.append(Document.status == status)
+    total = await session.scalar(select(func.count()).select_from(Document).where(*scope))
+    rows = await session.scalars(
+        select(Document)
+        .where(*scope)
+        .order_by(Document.created_at.desc(), Document.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return DocumentsPublic(
+        documents=[document_public(document) for document in rows],
+        total=total or 0,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.delete("/{agent_id}", status_code=204, responses={404: {"model": ErrorBody}})
+async def delete_agent(
+    agent_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep, temporal: TemporalDep
+) -> None:
+    """Delete an agent with all its documents and chunks; cancel its running uploads."""
+    parsed = parse_id(agent_id)
+    deleted = None
+    # Committed before the 204 is sent (SessionDep commits only after the response).
+    # Documents, chunks and batches go in the same statement (ON DELETE CASCADE).
+    async with sessionmaker.begin() as session:
+        if parsed is not None:
+            deleted = await session.scalar(
+                delete(Agent).where(Agent.id == parsed, Agent.owner_id == owner).returning(Agent.id)
+            )
+    if deleted is None:
+        raise NotFound(f"Agent {agent_id[:100]!r} not found")
+    await cancel_running_ingests(temporal, owner, deleted)
+
+
+async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:
+    """Ask Temporal to cancel the agent's running ingest workflows; failures are only logged.
+
+    Best effort on purpose: the agent is already gone, and a workflow this misses still ends,
+    at its store step, which finds no agent and fails without retrying (AgentDeleted).
+    """
+    query = (
+        f"WorkflowType = '{WORKFLOW_NAME}' AND {OWNER_ID.name} = '{owner}' "
+        f"AND {AGENT_ID.name} = '{agent_id}' AND ExecutionStatus = 'Running'"
+    )
+    deadline = _CANCEL_DEADLINE.total_seconds()
+    try:
+        async with asyncio.timeout(deadline):
+            executions = [
+                execution
+                async for execution in temporal.list_workflows(query, rpc_timeout=_CANCEL_DEADLINE)
+            ]
+            results = await asyncio.gather(
+                *(
+                    temporal.get_workflow_handle(execution.id, run_id=execution.run_id).cancel(
+                        rpc_timeout=_CANCEL_DEADLINE
+                    )
+                    for execution in executions
+                ),
+                return_exceptions=True,
+            )
+    # Any failure (unreachable, timeout, RPC error): the deletion stands and is answered 204.
+    except Exception:
+        log.warning("could not cancel the running uploads of agent %s", agent_id, exc_info=True)
+        return
+    for execution, result in zip(executions, results, strict=True):
+        if isinstance(result, Exception):
+            log.warning("could not cancel upload %s", execution.id, exc_info=result)

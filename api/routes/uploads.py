@@ -5,8 +5,6 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
 from api.ingest_start import (
@@ -18,13 +16,10 @@ from api.ingest_start import (
     task_from_memo,
 )
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
-from api.task_status import describe_owned, get_task_status, render, to_public
+from api.task_status import describe_owned, get_task_status, render, status_from_record
 from api.upload_stream import ReceivedFile, receive_files, request_limit
 from core.errors import InvalidRequest, NotFound
-from core.models import Document
 from core.staging import ORIGINAL, StagingStore
-from core.temporal import iso_utc
-from workflows.types import Stage, Status, TaskProgress
 
 router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model": ErrorBody}})
 
@@ -163,41 +158,7 @@ async def upload_status(
     """The status of one upload task, answered from its workflow."""
     status = await get_task_status(temporal, owner, task_id)
     if status is None:
-        status = await _status_from_record(session, owner, task_id)
+        status = await status_from_record(session, owner, task_id)
     if status is None:
         raise NotFound(f"Task {task_id[:100]!r} not found")
     return status
-
-
-async def _status_from_record(
-    session: AsyncSession, owner: uuid.UUID, task_id: str
-) -> TaskStatus | None:
-    """After Temporal's retention removed the workflow, the document row still answers."""
-    document = await session.scalar(
-        select(Document).where(Document.task_id == task_id, Document.owner_id == owner)
-    )
-    if document is None:
-        return None
-    complete = document.status == Status.COMPLETE
-    message = (
-        f"Successfully processed {document.filename}"
-        if complete
-        else f"Processing {document.filename} ended {document.status}: {document.error_message}"
-    )
-    return to_public(
-        TaskProgress(
-            task_id=task_id,
-            filename=document.filename,
-            agent_id=str(document.agent_id),
-            status=document.status,
-            message=message,
-            stage=Stage.DONE if complete else Stage.QUEUED,
-            started_at=iso_utc(document.created_at),
-            completed_at=iso_utc(document.updated_at),
-            document_id=str(document.id) if complete else None,
-            chunks_total=document.chunk_count,
-            chunks_embedded=document.chunk_count,
-            error_type=document.error_type,
-            error_message=document.error_message,
-        )
-    )

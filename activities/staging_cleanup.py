@@ -1,0 +1,194 @@
+"""clean_staging: remove the staging folders of tasks finished (or vanished) past the TTL.
+
+A task's folder goes once its workflow closed longer ago than the TTL, or once Temporal no
+longer knows the task (retention passed, or an upload never got its workflow started) and
+nothing in the folder changed within the TTL. A folder with a recent change is always kept:
+an upload stages its file before it starts its workflow, and an idempotent retry stages
+again under the same task id, so young files mean someone is at work there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fsspec
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.staging import StagingStore
+from workflows.staging_cleanup import CLEAN_STAGING, StagingCleanupResult
+
+DESCRIBE_TIMEOUT = timedelta(seconds=10)
+_UNKNOWN = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
+
+
+@dataclass(frozen=True)
+class TaskFate:
+    """Temporal's word on a folder's task: no workflow, still running, or closed at a time."""
+
+    exists: bool
+    closed_at: datetime | None = None
+
+
+VANISHED = TaskFate(exists=False)
+
+
+def expired(
+    fate: TaskFate,
+    newest_change: datetime | None,
+    now: datetime,
+    ttl: timedelta,
+    orphan_grace: timedelta | None = None,
+) -> bool:
+    """Whether a task folder may go; an unknown age keeps a vanished task's folder.
+
+    Nothing can use the folder of a task Temporal no longer knows (a retry needs the
+    workflow), so it goes once untouched for `orphan_grace` (default: the TTL): that covers
+    uploads that never got a 202 (an API killed mid-stream) without touching one still
+    streaming into its folder.
+    """
+    if not fate.exists:
+        grace = ttl if orphan_grace is None else orphan_grace
+        return newest_change is not None and now - newest_change > grace
+    if newest_change is not None and now - newest_change <= ttl:
+        return False
+    return fate.closed_at is not None and now - fate.closed_at > ttl
+
+
+def modified_at(info: Mapping[str, Any]) -> datetime | None:
+    """An fsspec entry's modification time: `mtime` locally, `LastModified` on S3."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def task_folders(staging: StagingStore) -> list[str]:
+    """Names of the task folders in the store, sorted; anything not named by a task id is
+    not ours to judge."""
+    names = []
+    for entry in staging.fs.ls(staging.root, detail=True):
+        name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") == "directory" and _is_task_id(name):
+            names.append(name)
+    return sorted(names)
+
+
+def _is_task_id(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return True
+
+
+def folder_files(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Mapping[str, Any]]:
+    files: dict[str, Mapping[str, Any]] = fs.find(folder, detail=True)
+    return files
+
+
+def newest_change(
+    fs: fsspec.AbstractFileSystem, folder: str, files: Mapping[str, Mapping[str, Any]]
+) -> datetime | None:
+    """When the folder's newest file changed (the folder's own time when it is empty);
+    None when any of them cannot tell."""
+    entries = list(files.values()) or [fs.info(folder)]
+    times = [modified_at(entry) for entry in entries]
+    if any(moment is None for moment in times):
+        return None
+    return max(moment for moment in times if moment is not None)
+
+
+def remove_files(fs: fsspec.AbstractFileSystem, folder: str, files: list[str]) -> None:
+    """Remove the files judged, then the folders they leave empty. A file staged after the
+    listing survives with its folder; one another sweep removed first is no error."""
+    for path in files:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            continue
+    subfolders = fs.find(folder, withdirs=True, detail=True) if fs.exists(folder) else {}
+    empty_first = sorted(
+        (path for path, info in subfolders.items() if info.get("type") == "directory"),
+        key=lambda path: path.count("/"),
+        reverse=True,
+    )
+    for path in [*empty_first, folder]:
+        try:
+            if fs.exists(path) and not fs.ls(path):
+                fs.rmdir(path)
+        except OSError:
+            continue  # something was staged into it meanwhile: it stays for the next sweep
+
+
+class StagingCleanupActivities:
+    def __init__(
+        self,
+        staging: StagingStore,
+        client: Client,
+        ttl: timedelta,
+        orphan_grace: timedelta | None = None,
+    ) -> None:
+        self.staging = staging
+        self.client = client
+        self.ttl = ttl
+        self.orphan_grace = orphan_grace
+
+    @activity.defn(name=CLEAN_STAGING)
+    async def clean_staging(self) -> StagingCleanupResult:
+        """One sweep; running it twice, or beside uploads, removes nothing it should keep."""
+        now = datetime.now(UTC)
+        done, kept, removed = _resumed()
+        for name in await asyncio.to_thread(task_folders, self.staging):
+            if done is not None and name <= done:
+                continue  # judged by an earlier attempt of this sweep
+            if await self._sweep(name, now):
+                removed += 1
+            else:
+                kept += 1
+            activity.heartbeat(name, kept, removed)
+        activity.logger.info("staging sweep: removed %d folders, kept %d", removed, kept)
+        return StagingCleanupResult(kept=kept, removed=removed)
+
+    async def _sweep(self, task_id: str, now: datetime) -> bool:
+        """Remove one task's folder when it expired; whether it did."""
+        fs, folder = self.staging.fs, f"{self.staging.root}/{task_id}"
+        try:
+            files = await asyncio.to_thread(folder_files, fs, folder)
+            changed = await asyncio.to_thread(newest_change, fs, folder, files)
+        except FileNotFoundError:
+            return False  # another sweep removed it meanwhile
+        fate = await self._fate(task_id)
+        if not expired(fate, changed, now, self.ttl, self.orphan_grace):
+            return False
+        await asyncio.to_thread(remove_files, fs, folder, list(files))
+        return True
+
+    async def _fate(self, task_id: str) -> TaskFate:
+        handle = self.client.get_workflow_handle(task_id)
+        try:
+            description = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
+        except RPCError as exc:
+            if exc.status in _UNKNOWN:
+                return VANISHED
+            raise
+        if description.status is WorkflowExecutionStatus.RUNNING:
+            return TaskFate(exists=True)
+        return TaskFate(exists=True, closed_at=description.close_time)
+
+
+def _resumed() -> tuple[str | None, int, int]:
+    """Where a retried sweep picks up: the last folder judged and the counts so far."""
+    details = activity.info().heartbeat_details
+    if len(details) != 3:
+        return None, 0, 0
+    done, kept, removed = details
+    return str(done), int(kept), int(removed)

@@ -1,0 +1,85 @@
+"""Documents: the permanent record of each finished upload, and deleting one with its chunks."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+from sqlalchemy import delete, select
+
+from api.deps import OwnerDep, SessionDep, SessionmakerDep
+from api.schemas import DocumentPublic, ErrorBody, TaskError
+from core.errors import NotFound
+from core.models import Document
+
+router = APIRouter(
+    prefix="/documents",
+    tags=["documents"],
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+)
+
+
+def parse_id(value: str) -> uuid.UUID | None:
+    """The id in a path, or None when malformed: answered 404 like a missing id, never 422."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def document_public(document: Document) -> DocumentPublic:
+    error = None
+    if document.error_type is not None:
+        error = TaskError(type=document.error_type, message=document.error_message or "")
+    return DocumentPublic(
+        id=document.id,
+        agent_id=document.agent_id,
+        filename=document.filename,
+        content_type=document.content_type,
+        size_bytes=document.size_bytes,
+        sha256=document.sha256,
+        page_count=document.page_count,
+        chunk_count=document.chunk_count,
+        status=document.status,
+        error=error,
+        task_id=document.task_id,
+        created_at=document.created_at,
+        updated_at=document.updated_at,
+    )
+
+
+def _not_found(document_id: str) -> NotFound:
+    return NotFound(f"Document {document_id[:100]!r} not found")
+
+
+@router.get("/{document_id}")
+async def get_document(document_id: str, owner: OwnerDep, session: SessionDep) -> DocumentPublic:
+    """One of the caller's documents: file, counts, status and the task that made it."""
+    parsed = parse_id(document_id)
+    document = None
+    if parsed is not None:
+        document = await session.scalar(
+            select(Document).where(Document.id == parsed, Document.owner_id == owner)
+        )
+    if document is None:
+        raise _not_found(document_id)
+    return document_public(document)
+
+
+@router.delete("/{document_id}", status_code=204)
+async def delete_document(document_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep) -> None:
+    """Delete one of the caller's documents with all its chunks."""
+    parsed = parse_id(document_id)
+    deleted = None
+    # Its own transaction, committed before the 204 is sent (SessionDep commits only after
+    # the response): a search made once the caller has the answer never finds the chunks.
+    # The chunks go in the same statement (ON DELETE CASCADE).
+    async with sessionmaker.begin() as session:
+        if parsed is not None:
+            deleted = await session.scalar(
+                delete(Document)
+                .where(Document.id == parsed, Document.owner_id == owner)
+                .returning(Document.id)
+            )
+    if deleted is None:
+        raise _not_found(document_id)

@@ -1,0 +1,138 @@
+"""Live progress of one upload over a WebSocket, read from Temporal like `/upload/status`.
+
+The workflow mirrors its progress into its memo on every change (once per embed batch
+too), so polling `describe()` a few times a second sees every step without a worker and
+without holding anything in this process but the open socket.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from api.deps import Resources
+from api.schemas import TaskStatus
+from api.task_status import get_task_status, status_from_record
+from core.errors import ServiceUnavailable
+from core.keys import owner_for_key
+from workflows.types import Status
+
+router = APIRouter(prefix="/ws", tags=["live"])
+
+POLL_INTERVAL_S = 0.25
+# RFC 6455 allows 123 bytes of close reason.
+_MAX_REASON_BYTES = 123
+
+
+class CloseCode:
+    NORMAL = 1000
+    SERVER_ERROR = 1011
+    UNAUTHORIZED = 4401
+    NOT_FOUND = 4404
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+def presented_key(websocket: WebSocket) -> str | None:
+    """The key of `Authorization: Bearer <key>`, else of `?token=<key>` (browsers cannot set
+    headers on a WebSocket); None when neither is usable."""
+    header = websocket.headers.get("authorization")
+    if header is not None:
+        scheme, _, key = header.partition(" ")
+        return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+    token = websocket.query_params.get("token", "").strip()
+    return token or None
+
+
+async def websocket_owner(websocket: WebSocket, resources: Resources) -> uuid.UUID | None:
+    """The owner of the presented key, or None when it is missing or not valid."""
+    key = presented_key(websocket)
+    if key is None:
+        return None
+    async with resources.sessionmaker() as session:
+        return await owner_for_key(session, key)
+
+
+@router.websocket("/upload/{task_id}")
+async def upload_progress(websocket: WebSocket, task_id: str) -> None:
+    """Send the task's status now and on every change; close 1000 once it is final."""
+    resources: Resources = websocket.app.state.resources
+    # Accept first: a close before the handshake reaches the client as a bare HTTP 403,
+    # without the 4401/4404 code that tells it why.
+    await websocket.accept()
+    owner = await websocket_owner(websocket, resources)
+    if owner is None:
+        await _close(
+            websocket,
+            Close(
+                CloseCode.UNAUTHORIZED,
+                "Missing or invalid API key: send `Authorization: Bearer <key>` or ?token=<key>",
+            ),
+        )
+        return
+    outcome: Close | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cancel_on_disconnect, websocket, group.cancel_scope)
+        outcome = await _follow(websocket, resources, owner, task_id)
+        group.cancel_scope.cancel()
+    if outcome is not None:
+        await _close(websocket, outcome)
+
+
+async def _follow(
+    websocket: WebSocket, resources: Resources, owner: uuid.UUID, task_id: str
+) -> Close | None:
+    """Send each new status until a final one; None when the client went away."""
+    sent: dict[str, Any] | None = None
+    while True:
+        try:
+            status = await current_status(resources, owner, task_id)
+        except ServiceUnavailable as exc:
+            return Close(CloseCode.SERVER_ERROR, exc.detail)
+        if status is None:
+            return Close(CloseCode.NOT_FOUND, f"Task {task_id[:60]!r} not found")
+        body = status.model_dump(mode="json")
+        if body != sent:
+            try:
+                await websocket.send_json(body)
+            except WebSocketDisconnect:
+                return None
+            sent = body
+        if status.status in Status.TERMINAL:
+            return Close(CloseCode.NORMAL, f"Task {status.status}")
+        await anyio.sleep(POLL_INTERVAL_S)
+
+
+async def current_status(resources: Resources, owner: uuid.UUID, task_id: str) -> TaskStatus | None:
+    """What `GET /upload/status/{task_id}` answers, or None where it answers 404."""
+    status = await get_task_status(resources.temporal, owner, task_id)
+    if status is None:
+        async with resources.sessionmaker() as session:
+            status = await status_from_record(session, owner, task_id)
+    return status
+
+
+async def _cancel_on_disconnect(websocket: WebSocket, scope: anyio.CancelScope) -> None:
+    """Stop polling as soon as the client leaves, however long the task stays unchanged."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        continue  # clients have nothing to say here; what they send is ignored
+    scope.cancel()
+
+
+async def _close(websocket: WebSocket, close: Close) -> None:
+    if websocket.client_state is WebSocketState.DISCONNECTED:
+        return  # the client left first: there is nobody to tell
+    reason = close.reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+    try:
+        await websocket.close(close.code, reason)
+    except WebSocketDisconnect:
+        return  # it left while we were closing

@@ -1,0 +1,296 @@
+"""Documents and agent deletion over HTTP: listing, metadata, deleting, tenant isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from core.settings import Settings
+from tests.documents import lorem, make_pdf
+from tests.support import (
+    FakeEmbedder,
+    Stack,
+    Tenant,
+    make_settings,
+    new_tenant,
+    running_workers,
+    serve,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
+DOCUMENT_KEYS = {
+    "id", "agent_id", "filename", "content_type", "size_bytes", "sha256", "page_count",
+    "chunk_count", "status", "error", "task_id", "created_at", "updated_at",
+}  # fmt: skip
+BAD_IDS = [str(uuid.uuid4()), "not-a-uuid", "1 OR 1=1", "x" * 300]
+
+
+async def ingest(
+    http: httpx.AsyncClient,
+    tenant: Tenant,
+    name: str,
+    data: bytes,
+    agent_id: str | None = None,
+) -> dict[str, Any]:
+    """Upload a file and wait for its task to end; returns the final task status."""
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": agent_id or tenant.agent_id},
+        headers=tenant.headers,
+        files={"file": (name, data)},
+    )
+    assert response.status_code == 202, response.text
+    return await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+
+
+async def chunk_count(stack: Stack, document_id: str) -> int:
+    async with stack.sessionmaker() as session:
+        count = await session.scalar(
+            text("SELECT count(*) FROM chunks WHERE document_id = :id"),
+            {"id": uuid.UUID(document_id)},
+        )
+    return int(count or 0)
+
+
+async def document_rows(stack: Stack, agent_id: str) -> int:
+    async with stack.sessionmaker() as session:
+        count = await session.scalar(
+            text("SELECT count(*) FROM documents WHERE agent_id = :id"),
+            {"id": uuid.UUID(agent_id)},
+        )
+    return int(count or 0)
+
+
+async def test_documents_list_pages_newest_first_and_filters_by_status(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    files = {
+        "a.txt": lorem(6, seed=1).encode(),
+        "b.md": b"# Notes\n\n" + lorem(6, seed=2).encode(),
+        "report.pdf": make_pdf(["First page text", "Second page text"]),
+        "cut.pdf": make_pdf(["soon to be cut"])[:400],
+    }
+    statuses = await asyncio.gather(
+        *(ingest(http, tenant, name, data) for name, data in files.items())
+    )
+    assert sorted(status["status"] for status in statuses) == [
+        "complete", "complete", "complete", "failed",
+    ]  # fmt: skip
+    url = f"/agents/{tenant.agent_id}/documents"
+
+    listed = await http.get(url, headers=tenant.headers)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    assert (body["total"], body["limit"], body["offset"]) == (4, 50, 0)
+    documents = body["documents"]
+    assert {document["filename"] for document in documents} == set(files)
+    created = [datetime.fromisoformat(document["created_at"]) for document in documents]
+    assert created == sorted(created, reverse=True)
+    by_name = {document["filename"]: document for document in documents}
+    assert by_name["report.pdf"]["page_count"] == 2
+    assert by_name["cut.pdf"]["status"] == "failed"
+    assert by_name["cut.pdf"]["error"]["type"] == "CorruptDocument"
+    assert by_name["cut.pdf"]["chunk_count"] == 0
+
+    first = (await http.get(url, params={"limit": 3}, headers=tenant.headers)).json()
+    rest = (await http.get(url, params={"limit": 3, "offset": 3}, headers=tenant.headers)).json()
+    assert (first["total"], rest["total"]) == (4, 4)
+    assert [d["id"] for d in first["documents"] + rest["documents"]] == [d["id"] for d in documents]
+    past_the_end = await http.get(url, params={"offset": 10}, headers=tenant.headers)
+    assert past_the_end.json()["documents"] == []
+
+    failed = (await http.get(url, params={"status": "failed"}, headers=tenant.headers)).json()
+    assert failed["total"] == 1
+    assert [document["filename"] for document in failed["documents"]] == ["cut.pdf"]
+    complete = (await http.get(url, params={"status": "complete"}, headers=tenant.headers)).json()
+    assert complete["total"] == 3
+    assert {document["status"] for document in complete["documents"]} == {"complete"}
+
+    for bad in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"status": "queued"}):
+        refused = await http.get(url, params=bad, headers=tenant.headers)
+        assert refused.status_code == 422, bad
+        assert refused.json()["code"] == "invalid_request"
+
+
+async def test_documents_get_shows_the_uploaded_files_metadata(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    data = lorem(30, seed=3).encode()
+    status = await ingest(http, tenant, "notes.txt", data)
+    assert status["status"] == "complete", status
+
+    response = await http.get(f"/documents/{status['document_id']}", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert set(document) == DOCUMENT_KEYS
+    assert document["id"] == status["document_id"]
+    assert document["agent_id"] == tenant.agent_id
+    assert document["task_id"] == status["task_id"]
+    assert document["filename"] == "notes.txt"
+    assert document["content_type"] == "text/plain"
+    assert document["size_bytes"] == len(data)
+    assert document["sha256"] == hashlib.sha256(data).hexdigest()
+    assert document["page_count"] is None
+    assert document["chunk_count"] == status["progress"]["chunks_total"] > 0
+    assert document["chunk_count"] == await chunk_count(stack, document["id"])
+    assert (document["status"], document["error"]) == ("complete", None)
+    assert document["created_at"] <= document["updated_at"]
+
+
+async def test_documents_delete_removes_the_document_and_its_chunks(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    doomed, kept = await asyncio.gather(
+        ingest(http, tenant, "doomed.txt", lorem(20, seed=4).encode()),
+        ingest(http, tenant, "kept.txt", lorem(20, seed=5).encode()),
+    )
+    doomed_id, kept_id = doomed["document_id"], kept["document_id"]
+    kept_chunks = await chunk_count(stack, kept_id)
+    assert await chunk_count(stack, doomed_id) > 0
+
+    deleted = await http.delete(f"/documents/{doomed_id}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    assert deleted.content == b""
+    assert await chunk_count(stack, doomed_id) == 0
+    gone = await http.get(f"/documents/{doomed_id}", headers=tenant.headers)
+    assert gone.status_code == 404
+    assert gone.json()["code"] == "not_found"
+    again = await http.delete(f"/documents/{doomed_id}", headers=tenant.headers)
+    assert again.status_code == 404
+
+    listed = await http.get(f"/agents/{tenant.agent_id}/documents", headers=tenant.headers)
+    assert [document["id"] for document in listed.json()["documents"]] == [kept_id]
+    assert await chunk_count(stack, kept_id) == kept_chunks
+
+
+async def test_agents_delete_removes_its_documents_and_chunks(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    created = await http.post("/agents", json={"name": "short-lived"}, headers=tenant.headers)
+    doomed_agent = created.json()["id"]
+    doomed, kept = await asyncio.gather(
+        ingest(http, tenant, "doomed.txt", lorem(20, seed=6).encode(), agent_id=doomed_agent),
+        ingest(http, tenant, "kept.txt", lorem(20, seed=7).encode()),
+    )
+    assert await chunk_count(stack, doomed["document_id"]) > 0
+
+    deleted = await http.delete(f"/agents/{doomed_agent}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    assert await document_rows(stack, doomed_agent) == 0
+    assert await chunk_count(stack, doomed["document_id"]) == 0
+    agents = (await http.get("/agents", headers=tenant.headers)).json()["agents"]
+    assert [agent["id"] for agent in agents] == [tenant.agent_id]
+    for method, url in (
+        ("GET", f"/agents/{doomed_agent}/documents"),
+        ("GET", f"/documents/{doomed['document_id']}"),
+        ("DELETE", f"/agents/{doomed_agent}"),
+    ):
+        response = await http.request(method, url, headers=tenant.headers)
+        assert response.status_code == 404, (method, url)
+
+    still = await http.get(f"/documents/{kept['document_id']}", headers=tenant.headers)
+    assert still.status_code == 200
+    assert await chunk_count(stack, kept["document_id"]) == still.json()["chunk_count"] > 0
+
+
+@pytest.fixture(scope="module")
+async def idle_settings(stack: Stack) -> Settings:
+    """Settings whose task queues no worker polls: uploads made with them stay running."""
+    assert stack.settings.database_url is not None
+    return make_settings(
+        stack.settings.resolved_home,
+        stack.settings.database_url,
+        stack.settings.resolved_temporal_address,
+    )
+
+
+@pytest.fixture(scope="module")
+async def idle_api(idle_settings: Settings) -> AsyncIterator[str]:
+    async with serve(idle_settings) as url:
+        yield url
+
+
+async def test_agents_delete_cancels_its_running_uploads(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, idle_settings: Settings, idle_api: str
+) -> None:
+    async with httpx.AsyncClient(base_url=idle_api) as idle:
+        waiting = await idle.post(
+            "/upload/agent",
+            params={"agent_id": tenant.agent_id},
+            headers=tenant.headers,
+            files={"file": ("waiting.txt", lorem(5).encode())},
+        )
+    assert waiting.status_code == 202, waiting.text
+    task_id = waiting.json()["task_id"]
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while True:
+            listed = await http.get("/api/progress", headers=tenant.headers)
+            if [task["task_id"] for task in listed.json()["tasks"]] == [task_id]:
+                break
+            await asyncio.sleep(0.1)
+
+    deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+    assert deleted.status_code == 204
+
+    # Without the cancel, a worker would run the task until its store step found no agent
+    # and it ended `error`; cancelled, it ends `cancelled` without storing anything.
+    async with running_workers(stack, idle_settings, FakeEmbedder()):
+        status = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=30)
+    assert status["status"] == "cancelled", status
+    assert await document_rows(stack, tenant.agent_id) == 0
+
+
+async def test_documents_routes_answer_404_for_other_owners_and_bad_ids(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    status = await ingest(http, tenant, "private.txt", lorem(10, seed=8).encode())
+    agent_id, document_id = tenant.agent_id, status["document_id"]
+    other = await new_tenant(stack, "other")
+
+    def routes(agent: str, document: str) -> list[tuple[str, str, dict[str, Any] | None]]:
+        return [
+            ("GET", f"/agents/{agent}/documents", None),
+            ("GET", f"/documents/{document}", None),
+            ("POST", f"/agents/{agent}/search", {"query": "private"}),
+            ("DELETE", f"/documents/{document}", None),
+            ("DELETE", f"/agents/{agent}", None),
+        ]
+
+    attempts = [(other.headers, route) for route in routes(agent_id, document_id)]
+    # Guessing: the other owner's own agent id as a document id and the reverse.
+    attempts += [(other.headers, route) for route in routes(document_id, other.agent_id)]
+    attempts += [(tenant.headers, route) for bad in BAD_IDS for route in routes(bad, bad)]
+    for headers, (method, url, body) in attempts:
+        response = await http.request(method, url, headers=headers, json=body)
+        assert response.status_code == 404, (method, url, response.text)
+        assert response.json()["code"] == "not_found"
+
+    kept = await http.get(f"/documents/{document_id}", headers=tenant.headers)
+    assert kept.status_code == 200
+    assert kept.json()["chunk_count"] == await chunk_count(stack, document_id) > 0
+    listed = await http.get(f"/agents/{agent_id}/documents", headers=tenant.headers)
+    assert listed.json()["total"] == 1
+
+
+async def test_documents_routes_require_a_key(http: httpx.AsyncClient, tenant: Tenant) -> None:
+    some_id = str(uuid.uuid4())
+    for method, url in (
+        ("GET", f"/agents/{tenant.agent_id}/documents"),
+        ("GET", f"/documents/{some_id}"),
+        ("DELETE", f"/documents/{some_id}"),
+        ("DELETE", f"/agents/{tenant.agent_id}"),
+    ):
+        response = await http.request(method, url)
+        assert response.status_code == 401, (method, url)
+        assert response.json()["code"] == "unauthorized"

@@ -1,0 +1,291 @@
+"""`WebSocket /ws/upload/{task_id}` against the real API under uvicorn, Temporal and PostgreSQL,
+with a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from activities.embed import Vectors
+from core.embedded import free_port
+from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
+from tests.documents import lorem
+from tests.support import FakeEmbedder, Stack, Tenant, make_settings, new_tenant, serve
+from tests.support import running_workers as workers_for
+from workflows.types import WORKFLOW_NAME, IngestTask
+
+TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
+STATUS_ORDER = ["queued", "processing", "complete"]
+STAGE_ORDER = ["queued", "extracting", "chunking", "embedding", "storing", "done"]
+BATCH = 16  # embed_activity_chunks of every test stack (tests.support.make_settings)
+TEXT = lorem(200).encode()  # 64 chunks of at most 300 characters: 4 embed batches
+
+
+@dataclass
+class Watched:
+    """Everything one WebSocket client saw, up to the close."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    code: int | None = None
+    reason: str = ""
+
+
+def ws_url(api_url: str, task_id: str, **params: str) -> str:
+    query = f"?{urlencode(params)}" if params else ""
+    return f"{api_url.replace('http://', 'ws://', 1)}/ws/upload/{task_id}{query}"
+
+
+async def receive_all(socket: ClientConnection, seen: Watched) -> Watched:
+    try:
+        while True:
+            seen.messages.append(json.loads(await socket.recv()))
+    except ConnectionClosed:
+        seen.code, seen.reason = socket.close_code, socket.close_reason or ""
+    return seen
+
+
+async def watch(url: str, headers: dict[str, str] | None = None) -> Watched:
+    """Connect and collect messages until the server closes."""
+    async with asyncio.timeout(90), connect(url, additional_headers=headers or {}) as socket:
+        return await receive_all(socket, Watched())
+
+
+async def upload(http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes) -> str:
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": tenant.agent_id, "chunk_size": 300, "chunk_overlap": 0},
+        headers=tenant.headers,
+        files={"file": (name, data)},
+    )
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+def assert_moves_forward(messages: list[dict[str, Any]]) -> None:
+    """Status, stage and embedded count never go back, and each message is a change."""
+    for before, after in itertools.pairwise(messages):
+        assert after != before
+        assert STATUS_ORDER.index(after["status"]) >= STATUS_ORDER.index(before["status"])
+        assert STAGE_ORDER.index(after["stage"]) >= STAGE_ORDER.index(before["stage"])
+        progress, previous = after["progress"], before["progress"]
+        assert progress["chunks_embedded"] >= previous["chunks_embedded"]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_live_streams_an_upload_until_complete_then_closes_1000(
+    api_url: str, http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    task_id = await upload(http, tenant, "notes.txt", TEXT)
+    seen = await watch(ws_url(api_url, task_id), tenant.headers)
+
+    assert (seen.code, seen.reason) == (1000, "Task complete")
+    first, last = seen.messages[0], seen.messages[-1]
+    assert (first["task_id"], first["filename"]) == (task_id, "notes.txt")
+    final = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+    assert last == final.json()  # the very body of GET /upload/status
+    assert last["status"] == "complete"
+    assert [m for m in seen.messages if m["status"] in TERMINAL] == [last]
+    assert_moves_forward(seen.messages)
+    total = last["progress"]["chunks_total"]
+    assert total > 3 * BATCH
+    embedded = [m["progress"]["chunks_embedded"] for m in seen.messages]
+    assert all(value % BATCH == 0 or value == total for value in embedded)  # per batch
+    if first["status"] not in TERMINAL:
+        assert len(set(embedded)) >= 2
+
+    again = await watch(ws_url(api_url, task_id, token=tenant.key))
+    assert (again.messages, again.code) == ([last], 1000)
+
+
+class GatedEmbedder(FakeEmbedder):
+    """Embeds one batch per permit the test hands out, so every batch can be observed."""
+
+    def __init__(self) -> None:
+        self.permits = threading.Semaphore(0)
+
+    def encode(self, texts: list[str]) -> Vectors:
+        if not self.permits.acquire(timeout=60):
+            raise TimeoutError("the test handed out no permit")
+        return super().encode(texts)
+
+
+@dataclass
+class GatedApi:
+    url: str
+    embedder: GatedEmbedder
+
+
+@pytest.fixture(scope="module")
+async def gated_api(stack: Stack) -> AsyncIterator[GatedApi]:
+    """An API and workers on task queues of their own, embedding only when the test says."""
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home,
+        stack.settings.database_url,
+        stack.settings.resolved_temporal_address,
+    )
+    embedder = GatedEmbedder()
+    async with workers_for(stack, settings, embedder), serve(settings) as url:
+        try:
+            yield GatedApi(url, embedder)
+        finally:
+            embedder.permits.release(1000)  # let anything still waiting finish
+
+
+async def test_live_sends_chunks_embedded_after_every_embed_batch(
+    gated_api: GatedApi, tenant: Tenant
+) -> None:
+    async with httpx.AsyncClient(base_url=gated_api.url, timeout=30) as http:
+        task_id = await upload(http, tenant, "batches.txt", TEXT)
+    seen, released = Watched(), 0
+    url = ws_url(gated_api.url, task_id, token=tenant.key)
+    async with asyncio.timeout(60), connect(url) as socket:
+        while seen.code is None:
+            if seen.messages and _waiting_for_permit(seen.messages[-1], released):
+                gated_api.embedder.permits.release()
+                released += 1
+            try:
+                seen.messages.append(json.loads(await socket.recv()))
+            except ConnectionClosed:
+                seen.code = socket.close_code
+
+    assert seen.code == 1000
+    assert seen.messages[-1]["status"] == "complete"
+    assert_moves_forward(seen.messages)
+    total = seen.messages[-1]["progress"]["chunks_total"]
+    batches = math.ceil(total / BATCH)
+    assert batches >= 4
+    assert released == batches
+    embedded = sorted({m["progress"]["chunks_embedded"] for m in seen.messages})
+    assert embedded == [*range(0, total, BATCH), total]
+
+
+def _waiting_for_permit(latest: dict[str, Any], released: int) -> bool:
+    """The workflow shows every released batch embedded and has more to embed."""
+    embedded, total = latest["progress"]["chunks_embedded"], latest["progress"]["chunks_total"]
+    return bool(latest["stage"] == "embedding" and embedded == released * BATCH < total)
+
+
+@pytest.mark.parametrize(
+    ("headers", "params"),
+    [
+        ({}, {}),
+        ({"Authorization": "Bearer dik_wrongwrongwrongwrongwrongwrongwrongwrongwro"}, {}),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, {}),
+        ({}, {"token": "dik_wrongwrongwrongwrongwrongwrongwrongwrongwro"}),
+        ({}, {"token": "not-a-key"}),
+    ],
+)
+async def test_live_without_a_valid_key_closes_4401(
+    api_url: str, headers: dict[str, str], params: dict[str, str]
+) -> None:
+    seen = await watch(ws_url(api_url, str(uuid.uuid4()), **params), headers)
+    assert seen.messages == []
+    assert seen.code == 4401
+    assert "API key" in seen.reason
+
+
+async def test_live_of_an_unknown_or_foreign_task_closes_4404(
+    api_url: str, stack: Stack, tenant: Tenant
+) -> None:
+    task_id = await start_queued_forever(stack, tenant)
+    stranger = await new_tenant(stack, "stranger")
+    for url, headers in (
+        (ws_url(api_url, str(uuid.uuid4())), tenant.headers),
+        (ws_url(api_url, "not-a-task"), tenant.headers),
+        (ws_url(api_url, task_id), stranger.headers),
+        (ws_url(api_url, task_id, token=stranger.key), {}),
+    ):
+        seen = await watch(url, headers)
+        assert (seen.messages, seen.code) == ([], 4404), url
+        assert "not found" in seen.reason
+    await stack.client.get_workflow_handle(task_id).terminate("test over")
+
+
+async def start_queued_forever(stack: Stack, tenant: Tenant) -> str:
+    """A task of `tenant` whose workflow no worker will ever pick up."""
+    task_id = str(uuid.uuid4())
+    task = IngestTask(
+        task_id=task_id,
+        owner_id=str(tenant.owner_id),
+        agent_id=tenant.agent_id,
+        filename="never.txt",
+        format="text",
+        size_bytes=1,
+        sha256="0" * 64,
+        chunk_size=300,
+        chunk_overlap=0,
+        embed_task_queue=f"nobody-{task_id}",
+    )
+    await stack.client.start_workflow(
+        WORKFLOW_NAME,
+        task,
+        id=task_id,
+        task_queue=f"nobody-{task_id}",
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(OWNER_ID, str(tenant.owner_id)),
+                SearchAttributePair(AGENT_ID, tenant.agent_id),
+                SearchAttributePair(INGEST_STATUS, "queued"),
+            ]
+        ),
+    )
+    return task_id
+
+
+def connection_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks of this process serving a WebSocket: uvicorn's, its websockets' or the route's."""
+    found = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        filename = Path(code.co_filename).as_posix() if code is not None else ""
+        if (
+            "/uvicorn/protocols/websockets/" in filename
+            or "/websockets/legacy/" in filename
+            or filename.endswith("/api/routes/live.py")
+        ):
+            found.append(task)
+    return found
+
+
+async def test_live_client_leaving_stops_the_connection_tasks(
+    api_url: str, stack: Stack, tenant: Tenant
+) -> None:
+    task_id = await start_queued_forever(stack, tenant)
+    async with asyncio.timeout(30):
+        async with connect(ws_url(api_url, task_id), additional_headers=tenant.headers) as socket:
+            first = json.loads(await socket.recv())
+            assert first["status"] == "queued"
+            assert connection_tasks()  # the server side of this very socket
+        while True:  # a queued task never changes: only the client leaving can end these
+            if not connection_tasks():
+                break
+            await asyncio.sleep(0.05)
+    await stack.client.get_workflow_handle(task_id).terminate("test over")
+
+
+async def test_live_when_temporal_is_unreachable_closes_1011(stack: Stack, tenant: Tenant) -> None:
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home, stack.settings.database_url, f"127.0.0.1:{free_port()}"
+    )
+    async with serve(settings) as url:
+        seen = await watch(ws_url(url, str(uuid.uuid4())), tenant.headers)
+    assert (seen.messages, seen.code) == ([], 1011)
+    assert "Temporal" in seen.reason

@@ -1,0 +1,230 @@
+"""`POST /agents/{id}/search` over HTTP with the real model, and the lazy query embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from activities.embed import TextEmbedder
+from api.query_embedder import QueryEmbedder
+from core.errors import ConfigurationError
+from tests.support import FakeEmbedder, Stack, Tenant, new_tenant, wait_for_status
+
+TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
+HIT_KEYS = {
+    "score",
+    "text",
+    "document_id",
+    "filename",
+    "page",
+    "start_char",
+    "end_char",
+    "chunk_id",
+}
+
+# One topic per paragraph of 101-199 characters: with chunk_size 200 each is one chunk.
+HANDBOOK = "\n\n".join(
+    [
+        "To bake sourdough bread, feed the starter the night before, mix flour, water and "
+        "salt, and let the dough rise slowly for eight to twelve hours before baking it.",
+        "Jupiter is the largest planet of the solar system, a gas giant whose great red spot "
+        "is a storm wider than the Earth that has raged for centuries.",
+        "To fix a flat bicycle tyre, take the wheel off, lever the tyre from the rim, find "
+        "the puncture in the inner tube, patch it and pump it back up.",
+        "Quarterly tax returns are due at the end of the month after each quarter; late "
+        "filings pay a penalty plus interest on the unpaid amount.",
+    ]
+).encode()
+GARDEN = "\n\n".join(
+    [
+        "Tomatoes need six to eight hours of direct sun a day, deep watering twice a week and "
+        "a stake or cage to climb.",
+        "Prune roses in late winter, cutting just above an outward facing bud, and remove any "
+        "dead, crossing or diseased canes.",
+        "Compost turns kitchen scraps, grass clippings and fallen leaves into rich dark soil "
+        "within a few months if kept moist.",
+    ]
+).encode()
+SMALL_CHUNKS = {"chunk_size": 200, "chunk_overlap": 0}
+
+
+async def ingest(
+    http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes, agent_id: str | None = None
+) -> str:
+    """Upload a file, wait until it is stored; returns its document id."""
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": agent_id or tenant.agent_id, **SMALL_CHUNKS},
+        headers=tenant.headers,
+        files={"file": (name, data)},
+    )
+    assert response.status_code == 202, response.text
+    status = await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+    assert status["status"] == "complete", status
+    document_id: str = status["document_id"]
+    return document_id
+
+
+async def search(
+    http: httpx.AsyncClient, tenant: Tenant, query: str, agent_id: str | None = None, **extra: Any
+) -> list[dict[str, Any]]:
+    response = await http.post(
+        f"/agents/{agent_id or tenant.agent_id}/search",
+        json={"query": query, **extra},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
+
+
+@pytest.mark.usefixtures("worker")
+async def test_search_ranks_the_relevant_chunk_first(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    handbook, garden = await asyncio.gather(
+        ingest(http, tenant, "handbook.txt", HANDBOOK),
+        ingest(http, tenant, "garden.md", GARDEN),
+    )
+
+    results = await search(http, tenant, "my bike has a puncture, how do I repair the tire?")
+    assert len(results) == 5  # the default top_k, of 7 chunks
+    best = results[0]
+    assert set(best) == HIT_KEYS
+    assert "bicycle tyre" in best["text"]
+    assert (best["document_id"], best["filename"], best["page"]) == (handbook, "handbook.txt", None)
+    assert HANDBOOK.decode()[best["start_char"] : best["end_char"]] == best["text"]
+    scores = [hit["score"] for hit in results]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[-1] > 0
+    assert scores[0] <= 1
+    assert scores[0] > scores[1] + 0.1
+
+    roses = await search(http, tenant, "when should I cut back rose bushes", top_k=1)
+    assert len(roses) == 1
+    assert roses[0]["document_id"] == garden
+    assert "Prune roses" in roses[0]["text"]
+    everything = await search(http, tenant, "anything at all", top_k=50)
+    assert len(everything) == 7
+    assert len({hit["chunk_id"] for hit in everything}) == 7
+
+
+async def test_search_rejects_bad_bodies(http: httpx.AsyncClient, tenant: Tenant) -> None:
+    url = f"/agents/{tenant.agent_id}/search"
+    for body in (
+        {"query": "bread", "top_k": 0},
+        {"query": "bread", "top_k": 51},
+        {"query": ""},
+        {"query": "x" * 2001},
+        {"top_k": 3},
+    ):
+        response = await http.post(url, json=body, headers=tenant.headers)
+        assert response.status_code == 422, body
+        assert response.json()["code"] == "invalid_request"
+    not_json = await http.post(url, content=b"query=bread", headers=tenant.headers)
+    assert not_json.status_code == 422
+
+
+async def test_search_answers_404_for_unknown_and_foreign_agents(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    other = await new_tenant(stack, "other")
+    for agent_id in (str(uuid.uuid4()), "not-a-uuid", other.agent_id):
+        response = await http.post(
+            f"/agents/{agent_id}/search", json={"query": "bread"}, headers=tenant.headers
+        )
+        assert response.status_code == 404, agent_id
+        assert response.json()["code"] == "not_found"
+    anonymous = await http.post(f"/agents/{tenant.agent_id}/search", json={"query": "bread"})
+    assert anonymous.status_code == 401
+
+
+@pytest.mark.usefixtures("worker")
+async def test_search_covers_only_that_agents_complete_documents(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    created = await http.post("/agents", json={"name": "second"}, headers=tenant.headers)
+    second_agent = created.json()["id"]
+    first_doc, second_doc = await asyncio.gather(
+        ingest(http, tenant, "handbook.txt", HANDBOOK),
+        ingest(http, tenant, "handbook-copy.txt", HANDBOOK + b"\n\nSecond edition.", second_agent),
+    )
+    query = "how long does sourdough dough rise"
+
+    first = await search(http, tenant, query, top_k=50)
+    second = await search(http, tenant, query, agent_id=second_agent, top_k=50)
+    assert {hit["document_id"] for hit in first} == {first_doc}
+    assert {hit["document_id"] for hit in second} == {second_doc}
+    assert "sourdough" in first[0]["text"]
+
+    # A row that is not `complete` is never searched, whatever chunks it still has.
+    async with stack.sessionmaker.begin() as session:
+        await session.execute(
+            text("UPDATE documents SET status = 'error' WHERE id = :id"),
+            {"id": uuid.UUID(first_doc)},
+        )
+    assert await search(http, tenant, query) == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_search_while_a_document_is_deleted_answers_every_request(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    doomed, kept = await asyncio.gather(
+        ingest(http, tenant, "handbook.txt", HANDBOOK),
+        ingest(http, tenant, "garden.md", GARDEN),
+    )
+    query = "fixing a flat bicycle tyre"
+    assert doomed in {hit["document_id"] for hit in await search(http, tenant, query)}
+
+    async def search_status(n: int) -> tuple[int, set[str]]:
+        response = await http.post(
+            f"/agents/{tenant.agent_id}/search",
+            json={"query": f"{query} {n}", "top_k": 50},
+            headers=tenant.headers,
+        )
+        hits = response.json()["results"] if response.status_code == 200 else []
+        return response.status_code, {hit["document_id"] for hit in hits}
+
+    async def delete() -> tuple[int, set[str]]:
+        response = await http.delete(f"/documents/{doomed}", headers=tenant.headers)
+        return response.status_code, set()
+
+    searches = [search_status(n) for n in range(24)]
+    outcomes = await asyncio.gather(*searches[:12], delete(), *searches[12:])
+    assert outcomes.pop(12) == (204, set())
+    for status_code, documents in outcomes:
+        assert status_code == 200
+        assert documents <= {doomed, kept}
+    for n in range(5):
+        assert await search_status(n) == (200, {kept})
+
+
+async def test_query_embedder_loads_the_model_once_off_the_event_loop() -> None:
+    loaded_in: list[threading.Thread] = []
+
+    def load() -> TextEmbedder:
+        loaded_in.append(threading.current_thread())
+        return FakeEmbedder()
+
+    embedder = QueryEmbedder(load)
+    vectors = await asyncio.gather(*(embedder.embed(f"query {n}") for n in range(10)))
+    assert len(loaded_in) == 1
+    assert loaded_in[0] is not threading.current_thread()
+    np.testing.assert_allclose(vectors[3], FakeEmbedder().encode(["query 3"])[0])
+
+
+async def test_query_embedder_refuses_a_model_of_another_width() -> None:
+    class NarrowEmbedder(FakeEmbedder):
+        dimension = 8
+
+    embedder = QueryEmbedder(NarrowEmbedder)
+    with pytest.raises(ConfigurationError, match="8-wide"):
+        await embedder.embed("anything")

@@ -1,0 +1,255 @@
+"""Fault injection against the real stack: nothing acknowledged is lost, nothing is stored
+twice. Each fault runs several times; workers run as separate processes so they can be killed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pgserver.postgres_server import get_server
+from sqlalchemy import func, select
+from temporalio.client import WorkflowHandle
+
+from core.db import create_engine, create_sessionmaker
+from core.embedded import embedded_postgres_url, free_port, start_temporal_dev_server
+from core.migrate import upgrade_to_head
+from core.models import Chunk
+from core.settings import Settings
+from core.staging import StagingStore
+from tests.documents import lorem
+from tests.support import (
+    FakeEmbedder,
+    Stack,
+    Tenant,
+    WorkerProcess,
+    make_settings,
+    new_tenant,
+    running_workers,
+    serve,
+    wait_for_status,
+)
+
+pytestmark = pytest.mark.slow
+TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
+
+
+def fault_settings(stack: Stack, **overrides: Any) -> Settings:
+    assert stack.settings.database_url is not None
+    values: dict[str, Any] = {
+        "database_url": stack.settings.database_url,
+        "temporal_address": stack.settings.resolved_temporal_address,
+        "activity_heartbeat_timeout": timedelta(seconds=3),
+        "embed_activity_chunks": 8,
+        **overrides,
+    }
+    database_url = values.pop("database_url")
+    temporal_address = values.pop("temporal_address")
+    return make_settings(stack.settings.resolved_home, database_url, temporal_address, **values)
+
+
+async def upload_text(
+    http: httpx.AsyncClient, tenant: Tenant, text: str, name: str = "long.txt"
+) -> str:
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": tenant.agent_id, "chunk_size": 200, "chunk_overlap": 20},
+        headers=tenant.headers,
+        files={"file": (name, text.encode())},
+    )
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+async def wait_until(
+    http: httpx.AsyncClient, tenant: Tenant, task_id: str, condition: Any, deadline_s: float = 120
+) -> dict[str, Any]:
+    """Poll the status until `condition(body)`; 503s (a dependency down) are tolerated."""
+    async with asyncio.timeout(deadline_s):
+        while True:
+            response = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+            if response.status_code == 200:
+                body: dict[str, Any] = response.json()
+                if condition(body):
+                    return body
+                assert body["status"] not in TERMINAL, body
+            await asyncio.sleep(0.1)
+
+
+async def assert_stored_once(stack: Stack, final: dict[str, Any]) -> None:
+    assert final["status"] == "complete", final
+    async with stack.sessionmaker() as session:
+        rows = await session.execute(
+            select(func.count(), func.count(func.distinct(Chunk.ordinal))).where(
+                Chunk.document_id == uuid.UUID(final["document_id"])
+            )
+        )
+        total, distinct = rows.one()
+    assert total == distinct == final["progress"]["chunks_total"]
+
+
+def embedding(body: dict[str, Any]) -> bool:
+    return bool(body["stage"] == "embedding" and body["progress"]["chunks_embedded"] > 0)
+
+
+async def store_has_failed(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the store activity is pending a retry (its first attempt failed)."""
+    pending = (await handle.describe()).raw_description.pending_activities
+    return any(p.activity_type.name == "store" and p.attempt > 1 for p in pending)
+
+
+@pytest.mark.parametrize("run", range(3))
+async def test_fault_worker_killed_while_embedding_is_finished_by_a_new_worker(
+    stack: Stack, tenant: Tenant, run: int
+) -> None:
+    settings = fault_settings(stack)
+    first, second = WorkerProcess(settings), WorkerProcess(settings)
+    first.start()
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_text(http, tenant, lorem(500, seed=100 + run))
+            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
+            first.kill()
+            second.start()
+            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=180)
+        await assert_stored_once(stack, final)
+    finally:
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize("run", range(2))
+async def test_fault_temporal_restarted_while_tasks_run(
+    stack: Stack, tenant: Tenant, tmp_path: Path, run: int
+) -> None:
+    port, ui_port = free_port(), free_port()
+    server = start_temporal_dev_server(tmp_path, port=port, ui_port=ui_port)
+    settings = fault_settings(stack, temporal_address=f"127.0.0.1:{port}")
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            tasks = [
+                await upload_text(http, tenant, lorem(200, seed=200 + 10 * run + i), f"t{i}.txt")
+                for i in range(3)
+            ]
+            await wait_until(http, tenant, tasks[0], embedding, deadline_s=180)
+            server.terminate()
+            server.wait(timeout=30)
+            await asyncio.sleep(1)
+            server = start_temporal_dev_server(tmp_path, port=port, ui_port=ui_port)
+            finals = [
+                await wait_for_status(http, tenant, task, TERMINAL, deadline_s=180)
+                for task in tasks
+            ]
+        for final in finals:
+            await assert_stored_once(stack, final)
+    finally:
+        worker.stop()
+        server.terminate()
+        server.wait(timeout=30)
+
+
+class Database:
+    """A PostgreSQL of its own, to stop and start under a running task."""
+
+    def __init__(self, home: Path) -> None:
+        self.url = embedded_postgres_url(home, cleanup_mode="delete")
+        upgrade_to_head(self.url)
+        self.server = get_server(home / "postgres")
+
+    def stop(self) -> None:
+        from pgserver import _commands
+
+        stop = ["-w", "stop", "-m", "fast"]
+        # pgserver makes one function per binary at import time: invisible to mypy.
+        pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]
+        pg_ctl(stop, pgdata=self.server.pgdata, user=self.server.system_user)
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+
+@pytest.fixture
+async def own_database(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[Database, Stack]]:
+    database = Database(tmp_path)
+    engine = create_engine(database.url, pool_size=2)
+    yield database, Stack(
+        stack.settings, stack.client, create_sessionmaker(engine),
+        StagingStore(stack.settings.resolved_staging_url),
+    )  # fmt: skip
+    await engine.dispose()
+    database.start()
+
+
+@pytest.mark.parametrize("run", range(2))
+async def test_fault_database_down_during_store_then_back(
+    own_database: tuple[Database, Stack], stack: Stack, run: int
+) -> None:
+    database, db_stack = own_database
+    tenant = await new_tenant(db_stack)
+    settings = fault_settings(stack, database_url=database.url)
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_text(http, tenant, lorem(120, seed=300 + run))
+            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
+            database.stop()
+            handle = stack.client.get_workflow_handle(task_id)
+            async with asyncio.timeout(60):
+                while not await store_has_failed(handle):
+                    await asyncio.sleep(0.2)
+            database.start()
+            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
+        await assert_stored_once(db_stack, final)
+    finally:
+        worker.stop()
+
+
+async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_completes(
+    own_database: tuple[Database, Stack], stack: Stack
+) -> None:
+    database, db_stack = own_database
+    tenant = await new_tenant(db_stack)
+    settings = fault_settings(stack, database_url=database.url, database_attempts=2)
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_text(http, tenant, lorem(60, seed=400))
+            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
+            database.stop()
+            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
+            assert final["status"] == "error"
+            assert final["message"].startswith("Processing long.txt stopped after repeated errors")
+            assert final["message"].endswith("The upload is kept and can be retried.")
+            unavailable = await http.get("/agents", headers=tenant.headers)
+            assert unavailable.status_code == 503
+            database.start()
+            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+            assert retried.status_code == 202, retried.text
+            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
+        await assert_stored_once(db_stack, final)
+    finally:
+        worker.stop()
+
+
+async def test_fault_staging_removed_under_a_task_ends_error_with_a_reason(
+    stack: Stack, tenant: Tenant
+) -> None:
+    settings = fault_settings(stack)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        task_id = await upload_text(http, tenant, lorem(20, seed=500))
+        stack.staging.remove_task(task_id)  # before any worker picked it up
+        async with running_workers(stack, settings, FakeEmbedder()):
+            final = await wait_for_status(http, tenant, task_id, TERMINAL)
+    assert final["status"] == "error"
+    assert final["error"]["type"] == "StagingMissing"
+    assert "the uploaded file is no longer in the staging store" in final["message"]

@@ -1,0 +1,263 @@
+"""CleanStaging and its schedule on the real Temporal dev server, over a fresh staging folder
+that real IngestDocument runs (production workers, fake embedder) leave behind."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import (
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+    WorkflowFailureError,
+)
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from activities.staging_cleanup import StagingCleanupActivities, TaskFate, expired, modified_at
+from core.formats import DocumentFormat
+from core.settings import Settings
+from core.staging import ORIGINAL, StagingStore
+from tests.documents import lorem, make_pdf
+from tests.support import FakeEmbedder, Stack, Tenant, make_settings, running_workers
+from worker.schedules import STAGING_SCHEDULE_ID, STAGING_SWEEP_EVERY, ensure_staging_schedule
+from workflows.ingest import IngestDocument
+from workflows.staging_cleanup import CleanStaging, StagingCleanupResult
+from workflows.types import IngestTask, Status
+
+TTL = timedelta(seconds=1)
+LONG_AGO = time.time() - 3600
+
+
+@dataclass
+class Sweeper:
+    """Ingest workers and a CleanStaging worker sharing one fresh staging folder."""
+
+    ingest: Settings
+    sweep: Settings
+    staging: StagingStore
+    root: Path
+
+    def folder(self, task_id: str) -> Path:
+        return self.root / task_id
+
+
+def settings_for(stack: Stack, staging: Path) -> Settings:
+    assert stack.settings.database_url is not None
+    return make_settings(
+        stack.settings.resolved_home,
+        stack.settings.database_url,
+        stack.settings.resolved_temporal_address,
+        staging_url=str(staging),
+        embed_activity_chunks=4,
+    )
+
+
+@pytest.fixture
+async def sweeper(stack: Stack, tmp_path: Path) -> AsyncIterator[Sweeper]:
+    root = tmp_path / "staging"
+    ingest, sweep = settings_for(stack, root), settings_for(stack, root)
+    staging = StagingStore(str(root))
+    own_stack = Stack(ingest, stack.client, stack.sessionmaker, staging)
+    sweep_worker = Worker(
+        stack.client,
+        task_queue=sweep.task_queue,
+        workflows=[CleanStaging],
+        activities=[StagingCleanupActivities(staging, stack.client, TTL).clean_staging],
+    )
+    async with running_workers(own_stack, ingest, FakeEmbedder()), sweep_worker:
+        yield Sweeper(ingest, sweep, staging, root)
+
+
+def stage(sweeper: Sweeper, tenant: Tenant, data: bytes, fmt: DocumentFormat) -> IngestTask:
+    task_id = str(uuid.uuid4())
+    sweeper.staging.write_bytes(task_id, ORIGINAL, data)
+    return IngestTask(
+        task_id=task_id,
+        owner_id=str(tenant.owner_id),
+        agent_id=tenant.agent_id,
+        filename=f"upload.{fmt.value}",
+        format=fmt.value,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk_size=300,
+        chunk_overlap=30,
+        embed_task_queue=sweeper.ingest.embed_task_queue,
+        embed_activity_chunks=4,
+    )
+
+
+def backdate(folder: Path) -> None:
+    """Make every file of a folder look untouched for an hour."""
+    for path in folder.rglob("*"):
+        os.utime(path, (LONG_AGO, LONG_AGO))
+
+
+def leave_folder(sweeper: Sweeper, task_id: str, *, old: bool) -> Path:
+    """A task folder with one staged file, as an upload leaves it."""
+    sweeper.staging.write_bytes(task_id, ORIGINAL, b"staged bytes")
+    if old:
+        backdate(sweeper.folder(task_id))
+    return sweeper.folder(task_id)
+
+
+async def sweep(stack: Stack, sweeper: Sweeper) -> StagingCleanupResult:
+    return await stack.client.execute_workflow(
+        CleanStaging.run, id=f"sweep-{uuid.uuid4()}", task_queue=sweeper.sweep.task_queue
+    )
+
+
+async def run_ingest(stack: Stack, sweeper: Sweeper, task: IngestTask) -> str:
+    """Run a real IngestDocument to its end; its final status."""
+    try:
+        result = await stack.client.execute_workflow(
+            IngestDocument.run, task, id=task.task_id, task_queue=sweeper.ingest.task_queue
+        )
+    except WorkflowFailureError:
+        return Status.FAILED
+    return result.status
+
+
+async def test_clean_staging_removes_expired_folders_and_keeps_live_ones(
+    stack: Stack, sweeper: Sweeper, tenant: Tenant
+) -> None:
+    broken = stage(sweeper, tenant, make_pdf(["to be cut"])[:300], DocumentFormat.PDF)
+    assert await run_ingest(stack, sweeper, broken) == Status.FAILED
+    assert sweeper.folder(broken.task_id).joinpath(ORIGINAL).exists()  # kept for a retry
+    done = stage(sweeper, tenant, lorem(20).encode(), DocumentFormat.TEXT)
+    assert await run_ingest(stack, sweeper, done) == Status.COMPLETE
+    assert not sweeper.folder(done.task_id).exists()  # complete cleans up after itself
+    leave_folder(sweeper, done.task_id, old=True)  # as if its cleanup step had failed
+    retried = stage(sweeper, tenant, lorem(5).encode(), DocumentFormat.TEXT)
+    assert await run_ingest(stack, sweeper, retried) == Status.COMPLETE
+    running = stage(sweeper, tenant, b"waiting", DocumentFormat.TEXT)
+    await stack.client.start_workflow(
+        IngestDocument.run, running, id=running.task_id, task_queue=f"nobody-{uuid.uuid4()}"
+    )
+    backdate(sweeper.folder(running.task_id))
+    vanished_old = leave_folder(sweeper, str(uuid.uuid4()), old=True)
+    not_a_task = sweeper.root / "operator-notes"
+    not_a_task.mkdir()
+    backdate(not_a_task)
+
+    await asyncio.sleep(TTL.total_seconds() + 0.2)  # every closed workflow ages past the TTL
+    vanished_young = leave_folder(sweeper, str(uuid.uuid4()), old=False)  # an upload staging
+    leave_folder(sweeper, retried.task_id, old=False)  # an Idempotency-Key retry re-staging
+
+    first = await sweep(stack, sweeper)
+    assert first == StagingCleanupResult(kept=3, removed=3)
+    assert not sweeper.folder(broken.task_id).exists()
+    assert not sweeper.folder(done.task_id).exists()
+    assert not vanished_old.exists()
+    assert sweeper.folder(running.task_id).joinpath(ORIGINAL).exists()
+    assert sweeper.folder(retried.task_id).joinpath(ORIGINAL).exists()
+    assert vanished_young.joinpath(ORIGINAL).exists()
+    assert not_a_task.exists()
+
+    assert await sweep(stack, sweeper) == StagingCleanupResult(kept=3, removed=0)
+    await stack.client.get_workflow_handle(running.task_id).terminate("test over")
+
+
+async def test_clean_staging_sweeps_running_side_by_side_remove_each_folder(
+    stack: Stack, sweeper: Sweeper
+) -> None:
+    expired_folders = [leave_folder(sweeper, str(uuid.uuid4()), old=True) for _ in range(20)]
+    young = leave_folder(sweeper, str(uuid.uuid4()), old=False)
+    results = await asyncio.gather(sweep(stack, sweeper), sweep(stack, sweeper))
+    assert all(result.kept + result.removed <= 21 for result in results)
+    assert sum(result.removed for result in results) >= 20
+    assert not any(folder.exists() for folder in expired_folders)
+    assert young.joinpath(ORIGINAL).exists()
+
+
+def test_expired_decides_from_the_workflow_and_the_folder_age() -> None:
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=8), now - timedelta(hours=1)
+    week = timedelta(days=7)
+    running, closed_old = TaskFate(exists=True), TaskFate(exists=True, closed_at=old)
+    vanished = TaskFate(exists=False)
+    assert not expired(running, old, now, week)
+    assert expired(closed_old, old, now, week)
+    assert expired(closed_old, None, now, week)  # no file times: the close time decides
+    assert not expired(closed_old, recent, now, week)  # re-staged since
+    assert not expired(TaskFate(exists=True, closed_at=recent), old, now, week)
+    assert expired(vanished, old, now, week)
+    assert not expired(vanished, recent, now, week)
+    assert not expired(vanished, None, now, week)  # age unknown: keep
+
+
+def test_modified_at_reads_local_and_object_store_entries() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert modified_at({"mtime": moment.timestamp()}) == moment
+    assert modified_at({"LastModified": moment}) == moment
+    assert modified_at({"LastModified": moment.replace(tzinfo=None)}) == moment
+    assert modified_at({"size": 3}) is None
+
+
+async def test_ensure_staging_schedule_is_idempotent_and_trigger_runs_clean_staging(
+    stack: Stack, sweeper: Sweeper
+) -> None:
+    await delete_schedule(stack)
+    handle = await ensure_staging_schedule(stack.client, sweeper.sweep)
+    created = await handle.describe()
+    action = created.schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    assert (action.workflow, action.task_queue) == ("CleanStaging", sweeper.sweep.task_queue)
+    assert [interval.every for interval in created.schedule.spec.intervals] == [STAGING_SWEEP_EVERY]
+    assert created.schedule.policy.overlap is ScheduleOverlapPolicy.SKIP
+    assert "DOCINGEST_STAGING_TTL" in (await created.memo())["purpose"]
+    assert "DOCINGEST_STAGING_TTL" in (created.schedule.state.note or "")
+
+    await ensure_staging_schedule(stack.client, sweeper.sweep)  # a second worker starting
+    assert (await handle.describe()).info.last_updated_at is None  # nothing to change
+
+    await handle.pause(note="maintenance")
+    await ensure_staging_schedule(stack.client, sweeper.ingest)  # another task queue
+    moved = await handle.describe()
+    assert isinstance(moved.schedule.action, ScheduleActionStartWorkflow)
+    assert moved.schedule.action.task_queue == sweeper.ingest.task_queue
+    assert moved.schedule.state.paused  # the operator's pause survives
+    await ensure_staging_schedule(stack.client, sweeper.sweep)
+    await handle.unpause()
+
+    vanished_old = leave_folder(sweeper, str(uuid.uuid4()), old=True)
+    try:
+        await handle.trigger()
+        result = await triggered_result(stack, handle.id)
+    finally:
+        await delete_schedule(stack)
+    assert result.removed >= 1
+    assert not vanished_old.exists()
+
+
+async def triggered_result(stack: Stack, schedule_id: str) -> StagingCleanupResult:
+    """The result of the first CleanStaging run the schedule started."""
+    handle = stack.client.get_schedule_handle(schedule_id)
+    async with asyncio.timeout(20):
+        while True:
+            if actions := (await handle.describe()).info.recent_actions:
+                break
+            await asyncio.sleep(0.1)
+    started = actions[0].action
+    assert isinstance(started, ScheduleActionExecutionStartWorkflow)
+    assert started.workflow_id.startswith(STAGING_SCHEDULE_ID)
+    run = stack.client.get_workflow_handle(started.workflow_id, result_type=StagingCleanupResult)
+    result: StagingCleanupResult = await run.result()
+    return result
+
+
+async def delete_schedule(stack: Stack) -> None:
+    try:
+        await stack.client.get_schedule_handle(STAGING_SCHEDULE_ID).delete()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise

@@ -1,0 +1,87 @@
+"""Temporal Schedules the worker keeps in place at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleHandle,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+from core.settings import Settings
+from workflows.staging_cleanup import CleanStaging
+
+STAGING_SCHEDULE_ID = "docingest-staging-cleanup"
+STAGING_SWEEP_EVERY = timedelta(hours=1)
+_RPC_TIMEOUT = timedelta(seconds=10)
+_PURPOSE = (
+    "Removes the staging folders of upload tasks that finished (or vanished from Temporal) "
+    "longer ago than DOCINGEST_STAGING_TTL; running and recent tasks are never touched."
+)
+
+
+def staging_schedule(settings: Settings) -> Schedule:
+    """CleanStaging every hour on the main task queue; a sweep still running skips the next."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            CleanStaging.run,
+            # Each run's id is this one plus the time it was scheduled for.
+            id=STAGING_SCHEDULE_ID,
+            task_queue=settings.task_queue,
+            static_summary="Staging sweep: remove the staging of long-finished uploads",
+            static_details=_PURPOSE,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=STAGING_SWEEP_EVERY)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        state=ScheduleState(note=_PURPOSE),
+    )
+
+
+async def ensure_staging_schedule(client: Client, settings: Settings) -> ScheduleHandle:
+    """Create the staging sweep's schedule, or bring an existing one in line; every worker
+    runs this at start-up, so it changes nothing when the schedule is already as wanted."""
+    wanted = staging_schedule(settings)
+    try:
+        return await client.create_schedule(
+            STAGING_SCHEDULE_ID,
+            wanted,
+            memo={"purpose": _PURPOSE, "every": str(STAGING_SWEEP_EVERY)},
+            rpc_timeout=_RPC_TIMEOUT,
+        )
+    except ScheduleAlreadyRunningError:
+        handle = client.get_schedule_handle(STAGING_SCHEDULE_ID)
+    await handle.update(lambda current: _update_towards(current, wanted), rpc_timeout=_RPC_TIMEOUT)
+    return handle
+
+
+def _update_towards(current: ScheduleUpdateInput, wanted: Schedule) -> ScheduleUpdate | None:
+    """None (no update) when what the schedule does already matches; an operator's pause and
+    note are kept either way."""
+    existing = current.description.schedule
+    if _same_work(existing, wanted):
+        return None
+    return ScheduleUpdate(schedule=dataclasses.replace(wanted, state=existing.state))
+
+
+def _same_work(existing: Schedule, wanted: Schedule) -> bool:
+    action, target = existing.action, wanted.action
+    assert isinstance(target, ScheduleActionStartWorkflow)
+    return (
+        isinstance(action, ScheduleActionStartWorkflow)
+        and (action.workflow, action.id, action.task_queue, len(action.args))
+        == (target.workflow, target.id, target.task_queue, len(target.args))
+        and list(existing.spec.intervals) == list(wanted.spec.intervals)
+        and existing.policy.overlap == wanted.policy.overlap
+    )
