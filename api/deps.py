@@ -80,5 +80,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 StagingDep = Annotated[StagingStore, Depends(get_staging)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit before the response is sent, so a 201/204 means it is stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 OwnerDep = Annotated[uuid.UUID, Depends(get_owner)]

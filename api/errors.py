@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
+from api.schemas import ErrorBody
 from core.errors import DocingestError
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,11 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # FastAPI's only 400 here: a JSON body it cannot decode (not UTF-8). A body that is not
+        # JSON at all is a 422 (RequestValidationError): to a client both are the same mistake.
+        detail = f"body: {exc.detail}; send a UTF-8 JSON object"
+        return JSONResponse(_body(detail, "invalid_request"), status_code=422)
     code = _HTTP_CODES.get(exc.status_code, "error")
     return JSONResponse(
         _body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers
@@ -69,7 +76,38 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _document_error_bodies(schema: dict[str, Any]) -> None:
+    """Make the schema say what the handlers send: every 422 is an ErrorBody (FastAPI documents
+    its own list of problems, which `_validation_error` never sends), and any operation may
+    answer 503 when the database or Temporal is down."""
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    unavailable = {"description": "The database or Temporal is unavailable", "content": error_body}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"]["content"] = error_body
+            responses.setdefault("503", unavailable)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+
+
+def _install_openapi_errors(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document_error_bodies(generate())  # generate() caches it in app.openapi_schema
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    _install_openapi_errors(app)
     app.add_exception_handler(Exception, _unexpected_error)
     # Connection-level failures (server down, restarting): a 503, not a 500.
     app.add_exception_handler(OperationalError, _database_error)

@@ -31,6 +31,7 @@ class QueryEmbedder:
                 settings.embedding_model,
                 batch_size=settings.embedding_batch_size,
                 device=settings.embedding_device,
+                precision=settings.embedding_precision,
             )
         )
 

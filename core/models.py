@@ -76,7 +76,9 @@ class UploadBatch(Base):
     owner_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("owners.id", ondelete="CASCADE"), index=True
     )
-    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    agent_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), index=True
+    )
     files: Mapped[int] = mapped_column(Integer)
     # The files refused at upload (too large, unreadable…): they never became tasks.
     rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
     )
     embedding_device: str = Field(
         default="auto", description="cpu, cuda, cuda:N, or auto (CUDA when present)."
+    )
+    embedding_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="auto: bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32.",
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=1024)
     embed_activity_chunks: int = Field(

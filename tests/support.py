@@ -195,3 +195,43 @@ class WorkerProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class ApiProcess:
+    """`docingest api` as a separate process, to kill it like a crash would."""
+
+    settings: Settings
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    async def start(self) -> None:
+        env = {**os.environ, **settings_env(self.settings), "DOCINGEST_LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api"], env=env, stdout=subprocess.DEVNULL
+        )
+        async with asyncio.timeout(60), httpx.AsyncClient() as http:
+            while True:
+                assert self.process.poll() is None, "the API exited during start-up"
+                try:
+                    if (await http.get(f"{self.url}/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()

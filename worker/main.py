@@ -119,8 +119,12 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     embedder: TextEmbedder | None = None
     if role in (Role.ALL, Role.EMBED):
         embedder = SentenceTransformerEmbedder(
-            settings.embedding_model, settings.embedding_batch_size, settings.embedding_device
+            settings.embedding_model,
+            settings.embedding_batch_size,
+            settings.embedding_device,
+            settings.embedding_precision,
         )
+        log.info("embedding on %s in %s", embedder.device, embedder.precision)
         await check_embedding_dimension(engine, embedder.dimension)
     staging = StagingStore(settings.resolved_staging_url)
     stop = asyncio.Event()

@@ -181,6 +181,9 @@ class IngestDocument:
         if error_type in FailureType.PERMANENT:
             status = Status.FAILED
             message = f"Failed to process {task.filename}: {reason}"
+        elif error_type == FailureType.AGENT_DELETED:
+            status = Status.ERROR
+            message = f"Processing {task.filename} stopped: {reason}"
         else:
             status = Status.ERROR
             message = (

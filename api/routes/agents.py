@@ -32,7 +32,7 @@ router = APIRouter(prefix="/agents", tags=["agents"], responses={401: {"model": 
 
 # PostgreSQL's OFFSET is a bigint: past it the query fails, so the API refuses (422) instead.
 _MAX_OFFSET = 2**63 - 1
-_CANCEL_DEADLINE = timedelta(seconds=10)
+_CANCEL_DEADLINE = timedelta(seconds=5)
 
 
 async def owned_agent(session: AsyncSession, owner: uuid.UUID, agent_id: str) -> Agent:

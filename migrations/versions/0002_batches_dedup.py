@@ -33,7 +33,8 @@ def upgrade() -> None:
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
     )
-    op.create_index("ix_upload_batches_owner", "upload_batches", ["owner_id"])
+    op.create_index("ix_upload_batches_owner_id", "upload_batches", ["owner_id"])
+    op.create_index("ix_upload_batches_agent_id", "upload_batches", ["agent_id"])
     op.create_index(
         "uq_documents_agent_sha256_complete",
         "documents",

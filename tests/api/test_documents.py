@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from core.embedded import free_port
 from core.settings import Settings
 from tests.documents import lorem, make_pdf
 from tests.support import (
@@ -249,6 +250,21 @@ async def test_agents_delete_cancels_its_running_uploads(
         status = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=30)
     assert status["status"] == "cancelled", status
     assert await document_rows(stack, tenant.agent_id) == 0
+
+
+async def test_agents_delete_succeeds_when_temporal_is_down(
+    stack: Stack, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert stack.settings.database_url is not None
+    settings = make_settings(
+        stack.settings.resolved_home, stack.settings.database_url, f"127.0.0.1:{free_port()}"
+    )
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+        agents = await http.get("/agents", headers=tenant.headers)
+    assert deleted.status_code == 204
+    assert agents.json()["agents"] == []
+    assert f"could not cancel the running uploads of agent {tenant.agent_id}" in caplog.text
 
 
 async def test_documents_routes_answer_404_for_other_owners_and_bad_ids(

@@ -14,8 +14,10 @@ import httpx
 import pytest
 from pgserver.postgres_server import get_server
 from sqlalchemy import func, select
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.testing import ActivityEnvironment
 
+from activities.staging_cleanup import StagingCleanupActivities
 from core.db import create_engine, create_sessionmaker
 from core.embedded import embedded_postgres_url, free_port, start_temporal_dev_server
 from core.migrate import upgrade_to_head
@@ -24,6 +26,7 @@ from core.settings import Settings
 from core.staging import StagingStore
 from tests.documents import lorem
 from tests.support import (
+    ApiProcess,
     FakeEmbedder,
     Stack,
     Tenant,
@@ -226,13 +229,17 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
             task_id = await upload_text(http, tenant, lorem(60, seed=400))
             await wait_until(http, tenant, task_id, embedding, deadline_s=180)
             database.stop()
-            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
-            assert final["status"] == "error"
-            assert final["message"].startswith("Processing long.txt stopped after repeated errors")
-            assert final["message"].endswith("The upload is kept and can be retried.")
+            handle = stack.client.get_workflow_handle(task_id)
+            async with asyncio.timeout(120):  # the API itself needs the database: ask Temporal
+                while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    await asyncio.sleep(0.2)
             unavailable = await http.get("/agents", headers=tenant.headers)
             assert unavailable.status_code == 503
             database.start()
+            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=60)
+            assert final["status"] == "error"
+            assert final["message"].startswith("Processing long.txt stopped after repeated errors")
+            assert final["message"].endswith("The upload is kept and can be retried.")
             retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
             assert retried.status_code == 202, retried.text
             final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
@@ -253,3 +260,66 @@ async def test_fault_staging_removed_under_a_task_ends_error_with_a_reason(
     assert final["status"] == "error"
     assert final["error"]["type"] == "StagingMissing"
     assert "the uploaded file is no longer in the staging store" in final["message"]
+
+
+async def slow_body(boundary: str, name: str, pieces: int) -> AsyncIterator[bytes]:
+    """A multipart body that takes a while to arrive, like a large upload on a slow link."""
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode()
+    for index in range(pieces):
+        yield (lorem(40, seed=index) + "\n").encode()
+        await asyncio.sleep(0.05)
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("run", range(2))
+async def test_fault_api_killed_with_uploads_in_flight(
+    stack: Stack, tenant: Tenant, tmp_path: Path, run: int
+) -> None:
+    settings = fault_settings(stack, api_port=free_port(), staging_url=str(tmp_path / "staging"))
+    staging = StagingStore(settings.resolved_staging_url)
+    api = ApiProcess(settings)
+    await api.start()
+    accepted: list[str] = []
+    try:
+        own_staging = Stack(stack.settings, stack.client, stack.sessionmaker, staging)
+        async with running_workers(own_staging, settings, FakeEmbedder()):
+            async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+
+                async def upload_slowly(index: int) -> None:
+                    boundary = f"b{index}"
+                    response = await http.post(
+                        "/upload/agent", params={"agent_id": tenant.agent_id},
+                        headers={**tenant.headers,
+                                 "Content-Type": f"multipart/form-data; boundary={boundary}"},
+                        content=slow_body(boundary, f"slow{index}.txt", pieces=40),
+                    )  # fmt: skip
+                    if response.status_code == 202:
+                        accepted.append(response.json()["task_id"])
+
+                for index in range(4):  # these complete before the crash
+                    accepted.append(
+                        await upload_text(http, tenant, lorem(30, seed=600 + 10 * run + index))
+                    )
+                in_flight = [asyncio.create_task(upload_slowly(i)) for i in range(8)]
+                await asyncio.sleep(0.8)
+                api.kill()
+                results = await asyncio.gather(*in_flight, return_exceptions=True)
+            assert any(isinstance(result, httpx.TransportError) for result in results)
+            assert staging.fs.ls(staging.root)  # the killed uploads left partial files
+
+            await api.start()
+            async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+                for task_id in accepted:
+                    final = await wait_for_status(http, tenant, task_id, TERMINAL)
+                    await assert_stored_once(stack, final)
+                    await stack.client.get_workflow_handle(task_id).result()
+        sweep = StagingCleanupActivities(
+            staging, stack.client, ttl=timedelta(days=7), orphan_grace=timedelta(0)
+        )
+        await ActivityEnvironment().run(sweep.clean_staging)
+        assert staging.fs.ls(staging.root) == []  # nothing left of the uploads without a 202
+    finally:
+        api.stop()
