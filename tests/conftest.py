@@ -87,3 +87,12 @@ async def http(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def tenant(stack: Stack) -> Tenant:
     return await new_tenant(stack)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.support import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

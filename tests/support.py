@@ -235,3 +235,7 @@ class ApiProcess:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# Figures tests measure (latencies under load, …), printed at the end of the run by conftest.
+FIGURES: list[str] = []

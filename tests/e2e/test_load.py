@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from core.embedded import free_port
 from core.models import Chunk, Document
 from tests.documents import lorem
-from tests.support import ApiProcess, Stack, WorkerProcess, make_settings, new_tenant
+from tests.support import FIGURES, ApiProcess, Stack, WorkerProcess, make_settings, new_tenant
 
 pytestmark = pytest.mark.slow
 CLIENTS = 20
@@ -39,9 +39,7 @@ async def probe(http: httpx.AsyncClient, path: str, headers: dict[str, str],
         await asyncio.sleep(0.05)
 
 
-async def test_load_200_uploads_from_20_clients_all_complete(
-    stack: Stack, request: pytest.FixtureRequest
-) -> None:
+async def test_load_200_uploads_from_20_clients_all_complete(stack: Stack) -> None:
     assert stack.settings.database_url is not None
     settings = make_settings(
         stack.settings.resolved_home, stack.settings.database_url,
@@ -142,7 +140,4 @@ async def test_load_200_uploads_from_20_clients_all_complete(
         f"/upload/status p50 {statistics.median(status) * 1000:.0f} ms p99 "
         f"{percentile(status, 0.99) * 1000:.0f} ms ({len(status)} probes)"
     )
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(report)
-    print(report)
+    FIGURES.append(report)
