@@ -17,7 +17,8 @@ class ErrorBody(BaseModel):
 
 
 class AgentCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    # PostgreSQL text cannot hold NUL: refused here (422), not by the database (500).
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
 
 
 class AgentPublic(BaseModel):

@@ -164,6 +164,8 @@ async def status_from_record(
     session: AsyncSession, owner: uuid.UUID, task_id: str
 ) -> TaskStatus | None:
     """After Temporal's retention removed the workflow, the document row still answers."""
+    if "\x00" in task_id:  # no task id holds NUL, and PostgreSQL refuses it in a query
+        return None
     document = await session.scalar(
         select(Document).where(Document.task_id == task_id, Document.owner_id == owner)
     )

@@ -25,13 +25,31 @@ _FLUSH_BYTES = 1024 * 1024
 _MAX_OTHER_FIELD_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024
 _MAX_FILENAME = 255
+_MAX_SUFFIX = 16
+# Control characters, and line/paragraph separators that would break a one-line display.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+# Bidirectional marks, embeddings, overrides and isolates: "bill\u202efdp.exe" displays as
+# "billexe.pdf".
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def _displayable(ch: str) -> bool:
+    return unicodedata.category(ch) not in _UNSAFE_CATEGORIES and ch not in _BIDI_CONTROLS
 
 
 def clean_filename(raw: str) -> str:
-    """A display name: no directories, no control characters, at most 255 characters."""
+    """A display name: no directories, no control or bidi characters, at most 255 characters."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch) != "Cc")
+    name = "".join(filter(_displayable, name))
     name = name.strip().strip(".") or "upload"
+    if len(name) <= _MAX_FILENAME:
+        return name
+    # Cut the stem, not the extension: sniffing reads it to tell Markdown and HTML from text.
+    stem, dot, suffix = name.rpartition(".")
+    if dot and stem and len(suffix) <= _MAX_SUFFIX:
+        return f"{stem[: _MAX_FILENAME - len(suffix) - 1]}.{suffix}"
     return name[:_MAX_FILENAME]
 
 
@@ -239,6 +257,12 @@ async def receive_files(
             await _drain(events, receiver)
         parser.finalize()
         await _drain(events, receiver)
+        if receiver.current is not None:
+            # No closing boundary: what arrived is a cut-off file, never to be ingested as whole.
+            raise InvalidRequest(
+                f"the multipart body ends inside {receiver.current.filename}: "
+                "the upload is incomplete (no closing boundary)"
+            )
     except ClientDisconnect as exc:
         raise InvalidRequest("the client disconnected before the upload finished") from exc
     except FormParserError as exc:

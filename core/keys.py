@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import string
 import uuid
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from core.models import ApiKey, Owner
 
 KEY_SCHEME = "dik"
 _PREFIX_LENGTH = 12
+# secrets.token_urlsafe's alphabet.
+_SECRET_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,12 @@ def hash_key(key: str) -> str:
 
 
 def _prefix(key: str) -> str | None:
+    """The lookup prefix of a well-formed key; None for anything `create_key` cannot have made
+    (answered 401 without a query: a NUL, say, would make PostgreSQL fail the lookup)."""
     scheme, _, secret = key.partition("_")
     if scheme != KEY_SCHEME or len(secret) < _PREFIX_LENGTH * 2:
+        return None
+    if not set(secret) <= _SECRET_ALPHABET:
         return None
     return secret[:_PREFIX_LENGTH]
 
