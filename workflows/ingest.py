@@ -143,12 +143,15 @@ class IngestDocument:
                 running.append(asyncio.ensure_future(self._embed(task, batch)))
             while running:
                 running = await self._collect_one(running)
-        finally:
+        except GeneratorExit:
+            raise  # the worker evicts this workflow from its cache: nothing may be awaited
+        except BaseException:
             # On failure or cancel, stop the other batches and wait until they have stopped,
             # so nothing writes to staging after the cleanup.
             for pending in running:
                 pending.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            raise
 
     async def _collect_one(
         self, running: list[asyncio.Task[EmbedResult]]

@@ -1,0 +1,61 @@
+"""Encoding chunk texts in the benchmark process exactly as the worker batches them.
+
+The worker embeds one shard (`embed_activity_chunks` chunks of one document) per activity, in
+`encode` calls of `embedding_batch_size` chunks, one call at a time. The raw rate replays the
+same calls with the same model, device, precision and batch size, so the only difference left
+to the end-to-end rate is what the pipeline adds around the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from activities.embed import SentenceTransformerEmbedder, Vectors
+from core.settings import Settings
+
+
+@dataclass
+class Encoding:
+    vectors: Vectors
+    seconds: float
+    chunks: int
+
+    @property
+    def rate(self) -> float:
+        return self.chunks / self.seconds
+
+
+def worker_batches(documents: list[list[str]], shard: int, batch: int) -> list[list[str]]:
+    """The `encode` calls the worker makes for these documents' chunks, in order."""
+    calls: list[list[str]] = []
+    for chunks in documents:
+        for start in range(0, len(chunks), shard):
+            texts = chunks[start : start + shard]
+            calls.extend(texts[offset : offset + batch] for offset in range(0, len(texts), batch))
+    return calls
+
+
+def make_embedder(settings: Settings, precision: str) -> SentenceTransformerEmbedder:
+    """The worker's model, device and batch size, in the given precision; warmed by one call."""
+    embedder = SentenceTransformerEmbedder(
+        settings.embedding_model,
+        batch_size=settings.embedding_batch_size,
+        device=settings.embedding_device,
+        precision=precision,
+    )
+    embedder.encode(["A first call allocates what later calls reuse."] * 4)
+    return embedder
+
+
+def encode_timed(embedder: SentenceTransformerEmbedder, calls: list[list[str]]) -> Encoding:
+    """Run the calls one after the other; time only the model (blocking: use a thread)."""
+    parts: list[Vectors] = []
+    started = time.perf_counter()
+    for texts in calls:
+        parts.append(embedder.encode(texts))
+    seconds = time.perf_counter() - started
+    vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
+    return Encoding(vectors=vectors, seconds=seconds, chunks=len(vectors))

@@ -1,0 +1,65 @@
+"""The machine a run measured: CPU, bf16 support, library versions, what the worker resolved."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+import psutil
+
+from activities.embed import cpu_has_native_bf16
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU model name and the flags of the first processor in /proc/cpuinfo."""
+    model, flags = "", set[str]()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            lines = cpuinfo.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and not model:
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or "unknown", flags
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def describe_machine(
+    device: str, precision: str, source: str, load_at_start: tuple[float, ...]
+) -> dict[str, Any]:
+    """Everything results.json records about where and with what the figures were measured."""
+    import torch
+
+    model, flags = cpu_info()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_model": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": bool({"amx_bf16", "amx_tile"} & flags),
+        "native_bf16": cpu_has_native_bf16(),
+        "gpu": gpu_name(),
+        "load_average_at_start": [round(load, 2) for load in load_at_start],
+        "load_average_at_end": [round(load, 2) for load in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "sentence_transformers": version("sentence-transformers"),
+        "embedding_device": device,
+        "embedding_precision": precision,
+        "embedding_precision_source": source,
+    }
