@@ -4,6 +4,7 @@ the bundled model and the API on free ports. Each test gets a fresh owner (key +
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,15 +18,28 @@ from core.migrate import upgrade_to_head
 from core.settings import Settings
 from core.staging import StagingStore
 from core.temporal import connect, register_search_attributes
-from tests.support import Stack, Tenant, make_settings, new_tenant, running_workers, serve
+from tests.support import (
+    Stack,
+    Tenant,
+    make_settings,
+    new_tenant,
+    private_home,
+    running_workers,
+    serve,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
+def home() -> Iterator[Path]:
+    path = private_home("test")
+    yield path
+    # PostgreSQL removes its own folder when it stops (cleanup_mode="delete"), at exit.
+    for child in path.iterdir():
+        if child.name != "postgres":
+            shutil.rmtree(child, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

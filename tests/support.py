@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -239,3 +240,10 @@ class ApiProcess:
 
 # Figures tests measure (latencies under load, …), printed at the end of the run by conftest.
 FIGURES: list[str] = []
+
+
+def private_home(prefix: str) -> Path:
+    """A folder for an embedded PostgreSQL, outside pytest's temp root: pytest makes that root
+    0700 whenever a session starts, which locks out PostgreSQL's own user (`pgserver` when
+    running as root) of any other pytest session running at the same time."""
+    return Path(tempfile.mkdtemp(prefix=f"docingest-{prefix}-"))

@@ -17,7 +17,7 @@ import pytest
 
 from core.embedded import free_port
 from core.keys import owner_for_key
-from tests.support import Stack
+from tests.support import Stack, private_home
 
 DOCINGEST = str(Path(sys.executable).parent / "docingest")
 
@@ -80,7 +80,8 @@ def stop_dev(process: subprocess.Popen[str], home: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_dev_prints_a_curl_that_works_and_keeps_state(tmp_path: Path) -> None:
+def test_cli_dev_prints_a_curl_that_works_and_keeps_state() -> None:
+    tmp_path = private_home("dev")
     ports = {
         "DOCINGEST_API_PORT": str(free_port()),
         "DOCINGEST_TEMPORAL_PORT": str(free_port()),

@@ -35,6 +35,7 @@ from tests.support import (
     WorkerProcess,
     make_settings,
     new_tenant,
+    private_home,
     running_workers,
     serve,
     wait_for_status,
@@ -189,8 +190,8 @@ class Database:
 
 
 @pytest.fixture
-async def own_database(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[Database, Stack]]:
-    database = Database(tmp_path)
+async def own_database(stack: Stack) -> AsyncIterator[tuple[Database, Stack]]:
+    database = Database(private_home("fault-db"))
     engine = create_engine(database.url, pool_size=2)
     yield database, Stack(
         stack.settings, stack.client, create_sessionmaker(engine),
