@@ -226,8 +226,9 @@ async def test_fault_database_down_during_store_then_back(
         worker.stop()
 
 
+@pytest.mark.parametrize("run", range(2))
 async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_completes(
-    own_database: tuple[Database, Stack], stack: Stack
+    own_database: tuple[Database, Stack], stack: Stack, run: int
 ) -> None:
     database, db_stack = own_database
     tenant = await new_tenant(db_stack)
@@ -236,7 +237,7 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
     worker.start()
     try:
         async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_text(http, tenant, lorem(60, seed=400))
+            task_id = await upload_text(http, tenant, lorem(60, seed=400 + run))
             await wait_until(http, tenant, task_id, embedding, deadline_s=180)
             database.stop()
             handle = stack.client.get_workflow_handle(task_id)
@@ -258,12 +259,13 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
         worker.stop()
 
 
+@pytest.mark.parametrize("run", range(2))
 async def test_fault_staging_removed_under_a_task_ends_error_with_a_reason(
-    stack: Stack, tenant: Tenant
+    stack: Stack, tenant: Tenant, run: int
 ) -> None:
     settings = fault_settings(stack)
     async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-        task_id = await upload_text(http, tenant, lorem(20, seed=500))
+        task_id = await upload_text(http, tenant, lorem(20, seed=500 + run))
         stack.staging.remove_task(task_id)  # before any worker picked it up
         async with running_workers(stack, settings, FakeEmbedder()):
             final = await wait_for_status(http, tenant, task_id, TERMINAL)
