@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,8 +47,6 @@ async def upload(
 
 
 async def documents_with(stack: Stack, sha_of: bytes) -> list[Document]:
-    import hashlib
-
     sha = hashlib.sha256(sha_of).hexdigest()
     async with stack.sessionmaker() as session:
         return list(await session.scalars(select(Document).where(Document.sha256 == sha)))
