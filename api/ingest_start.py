@@ -19,10 +19,11 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from api.ownership import owned_agent
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
-from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from core.errors import InvalidRequest, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, sniff_format
 from core.models import Agent, Document
 from core.settings import Settings
@@ -39,20 +40,9 @@ class AlreadyStarted(Exception):
 async def find_agent(
     sessionmaker: async_sessionmaker[AsyncSession], owner: uuid.UUID, agent_id: str
 ) -> Agent:
-    """The caller's agent; 404 for a malformed id, a missing one, or another owner's."""
-    try:
-        parsed = uuid.UUID(agent_id)
-    except ValueError:
-        parsed = None
-    agent = None
-    if parsed is not None:
-        async with sessionmaker() as session:
-            agent = await session.scalar(
-                select(Agent).where(Agent.id == parsed, Agent.owner_id == owner)
-            )
-    if agent is None:
-        raise NotFound(f"Agent {agent_id[:100]!r} not found")
-    return agent
+    """The caller's agent, in a short session of its own (an upload may stream for long)."""
+    async with sessionmaker() as session:
+        return await owned_agent(session, owner, agent_id)
 
 
 def chunking(settings: Settings, size: int | None, overlap: int | None) -> tuple[int, int]:

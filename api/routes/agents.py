@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from api.deps import OwnerDep, SessionDep, SessionmakerDep, TemporalDep
-from api.routes.documents import document_public, parse_id
+from api.ownership import owned_agent, parse_id
+from api.routes.documents import document_public
 from api.schemas import (
     AgentCreate,
     AgentPublic,
@@ -33,19 +33,6 @@ router = APIRouter(prefix="/agents", tags=["agents"], responses={401: {"model": 
 # PostgreSQL's OFFSET is a bigint: past it the query fails, so the API refuses (422) instead.
 _MAX_OFFSET = 2**63 - 1
 _CANCEL_DEADLINE = timedelta(seconds=5)
-
-
-async def owned_agent(session: AsyncSession, owner: uuid.UUID, agent_id: str) -> Agent:
-    """The caller's agent; 404 for a malformed id, a missing one, or another owner's."""
-    parsed = parse_id(agent_id)
-    agent = None
-    if parsed is not None:
-        agent = await session.scalar(
-            select(Agent).where(Agent.id == parsed, Agent.owner_id == owner)
-        )
-    if agent is None:
-        raise NotFound(f"Agent {agent_id[:100]!r} not found")
-    return agent
 
 
 @router.post("", status_code=201)

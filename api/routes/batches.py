@@ -6,10 +6,10 @@ from collections import Counter
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 
 from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
 from api.ingest_start import IngestRequest, accept_file, chunking, find_agent
+from api.ownership import owned_row
 from api.routes.uploads import (
     MULTIPART_BODY,
     UPLOAD_ERRORS,
@@ -29,7 +29,7 @@ from api.schemas import (
 from api.task_status import render_execution
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, receive_files
-from core.errors import DocingestError, NotFound
+from core.errors import DocingestError
 from core.models import UploadBatch
 from core.staging import ORIGINAL
 from core.temporal import BATCH_ID, OWNER_ID
@@ -117,17 +117,7 @@ async def batch_status(
     batch_id: str, owner: OwnerDep, temporal: TemporalDep, session: SessionDep
 ) -> BatchStatus:
     """The tasks of a batch with their statuses, and a count per status."""
-    try:
-        parsed = uuid.UUID(batch_id)
-    except ValueError:
-        parsed = None
-    batch = None
-    if parsed is not None:
-        batch = await session.scalar(
-            select(UploadBatch).where(UploadBatch.id == parsed, UploadBatch.owner_id == owner)
-        )
-    if batch is None:
-        raise NotFound(f"Batch {batch_id[:100]!r} not found")
+    batch = await owned_row(session, UploadBatch, owner, batch_id, "Batch")
     query = (
         f"WorkflowType = '{WORKFLOW_NAME}' AND {BATCH_ID.name} = '{batch.id}' "
         f"AND {OWNER_ID.name} = '{owner}'"

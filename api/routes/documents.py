@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import APIRouter
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from api.deps import OwnerDep, SessionDep, SessionmakerDep
+from api.ownership import owned_row, parse_id
 from api.schemas import DocumentPublic, ErrorBody, TaskError
 from core.errors import NotFound
 from core.models import Document
@@ -17,14 +16,6 @@ router = APIRouter(
     tags=["documents"],
     responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
 )
-
-
-def parse_id(value: str) -> uuid.UUID | None:
-    """The id in a path, or None when malformed: answered 404 like a missing id, never 422."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 def document_public(document: Document) -> DocumentPublic:
@@ -55,15 +46,7 @@ def _not_found(document_id: str) -> NotFound:
 @router.get("/{document_id}")
 async def get_document(document_id: str, owner: OwnerDep, session: SessionDep) -> DocumentPublic:
     """One of the caller's documents: file, counts, status and the task that made it."""
-    parsed = parse_id(document_id)
-    document = None
-    if parsed is not None:
-        document = await session.scalar(
-            select(Document).where(Document.id == parsed, Document.owner_id == owner)
-        )
-    if document is None:
-        raise _not_found(document_id)
-    return document_public(document)
+    return document_public(await owned_row(session, Document, owner, document_id, "Document"))
 
 
 @router.delete("/{document_id}", status_code=204)
@@ -71,9 +54,9 @@ async def delete_document(document_id: str, owner: OwnerDep, sessionmaker: Sessi
     """Delete one of the caller's documents with all its chunks."""
     parsed = parse_id(document_id)
     deleted = None
-    # Its own transaction, committed before the 204 is sent (SessionDep commits only after
-    # the response): a search made once the caller has the answer never finds the chunks.
-    # The chunks go in the same statement (ON DELETE CASCADE).
+    # Its own transaction, committed before the 204 is sent: a search made once the caller
+    # has the answer never finds the chunks. The chunks go in the same statement (ON DELETE
+    # CASCADE).
     async with sessionmaker.begin() as session:
         if parsed is not None:
             deleted = await session.scalar(

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.embed import Vectors
 from api.deps import OwnerDep, SessionmakerDep, SettingsDep
+from api.ownership import owned_agent
 from api.query_embedder import QueryEmbedder
-from api.routes.agents import owned_agent
 from api.schemas import ErrorBody, SearchHit, SearchRequest, SearchResults
 from core.models import Chunk, Document
 from core.settings import Settings
