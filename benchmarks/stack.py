@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,21 +89,9 @@ def spawn(name: str, args: list[str], env: dict[str, str], home: Path) -> Child:
     return Child(name, process, log)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a docingest process exactly these settings."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, timedelta):
-            value = int(value.total_seconds())
-        env[f"DOCINGEST_{name.upper()}"] = str(value)
-    return env
-
-
 def docingest_env(settings: Settings) -> dict[str, str]:
     """This process's environment with the settings and the offline model switches."""
-    return {**os.environ, **settings_env(settings), **BENCH_ENV}
+    return {**os.environ, **settings.as_environment(), **BENCH_ENV}
 
 
 def bench_settings(home: Path, database_url: str, temporal_address: str) -> Settings:

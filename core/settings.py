@@ -90,6 +90,17 @@ class Settings(BaseSettings):
             raise ValueError("DOCINGEST_CHUNK_OVERLAP must be smaller than DOCINGEST_CHUNK_SIZE")
         return self
 
+    def as_environment(self) -> dict[str, str]:
+        """The `DOCINGEST_*` variables that give another process exactly these settings."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, timedelta):
+                value = int(value.total_seconds())
+            env[f"DOCINGEST_{name.upper()}"] = str(value)
+        return env
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

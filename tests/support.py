@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,18 +158,6 @@ def multipart_file(name: str, data: bytes, content_type: str = "application/octe
     return {"file": (name, data, content_type)}
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a `docingest` subprocess exactly these settings."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, timedelta):
-            value = int(value.total_seconds())
-        env[f"DOCINGEST_{name.upper()}"] = str(value)
-    return env
-
-
 @dataclass
 class WorkerProcess:
     """`docingest worker` as a separate process, to kill it like a crash would."""
@@ -179,7 +166,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **settings_env(self.settings), "DOCINGEST_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, **self.settings.as_environment(), "DOCINGEST_LOG_LEVEL": "WARNING"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker"], env=env, stdout=subprocess.DEVNULL
         )
@@ -210,7 +197,7 @@ class ApiProcess:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
     async def start(self) -> None:
-        env = {**os.environ, **settings_env(self.settings), "DOCINGEST_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, **self.settings.as_environment(), "DOCINGEST_LOG_LEVEL": "WARNING"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "api"], env=env, stdout=subprocess.DEVNULL
         )
