@@ -154,22 +154,20 @@ async def wait_for_status(
         raise AssertionError(f"task {task_id} stuck at {body}") from None
 
 
-def multipart_file(name: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
-    return {"file": (name, data, content_type)}
-
-
 @dataclass
-class WorkerProcess:
-    """`docingest worker` as a separate process, to kill it like a crash would."""
+class DocingestProcess:
+    """A `docingest <command>` as a separate process, to kill it like a crash would."""
 
     settings: Settings
     process: subprocess.Popen[bytes] | None = None
+    command = ""
 
-    def start(self) -> None:
+    def launch(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.as_environment(), "DOCINGEST_LOG_LEVEL": "WARNING"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker"], env=env, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "cli.main", self.command], env=env, stdout=subprocess.DEVNULL
         )
+        return self.process
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -185,44 +183,32 @@ class WorkerProcess:
                 self.kill()
 
 
-@dataclass
-class ApiProcess:
-    """`docingest api` as a separate process, to kill it like a crash would."""
+class WorkerProcess(DocingestProcess):
+    command = "worker"
 
-    settings: Settings
-    process: subprocess.Popen[bytes] | None = None
+    def start(self) -> None:
+        self.launch()
+
+
+class ApiProcess(DocingestProcess):
+    command = "api"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
     async def start(self) -> None:
-        env = {**os.environ, **self.settings.as_environment(), "DOCINGEST_LOG_LEVEL": "WARNING"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "api"], env=env, stdout=subprocess.DEVNULL
-        )
+        """Start and wait until `/health` answers 200."""
+        process = self.launch()
         async with asyncio.timeout(60), httpx.AsyncClient() as http:
             while True:
-                assert self.process.poll() is None, "the API exited during start-up"
+                assert process.poll() is None, "the API exited during start-up"
                 try:
                     if (await http.get(f"{self.url}/health")).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 # Figures tests measure (latencies under load, …), printed at the end of the run by conftest.
