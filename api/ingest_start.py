@@ -30,7 +30,7 @@ from core.settings import Settings
 from core.staging import StagingStore
 from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc
 from workflows.ingest import IngestDocument
-from workflows.types import MEMO_PROGRESS, MEMO_TASK, IngestTask, Stage, Status, TaskProgress
+from workflows.types import MEMO_PROGRESS, MEMO_TASK, IngestTask, Status, TaskProgress
 
 
 class AlreadyStarted(Exception):
@@ -159,16 +159,7 @@ async def start_ingest(
     A repeated idempotency key must never start a second run, even after the first closed
     (REJECT_DUPLICATE); a retry (`rerun`) starts a new run of a closed task (ALLOW_DUPLICATE).
     """
-    queued = TaskProgress(
-        task_id=task.task_id,
-        filename=task.filename,
-        agent_id=task.agent_id,
-        status=Status.QUEUED,
-        message=f"Queued {task.filename} for processing",
-        stage=Stage.QUEUED,
-        started_at=iso_utc(datetime.now(UTC)),
-        size_bytes=task.size_bytes,
-    )
+    queued = TaskProgress.queued(task, iso_utc(datetime.now(UTC)))
     attributes = [
         SearchAttributePair(OWNER_ID, str(owner)),
         SearchAttributePair(AGENT_ID, task.agent_id),

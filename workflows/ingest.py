@@ -60,16 +60,7 @@ class IngestDocument:
 
     @workflow.init
     def __init__(self, task: IngestTask) -> None:
-        self._progress = TaskProgress(
-            task_id=task.task_id,
-            filename=task.filename,
-            agent_id=task.agent_id,
-            status=Status.QUEUED,
-            message=f"Queued {task.filename} for processing",
-            stage=Stage.QUEUED,
-            started_at=iso_utc(workflow.info().start_time),
-            size_bytes=task.size_bytes,
-        )
+        self._progress = TaskProgress.queued(task, iso_utc(workflow.info().start_time))
 
     @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> TaskProgress:

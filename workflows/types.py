@@ -152,3 +152,17 @@ class TaskProgress:
     error_type: str | None = None
     error_message: str | None = None
     duplicate: bool = False
+
+    @classmethod
+    def queued(cls, task: IngestTask, started_at: str) -> TaskProgress:
+        """The state of a task before any step ran (the API's first memo, the workflow's start)."""
+        return cls(
+            task_id=task.task_id,
+            filename=task.filename,
+            agent_id=task.agent_id,
+            status=Status.QUEUED,
+            message=f"Queued {task.filename} for processing",
+            stage=Stage.QUEUED,
+            started_at=started_at,
+            size_bytes=task.size_bytes,
+        )
