@@ -51,8 +51,7 @@ async def describe_owned(
         if isinstance(cause, RPCError) and cause.status in _MISSING:
             return None
         raise
-    attributes = description.typed_search_attributes
-    if description.workflow_type != WORKFLOW_NAME or attributes.get(OWNER_ID) != str(owner_id):
+    if not _owned_by(description, owner_id):
         return None
     return description, dict(await description.memo())
 
@@ -66,11 +65,22 @@ async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> 
     return render(description, memo)
 
 
-async def render_execution(execution: WorkflowExecution, owner_id: uuid.UUID) -> TaskStatus | None:
+def _owned_by(execution: WorkflowExecution, owner_id: uuid.UUID) -> bool:
     attributes = execution.typed_search_attributes
-    if execution.workflow_type != WORKFLOW_NAME or attributes.get(OWNER_ID) != str(owner_id):
-        return None
-    return render(execution, dict(await execution.memo()))
+    return execution.workflow_type == WORKFLOW_NAME and attributes.get(OWNER_ID) == str(owner_id)
+
+
+async def list_tasks(
+    client: Client, owner_id: uuid.UUID, query: str, limit: int
+) -> list[TaskStatus]:
+    """The caller's tasks among the workflows a visibility query finds, at most `limit`."""
+    tasks: list[TaskStatus] = []
+    async for execution in client.list_workflows(
+        query, limit=limit, rpc_timeout=timedelta(seconds=5)
+    ):
+        if _owned_by(execution, owner_id):
+            tasks.append(render(execution, dict(await execution.memo())))
+    return tasks
 
 
 def render(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStatus:

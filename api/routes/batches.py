@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import timedelta
 
 from fastapi import APIRouter, Request
 
@@ -22,11 +21,10 @@ from api.schemas import (
     BatchAccepted,
     BatchStatus,
     ErrorBody,
-    TaskStatus,
     UploadAccepted,
     UploadRejected,
 )
-from api.task_status import render_execution
+from api.task_status import list_tasks
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, receive_files
 from core.errors import DocingestError
@@ -122,14 +120,8 @@ async def batch_status(
         f"WorkflowType = '{WORKFLOW_NAME}' AND {BATCH_ID.name} = '{batch.id}' "
         f"AND {OWNER_ID.name} = '{owner}'"
     )
-    tasks: list[TaskStatus] = []
     with temporal_unavailable_as_503("Cannot list the batch's tasks"):
-        async for execution in temporal.list_workflows(
-            query, limit=batch.files, rpc_timeout=timedelta(seconds=5)
-        ):
-            rendered = await render_execution(execution, owner)
-            if rendered is not None:
-                tasks.append(rendered)
+        tasks = await list_tasks(temporal, owner, query, batch.files)
     tasks.sort(key=lambda task: task.started_at or "")
     rejected = [UploadRejected.model_validate(entry) for entry in batch.rejected]
     summary: Counter[str] = Counter(str(task.status) for task in tasks)

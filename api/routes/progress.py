@@ -2,15 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from temporalio.client import Client
 
 from api.deps import OwnerDep, TemporalDep
-from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
-from api.task_status import render_execution
+from api.schemas import ErrorBody, TasksPublic, TaskStatusValue
+from api.task_status import list_tasks
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import InvalidRequest
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
@@ -62,21 +60,12 @@ async def list_progress(
         f"{query} AND ExecutionStatus != 'Running'",
     ]
     with temporal_unavailable_as_503("Cannot list tasks"):
-        found = await asyncio.gather(*(_list(temporal, owner, group, limit) for group in groups))
+        found = await asyncio.gather(
+            *(list_tasks(temporal, owner, group, limit) for group in groups)
+        )
     tasks = sorted(
         (task for group in found for task in group),
         key=lambda task: task.started_at or "",
         reverse=True,
     )
     return TasksPublic(tasks=tasks[:limit])
-
-
-async def _list(temporal: Client, owner: uuid.UUID, query: str, limit: int) -> list[TaskStatus]:
-    tasks: list[TaskStatus] = []
-    async for execution in temporal.list_workflows(
-        query, limit=limit, rpc_timeout=timedelta(seconds=5)
-    ):
-        rendered = await render_execution(execution, owner)
-        if rendered is not None:
-            tasks.append(rendered)
-    return tasks
