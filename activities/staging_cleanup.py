@@ -115,7 +115,10 @@ def remove_files(fs: fsspec.AbstractFileSystem, folder: str, files: list[str]) -
             fs.rm_file(path)
         except FileNotFoundError:
             continue
-    subfolders = fs.find(folder, withdirs=True, detail=True) if fs.exists(folder) else {}
+    try:
+        subfolders = fs.find(folder, withdirs=True, detail=True)
+    except FileNotFoundError:
+        return  # another sweep removed the folder meanwhile
     empty_first = sorted(
         (path for path, info in subfolders.items() if info.get("type") == "directory"),
         key=lambda path: path.count("/"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -126,7 +127,34 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+FIXED_PORTS_FROM = 15000  # free_port's range starts here and ends below the ephemeral range
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, chosen below the kernel's ephemeral range.
+
+    Ports the OS hands out for `bind(0)` are the ones the Temporal dev server also takes for
+    its internal services (history, matching, worker, HTTP, metrics) when it starts; a port
+    picked from that range can be free when chosen and taken by one of them a moment before
+    the frontend binds it, which makes `start-dev` crash.
+    """
+    low = _ephemeral_low()
+    chooser = random.SystemRandom()
+    for _ in range(200):
+        port = chooser.randrange(FIXED_PORTS_FROM, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {FIXED_PORTS_FROM}-{low - 1}")
+
+
+def _ephemeral_low(default: int = 32768) -> int:
+    """The first port of the kernel's ephemeral range (Linux), or IANA's when unknown."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+    return low if low > FIXED_PORTS_FROM + 1000 else default

@@ -49,20 +49,27 @@ def start_dev(home: Path, ports: dict[str, str]) -> tuple[subprocess.Popen[str],
     env = {**os.environ, "DOCINGEST_HOME": str(home), **ports}
     env.pop("DOCINGEST_DATABASE_URL", None)
     env.pop("DOCINGEST_TEMPORAL_ADDRESS", None)
-    process = subprocess.Popen(
-        [DOCINGEST, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
+    log = home / "dev.log"
+    with log.open("a") as stderr:
+        process = subprocess.Popen(
+            [DOCINGEST, "dev"], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
     assert process.stdout is not None
     banner: list[str] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line and process.poll() is not None:
-            raise AssertionError(f"docingest dev exited: {''.join(banner)}")
+            raise AssertionError(f"docingest dev exited: {''.join(banner)}\n{_tail(log)}")
         banner.append(line)
         if line.startswith("  curl") and "/api/progress" in line:
             return process, "".join(banner)
-    raise AssertionError("no banner from docingest dev")
+    raise AssertionError(f"no banner from docingest dev\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    """The end of dev's log (its own and its children's stderr), for a failure message."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def stop_dev(process: subprocess.Popen[str], home: Path) -> None:

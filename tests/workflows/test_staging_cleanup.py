@@ -23,7 +23,13 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.staging_cleanup import StagingCleanupActivities, TaskFate, expired, modified_at
+from activities.staging_cleanup import (
+    StagingCleanupActivities,
+    TaskFate,
+    expired,
+    modified_at,
+    remove_files,
+)
 from core.formats import DocumentFormat
 from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
@@ -103,10 +109,15 @@ def backdate(folder: Path) -> None:
 
 
 def leave_folder(sweeper: Sweeper, task_id: str, *, old: bool) -> Path:
-    """A task folder with one staged file, as an upload leaves it."""
+    """A task folder with one staged file, as an upload leaves it: untouched for an hour, or
+    still being written (a change time a minute ahead, so it stays within the 1 s TTL however
+    long a slow machine takes to run the sweep, retries included)."""
     sweeper.staging.write_bytes(task_id, ORIGINAL, b"staged bytes")
     if old:
         backdate(sweeper.folder(task_id))
+    else:
+        ahead = time.time() + 60
+        os.utime(sweeper.folder(task_id) / ORIGINAL, (ahead, ahead))
     return sweeper.folder(task_id)
 
 
@@ -193,6 +204,15 @@ def test_expired_decides_from_the_workflow_and_the_folder_age() -> None:
     assert expired(vanished, old, now, week)
     assert not expired(vanished, recent, now, week)
     assert not expired(vanished, None, now, week)  # age unknown: keep
+
+
+def test_remove_files_of_a_folder_another_sweep_removed_first_is_no_error(tmp_path: Path) -> None:
+    staging = StagingStore(str(tmp_path))
+    staging.write_bytes("gone", ORIGINAL, b"staged bytes")
+    listed = [str(tmp_path / "gone" / ORIGINAL)]
+    remove_files(staging.fs, str(tmp_path / "gone"), listed)  # the other sweep
+    remove_files(staging.fs, str(tmp_path / "gone"), listed)  # this one, a moment late
+    assert not (tmp_path / "gone").exists()
 
 
 def test_modified_at_reads_local_and_object_store_entries() -> None:
