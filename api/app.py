@@ -22,6 +22,7 @@ from api.routes import (
     uploads,
 )
 from core.db import create_engine, create_sessionmaker, resolve_database_url
+from core.keys import OwnerCache
 from core.settings import Settings
 from core.staging import StagingStore
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessionmaker=create_sessionmaker(engine),
             temporal=temporal,
             staging=StagingStore(settings.resolved_staging_url),
+            owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
         )
         try:
             yield

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from core.errors import Unauthorized
-from core.keys import owner_for_key
+from core.keys import OwnerCache, owner_for_key
 from core.settings import Settings
 from core.staging import StagingStore
 
@@ -26,9 +26,10 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     temporal: Client
     staging: StagingStore
+    owners: OwnerCache
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -36,19 +37,19 @@ def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def get_settings(resources: ResourcesDep) -> Settings:
+async def get_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
-def get_temporal(resources: ResourcesDep) -> Client:
+async def get_temporal(resources: ResourcesDep) -> Client:
     return resources.temporal
 
 
-def get_staging(resources: ResourcesDep) -> StagingStore:
+async def get_staging(resources: ResourcesDep) -> StagingStore:
     return resources.staging
 
 
-def get_sessionmaker(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
+async def get_sessionmaker(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
     return resources.sessionmaker
 
 
@@ -69,10 +70,15 @@ async def get_owner(request: Request, resources: ResourcesDep) -> uuid.UUID:
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Malformed Authorization header: expected `Bearer <key>`")
+    key = key.strip()
+    owner = resources.owners.get(key)
+    if owner is not None:
+        return owner
     async with resources.sessionmaker() as session:
-        owner = await owner_for_key(session, key.strip())
+        owner = await owner_for_key(session, key)
     if owner is None:
         raise Unauthorized("Invalid API key")
+    resources.owners.put(key, owner)
     return owner
 
 

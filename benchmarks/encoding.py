@@ -22,6 +22,7 @@ class Encoding:
     vectors: Vectors
     seconds: float
     chunks: int
+    cpu_seconds: float  # this process's CPU time meanwhile (all its threads)
 
     @property
     def rate(self) -> float:
@@ -53,9 +54,10 @@ def make_embedder(settings: Settings, precision: str) -> SentenceTransformerEmbe
 def encode_timed(embedder: SentenceTransformerEmbedder, calls: list[list[str]]) -> Encoding:
     """Run the calls one after the other; time only the model (blocking: use a thread)."""
     parts: list[Vectors] = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for texts in calls:
         parts.append(embedder.encode(texts))
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
-    return Encoding(vectors=vectors, seconds=seconds, chunks=len(vectors))
+    return Encoding(vectors, seconds, len(vectors), cpu_seconds)

@@ -24,6 +24,7 @@ from benchmarks.context import Context
 from benchmarks.measure import BenchmarkError, FigureResult, Target
 from benchmarks.stack import Stack, completed_at, require_complete, upload
 from core.models import Chunk, Document
+from workflows.types import EMBED
 
 KEY = "pipeline"
 TITLE = "1 pipeline efficiency"
@@ -44,17 +45,42 @@ async def stored_chunks(stack: Stack, task_ids: list[str]) -> list[list[str]]:
     return [by_task[task_id] for task_id in task_ids]
 
 
+async def embed_timeline(stack: Stack, task_ids: list[str], started: float) -> dict[str, float]:
+    """When the model was busy during the run, from the workflow histories: the first embed
+    activity's start and the last one's end (seconds after the first upload), and the time
+    covered by at least one embed activity (the embed worker runs one at a time)."""
+    spans = [
+        (begin - started, end - started)
+        for task_id in task_ids
+        for name, begin, end in await stack.activity_spans(task_id)
+        if name == EMBED
+    ]
+    if not spans:
+        return {}
+    busy, reach = 0.0, 0.0
+    for begin, end in sorted(spans):
+        busy += max(0.0, end - max(begin, reach))
+        reach = max(reach, end)
+    return {
+        "first_embed_start_s": round(min(begin for begin, _ in spans), 3),
+        "last_embed_end_s": round(max(end for _, end in spans), 3),
+        "embed_busy_s": round(busy, 3),
+    }
+
+
 async def run(ctx: Context) -> FigureResult:
     result = FigureResult(KEY, TITLE)
     stack = ctx.stack
     documents = ctx.corpus()
     tenant = await stack.new_tenant(KEY)
     async with stack.http() as http:
+        cpu_before = stack.cpu_seconds()
         started = time.time()
         task_ids = await asyncio.gather(
             *(upload(http, tenant, doc.name, doc.data) for doc in documents)
         )
         finals = await asyncio.gather(*(stack.wait_closed(task_id) for task_id in task_ids))
+        cpu_after = stack.cpu_seconds()
         await require_complete(http, tenant, list(task_ids))
     e2e_seconds = max(completed_at(progress) for progress in finals) - started
     stored = await stored_chunks(stack, list(task_ids))
@@ -62,6 +88,7 @@ async def run(ctx: Context) -> FigureResult:
     if total != sum(progress["chunks_total"] for progress in finals):
         raise BenchmarkError("the stored chunks differ from the counts the tasks reported")
     ctx.stored_corpus = stored
+    timeline = await embed_timeline(stack, list(task_ids), started)
     idle = await stack.wait_idle()
     raw = await ctx.encoding(ctx.worker_precision, stored)
     e2e_rate = total / e2e_seconds
@@ -77,5 +104,8 @@ async def run(ctx: Context) -> FigureResult:
         raw_seconds=round(raw.seconds, 3),
         precision=ctx.worker_precision,
         idle_before_raw=idle,
+        **timeline,
+        raw_cpu_seconds=round(raw.cpu_seconds, 2),
+        e2e_cpu_seconds={name: round(cpu_after[name] - cpu_before[name], 2) for name in cpu_before},
     )
     return result

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,7 @@ class Stack:
     sessionmaker: async_sessionmaker[AsyncSession]
     worker: Child
     api: Child
+    temporal_pid: int
 
     @property
     def api_url(self) -> str:
@@ -188,6 +189,16 @@ class Stack:
     def worker_cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.worker.process.pid)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of every process of the stack, and of this benchmark process."""
+        return {
+            "worker": self.worker_cpu_seconds(),
+            "api": tree_cpu_seconds(self.api.process.pid),
+            "temporal": tree_cpu_seconds(self.temporal_pid),
+            "postgres": tree_cpu_seconds(postmaster_pid(self.home)),
+            "benchmark": sum(psutil.Process().cpu_times()[:2]),  # itself, not its children
+        }
+
     async def wait_idle(self, limit_s: float = 180, window: float = 1.0) -> bool:
         """Wait until the worker uses under 15 % of a core for two windows in a row.
 
@@ -205,6 +216,25 @@ class Stack:
                 return True
             self.check_alive()
         return False
+
+    async def activity_spans(self, task_id: str) -> list[tuple[str, float, float]]:
+        """(activity type, started, closed) of each activity a task ran, in epoch seconds,
+        from its workflow history."""
+        scheduled: dict[int, str] = {}
+        started: dict[int, float] = {}
+        spans: list[tuple[str, float, float]] = []
+        history = await self.client.get_workflow_handle(task_id).fetch_history()
+        for event in history.events:
+            moment = event.event_time.ToDatetime(tzinfo=UTC).timestamp()
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                attributes = event.activity_task_scheduled_event_attributes
+                scheduled[event.event_id] = attributes.activity_type.name
+            elif event.HasField("activity_task_started_event_attributes"):
+                started[event.activity_task_started_event_attributes.scheduled_event_id] = moment
+            elif event.HasField("activity_task_completed_event_attributes"):
+                scheduled_id = event.activity_task_completed_event_attributes.scheduled_event_id
+                spans.append((scheduled[scheduled_id], started[scheduled_id], moment))
+        return spans
 
     def resolved_embedding(self) -> tuple[str, str, str]:
         """(device, precision, source) the worker embeds with: from its start-up log line,
@@ -229,6 +259,11 @@ def tree_cpu_seconds(pid: int) -> float:
             times = process.cpu_times()
             total += times.user + times.system
     return total
+
+
+def postmaster_pid(home: Path) -> int:
+    """The embedded PostgreSQL's main process (first line of its postmaster.pid)."""
+    return int((home / "postgres" / "postmaster.pid").read_text().split()[0])
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -306,7 +341,16 @@ async def running_stack() -> AsyncIterator[Stack]:
         worker, api = children
         engine = create_engine(database_url)
         try:
-            stack = Stack(home, settings, client, engine, create_sessionmaker(engine), worker, api)
+            stack = Stack(
+                home,
+                settings,
+                client,
+                engine,
+                create_sessionmaker(engine),
+                worker,
+                api,
+                temporal.pid,
+            )
             await wait_healthy(stack.api, stack.api_url)
             await warm_up(stack)
             yield stack

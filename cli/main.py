@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import uuid
 
@@ -21,10 +22,17 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
+        # h11, not httptools: httptools answers a header it finds invalid (a DEL byte, say)
+        # with a plain-text 400 and drops the connection before our JSON error can be sent.
+        http="h11",
     )
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    if settings.worker_nice:
+        # First, before any thread exists: on Linux the nice value is per thread, and the
+        # threads started later (torch's, gRPC's, the activity pool) inherit it.
+        os.nice(settings.worker_nice)
     from worker.main import Role, run_worker
 
     asyncio.run(run_worker(settings, Role(args.role)))

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import string
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -62,7 +63,43 @@ async def owner_for_key(session: AsyncSession, key: str) -> uuid.UUID | None:
     prefix = _prefix(key)
     if prefix is None:
         return None
-    found = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar()
+    found = (
+        await session.execute(
+            select(ApiKey.key_hash, ApiKey.owner_id).where(ApiKey.prefix == prefix)
+        )
+    ).first()
     if found is None or not hmac.compare_digest(found.key_hash, hash_key(key)):
         return None
-    return found.owner_id
+    owner_id: uuid.UUID = found.owner_id
+    return owner_id
+
+
+class OwnerCache:
+    """Owners of keys seen lately, so a client polling status costs no database round trip.
+
+    Only valid keys are remembered (keyed by their hash, never the key), each for `ttl`
+    seconds: a key deleted from the database stops working within that time. A ttl of 0
+    turns the cache off.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._owners: dict[str, tuple[uuid.UUID, float]] = {}
+
+    def get(self, key: str) -> uuid.UUID | None:
+        found = self._owners.get(hash_key(key))
+        if found is None:
+            return None
+        owner_id, expires = found
+        if time.monotonic() >= expires:
+            del self._owners[hash_key(key)]
+            return None
+        return owner_id
+
+    def put(self, key: str, owner_id: uuid.UUID) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._owners) >= self.max_entries:
+            self._owners.clear()  # a bound, not an LRU: refilling costs one query per key
+        self._owners[hash_key(key)] = (owner_id, time.monotonic() + self.ttl)

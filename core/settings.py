@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         default=timedelta(hours=1),
         description="Staging of an upload that never started its workflow goes after this.",
     )
+    key_cache_ttl: timedelta = Field(
+        default=timedelta(seconds=10),
+        description="How long the API trusts a checked key without asking the database "
+        "(a deleted key works that much longer); 0 = always ask.",
+    )
     search_ef_search: int = Field(default=100, ge=10, le=1000, description="HNSW ef_search.")
     chunk_size: int = Field(default=1000, ge=100, le=20_000)
     chunk_overlap: int = Field(default=100, ge=0, le=10_000)
@@ -70,12 +75,25 @@ class Settings(BaseSettings):
         default=10, ge=1, le=100, description="Attempts of store/record before `error`."
     )
     embed_window: int = Field(default=4, ge=1, le=64, description="Embed batches in flight.")
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Nice increment of `docingest worker`: on a shared machine embedding yields the "
+            "CPU to the API, Temporal and PostgreSQL; 0 keeps normal priority."
+        ),
+    )
     task_queue: str = "docingest"
     embed_task_queue: str = "docingest-embed"
     log_level: str = "INFO"
 
     @field_validator(
-        "staging_ttl", "activity_heartbeat_timeout", "upload_orphan_grace", mode="before"
+        "staging_ttl",
+        "activity_heartbeat_timeout",
+        "upload_orphan_grace",
+        "key_cache_ttl",
+        mode="before",
     )
     @classmethod
     def _seconds(cls, value: object) -> object:

@@ -117,7 +117,7 @@ async def running_workers(
 async def serve(settings: Settings) -> AsyncIterator[str]:
     """The real API under uvicorn on a free port; yields its base URL."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning"
+        create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning", http="h11"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -26,7 +26,7 @@ router = APIRouter(
 )
 
 
-def get_query_embedder(request: Request, settings: SettingsDep) -> QueryEmbedder:
+async def get_query_embedder(request: Request, settings: SettingsDep) -> QueryEmbedder:
     """The process's query embedder, created by the first search.
 
     It lives on `app.state` rather than in the lifespan's `Resources`: an API process that
