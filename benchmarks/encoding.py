@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from activities.embed import SentenceTransformerEmbedder, Vectors
+from activities.embed import Embedder, Vectors, make_embedder
 from core.settings import Settings
 
 
@@ -39,19 +39,21 @@ def worker_batches(documents: list[list[str]], shard: int, batch: int) -> list[l
     return calls
 
 
-def make_embedder(settings: Settings, precision: str) -> SentenceTransformerEmbedder:
-    """The worker's model, device and batch size, in the given precision; warmed by one call."""
-    embedder = SentenceTransformerEmbedder(
+def worker_embedder(settings: Settings, precision: str) -> Embedder:
+    """The worker's model, device and batch size, in the given precision; warmed by one call.
+    int8 uses (or builds) the export under the stack's DOCINGEST_HOME, as the worker does."""
+    embedder = make_embedder(
         settings.embedding_model,
-        batch_size=settings.embedding_batch_size,
-        device=settings.embedding_device,
-        precision=precision,
+        settings.embedding_batch_size,
+        settings.embedding_device,
+        precision,
+        settings.models_dir,
     )
     embedder.encode(["A first call allocates what later calls reuse."] * 4)
     return embedder
 
 
-def encode_timed(embedder: SentenceTransformerEmbedder, calls: list[list[str]]) -> Encoding:
+def encode_timed(embedder: Embedder, calls: list[list[str]]) -> Encoding:
     """Run the calls one after the other; time only the model (blocking: use a thread)."""
     parts: list[Vectors] = []
     started, cpu_started = time.perf_counter(), time.process_time()

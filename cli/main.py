@@ -53,6 +53,14 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
     print(asyncio.run(create_api_key(settings, args.name, owner)).key)
 
 
+def cmd_models_build(settings: Settings, args: argparse.Namespace) -> None:
+    from activities.embed import bundled_model_path
+    from activities.onnx_int8 import int8_model_file
+
+    model = settings.embedding_model or bundled_model_path()
+    print(int8_model_file(model, settings.models_dir))
+
+
 def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:
     from core.embedded import start_temporal_dev_server
 
@@ -102,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--owner", help="add the key to this owner id instead of a new owner")
     create.set_defaults(run=cmd_keys_create)
+    models = commands.add_parser("models", help="prepare model files")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser(
+        "build",
+        help="build the int8 ONNX export of the embedding model (else built at first use); "
+        "prints its path",
+    ).set_defaults(run=cmd_models_build)
     commands.add_parser("temporal", help="run the Temporal dev server").set_defaults(
         run=cmd_temporal
     )

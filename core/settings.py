@@ -57,9 +57,10 @@ class Settings(BaseSettings):
     embedding_device: str = Field(
         default="auto", description="cpu, cuda, cuda:N, or auto (CUDA when present)."
     )
-    embedding_precision: Literal["auto", "float32", "bfloat16"] = Field(
+    embedding_precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         default="auto",
-        description="auto: bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32.",
+        description="auto: bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32; "
+        "int8: the ONNX export quantized per channel (CPU, `int8` extra), asked for only.",
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=1024)
     embed_activity_chunks: int = Field(
@@ -122,6 +123,11 @@ class Settings(BaseSettings):
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built model files (the int8 ONNX export) are kept."""
+        return self.resolved_home / "models"
 
     @property
     def resolved_staging_url(self) -> str:

@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 
 from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
-from activities.embed import EmbedActivities, SentenceTransformerEmbedder, TextEmbedder
+from activities.embed import EmbedActivities, TextEmbedder, make_embedder
 from activities.extract import ExtractActivities
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.store import StoreActivities
@@ -118,13 +118,15 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     engine = create_engine(resolve_database_url(settings), pool_size=4)
     embedder: TextEmbedder | None = None
     if role in (Role.ALL, Role.EMBED):
-        embedder = SentenceTransformerEmbedder(
+        loaded = make_embedder(
             settings.embedding_model,
             settings.embedding_batch_size,
             settings.embedding_device,
             settings.embedding_precision,
+            settings.models_dir,
         )
-        log.info("embedding on %s in %s", embedder.device, embedder.precision)
+        embedder = loaded
+        log.info("embedding on %s in %s", loaded.device, loaded.precision)
         await check_embedding_dimension(engine, embedder.dimension)
     staging = StagingStore(settings.resolved_staging_url)
     stop = asyncio.Event()
