@@ -88,12 +88,13 @@ class OwnerCache:
         self._owners: dict[str, tuple[uuid.UUID, float]] = {}
 
     def get(self, key: str) -> uuid.UUID | None:
-        found = self._owners.get(hash_key(key))
+        digest = hash_key(key)
+        found = self._owners.get(digest)
         if found is None:
             return None
         owner_id, expires = found
         if time.monotonic() >= expires:
-            del self._owners[hash_key(key)]
+            self._owners.pop(digest, None)
             return None
         return owner_id
 
