@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 from pgvector.psycopg import register_vector_async
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from activities.chunk import MANIFEST, shard_name
 from activities.embed import from_npy, vectors_name
 from activities.errors import staging_missing
+from core.dedup import stored_copy
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.staging import StagingStore
@@ -152,19 +153,12 @@ class StoreActivities:
 
 async def find_stored_copy(session: AsyncSession, task: IngestTask) -> StoreResult | None:
     """A complete document of another task with the same bytes for the same agent."""
-    found = (
-        await session.execute(
-            select(Document.id, Document.chunk_count).where(
-                Document.agent_id == uuid.UUID(task.agent_id),
-                Document.sha256 == task.sha256,
-                Document.status == Status.COMPLETE,
-                Document.task_id != task.task_id,
-            )
-        )
-    ).first()
+    found = await stored_copy(
+        session, uuid.UUID(task.agent_id), task.sha256, other_than_task=task.task_id
+    )
     if found is None:
         return None
-    return StoreResult(document_id=str(found.id), chunks=found.chunk_count, duplicate=True)
+    return StoreResult(document_id=str(found.document_id), chunks=found.chunk_count, duplicate=True)
 
 
 def agent_deleted(task: IngestTask) -> ApplicationError:

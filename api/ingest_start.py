@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.common import (
@@ -23,9 +22,10 @@ from api.ownership import owned_agent
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
+from core.dedup import StoredCopy, stored_copy
 from core.errors import InvalidRequest, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, sniff_format
-from core.models import Agent, Document
+from core.models import Agent
 from core.settings import Settings
 from core.staging import StagingStore
 from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc
@@ -86,7 +86,7 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
             status="complete",
             size_bytes=received.size_bytes,
             duplicate=True,
-            document_id=str(duplicate.id),
+            document_id=str(duplicate.document_id),
         )
     task = _ingest_task(request, received, fmt)
     await start_ingest(request.temporal, request.settings, task, request.owner, request.idempotent)
@@ -110,16 +110,9 @@ async def _sniff(staging: StagingStore, received: ReceivedFile) -> DocumentForma
         ) from exc
 
 
-async def _stored_copy(request: IngestRequest, sha256: str) -> Document | None:
+async def _stored_copy(request: IngestRequest, sha256: str) -> StoredCopy | None:
     async with request.sessionmaker() as session:
-        found: Document | None = await session.scalar(
-            select(Document).where(
-                Document.agent_id == request.agent.id,
-                Document.sha256 == sha256,
-                Document.status == Status.COMPLETE,
-            )
-        )
-        return found
+        return await stored_copy(session, request.agent.id, sha256)
 
 
 def _ingest_task(request: IngestRequest, received: ReceivedFile, fmt: DocumentFormat) -> IngestTask:
