@@ -106,6 +106,8 @@ class BatchStatus(BaseModel):
     files: int
     tasks: list[TaskStatus]
     rejected: list[UploadRejected]
+    # Files the agent already had: answered with the stored copy's task and document.
+    duplicates: list[UploadAccepted] = []
     summary: dict[str, int]
 
 

@@ -82,6 +82,8 @@ class UploadBatch(Base):
     files: Mapped[int] = mapped_column(Integer)
     # The files refused at upload (too large, unreadable…): they never became tasks.
     rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    # The files answered as already stored for the agent: no task of this batch, an answer.
+    duplicates: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     created_at: Mapped[datetime] = _created_at()
 
 

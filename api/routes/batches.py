@@ -84,6 +84,9 @@ async def upload_batch(
         raise
     entries = await asyncio.gather(*(_accept_one(ingest, item) for item in received))
     rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
+    duplicates = [
+        entry for entry in entries if isinstance(entry, UploadAccepted) and entry.duplicate
+    ]
     async with sessionmaker.begin() as session:
         session.add(
             UploadBatch(
@@ -92,6 +95,7 @@ async def upload_batch(
                 agent_id=agent.id,
                 files=len(received),
                 rejected=[entry.model_dump() for entry in rejected],
+                duplicates=[entry.model_dump() for entry in duplicates],
             )
         )
     return BatchAccepted(batch_id=batch_id, tasks=list(entries))
@@ -124,9 +128,12 @@ async def batch_status(
         tasks = await list_tasks(temporal, owner, query, batch.files)
     tasks.sort(key=lambda task: task.started_at or "")
     rejected = [UploadRejected.model_validate(entry) for entry in batch.rejected]
+    duplicates = [UploadAccepted.model_validate(entry) for entry in batch.duplicates]
     summary: Counter[str] = Counter(str(task.status) for task in tasks)
     if rejected:
         summary["rejected"] = len(rejected)
+    if duplicates:
+        summary["duplicate"] = len(duplicates)
     return BatchStatus(
         batch_id=str(batch.id),
         agent_id=str(batch.agent_id),
@@ -134,5 +141,6 @@ async def batch_status(
         files=batch.files,
         tasks=tasks,
         rejected=rejected,
+        duplicates=duplicates,
         summary=dict(summary),
     )

@@ -102,6 +102,40 @@ async def test_batch_accepts_good_files_and_reports_bad_ones(
     assert [item["filename"] for item in status["rejected"]] == ["noise.pdf"]
 
 
+async def test_batch_lists_a_file_the_agent_already_had_as_a_duplicate(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    known, new = lorem(6, seed=31).encode(), lorem(6, seed=32).encode()
+    first = await upload(http, tenant, "known.txt", known)
+    assert first.status_code == 202, first.text
+    stored = await wait_for_status(http, tenant, first.json()["task_id"], TERMINAL)
+    assert stored["status"] == "complete"
+
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers,
+        files=[("file", ("again.txt", known)), ("file", ("new.txt", new))],
+    )  # fmt: skip
+    assert response.status_code == 202, response.text
+    body = response.json()
+    again, fresh = body["tasks"]
+    assert (again["duplicate"], again["task_id"]) == (True, first.json()["task_id"])
+    assert again["document_id"] == stored["document_id"]
+    done = await wait_for_status(http, tenant, fresh["task_id"], TERMINAL)
+    assert done["status"] == "complete"
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while True:
+            batch = (
+                await http.get(f"/upload/batch/{body['batch_id']}", headers=tenant.headers)
+            ).json()
+            if batch["summary"].get("complete") == 1:
+                break
+            await asyncio.sleep(0.1)
+    assert batch["summary"] == {"complete": 1, "duplicate": 1}
+    assert batch["files"] == 2 == len(batch["tasks"]) + len(batch["duplicates"])
+    assert [task["task_id"] for task in batch["tasks"]] == [fresh["task_id"]]
+    assert batch["duplicates"] == [again]
+
+
 async def test_batch_of_another_owner_or_unknown_is_404(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
