@@ -85,6 +85,19 @@ def make_settings(
     return Settings(**values)
 
 
+def stack_settings(stack: Stack, **overrides: Any) -> Settings:
+    """Settings for another worker or API beside the session's: the same home, database and
+    Temporal (unless `overrides` name others), fresh task queues, and `overrides`."""
+    assert stack.settings.database_url is not None
+    values: dict[str, Any] = {
+        "database_url": stack.settings.database_url,
+        "temporal_address": stack.settings.resolved_temporal_address,
+        **overrides,
+    }
+    database_url, temporal_address = values.pop("database_url"), values.pop("temporal_address")
+    return make_settings(stack.settings.resolved_home, database_url, temporal_address, **values)
+
+
 async def new_tenant(stack: Stack, name: str = "tenant") -> Tenant:
     """A fresh owner with one key and one agent."""
     async with stack.sessionmaker.begin() as session:

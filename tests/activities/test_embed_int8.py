@@ -20,8 +20,8 @@ from tests.support import (
     Stack,
     Tenant,
     WorkerProcess,
-    make_settings,
     serve,
+    stack_settings,
     wait_for_status,
 )
 
@@ -98,13 +98,7 @@ def test_int8_is_asked_for_never_chosen_and_cpu_only(tmp_path: Path) -> None:
 async def test_worker_and_api_on_int8_ingest_and_search(
     stack: Stack, tenant: Tenant, models_dir: Path
 ) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        embedding_precision="int8",
-    )
+    settings = stack_settings(stack, embedding_precision="int8")
     assert settings.models_dir == models_dir
     worker = WorkerProcess(settings)
     worker.start()

@@ -20,10 +20,10 @@ from tests.support import (
     FakeEmbedder,
     Stack,
     Tenant,
-    make_settings,
     new_tenant,
     running_workers,
     serve,
+    stack_settings,
     wait_for_status,
 )
 
@@ -208,12 +208,7 @@ async def test_agents_delete_removes_its_documents_and_chunks(
 @pytest.fixture(scope="module")
 async def idle_settings(stack: Stack) -> Settings:
     """Settings whose task queues no worker polls: uploads made with them stay running."""
-    assert stack.settings.database_url is not None
-    return make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-    )
+    return stack_settings(stack)
 
 
 @pytest.fixture(scope="module")
@@ -255,10 +250,7 @@ async def test_agents_delete_cancels_its_running_uploads(
 async def test_agents_delete_succeeds_when_temporal_is_down(
     stack: Stack, tenant: Tenant, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home, stack.settings.database_url, f"127.0.0.1:{free_port()}"
-    )
+    settings = stack_settings(stack, temporal_address=f"127.0.0.1:{free_port()}")
     async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
         agents = await http.get("/agents", headers=tenant.headers)

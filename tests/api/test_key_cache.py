@@ -11,18 +11,12 @@ from sqlalchemy import delete
 
 from core.keys import hash_key
 from core.models import ApiKey
-from tests.support import Stack, make_settings, new_tenant, serve
+from tests.support import Stack, new_tenant, serve, stack_settings
 
 
 @asynccontextmanager
 async def api_with_key_cache(stack: Stack, seconds: int) -> AsyncIterator[httpx.AsyncClient]:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        key_cache_ttl=seconds,
-    )
+    settings = stack_settings(stack, key_cache_ttl=seconds)
     async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         yield http
 

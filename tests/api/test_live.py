@@ -25,7 +25,14 @@ from activities.embed import Vectors
 from core.embedded import free_port
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
 from tests.documents import lorem
-from tests.support import FakeEmbedder, Stack, Tenant, make_settings, new_tenant, serve
+from tests.support import (
+    FakeEmbedder,
+    Stack,
+    Tenant,
+    new_tenant,
+    serve,
+    stack_settings,
+)
 from tests.support import running_workers as workers_for
 from workflows.types import WORKFLOW_NAME, IngestTask
 
@@ -134,12 +141,7 @@ class GatedApi:
 @pytest.fixture(scope="module")
 async def gated_api(stack: Stack) -> AsyncIterator[GatedApi]:
     """An API and workers on task queues of their own, embedding only when the test says."""
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-    )
+    settings = stack_settings(stack)
     embedder = GatedEmbedder()
     async with workers_for(stack, settings, embedder), serve(settings) as url:
         try:
@@ -281,10 +283,7 @@ async def test_live_client_leaving_stops_the_connection_tasks(
 
 
 async def test_live_when_temporal_is_unreachable_closes_1011(stack: Stack, tenant: Tenant) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home, stack.settings.database_url, f"127.0.0.1:{free_port()}"
-    )
+    settings = stack_settings(stack, temporal_address=f"127.0.0.1:{free_port()}")
     async with serve(settings) as url:
         seen = await watch(ws_url(url, str(uuid.uuid4())), tenant.headers)
     assert (seen.messages, seen.code) == ([], 1011)

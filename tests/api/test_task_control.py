@@ -20,10 +20,10 @@ from tests.documents import lorem, make_pdf
 from tests.support import (
     Stack,
     Tenant,
-    make_settings,
     new_tenant,
     running_workers,
     serve,
+    stack_settings,
     wait_for_status,
 )
 
@@ -153,11 +153,7 @@ async def test_batch_of_another_owner_or_unknown_is_404(
 async def test_batch_with_a_file_over_the_limit_rejects_only_that_file(
     stack: Stack, tenant: Tenant
 ) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home, stack.settings.database_url,
-        stack.settings.resolved_temporal_address, max_upload_bytes=2000,
-    )  # fmt: skip
+    settings = stack_settings(stack, max_upload_bytes=2000)
     async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
         response = await http.post(
             "/upload/agent/batch", params=params(tenant), headers=tenant.headers,
@@ -258,11 +254,7 @@ async def test_idempotency_key_sent_twice_at_once_starts_one_workflow(
 @pytest.fixture
 async def idle_api(stack: Stack) -> AsyncIterator[tuple[str, Settings]]:
     """An API on task queues that no worker polls (until a test starts one)."""
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home, stack.settings.database_url,
-        stack.settings.resolved_temporal_address, embed_activity_chunks=4,
-    )  # fmt: skip
+    settings = stack_settings(stack, embed_activity_chunks=4)
     async with serve(settings) as url:
         yield url, settings
 

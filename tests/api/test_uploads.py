@@ -11,7 +11,7 @@ import pytest
 
 from core.embedded import free_port
 from tests.documents import make_pdf
-from tests.support import Stack, Tenant, make_settings, new_tenant, serve
+from tests.support import Stack, Tenant, new_tenant, serve, stack_settings
 
 UPLOAD_KEYS = {"message", "filename", "agent_id", "task_id", "status", "size_bytes"}
 STATUS_KEYS = {
@@ -101,13 +101,7 @@ async def test_upload_for_another_owners_agent_is_404(
 
 @pytest.fixture(scope="module")
 async def small_limit_api(stack: Stack) -> AsyncIterator[str]:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        max_upload_bytes=1000,
-    )
+    settings = stack_settings(stack, max_upload_bytes=1000)
     async with serve(settings) as url:
         yield url
 
@@ -261,10 +255,7 @@ async def test_upload_filename_is_cleaned_for_display(
 async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
     stack: Stack, tenant: Tenant
 ) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home, stack.settings.database_url, f"127.0.0.1:{free_port()}"
-    )
+    settings = stack_settings(stack, temporal_address=f"127.0.0.1:{free_port()}")
     before = staged_tasks(stack)
     async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         response = await http.post(
@@ -280,12 +271,7 @@ async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
 
 
 async def test_status_answers_within_3s_when_no_worker_runs(stack: Stack, tenant: Tenant) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-    )  # fresh task queues that no worker polls
+    settings = stack_settings(stack)  # fresh task queues that no worker polls
     async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
         upload = await http.post(
             upload_url(tenant), headers=tenant.headers, files={"file": ("a.txt", b"hello")}

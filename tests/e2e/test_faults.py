@@ -33,11 +33,11 @@ from tests.support import (
     Stack,
     Tenant,
     WorkerProcess,
-    make_settings,
     new_tenant,
     private_home,
     running_workers,
     serve,
+    stack_settings,
     wait_for_status,
 )
 
@@ -46,17 +46,10 @@ TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 
 
 def fault_settings(stack: Stack, **overrides: Any) -> Settings:
-    assert stack.settings.database_url is not None
-    values: dict[str, Any] = {
-        "database_url": stack.settings.database_url,
-        "temporal_address": stack.settings.resolved_temporal_address,
-        "activity_heartbeat_timeout": timedelta(seconds=3),
-        "embed_activity_chunks": 8,
-        **overrides,
-    }
-    database_url = values.pop("database_url")
-    temporal_address = values.pop("temporal_address")
-    return make_settings(stack.settings.resolved_home, database_url, temporal_address, **values)
+    """Short heartbeats and small shards, so a fault lands mid-task and recovery is quick."""
+    return stack_settings(
+        stack, activity_heartbeat_timeout=timedelta(seconds=3), embed_activity_chunks=8, **overrides
+    )
 
 
 async def upload_text(

@@ -32,7 +32,7 @@ from tests.documents import (
     make_pdf,
     make_zip,
 )
-from tests.support import Stack, Tenant, make_settings, serve, wait_for_status
+from tests.support import Stack, Tenant, serve, stack_settings, wait_for_status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -467,13 +467,7 @@ async def test_hostile_20_mb_line_without_spaces_fails_too_large(
 @pytest.fixture(scope="module")
 async def small_limit_api(stack: Stack) -> AsyncIterator[str]:
     """An API taking files of at most 1000 bytes (its own task queues: nothing runs there)."""
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        max_upload_bytes=1000,
-    )
+    settings = stack_settings(stack, max_upload_bytes=1000)
     async with serve(settings) as url:
         yield url
 

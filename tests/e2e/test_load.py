@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from core.embedded import free_port
 from core.models import Chunk, Document
 from tests.documents import lorem
-from tests.support import FIGURES, ApiProcess, Stack, WorkerProcess, make_settings, new_tenant
+from tests.support import FIGURES, ApiProcess, Stack, WorkerProcess, new_tenant, stack_settings
 
 pytestmark = pytest.mark.slow
 CLIENTS = 20
@@ -40,11 +40,7 @@ async def probe(http: httpx.AsyncClient, path: str, headers: dict[str, str],
 
 
 async def test_load_200_uploads_from_20_clients_all_complete(stack: Stack) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home, stack.settings.database_url,
-        stack.settings.resolved_temporal_address, api_port=free_port(),
-    )  # fmt: skip
+    settings = stack_settings(stack, api_port=free_port())
     tenant = await new_tenant(stack, "load")
     api, worker = ApiProcess(settings), WorkerProcess(settings)
     worker.start()

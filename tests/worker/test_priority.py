@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Stack, Tenant, WorkerProcess, make_settings, serve, wait_for_status
+from tests.support import Stack, Tenant, WorkerProcess, serve, stack_settings, wait_for_status
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +25,7 @@ def thread_nice_values(pid: int) -> set[int]:
 async def test_worker_threads_run_at_the_configured_nice(
     stack: Stack, tenant: Tenant, nice: int
 ) -> None:
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        worker_nice=nice,
-    )
+    settings = stack_settings(stack, worker_nice=nice)
     worker = WorkerProcess(settings)
     worker.start()
     try:

@@ -16,7 +16,7 @@ from core.models import Chunk, Document
 from core.settings import Settings
 from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
-from tests.support import FakeEmbedder, Stack, Tenant, make_settings, running_workers
+from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
 from workflows.ingest import IngestDocument
 from workflows.types import IngestTask, Status
 
@@ -24,14 +24,7 @@ from workflows.types import IngestTask, Status
 @pytest.fixture(scope="module")
 async def fake_settings(stack: Stack) -> AsyncIterator[Settings]:
     """Workers with the fake embedder on task queues of their own."""
-    assert stack.settings.database_url is not None
-    settings = make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        embed_activity_chunks=4,
-        embed_window=2,
-    )
+    settings = stack_settings(stack, embed_activity_chunks=4, embed_window=2)
     async with running_workers(stack, settings, FakeEmbedder()):
         yield settings
 

@@ -34,7 +34,7 @@ from core.formats import DocumentFormat
 from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_pdf
-from tests.support import FakeEmbedder, Stack, Tenant, make_settings, running_workers
+from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
 from worker.schedules import STAGING_SCHEDULE_ID, STAGING_SWEEP_EVERY, ensure_staging_schedule
 from workflows.ingest import IngestDocument
 from workflows.staging_cleanup import CleanStaging, StagingCleanupResult
@@ -58,14 +58,7 @@ class Sweeper:
 
 
 def settings_for(stack: Stack, staging: Path) -> Settings:
-    assert stack.settings.database_url is not None
-    return make_settings(
-        stack.settings.resolved_home,
-        stack.settings.database_url,
-        stack.settings.resolved_temporal_address,
-        staging_url=str(staging),
-        embed_activity_chunks=4,
-    )
+    return stack_settings(stack, staging_url=str(staging), embed_activity_chunks=4)
 
 
 @pytest.fixture
