@@ -74,6 +74,13 @@ class TaskError(BaseModel):
     type: str
     message: str
 
+    @classmethod
+    def recorded(cls, error_type: str | None, error_message: str | None) -> TaskError | None:
+        """The error of a task or document, from its stored type and message; None if none."""
+        if error_type is None:
+            return None
+        return cls(type=error_type, message=error_message or "")
+
 
 class TaskStatus(BaseModel):
     task_id: str

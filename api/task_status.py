@@ -152,9 +152,6 @@ def to_public(progress: TaskProgress) -> TaskStatus:
         percent = 100.0
     else:
         percent = round(100.0 * embedded / total, 1) if total else 0.0
-    error = None
-    if progress.error_type is not None:
-        error = TaskError(type=progress.error_type, message=progress.error_message or "")
     return TaskStatus(
         task_id=progress.task_id,
         filename=progress.filename,
@@ -166,7 +163,7 @@ def to_public(progress: TaskProgress) -> TaskStatus:
         completed_at=progress.completed_at,
         stage=progress.stage,
         progress=TaskProgressCounts(chunks_total=total, chunks_embedded=embedded, percent=percent),
-        error=error,
+        error=TaskError.recorded(progress.error_type, progress.error_message),
     )
 
 

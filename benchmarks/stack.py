@@ -246,15 +246,19 @@ class Stack:
         return device, resolve_precision(self.settings.embedding_precision, device), "computed"
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and its children (none when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its children."""
     total = 0.0
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return total
-    for process in processes:
+    for process in process_tree(pid):
         with suppress(psutil.NoSuchProcess):
             times = process.cpu_times()
             total += times.user + times.system
@@ -269,12 +273,7 @@ def postmaster_pid(home: Path) -> int:
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of a process and its children."""
     total = 0
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return total
-    for process in processes:
+    for process in process_tree(pid):
         with suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
     return total

@@ -19,9 +19,6 @@ router = APIRouter(
 
 
 def document_public(document: Document) -> DocumentPublic:
-    error = None
-    if document.error_type is not None:
-        error = TaskError(type=document.error_type, message=document.error_message or "")
     return DocumentPublic(
         id=document.id,
         agent_id=document.agent_id,
@@ -32,7 +29,7 @@ def document_public(document: Document) -> DocumentPublic:
         page_count=document.page_count,
         chunk_count=document.chunk_count,
         status=document.status,
-        error=error,
+        error=TaskError.recorded(document.error_type, document.error_message),
         task_id=document.task_id,
         created_at=document.created_at,
         updated_at=document.updated_at,
