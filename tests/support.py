@@ -145,6 +145,22 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
         await task
 
 
+async def upload_file(
+    http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes, **params: str | int
+) -> str:
+    """POST one file to /upload/agent for the tenant's agent (extra query `params`, e.g.
+    chunking); asserts the 202 and returns the task id."""
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": tenant.agent_id, **params},
+        headers=tenant.headers,
+        files={"file": (name, data)},
+    )
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
 async def wait_for_status(
     http: httpx.AsyncClient,
     tenant: Tenant,

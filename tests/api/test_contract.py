@@ -24,13 +24,13 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from core.settings import Settings
 from tests.support import Stack, Tenant, new_tenant, wait_for_status
+from workflows.types import Status
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("worker")]
 
 # The schema the app itself publishes; building the app connects to nothing.
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 
 
 @dataclass
@@ -55,7 +55,7 @@ async def known(api_url: str, stack: Stack) -> AsyncIterator[Known]:
         )
         assert batch.status_code == 202, batch.text
         task_id = upload.json()["task_id"]
-        done = await wait_for_status(http, tenant, task_id, TERMINAL)
+        done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert done["status"] == "complete", done
     yield Known(
         tenant,

@@ -26,10 +26,10 @@ from tests.support import (
     stack_settings,
     wait_for_status,
 )
+from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 DOCUMENT_KEYS = {
     "id", "agent_id", "filename", "content_type", "size_bytes", "sha256", "page_count",
     "chunk_count", "status", "error", "task_id", "created_at", "updated_at",
@@ -52,7 +52,7 @@ async def ingest(
         files={"file": (name, data)},
     )
     assert response.status_code == 202, response.text
-    return await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+    return await wait_for_status(http, tenant, response.json()["task_id"], Status.TERMINAL)
 
 
 async def chunk_count(stack: Stack, document_id: str) -> int:
@@ -242,7 +242,7 @@ async def test_agents_delete_cancels_its_running_uploads(
     # Without the cancel, a worker would run the task until its store step found no agent
     # and it ended `error`; cancelled, it ends `cancelled` without storing anything.
     async with running_workers(stack, idle_settings, FakeEmbedder()):
-        status = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=30)
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=30)
     assert status["status"] == "cancelled", status
     assert await document_rows(stack, tenant.agent_id) == 0
 

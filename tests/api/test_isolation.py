@@ -32,11 +32,11 @@ from api.deps import get_owner
 from core.keys import hash_key
 from core.settings import Settings
 from tests.documents import make_image_only_pdf
-from tests.support import Stack, Tenant, new_tenant, wait_for_status
+from tests.support import Stack, Tenant, new_tenant, upload_file, wait_for_status
+from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 # Routes anyone may call: the health check and the API's own documentation.
 PUBLIC = {
     ("GET", "/health"),
@@ -63,20 +63,8 @@ class World:
     intruder_document: str
 
 
-async def _upload(http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes) -> str:
-    response = await http.post(
-        "/upload/agent",
-        params={"agent_id": tenant.agent_id},
-        headers=tenant.headers,
-        files={"file": (name, data)},
-    )
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["task_id"]
-    return task_id
-
-
 async def _finished(http: httpx.AsyncClient, tenant: Tenant, task_id: str) -> dict[str, Any]:
-    return await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=90)
+    return await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=90)
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +73,11 @@ async def world(api_url: str, stack: Stack) -> World:
     victim = await new_tenant(stack, "victim")
     async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
         tasks = await asyncio.gather(
-            _upload(http, victim, "victim.txt", f"The {SECRET_WORD} files are private.".encode()),
-            _upload(http, victim, "scan.pdf", make_image_only_pdf()),
-            _upload(http, intruder, "intruder.txt", b"The intruder's own notes on quokkas."),
+            upload_file(
+                http, victim, "victim.txt", f"The {SECRET_WORD} files are private.".encode()
+            ),
+            upload_file(http, victim, "scan.pdf", make_image_only_pdf()),
+            upload_file(http, intruder, "intruder.txt", b"The intruder's own notes on quokkas."),
         )
         batch = await http.post(
             "/upload/agent/batch",

@@ -32,11 +32,11 @@ from tests.support import (
     new_tenant,
     serve,
     stack_settings,
+    upload_file,
 )
 from tests.support import running_workers as workers_for
-from workflows.types import WORKFLOW_NAME, IngestTask
+from workflows.types import WORKFLOW_NAME, IngestTask, Status
 
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 STATUS_ORDER = ["queued", "processing", "complete"]
 STAGE_ORDER = ["queued", "extracting", "chunking", "embedding", "storing", "done"]
 BATCH = 16  # embed_activity_chunks of every test stack (tests.support.make_settings)
@@ -73,15 +73,7 @@ async def watch(url: str, headers: dict[str, str] | None = None) -> Watched:
 
 
 async def upload(http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes) -> str:
-    response = await http.post(
-        "/upload/agent",
-        params={"agent_id": tenant.agent_id, "chunk_size": 300, "chunk_overlap": 0},
-        headers=tenant.headers,
-        files={"file": (name, data)},
-    )
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["task_id"]
-    return task_id
+    return await upload_file(http, tenant, name, data, chunk_size=300, chunk_overlap=0)
 
 
 def assert_moves_forward(messages: list[dict[str, Any]]) -> None:
@@ -107,13 +99,13 @@ async def test_live_streams_an_upload_until_complete_then_closes_1000(
     final = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
     assert last == final.json()  # the very body of GET /upload/status
     assert last["status"] == "complete"
-    assert [m for m in seen.messages if m["status"] in TERMINAL] == [last]
+    assert [m for m in seen.messages if m["status"] in Status.TERMINAL] == [last]
     assert_moves_forward(seen.messages)
     total = last["progress"]["chunks_total"]
     assert total > 3 * BATCH
     embedded = [m["progress"]["chunks_embedded"] for m in seen.messages]
     assert all(value % BATCH == 0 or value == total for value in embedded)  # per batch
-    if first["status"] not in TERMINAL:
+    if first["status"] not in Status.TERMINAL:
         assert len(set(embedded)) >= 2
 
     again = await watch(ws_url(api_url, task_id, token=tenant.key))

@@ -16,8 +16,8 @@ from activities.embed import TextEmbedder
 from api.query_embedder import QueryEmbedder
 from core.errors import ConfigurationError
 from tests.support import FakeEmbedder, Stack, Tenant, new_tenant, wait_for_status
+from workflows.types import Status
 
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 HIT_KEYS = {
     "score",
     "text",
@@ -66,7 +66,7 @@ async def ingest(
         files={"file": (name, data)},
     )
     assert response.status_code == 202, response.text
-    status = await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+    status = await wait_for_status(http, tenant, response.json()["task_id"], Status.TERMINAL)
     assert status["status"] == "complete", status
     document_id: str = status["document_id"]
     return document_id

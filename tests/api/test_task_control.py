@@ -26,8 +26,8 @@ from tests.support import (
     stack_settings,
     wait_for_status,
 )
+from workflows.types import Status
 
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 pytestmark = pytest.mark.usefixtures("worker")
 
 
@@ -83,7 +83,7 @@ async def test_batch_accepts_good_files_and_reports_bad_ones(
     assert entries[1]["code"] == "unsupported_media_type"
 
     for entry in (entries[0], entries[2]):
-        done = await wait_for_status(http, tenant, entry["task_id"], TERMINAL)
+        done = await wait_for_status(http, tenant, entry["task_id"], Status.TERMINAL)
         assert done["status"] == "complete"
     async with asyncio.timeout(10):  # visibility is eventually consistent
         while True:
@@ -108,7 +108,7 @@ async def test_batch_lists_a_file_the_agent_already_had_as_a_duplicate(
     known, new = lorem(6, seed=31).encode(), lorem(6, seed=32).encode()
     first = await upload(http, tenant, "known.txt", known)
     assert first.status_code == 202, first.text
-    stored = await wait_for_status(http, tenant, first.json()["task_id"], TERMINAL)
+    stored = await wait_for_status(http, tenant, first.json()["task_id"], Status.TERMINAL)
     assert stored["status"] == "complete"
 
     response = await http.post(
@@ -120,7 +120,7 @@ async def test_batch_lists_a_file_the_agent_already_had_as_a_duplicate(
     again, fresh = body["tasks"]
     assert (again["duplicate"], again["task_id"]) == (True, first.json()["task_id"])
     assert again["document_id"] == stored["document_id"]
-    done = await wait_for_status(http, tenant, fresh["task_id"], TERMINAL)
+    done = await wait_for_status(http, tenant, fresh["task_id"], Status.TERMINAL)
     assert done["status"] == "complete"
     async with asyncio.timeout(10):  # visibility is eventually consistent
         while True:
@@ -172,7 +172,7 @@ async def test_dedup_second_upload_of_the_same_bytes_stores_nothing(
 ) -> None:
     data = lorem(20, seed=11).encode()
     first = await upload(http, tenant, "a.txt", data)
-    done = await wait_for_status(http, tenant, first.json()["task_id"], TERMINAL)
+    done = await wait_for_status(http, tenant, first.json()["task_id"], Status.TERMINAL)
     second = await upload(http, tenant, "a-copy.txt", data)
     assert second.status_code == 200
     body = second.json()
@@ -198,7 +198,7 @@ async def test_dedup_two_identical_uploads_racing_end_with_one_document(
     data = lorem(30, seed=12).encode()
     responses = await asyncio.gather(*(upload(http, tenant, f"r{i}.txt", data) for i in range(2)))
     finals = [
-        await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+        await wait_for_status(http, tenant, response.json()["task_id"], Status.TERMINAL)
         for response in responses
     ]
     assert {final["status"] for final in finals} == {"complete"}
@@ -270,14 +270,14 @@ async def test_retry_reruns_a_task_that_ended_error_under_the_same_id(
         early = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
         assert early.status_code == 409  # still queued
         await stack.client.get_workflow_handle(task_id).terminate("operator test")
-        errored = await wait_for_status(http, tenant, task_id, TERMINAL)
+        errored = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert errored["status"] == "error"
 
         async with running_workers(stack, settings, embedder):
             retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
             assert retried.status_code == 202, retried.text
             assert retried.json()["task_id"] == task_id
-            done = await wait_for_status(http, tenant, task_id, TERMINAL)
+            done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert done["status"] == "complete"
         again = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
         assert again.status_code == 409
@@ -288,10 +288,10 @@ async def test_retry_of_a_failed_file_runs_again_and_fails_again(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     task_id = (await upload(http, tenant, "cut.pdf", make_pdf(["x"])[:300])).json()["task_id"]
-    assert (await wait_for_status(http, tenant, task_id, TERMINAL))["status"] == "failed"
+    assert (await wait_for_status(http, tenant, task_id, Status.TERMINAL))["status"] == "failed"
     retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
     assert retried.status_code == 202
-    final = await wait_for_status(http, tenant, task_id, TERMINAL)
+    final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
     assert final["status"] == "failed"
     assert final["error"]["type"] == "CorruptDocument"
 
@@ -313,11 +313,11 @@ async def test_cancel_during_embedding_leaves_nothing_behind(
             status = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
             if status["stage"] == "embedding" and status["progress"]["chunks_embedded"] > 0:
                 break
-            assert status["status"] not in TERMINAL, status
+            assert status["status"] not in Status.TERMINAL, status
             await asyncio.sleep(0.05)
     cancelled = await http.post(f"/upload/{task_id}/cancel", headers=tenant.headers)
     assert cancelled.status_code == 202
-    final = await wait_for_status(http, tenant, task_id, TERMINAL)
+    final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
     assert final["status"] == "cancelled"
     assert final["message"] == "Processing of long.txt was cancelled"
     documents = await documents_with(stack, text.encode())

@@ -38,11 +38,12 @@ from tests.support import (
     running_workers,
     serve,
     stack_settings,
+    upload_file,
     wait_for_status,
 )
+from workflows.types import Status
 
 pytestmark = pytest.mark.slow
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 
 
 def fault_settings(stack: Stack, **overrides: Any) -> Settings:
@@ -55,15 +56,7 @@ def fault_settings(stack: Stack, **overrides: Any) -> Settings:
 async def upload_text(
     http: httpx.AsyncClient, tenant: Tenant, text: str, name: str = "long.txt"
 ) -> str:
-    response = await http.post(
-        "/upload/agent",
-        params={"agent_id": tenant.agent_id, "chunk_size": 200, "chunk_overlap": 20},
-        headers=tenant.headers,
-        files={"file": (name, text.encode())},
-    )
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["task_id"]
-    return task_id
+    return await upload_file(http, tenant, name, text.encode(), chunk_size=200, chunk_overlap=20)
 
 
 async def wait_until(
@@ -77,7 +70,7 @@ async def wait_until(
                 body: dict[str, Any] = response.json()
                 if condition(body):
                     return body
-                assert body["status"] not in TERMINAL, body
+                assert body["status"] not in Status.TERMINAL, body
             await asyncio.sleep(0.1)
 
 
@@ -117,7 +110,7 @@ async def test_fault_worker_killed_while_embedding_is_finished_by_a_new_worker(
             first.kill()
             killed_at = time.monotonic()
             second.start()
-            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=180)
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=180)
             recovered = time.monotonic() - killed_at
         await assert_stored_once(stack, final)
         FIGURES.append(
@@ -151,7 +144,7 @@ async def test_fault_temporal_restarted_while_tasks_run(
             await asyncio.sleep(1)
             server = start_temporal_dev_server(tmp_path, port=port, ui_port=ui_port)
             finals = [
-                await wait_for_status(http, tenant, task, TERMINAL, deadline_s=180)
+                await wait_for_status(http, tenant, task, Status.TERMINAL, deadline_s=180)
                 for task in tasks
             ]
         for final in finals:
@@ -213,7 +206,7 @@ async def test_fault_database_down_during_store_then_back(
                 while not await store_has_failed(handle):
                     await asyncio.sleep(0.2)
             database.start()
-            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
         await assert_stored_once(db_stack, final)
     finally:
         worker.stop()
@@ -240,13 +233,13 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
             unavailable = await http.get("/agents", headers=tenant.headers)
             assert unavailable.status_code == 503
             database.start()
-            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=60)
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
             assert final["status"] == "error"
             assert final["message"].startswith("Processing long.txt stopped after repeated errors")
             assert final["message"].endswith("The upload is kept and can be retried.")
             retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
             assert retried.status_code == 202, retried.text
-            final = await wait_for_status(http, tenant, task_id, TERMINAL, deadline_s=120)
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
         await assert_stored_once(db_stack, final)
     finally:
         worker.stop()
@@ -261,7 +254,7 @@ async def test_fault_staging_removed_under_a_task_ends_error_with_a_reason(
         task_id = await upload_text(http, tenant, lorem(20, seed=500 + run))
         stack.staging.remove_task(task_id)  # before any worker picked it up
         async with running_workers(stack, settings, FakeEmbedder()):
-            final = await wait_for_status(http, tenant, task_id, TERMINAL)
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
     assert final["status"] == "error"
     assert final["error"]["type"] == "StagingMissing"
     assert "the uploaded file is no longer in the staging store" in final["message"]
@@ -318,7 +311,7 @@ async def test_fault_api_killed_with_uploads_in_flight(
             await api.start()
             async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
                 for task_id in accepted:
-                    final = await wait_for_status(http, tenant, task_id, TERMINAL)
+                    final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
                     await assert_stored_once(stack, final)
                     await stack.client.get_workflow_handle(task_id).result()
         sweep = StagingCleanupActivities(

@@ -33,10 +33,10 @@ from tests.documents import (
     make_zip,
 )
 from tests.support import Stack, Tenant, serve, stack_settings, wait_for_status
+from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 ERROR_KEYS = {"detail", "code"}
 BOUNDARY = "hostile-boundary"
 DEADLINE_S = 90  # per task: a hostile file must not keep the worker busy past this
@@ -328,7 +328,9 @@ async def ends_case(
 ) -> dict[str, Any]:
     response = await post_upload(http, tenant, case.name, case.data)
     assert response.status_code == 202, response.text
-    status = await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL, DEADLINE_S)
+    status = await wait_for_status(
+        http, tenant, response.json()["task_id"], Status.TERMINAL, DEADLINE_S
+    )
     if case.status == "complete":
         assert status["status"] == "complete", status
         assert status["progress"]["chunks_total"] > 0
@@ -360,7 +362,9 @@ def good_documents() -> dict[str, bytes]:
 async def good_upload(http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes) -> None:
     response = await post_upload(http, tenant, name, data)
     assert response.status_code == 202, response.text
-    status = await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL, DEADLINE_S)
+    status = await wait_for_status(
+        http, tenant, response.json()["task_id"], Status.TERMINAL, DEADLINE_S
+    )
     assert status["status"] == "complete", status
     assert status["message"] == f"Successfully processed {name}"
 
@@ -420,7 +424,7 @@ async def test_hostile_docx_zip_bomb_fails_too_large_without_unpacking(
         response = await post_upload(http, tenant, "bomb.docx", bomb)
         assert response.status_code == 202, response.text
         task_id = response.json()["task_id"]
-        status = await wait_for_status(http, tenant, task_id, TERMINAL, DEADLINE_S)
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, DEADLINE_S)
         assert_human_failure(status, "bomb.docx", "DocumentTooLarge", "over the 256 MiB limit")
         # Refused before inflating: the task's folder holds the upload and nothing else.
         folder = staged(stack) / task_id
@@ -449,7 +453,7 @@ async def test_hostile_20_mb_line_without_spaces_fails_too_large(
         response = await post_upload(http, tenant, "one-line.txt", line)
         assert response.status_code == 202, response.text
         assert response.json()["size_bytes"] == size
-        status = await wait_for_status(http, tenant, response.json()["task_id"], TERMINAL)
+        status = await wait_for_status(http, tenant, response.json()["task_id"], Status.TERMINAL)
         assert_human_failure(
             status, "one-line.txt", "DocumentTooLarge", f"makes {chunks} chunks of 1000 characters"
         )
@@ -712,7 +716,7 @@ async def test_hostile_filename_is_shown_safely_and_never_used_as_a_path(
     assert displayable(name) and 0 < len(name) <= 255
 
     task_id = response.json()["task_id"]
-    status = await wait_for_status(http, tenant, task_id, TERMINAL, DEADLINE_S)
+    status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, DEADLINE_S)
     assert status["filename"] == name
     assert_human_failure(status, name, "EmptyDocument", "no extractable text")
 

@@ -13,23 +13,10 @@ from sqlalchemy import text
 from activities.extract import extract_text
 from core.formats import DocumentFormat
 from tests.documents import lorem, make_docx, make_pdf
-from tests.support import Stack, Tenant, wait_for_status
+from tests.support import Stack, Tenant, upload_file, wait_for_status
+from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
-
-
-async def upload(http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes) -> str:
-    response = await http.post(
-        "/upload/agent",
-        params={"agent_id": tenant.agent_id},
-        headers=tenant.headers,
-        files={"file": (name, data)},
-    )
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["task_id"]
-    return task_id
 
 
 async def stored_chunks(stack: Stack, document_id: str) -> list[dict[str, Any]]:
@@ -52,14 +39,14 @@ async def test_e2e_pdf_and_docx_reach_complete_with_correct_rows(
         [lorem(15, seed=7), lorem(15, seed=8)],
         table=[["Region", "Revenue"], ["North", "1200"], ["South", "800"]],
     )
-    pdf_task = await upload(http, tenant, "chapters.pdf", pdf)
-    docx_task = await upload(http, tenant, "memo.docx", docx)
+    pdf_task = await upload_file(http, tenant, "chapters.pdf", pdf)
+    docx_task = await upload_file(http, tenant, "memo.docx", docx)
 
     for task_id, name, data, fmt in (
         (pdf_task, "chapters.pdf", pdf, DocumentFormat.PDF),
         (docx_task, "memo.docx", docx, DocumentFormat.DOCX),
     ):
-        status = await wait_for_status(http, tenant, task_id, TERMINAL)
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert status["status"] == "complete", status
         assert status["message"] == f"Successfully processed {name}"
         assert status["stage"] == "done"
@@ -80,7 +67,7 @@ async def test_e2e_pdf_and_docx_reach_complete_with_correct_rows(
         assert pages == ({1, 2, 3} if fmt is DocumentFormat.PDF else {None})
 
     docx_chunks = await stored_chunks(stack, (await wait_for_status(
-        http, tenant, docx_task, TERMINAL))["document_id"])  # fmt: skip
+        http, tenant, docx_task, Status.TERMINAL))["document_id"])  # fmt: skip
     assert any("North | 1200" in str(chunk["text"]) for chunk in docx_chunks)
 
     listed = await http.get("/api/progress", headers=tenant.headers)
@@ -97,8 +84,8 @@ async def test_e2e_pdf_and_docx_reach_complete_with_correct_rows(
 async def test_e2e_corrupt_pdf_fails_with_a_clear_message(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
-    task_id = await upload(http, tenant, "cut.pdf", make_pdf(["soon to be cut"])[:400])
-    status = await wait_for_status(http, tenant, task_id, TERMINAL)
+    task_id = await upload_file(http, tenant, "cut.pdf", make_pdf(["soon to be cut"])[:400])
+    status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
     assert status["status"] == "failed"
     assert status["message"].startswith("Failed to process cut.pdf: the PDF is damaged")
     assert status["error"]["type"] == "CorruptDocument"
@@ -119,7 +106,7 @@ async def test_e2e_text_markdown_and_html_complete(http: httpx.AsyncClient, tena
         "readme.md": b"# Title\n\nSome *markdown* text about ingestion.",
         "page.html": b"<html><head><script>x()</script></head><body><p>Hello web</p></body></html>",
     }
-    tasks = [await upload(http, tenant, name, data) for name, data in files.items()]
+    tasks = [await upload_file(http, tenant, name, data) for name, data in files.items()]
     for task_id in tasks:
-        status = await wait_for_status(http, tenant, task_id, TERMINAL)
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert status["status"] == "complete", status

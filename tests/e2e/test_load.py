@@ -17,11 +17,11 @@ from core.embedded import free_port
 from core.models import Chunk, Document
 from tests.documents import lorem
 from tests.support import FIGURES, ApiProcess, Stack, WorkerProcess, new_tenant, stack_settings
+from workflows.types import Status
 
 pytestmark = pytest.mark.slow
 CLIENTS = 20
 UPLOADS_PER_CLIENT = 10
-TERMINAL = frozenset({"complete", "failed", "error", "cancelled"})
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -94,7 +94,7 @@ async def test_load_200_uploads_from_20_clients_all_complete(stack: Stack) -> No
                         body = (
                             await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
                         ).json()
-                        if body["status"] in TERMINAL:
+                        if body["status"] in Status.TERMINAL:
                             finals[task_id] = body
                     await asyncio.sleep(0.5)
             total_seconds = time.perf_counter() - started
