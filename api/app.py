@@ -26,6 +26,11 @@ from core.keys import OwnerCache
 from core.settings import Settings
 from core.staging import StagingStore
 
+# The HTTP parser uvicorn must serve the app with: h11, not httptools. httptools answers a header
+# it finds invalid (a DEL byte, say) with a plain-text 400 and drops the connection before the
+# app's JSON error can be sent.
+HTTP_PARSER = "h11"
+
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager

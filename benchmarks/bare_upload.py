@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from api.app import HTTP_PARSER
+
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
@@ -85,7 +87,11 @@ def main() -> None:
     args = parser.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
     uvicorn.run(
-        create_bare_app(args.directory), host="127.0.0.1", port=args.port, log_level="warning"
+        create_bare_app(args.directory),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        http=HTTP_PARSER,  # the API's parser: the comparison is about what the API adds
     )
 
 

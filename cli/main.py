@@ -15,16 +15,14 @@ from core.settings import Settings
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import HTTP_PARSER, create_app
 
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
-        # h11, not httptools: httptools answers a header it finds invalid (a DEL byte, say)
-        # with a plain-text 400 and drops the connection before our JSON error can be sent.
-        http="h11",
+        http=HTTP_PARSER,
     )
 
 

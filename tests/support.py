@@ -25,7 +25,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.embed import TextEmbedder, Vectors
-from api.app import create_app
+from api.app import HTTP_PARSER, create_app
 from core.embedded import free_port
 from core.keys import create_key
 from core.models import EMBEDDING_DIMENSION, Agent
@@ -130,7 +130,11 @@ async def running_workers(
 async def serve(settings: Settings) -> AsyncIterator[str]:
     """The real API under uvicorn on a free port; yields its base URL."""
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning", http="h11"
+        create_app(settings),
+        host="127.0.0.1",
+        port=free_port(),
+        log_level="warning",
+        http=HTTP_PARSER,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
