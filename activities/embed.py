@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 from temporalio import activity
 
 from activities.chunk import shard_name
 from activities.errors import staging_missing
 from activities.onnx_int8 import OnnxInt8Embedder
+from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
 from core.staging import StagingStore
 from workflows.types import EMBED, EmbedBatch, EmbedResult
-
-Vectors = npt.NDArray[np.float32]
 
 
 class TextEmbedder(Protocol):
@@ -109,10 +107,9 @@ class SentenceTransformerEmbedder:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        vectors = np.asarray(vectors, dtype=np.float32)
         if self.precision != "float32":  # renormalize after the cast from reduced precision
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors
+            return unit_rows(vectors)
+        return np.asarray(vectors, dtype=np.float32)
 
 
 Embedder = SentenceTransformerEmbedder | OnnxInt8Embedder

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
 
-Vectors = np.ndarray[Any, np.dtype[np.float32]]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FORMAT_VERSION = 1  # bump when the export or the quantization changes
 
@@ -202,7 +202,7 @@ class OnnxInt8Embedder:
             for start in range(0, len(order), self.batch_size)
         ]
         if not parts:
-            return np.zeros((0, getattr(self, "_dimension", 0)), dtype=np.float32)
+            return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         vectors[order] = np.concatenate(parts)
         return vectors
@@ -220,6 +220,4 @@ class OnnxInt8Embedder:
         else:
             mask = tokens["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        vectors: Vectors = np.asarray(pooled, dtype=np.float32)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors
+        return unit_rows(pooled)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import anyio
 
-from activities.embed import TextEmbedder, Vectors, make_embedder
+from activities.embed import TextEmbedder, make_embedder
+from activities.vectors import Vectors
 from core.errors import ConfigurationError
 from core.models import EMBEDDING_DIMENSION
 from core.settings import Settings

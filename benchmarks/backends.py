@@ -19,7 +19,8 @@ import random
 
 import numpy as np
 
-from activities.embed import PRECISIONS, Vectors
+from activities.embed import PRECISIONS
+from activities.vectors import Vectors
 from benchmarks.context import Context
 from benchmarks.corpus import first_sentence, local_chunks
 from benchmarks.measure import FigureResult

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from activities.embed import Embedder, Vectors, make_embedder
+from activities.embed import Embedder, make_embedder
+from activities.vectors import Vectors
 from core.settings import Settings
 
 

@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.embed import TextEmbedder, Vectors
+from activities.embed import TextEmbedder
+from activities.vectors import Vectors
 from api.app import HTTP_PARSER, create_app
 from core.embedded import free_port
 from core.keys import create_key

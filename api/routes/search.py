@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import Row, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from activities.embed import Vectors
+from activities.vectors import Vectors
 from api.deps import OwnerDep, SessionmakerDep, SettingsDep
 from api.ownership import owned_agent
 from api.query_embedder import QueryEmbedder

@@ -21,7 +21,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from activities.embed import Vectors
+from activities.vectors import Vectors
 from core.embedded import free_port
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
 from tests.documents import lorem
