@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from api.deps import Resources
 from api.errors import install_error_handlers
+from api.listing_cache import ListingCache
 from api.routes import (
     agents,
     batches,
@@ -21,7 +22,7 @@ from api.routes import (
     task_actions,
     uploads,
 )
-from core.db import create_engine, create_sessionmaker, resolve_database_url
+from core.db import autocommit, create_engine, create_sessionmaker, resolve_database_url
 from core.keys import OwnerCache
 from core.settings import Settings
 from core.staging import StagingStore
@@ -45,10 +46,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
+            reads=autocommit(engine),
             sessionmaker=create_sessionmaker(engine),
             temporal=temporal,
             staging=StagingStore(settings.resolved_staging_url),
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
+            listings=ListingCache(settings.progress_max_age.total_seconds()),
         )
         try:
             yield

@@ -11,6 +11,8 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from api.listing_cache import ListingCache
+from api.schemas import TaskStatus
 from core.errors import Unauthorized
 from core.keys import OwnerCache, owner_for_key
 from core.settings import Settings
@@ -23,10 +25,12 @@ class Resources:
 
     settings: Settings
     engine: AsyncEngine
+    reads: AsyncEngine  # core.db.autocommit(engine)
     sessionmaker: async_sessionmaker[AsyncSession]
     temporal: Client
     staging: StagingStore
     owners: OwnerCache
+    listings: ListingCache[list[TaskStatus]]
 
 
 async def get_resources(request: Request) -> Resources:
@@ -51,6 +55,10 @@ async def get_staging(resources: ResourcesDep) -> StagingStore:
 
 async def get_sessionmaker(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
     return resources.sessionmaker
+
+
+async def get_reads(resources: ResourcesDep) -> AsyncEngine:
+    return resources.reads
 
 
 async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
@@ -85,7 +93,20 @@ async def get_owner(request: Request, resources: ResourcesDep) -> uuid.UUID:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 StagingDep = Annotated[StagingStore, Depends(get_staging)]
+ReadsDep = Annotated[AsyncEngine, Depends(get_reads)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 # scope="function": commit before the response is sent, so a 201/204 means it is stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 OwnerDep = Annotated[uuid.UUID, Depends(get_owner)]
+
+
+async def _tasks_changed(owner: OwnerDep, resources: ResourcesDep) -> AsyncIterator[None]:
+    """For routes that change what `/api/progress` lists: the owner's snapshots are dropped
+    once the route has done its work, before the response goes out."""
+    try:
+        yield
+    finally:
+        resources.listings.invalidate(owner)
+
+
+ChangesTasks = Depends(_tasks_changed, scope="function")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributePair,
@@ -18,12 +22,12 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.ownership import owned_agent
+from api.ownership import parse_id
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
 from core.dedup import StoredCopy, stored_copy
-from core.errors import InvalidRequest, UnsupportedMediaType
+from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, sniff_format
 from core.models import Agent
 from core.settings import Settings
@@ -37,12 +41,82 @@ class AlreadyStarted(Exception):
     """A workflow with this task id exists already (a repeated idempotency key)."""
 
 
-async def find_agent(
-    sessionmaker: async_sessionmaker[AsyncSession], owner: uuid.UUID, agent_id: str
-) -> Agent:
-    """The caller's agent, in a short session of its own (an upload may stream for long)."""
-    async with sessionmaker() as session:
-        return await owned_agent(session, owner, agent_id)
+async def find_agent(reads: AsyncEngine, owner: uuid.UUID, agent_id: str) -> uuid.UUID:
+    """The id of the caller's agent `agent_id`; 404 for a malformed, missing or foreign one.
+    One statement on a connection of its own (an upload may stream for long)."""
+    parsed = parse_id(agent_id)
+    found = None
+    if parsed is not None:
+        async with reads.connect() as connection:
+            found = await connection.scalar(
+                select(Agent.id).where(Agent.id == parsed, Agent.owner_id == owner)
+            )
+    if found is None:
+        raise NotFound(f"Agent {agent_id[:100]!r} not found")
+    return found
+
+
+class AgentLookup:
+    """The caller's agent, looked up while the upload body streams rather than before it.
+
+    Under load every await of a request waits its turn on the event loop, so a lookup ahead of
+    the stream added its whole latency to each acknowledgment. Errors keep their precedence
+    (see `stream`), as when the lookup ran first. Leaving the block cancels a lookup nobody
+    awaited.
+    """
+
+    def __init__(self, reads: AsyncEngine, owner: uuid.UUID, agent_id: str) -> None:
+        self._query = (reads, owner, agent_id)
+        self._task: asyncio.Future[uuid.UUID] | None = None
+
+    async def __aenter__(self) -> AgentLookup:
+        self._task = asyncio.ensure_future(find_agent(*self._query))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        task = self._started()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+    def _started(self) -> asyncio.Future[uuid.UUID]:
+        if self._task is None:
+            raise RuntimeError("use AgentLookup in `async with`")
+        return self._task
+
+    async def agent_id(self) -> uuid.UUID:
+        return await self._started()
+
+    async def stream(self, receiving: Coroutine[Any, Any, None]) -> None:
+        """Receive the body while the lookup runs; the lookup's error stops it and comes first.
+
+        A missing agent cancels the body's reception at once (a client sending a large file,
+        or a stalled one, gets its 404 without sending the rest); a body error waits for the
+        lookup, so a missing agent is still what the client hears.
+        """
+        lookup = self._started()
+        receiver = asyncio.ensure_future(receiving)
+        both: set[asyncio.Future[Any]] = {receiver, lookup}
+        try:
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            if not receiver.done() and _failed(lookup):
+                receiver.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lookup)
+            await asyncio.wait({receiver})
+        finally:
+            if not receiver.done():  # the request itself was cancelled (client gone)
+                receiver.cancel()
+                await asyncio.wait({receiver})
+        if _failed(lookup):
+            with contextlib.suppress(BaseException):
+                receiver.result()
+            lookup.result()
+        receiver.result()
+
+
+def _failed(task: asyncio.Future[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 def chunking(settings: Settings, size: int | None, overlap: int | None) -> tuple[int, int]:
@@ -62,10 +136,10 @@ class IngestRequest:
 
     temporal: Client
     settings: Settings
-    sessionmaker: async_sessionmaker[AsyncSession]
+    reads: AsyncEngine
     staging: StagingStore
     owner: uuid.UUID
-    agent: Agent
+    agent_id: uuid.UUID
     chunk_size: int
     chunk_overlap: int
     batch_id: str | None = None
@@ -73,15 +147,26 @@ class IngestRequest:
 
 
 async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadAccepted:
-    """Sniff the staged file, answer a duplicate from the database, or start its workflow."""
-    fmt = await _sniff(request.staging, received)
-    duplicate = await _stored_copy(request, received.sha256)
+    """Sniff the staged file, answer a duplicate from the database, or start its workflow.
+
+    Sniffing (a thread reading the file's head) and the dedup query run side by side; a sniff
+    error still wins, as when they ran one after the other."""
+    sniffed, stored = await asyncio.gather(
+        _sniff(request.staging, received),
+        _stored_copy(request, received.sha256),
+        return_exceptions=True,
+    )
+    if isinstance(sniffed, BaseException):
+        raise sniffed
+    if isinstance(stored, BaseException):
+        raise stored
+    fmt, duplicate = sniffed, stored
     if duplicate is not None:
         await anyio.to_thread.run_sync(request.staging.remove, received.task_id, received.original)
         return UploadAccepted(
             message=DUPLICATE_MESSAGE,
             filename=received.filename,
-            agent_id=str(request.agent.id),
+            agent_id=str(request.agent_id),
             task_id=duplicate.task_id,
             status="complete",
             size_bytes=received.size_bytes,
@@ -111,8 +196,8 @@ async def _sniff(staging: StagingStore, received: ReceivedFile) -> DocumentForma
 
 
 async def _stored_copy(request: IngestRequest, sha256: str) -> StoredCopy | None:
-    async with request.sessionmaker() as session:
-        return await stored_copy(session, request.agent.id, sha256)
+    async with request.reads.connect() as connection:
+        return await stored_copy(connection, request.agent_id, sha256)
 
 
 def _ingest_task(request: IngestRequest, received: ReceivedFile, fmt: DocumentFormat) -> IngestTask:
@@ -120,7 +205,7 @@ def _ingest_task(request: IngestRequest, received: ReceivedFile, fmt: DocumentFo
     return IngestTask(
         task_id=received.task_id,
         owner_id=str(request.owner),
-        agent_id=str(request.agent.id),
+        agent_id=str(request.agent_id),
         filename=received.filename,
         format=fmt.value,
         size_bytes=received.size_bytes,

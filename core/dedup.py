@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.models import Document
 from workflows.types import Status
@@ -22,7 +22,11 @@ class StoredCopy:
 
 
 async def stored_copy(
-    session: AsyncSession, agent_id: uuid.UUID, sha256: str, *, other_than_task: str | None = None
+    session: AsyncSession | AsyncConnection,
+    agent_id: uuid.UUID,
+    sha256: str,
+    *,
+    other_than_task: str | None = None,
 ) -> StoredCopy | None:
     """The agent's complete document with these bytes (not `other_than_task`'s), if any."""
     query = select(Document.id, Document.task_id, Document.chunk_count).where(

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="How long the API trusts a checked key without asking the database "
         "(a deleted key works that much longer); 0 = always ask.",
     )
+    progress_max_age: timedelta = Field(
+        default=timedelta(seconds=1),
+        description="How old a task list `/api/progress` may answer with, refreshed in the "
+        "background while clients poll (writes through the API drop it at once); 0 = always "
+        "ask Temporal.",
+    )
     search_ef_search: int = Field(default=100, ge=10, le=1000, description="HNSW ef_search.")
     chunk_size: int = Field(default=1000, ge=100, le=20_000)
     chunk_overlap: int = Field(default=100, ge=0, le=10_000)
@@ -94,6 +100,7 @@ class Settings(BaseSettings):
         "activity_heartbeat_timeout",
         "upload_orphan_grace",
         "key_cache_ttl",
+        "progress_max_age",
         mode="before",
     )
     @classmethod

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import delete, func, select
 from temporalio.client import Client
 
-from api.deps import OwnerDep, SessionDep, SessionmakerDep, TemporalDep
+from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
 from api.ownership import owned_agent, parse_id
 from api.routes.documents import document_public
 from api.schemas import (
@@ -86,7 +86,12 @@ async def list_documents(
     )
 
 
-@router.delete("/{agent_id}", status_code=204, responses={404: {"model": ErrorBody}})
+@router.delete(
+    "/{agent_id}",
+    status_code=204,
+    dependencies=[ChangesTasks],
+    responses={404: {"model": ErrorBody}},
+)
 async def delete_agent(
     agent_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep, temporal: TemporalDep
 ) -> None:

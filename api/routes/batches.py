@@ -6,8 +6,17 @@ from collections import Counter
 
 from fastapi import APIRouter, Request
 
-from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
-from api.ingest_start import IngestRequest, accept_file, chunking, find_agent
+from api.deps import (
+    ChangesTasks,
+    OwnerDep,
+    ReadsDep,
+    SessionDep,
+    SessionmakerDep,
+    SettingsDep,
+    StagingDep,
+    TemporalDep,
+)
+from api.ingest_start import AgentLookup, IngestRequest, accept_file, chunking
 from api.ownership import owned_row
 from api.routes.uploads import (
     MULTIPART_BODY,
@@ -47,6 +56,7 @@ def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
 
 @router.post(
     "/agent/batch",
+    dependencies=[ChangesTasks],
     status_code=202,
     openapi_extra=MULTIPART_BODY,
     response_model_exclude_none=True,
@@ -57,6 +67,7 @@ async def upload_batch(
     owner: OwnerDep,
     settings: SettingsDep,
     sessionmaker: SessionmakerDep,
+    reads: ReadsDep,
     staging: StagingDep,
     temporal: TemporalDep,
     agent_id: AgentIdQuery,
@@ -65,23 +76,26 @@ async def upload_batch(
 ) -> BatchAccepted:
     """Upload several documents (repeated `file` fields); a bad file does not sink the rest."""
     size, overlap = chunking(settings, chunk_size, chunk_overlap)
-    agent = await find_agent(sessionmaker, owner, agent_id)
     batch_id = str(uuid.uuid4())
-    ingest = IngestRequest(
-        temporal, settings, sessionmaker, staging, owner, agent, size, overlap, batch_id=batch_id
-    )
     received: list[ReceivedFile] = []
-    try:
-        await receive_files(
-            request, staging, received,
-            next_target=lambda: (str(uuid.uuid4()), ORIGINAL),
-            max_file_bytes=settings.max_upload_bytes,
-            max_files=settings.max_batch_files,
-            max_request_bytes=settings.max_batch_bytes,
-        )  # fmt: skip
-    except BaseException:
-        await discard(staging, received)
-        raise
+    async with AgentLookup(reads, owner, agent_id) as lookup:
+        try:
+            await lookup.stream(
+                receive_files(
+                    request, staging, received,
+                    next_target=lambda: (str(uuid.uuid4()), ORIGINAL),
+                    max_file_bytes=settings.max_upload_bytes,
+                    max_files=settings.max_batch_files,
+                    max_request_bytes=settings.max_batch_bytes,
+                )
+            )  # fmt: skip
+            agent = await lookup.agent_id()
+        except BaseException:
+            await discard(staging, received)
+            raise
+    ingest = IngestRequest(
+        temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id
+    )
     entries = await asyncio.gather(*(_accept_one(ingest, item) for item in received))
     rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
     duplicates = [
@@ -92,7 +106,7 @@ async def upload_batch(
             UploadBatch(
                 id=uuid.UUID(batch_id),
                 owner_id=owner,
-                agent_id=agent.id,
+                agent_id=agent,
                 files=len(received),
                 rejected=[entry.model_dump() for entry in rejected],
                 duplicates=[entry.model_dump() for entry in duplicates],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import delete
 
-from api.deps import OwnerDep, SessionDep, SessionmakerDep
+from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep
 from api.ownership import owned_row, parse_id
 from api.schemas import DocumentPublic, ErrorBody, TaskError
 from core.errors import NotFound
@@ -46,7 +46,7 @@ async def get_document(document_id: str, owner: OwnerDep, session: SessionDep) -
     return document_public(await owned_row(session, Document, owner, document_id, "Document"))
 
 
-@router.delete("/{document_id}", status_code=204)
+@router.delete("/{document_id}", status_code=204, dependencies=[ChangesTasks])
 async def delete_document(document_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep) -> None:
     """Delete one of the caller's documents with all its chunks."""
     parsed = parse_id(document_id)

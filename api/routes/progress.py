@@ -5,9 +5,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from temporalio.client import Client
 
-from api.deps import OwnerDep, TemporalDep
-from api.schemas import ErrorBody, TasksPublic, TaskStatusValue
+from api.deps import OwnerDep, ResourcesDep, TemporalDep
+from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
 from api.task_status import list_tasks
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import InvalidRequest
@@ -47,25 +48,37 @@ def visibility_query(owner: uuid.UUID, agent_id: str | None, status: str | None)
 async def list_progress(
     owner: OwnerDep,
     temporal: TemporalDep,
+    resources: ResourcesDep,
     agent_id: Annotated[str | None, Query(max_length=200)] = None,
     status: TaskStatusValue | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> TasksPublic:
-    """The caller's upload tasks, newest first, from Temporal visibility."""
+    """The caller's upload tasks, newest first, from Temporal visibility (a snapshot at most
+    DOCINGEST_PROGRESS_MAX_AGE old: see api/listing_cache.py)."""
     query = visibility_query(owner, agent_id, status)
-    # Visibility lists running workflows first, then closed ones by close time, and SQL
-    # visibility refuses ORDER BY: fetch both groups and order by start time here.
-    groups = [
-        f"{query} AND ExecutionStatus = 'Running'",
-        f"{query} AND ExecutionStatus != 'Running'",
-    ]
-    with temporal_unavailable_as_503("Cannot list tasks"):
-        found = await asyncio.gather(
-            *(list_tasks(temporal, owner, group, limit) for group in groups)
-        )
-    tasks = sorted(
-        (task for group in found for task in group),
-        key=lambda task: task.started_at or "",
-        reverse=True,
+    tasks = await resources.listings.get(
+        owner, (query, limit), lambda: newest_tasks(temporal, owner, query, limit)
     )
-    return TasksPublic(tasks=tasks[:limit])
+    return TasksPublic(tasks=tasks)
+
+
+async def newest_tasks(
+    temporal: Client, owner: uuid.UUID, query: str, limit: int
+) -> list[TaskStatus]:
+    with temporal_unavailable_as_503("Cannot list tasks"):
+        tasks = await list_tasks(temporal, owner, query, limit + 1)
+        if len(tasks) > limit:
+            # More than a page: visibility lists running workflows first, then closed ones by
+            # close time, and SQL visibility refuses ORDER BY, so the newest `limit` by start
+            # time are among the first `limit` of each group. (One list is the common case:
+            # under load each visibility query waits its turn for the server's SQLite.)
+            groups = [
+                f"{query} AND ExecutionStatus = 'Running'",
+                f"{query} AND ExecutionStatus != 'Running'",
+            ]
+            found = await asyncio.gather(
+                *(list_tasks(temporal, owner, group, limit) for group in groups)
+            )
+            tasks = [task for group in found for task in group]
+    tasks.sort(key=lambda task: task.started_at or "", reverse=True)
+    return tasks[:limit]

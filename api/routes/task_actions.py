@@ -7,7 +7,7 @@ import anyio
 from fastapi import APIRouter
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from api.deps import OwnerDep, SettingsDep, StagingDep, TemporalDep
+from api.deps import ChangesTasks, OwnerDep, SettingsDep, StagingDep, TemporalDep
 from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import describe_owned, render
@@ -34,7 +34,7 @@ async def _owned_status(
     return render(description, memo), memo
 
 
-@router.post("/{task_id}/retry", status_code=202)
+@router.post("/{task_id}/retry", status_code=202, dependencies=[ChangesTasks])
 async def retry_task(
     task_id: str,
     owner: OwnerDep,
@@ -70,7 +70,7 @@ async def retry_task(
     )
 
 
-@router.post("/{task_id}/cancel", status_code=202)
+@router.post("/{task_id}/cancel", status_code=202, dependencies=[ChangesTasks])
 async def cancel_task(task_id: str, owner: OwnerDep, temporal: TemporalDep) -> TaskStatus:
     """Cancel a queued or running task; it ends `cancelled` with nothing left behind."""
     status, _ = await _owned_status(temporal, owner, task_id)

@@ -6,13 +6,21 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from api.deps import OwnerDep, SessionDep, SessionmakerDep, SettingsDep, StagingDep, TemporalDep
+from api.deps import (
+    ChangesTasks,
+    OwnerDep,
+    ReadsDep,
+    SessionDep,
+    SettingsDep,
+    StagingDep,
+    TemporalDep,
+)
 from api.ingest_start import (
+    AgentLookup,
     AlreadyStarted,
     IngestRequest,
     accept_file,
     chunking,
-    find_agent,
     task_from_memo,
 )
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
@@ -71,6 +79,7 @@ async def discard(staging: StagingStore, received: list[ReceivedFile]) -> None:
 
 @router.post(
     "/agent",
+    dependencies=[ChangesTasks],
     status_code=202,
     openapi_extra=MULTIPART_BODY,
     response_model_exclude_none=True,
@@ -81,7 +90,7 @@ async def upload_document(
     response: Response,
     owner: OwnerDep,
     settings: SettingsDep,
-    sessionmaker: SessionmakerDep,
+    reads: ReadsDep,
     staging: StagingDep,
     temporal: TemporalDep,
     agent_id: AgentIdQuery,
@@ -91,39 +100,42 @@ async def upload_document(
 ) -> UploadAccepted:
     """Upload one document for an agent; returns at once with the task id."""
     size, overlap = chunking(settings, chunk_size, chunk_overlap)
-    agent = await find_agent(sessionmaker, owner, agent_id)
-    task_id, original = str(uuid.uuid4()), ORIGINAL
-    if idempotency_key is not None:
-        task_id = idempotent_task_id(owner, idempotency_key)
-        original = f"{ORIGINAL}-{uuid.uuid4().hex[:12]}"
-        replay = await replayed_upload(temporal, owner, task_id, response)
-        if replay is not None:
+    async with AgentLookup(reads, owner, agent_id) as lookup:
+        task_id, original = str(uuid.uuid4()), ORIGINAL
+        if idempotency_key is not None:
+            task_id = idempotent_task_id(owner, idempotency_key)
+            original = f"{ORIGINAL}-{uuid.uuid4().hex[:12]}"
+            await lookup.agent_id()  # a replay answers only for the caller's existing agent
+            replay = await replayed_upload(temporal, owner, task_id, response)
+            if replay is not None:
+                return replay
+        received: list[ReceivedFile] = []
+        try:
+            await lookup.stream(
+                receive_files(
+                    request, staging, received,
+                    next_target=lambda: (task_id, original),
+                    max_file_bytes=settings.max_upload_bytes,
+                    max_files=1,
+                    max_request_bytes=request_limit(settings.max_upload_bytes),
+                )
+            )  # fmt: skip
+            if received[0].error is not None:
+                raise received[0].error
+            ingest = IngestRequest(
+                temporal, settings, reads, staging, owner, await lookup.agent_id(),
+                size, overlap, idempotent=idempotency_key is not None,
+            )  # fmt: skip
+            accepted = await accept_file(ingest, received[0])
+        except AlreadyStarted:
+            await discard(staging, received)
+            replay = await replayed_upload(temporal, owner, task_id, response)
+            if replay is None:
+                raise
             return replay
-    ingest = IngestRequest(
-        temporal, settings, sessionmaker, staging, owner, agent, size, overlap,
-        idempotent=idempotency_key is not None,
-    )  # fmt: skip
-    received: list[ReceivedFile] = []
-    try:
-        await receive_files(
-            request, staging, received,
-            next_target=lambda: (task_id, original),
-            max_file_bytes=settings.max_upload_bytes,
-            max_files=1,
-            max_request_bytes=request_limit(settings.max_upload_bytes),
-        )  # fmt: skip
-        if received[0].error is not None:
-            raise received[0].error
-        accepted = await accept_file(ingest, received[0])
-    except AlreadyStarted:
-        await discard(staging, received)
-        replay = await replayed_upload(temporal, owner, task_id, response)
-        if replay is None:
+        except BaseException:
+            await discard(staging, received)
             raise
-        return replay
-    except BaseException:
-        await discard(staging, received)
-        raise
     if accepted.duplicate:
         response.status_code = 200
     return accepted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,6 +88,53 @@ async def test_upload_for_an_unknown_agent_is_404(
     )  # fmt: skip
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+async def test_upload_for_an_unknown_agent_is_refused_before_the_body_is_sent(
+    api_url: str, stack: Stack, tenant: Tenant
+) -> None:
+    """The agent is looked up while the body streams: a client that sent only the start of
+    a large file still gets its 404 at once, and nothing stays staged."""
+    before = staged_tasks(stack)
+    url = httpx.URL(api_url)
+    boundary = "earlyrefusal"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode() + b"x" * 65536
+    request = (
+        "POST /upload/agent?agent_id=00000000-0000-0000-0000-000000000000 HTTP/1.1\r\n"
+        f"Host: {url.host}\r\nAuthorization: {tenant.headers['Authorization']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {50 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(request + head)
+        await writer.drain()
+        answer = b""
+        async with asyncio.timeout(10):  # the other 50 MB are never sent
+            while b"not_found" not in answer:
+                piece = await reader.read(4096)
+                if not piece:
+                    break
+                answer += piece
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:300]
+    assert staged_tasks(stack) <= before
+
+
+async def test_upload_for_an_unknown_agent_is_404_even_with_a_malformed_body(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    response = await http.post(
+        "/upload/agent",
+        params={"agent_id": "00000000-0000-0000-0000-000000000000"},
+        headers={**tenant.headers, "Content-Type": "multipart/form-data; boundary=b"},
+        content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\ncut',
+    )
+    assert response.status_code == 404, response.text
 
 
 async def test_upload_for_another_owners_agent_is_404(

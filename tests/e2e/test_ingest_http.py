@@ -79,6 +79,8 @@ async def test_e2e_pdf_and_docx_reach_complete_with_correct_rows(
         "/api/progress", params={"status": "complete", "limit": 1}, headers=tenant.headers
     )
     assert len(only_complete.json()["tasks"]) == 1
+    newest = await http.get("/api/progress", params={"limit": 1}, headers=tenant.headers)
+    assert [task["task_id"] for task in newest.json()["tasks"]] == [docx_task]
 
 
 async def test_e2e_corrupt_pdf_fails_with_a_clear_message(

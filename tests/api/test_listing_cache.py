@@ -1,0 +1,143 @@
+"""`/api/progress` snapshots (api/listing_cache.py): how fresh a polling client's list is.
+
+The cache's rules are checked directly with a counting fetch; the HTTP tests check what a
+client sees against the real stack: its own writes at once, other changes within max_age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from api.listing_cache import ListingCache
+from tests.documents import make_pdf
+from tests.support import Stack, Tenant, serve, stack_settings, upload_file
+
+OWNER = uuid.uuid4()
+
+
+class Source:
+    """A list that changes when told, counting how often it is read."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.value = 0
+        self.reads = 0
+        self.delay = delay
+
+    async def fetch(self) -> int:
+        self.reads += 1
+        value = self.value
+        await asyncio.sleep(self.delay)
+        return value
+
+
+async def test_a_poller_gets_snapshots_younger_than_max_age_and_never_waits() -> None:
+    cache: ListingCache[int] = ListingCache(max_age=0.4)
+    source = Source(delay=0.05)
+    assert await cache.get(OWNER, "q", source.fetch) == 0  # first: fetched while waiting
+    source.value = 1
+    started = time.monotonic()
+    answers: list[tuple[float, int]] = []
+    while time.monotonic() - started < 1.5:
+        asked = time.monotonic()
+        answer = await cache.get(OWNER, "q", source.fetch)
+        assert time.monotonic() - asked < 0.02  # from the snapshot, never waiting on a fetch
+        answers.append((asked - started, answer))
+        await asyncio.sleep(0.02)
+    first_new = min(at for at, answer in answers if answer == 1)
+    assert first_new < 0.4 + 0.05  # within max_age (+ the fetch itself)
+    assert all(answer == 1 for at, answer in answers if at > first_new)
+    assert source.reads < len(answers) / 3  # a refresh per max_age / 4, not one per request
+
+
+async def test_invalidation_drops_snapshots_and_late_fetches_from_before_it() -> None:
+    cache: ListingCache[int] = ListingCache(max_age=60)
+    source = Source(delay=0.1)
+    assert await cache.get(OWNER, "q", source.fetch) == 0
+    source.value = 1
+    cache.invalidate(OWNER)
+    assert await cache.get(OWNER, "q", source.fetch) == 1
+    # A fetch that began before a write must not be kept as the snapshot after it.
+    source.value = 2
+    slow = asyncio.create_task(cache.get(OWNER, "other", source.fetch))
+    await asyncio.sleep(0.02)
+    source.value = 3
+    cache.invalidate(OWNER)
+    assert await slow == 2  # its caller gets what it fetched...
+    assert await cache.get(OWNER, "other", source.fetch) == 3  # ...but nobody after the write
+
+
+async def test_owners_and_queries_have_their_own_snapshots_and_zero_turns_it_off() -> None:
+    cache: ListingCache[int] = ListingCache(max_age=60)
+    source = Source()
+    await cache.get(OWNER, "q", source.fetch)
+    source.value = 1
+    assert await cache.get(uuid.uuid4(), "q", source.fetch) == 1
+    assert await cache.get(OWNER, "other", source.fetch) == 1
+    assert await cache.get(OWNER, "q", source.fetch) == 0
+    off: ListingCache[int] = ListingCache(max_age=0)
+    assert [await off.get(OWNER, "q", source.fetch) for _ in range(3)] == [1, 1, 1]
+    assert source.reads == 6
+
+
+async def test_a_failed_refresh_is_reported_to_the_next_request() -> None:
+    cache: ListingCache[int] = ListingCache(max_age=0.2)
+    source = Source()
+    await cache.get(OWNER, "q", source.fetch)
+
+    async def broken() -> int:
+        raise RuntimeError("visibility unavailable")
+
+    await asyncio.sleep(0.06)
+    assert await cache.get(OWNER, "q", broken) == 0  # starts the refresh, which fails
+    await asyncio.sleep(0.01)
+    with pytest.raises(RuntimeError):
+        await cache.get(OWNER, "q", broken)
+
+
+@pytest.fixture(scope="module")
+async def slow_snapshot_api(stack: Stack) -> AsyncIterator[str]:
+    async with serve(stack_settings(stack, progress_max_age=30)) as url:
+        yield url
+
+
+async def test_progress_shows_the_clients_own_upload_at_once(
+    slow_snapshot_api: str, tenant: Tenant
+) -> None:
+    """Even with 30 s snapshots: an upload through the API drops the owner's snapshots."""
+    async with httpx.AsyncClient(base_url=slow_snapshot_api, timeout=60) as http:
+        assert (await http.get("/api/progress", headers=tenant.headers)).json()["tasks"] == []
+        task_id = await upload_file(http, tenant, "fresh.pdf", make_pdf(["listed at once"]))
+        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
+            while True:
+                listed = await http.get("/api/progress", headers=tenant.headers)
+                if listed.json()["tasks"]:
+                    break
+                await asyncio.sleep(0.05)
+    assert [task["task_id"] for task in listed.json()["tasks"]] == [task_id]
+
+
+async def test_progress_shows_changes_made_elsewhere_within_max_age(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A task terminated in Temporal directly (as an operator would, in the UI) shows in the
+    list of a client polling it within DOCINGEST_PROGRESS_MAX_AGE (1 s) plus visibility's lag."""
+    settings = stack_settings(stack)  # fresh task queues that no worker polls: it stays queued
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_id = await upload_file(http, tenant, "elsewhere.pdf", make_pdf(["stopped by hand"]))
+        listed = (await http.get("/api/progress", headers=tenant.headers)).json()["tasks"]
+        assert [task["status"] for task in listed] == ["queued"]  # a snapshot exists
+        await stack.client.get_workflow_handle(task_id).terminate("operator test")
+        stopped = time.monotonic()
+        async with asyncio.timeout(10):
+            while True:
+                tasks = (await http.get("/api/progress", headers=tenant.headers)).json()["tasks"]
+                if tasks[0]["status"] == "error":
+                    break
+                await asyncio.sleep(0.05)
+    assert time.monotonic() - stopped < 5  # 1 s of snapshot age, the rest is visibility
