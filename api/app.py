@@ -24,6 +24,7 @@ from api.routes import (
 )
 from core.db import autocommit, create_engine, create_sessionmaker, resolve_database_url
 from core.keys import OwnerCache
+from core.runtime import freeze_startup_objects
 from core.settings import Settings
 from core.staging import StagingStore
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
             listings=ListingCache(settings.progress_max_age.total_seconds()),
         )
+        freeze_startup_objects()
         try:
             yield
         finally:

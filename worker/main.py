@@ -22,6 +22,7 @@ from activities.staging_cleanup import StagingCleanupActivities
 from activities.store import StoreActivities
 from core.db import create_engine, create_sessionmaker, resolve_database_url
 from core.errors import ConfigurationError
+from core.runtime import freeze_startup_objects
 from core.settings import Settings
 from core.staging import StagingStore
 from core.temporal import connect, register_search_attributes
@@ -138,6 +139,7 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
             client, settings, staging, create_sessionmaker(engine), embedder, executor, role
         )
         log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
+        freeze_startup_objects()  # the model, torch and the SDK: never walked by the GC again
         await _run_until(workers, stop)
     await engine.dispose()
 
