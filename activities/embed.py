@@ -12,6 +12,7 @@ from temporalio import activity
 
 from activities.chunk import shard_name
 from activities.errors import staging_missing
+from activities.lanes import Lanes
 from activities.onnx_int8 import OnnxInt8Embedder
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
@@ -66,10 +67,18 @@ def resolve_precision(precision: str, device: str) -> str:
     return "bfloat16" if native else "float32"
 
 
+# Texts per forward pass in a lane on the CPU (activities/lanes.py): 8 measured best for torch.
+MICRO_BATCH = 8
+
+
 class SentenceTransformerEmbedder:
     """A local sentence-transformers model; nothing is downloaded (HF_HUB_OFFLINE=1).
 
     Vectors always come out as normalized float32, whatever precision the model runs in.
+
+    On the CPU a batch is spread over the cores in lanes of micro-batches (activities/lanes.py)
+    instead of torch's intra-op threads: ~1.5x the chunks/s on the benchmark machine, same
+    vectors.
     """
 
     def __init__(
@@ -89,27 +98,46 @@ class SentenceTransformerEmbedder:
         self.model = SentenceTransformer(
             self.model_path, device=self.device, local_files_only=True, model_kwargs=model_kwargs
         )
+        self.model.eval()
         self.batch_size = batch_size
         width = self.model.get_embedding_dimension()
         if width is None:
             raise ValueError(f"cannot tell the embedding width of {self.model_path}")
         self._dimension = int(width)
+        self.lanes: Lanes | None = None
+        # A fast tokenizer used by two threads at once fails with "Already borrowed".
+        self._tokenizing = threading.Lock()
+        if self.device == "cpu":
+            lanes = Lanes(batch_size, MICRO_BATCH)
+            if lanes.count > 1:
+                torch.set_num_threads(lanes.threads_per_lane)
+                self.lanes = lanes
 
     @property
     def dimension(self) -> int:
         return self._dimension
 
     def encode(self, texts: list[str]) -> Vectors:
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        if self.precision != "float32":  # renormalize after the cast from reduced precision
-            return unit_rows(vectors)
-        return np.asarray(vectors, dtype=np.float32)
+        if self.lanes is None or len(texts) <= 1:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            return unit_rows(np.asarray(vectors, dtype=np.float32))
+        return unit_rows(self.lanes.encode(texts, self._forward))
+
+    def _forward(self, texts: list[str]) -> Vectors:
+        """One micro-batch, in a lane: tokenized under the lock, run without it."""
+        import torch
+
+        with self._tokenizing:
+            features = self.model.preprocess(texts)
+        with torch.inference_mode():
+            output = self.model(features)["sentence_embedding"]
+        return np.asarray(output.float().numpy(), dtype=np.float32)
 
 
 Embedder = SentenceTransformerEmbedder | OnnxInt8Embedder
@@ -153,7 +181,7 @@ class EmbedActivities:
         self.staging = staging
         self.embedder = embedder
         self.sub_batch = sub_batch
-        # One batch at a time per process: torch already uses every core for one batch.
+        # One batch at a time per process: the embedder already uses every core for one batch.
         self._model_lock = threading.Lock()
 
     @activity.defn(name=EMBED)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from activities.lanes import Lanes, usable_cores
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Texts per forward pass in a lane (activities/lanes.py): 4 measured best for the int8 graph.
+MICRO_BATCH = 4
 FORMAT_VERSION = 1  # bump when the export or the quantization changes
 
 
@@ -180,12 +184,17 @@ class OnnxInt8Embedder:
         self.model_path = model_path
         self.batch_size = batch_size
         self.file = int8_model_file(model_path, cache_dir)
+        # Lanes of micro-batches over the cores (activities/lanes.py), each run single-threaded.
+        lanes = Lanes(batch_size, MICRO_BATCH)
+        self.lanes = lanes if lanes.count > 1 else None
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = lanes.threads_per_lane if self.lanes else usable_cores()
+        options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(
             str(self.file), options, providers=["CPUExecutionProvider"]
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self._tokenizing = threading.Lock()
         self.pooling = _pooling(model_path)
         self.max_tokens = _max_tokens(model_path)
         self._dimension = int(self.encode(["width probe"]).shape[1])
@@ -195,22 +204,29 @@ class OnnxInt8Embedder:
         return self._dimension
 
     def encode(self, texts: list[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.lanes is not None and len(texts) > 1:
+            return self.lanes.encode(texts, self._encode_batch)
         # Longest first, as sentence-transformers does: batches of similar length pad less.
         order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
         parts = [
             self._encode_batch([texts[index] for index in order[start : start + self.batch_size]])
             for start in range(0, len(order), self.batch_size)
         ]
-        if not parts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         vectors[order] = np.concatenate(parts)
         return vectors
 
     def _encode_batch(self, texts: list[str]) -> Vectors:
-        tokens = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="np"
-        )
+        with self._tokenizing:  # a fast tokenizer shared by lanes fails with "Already borrowed"
+            tokens = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="np",
+            )
         feed = {name: tokens[name].astype(np.int64) for name in INPUTS if name in tokens}
         if "token_type_ids" not in feed:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])

@@ -21,8 +21,7 @@ class QueryEmbedder:
         self._load = load
         self._embedder: TextEmbedder | None = None
         self._loading = asyncio.Lock()
-        # One encode at a time: a fast tokenizer shared by threads fails with "Already
-        # borrowed", and torch already spreads one encode over every core.
+        # One encode at a time: the embedder already spreads one encode over every core.
         self._encoding = anyio.CapacityLimiter(1)
 
     @classmethod

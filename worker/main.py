@@ -81,7 +81,7 @@ def build_workers(
                     EmbedActivities(staging, embedder, settings.embedding_batch_size).embed
                 ],
                 activity_executor=executor,
-                # One batch at a time: torch already spreads one batch over every core.
+                # One batch at a time: the embedder already spreads a batch over every core.
                 max_concurrent_activities=1,
             )
         )

@@ -1,0 +1,52 @@
+"""A batch spread over the cores in lanes of micro-batches (activities/lanes.py) gives every
+text its own vector, in order, the same as the model's plain `encode`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from activities.embed import SentenceTransformerEmbedder
+from activities.lanes import Lanes, usable_cores
+
+
+@pytest.mark.parametrize(
+    ("batch", "cores", "lanes", "threads"),
+    [(32, 2, 2, 1), (32, 16, 4, 4), (32, 1, 1, 1), (4, 2, 1, 2), (64, 8, 8, 1)],
+)
+def test_lanes_share_out_the_cores(batch: int, cores: int, lanes: int, threads: int) -> None:
+    chosen = Lanes(batch, 8, cores=cores)
+    assert (chosen.count, chosen.threads_per_lane) == (lanes, threads)
+
+
+def test_lanes_return_each_texts_row_in_the_callers_order() -> None:
+    texts = ["a" * (index * 7 % 23) + str(index) for index in range(37)] + ["same", "same"]
+
+    def forward(batch: list[str]) -> np.ndarray:
+        assert len(batch) <= 4
+        lengths = [len(text) for text in batch]
+        assert lengths == sorted(lengths, reverse=True)  # longest first: little padding
+        return np.array([[len(text), hash(text) % 1000] for text in batch], dtype=np.float32)
+
+    rows = Lanes(32, 4, cores=3).encode(texts, forward)
+    expected = [[len(text), hash(text) % 1000] for text in texts]
+    assert rows.tolist() == expected
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="lanes need two cores")
+def test_embedder_in_lanes_gives_the_vectors_of_a_plain_encode() -> None:
+    embedder = SentenceTransformerEmbedder(precision="float32", device="cpu")
+    assert embedder.lanes is not None and embedder.lanes.count >= 2
+    texts = [
+        "",
+        "short",
+        "A much longer passage about harbour cranes and tides. " * 12,
+        "Ein deutscher Satz über Apfelbäume im Frühling.",
+        "短い日本語の文です。",
+    ] * 5
+    vectors = embedder.encode(texts)
+    plain = embedder.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert vectors.shape == (len(texts), embedder.dimension)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert float((vectors * plain).sum(axis=1).min()) > 0.99999
+    assert np.allclose(embedder.encode([texts[2]])[0], vectors[2], atol=1e-5)
