@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from benchmarks import (
     backends,
     large_document,
@@ -95,12 +97,14 @@ async def run_one(ctx: Context, figure: Figure) -> FigureResult:
     return result
 
 
-def run_header(stack: Stack, quick: bool, load: tuple[float, ...]) -> dict[str, Any]:
+def run_header(
+    stack: Stack, quick: bool, load: tuple[float, ...], cpu_at_start: Any
+) -> dict[str, Any]:
     device, precision, source = stack.resolved_embedding()
     settings = stack.settings
     return {
         "mode": "quick" if quick else "full",
-        "machine": describe_machine(device, precision, source, load),
+        "machine": describe_machine(device, precision, source, load, cpu_at_start),
         "settings": {
             name: getattr(settings, name)
             for name in (
@@ -119,14 +123,14 @@ def run_header(stack: Stack, quick: bool, load: tuple[float, ...]) -> dict[str, 
 async def run_figures(
     figures: list[Figure], quick: bool
 ) -> tuple[list[FigureResult], dict[str, Any]]:
-    load = os.getloadavg()
+    load, cpu_at_start = os.getloadavg(), psutil.cpu_times()
     started = time.monotonic()
     log("starting PostgreSQL, Temporal, the worker and the API …")
     async with running_stack() as stack:
         log(f"stack ready in {time.monotonic() - started:.0f} s (state in {stack.home})")
         ctx = Context(stack, QUICK if quick else FULL, quick)
         results = [await run_one(ctx, figure) for figure in figures]
-        header = run_header(stack, quick, load)
+        header = run_header(stack, quick, load, cpu_at_start)
     header["duration_s"] = round(time.monotonic() - started, 1)
     return results, header
 
@@ -141,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(results))
     write_results(args.output, header, results)
     log(f"results written to {args.output} ({header['duration_s']:.0f} s in all)")
+    steal = header["machine"].get("cpu_steal_share")
+    if steal is not None:
+        log(f"CPU time taken by other guests of this VM during the run: {steal:.1%}")
     missed = any(r.passed is False or r.unavailable is not None for r in results)
     return 1 if args.strict and missed else 0
 

@@ -36,8 +36,23 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def steal_share(since: Any) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests since `since` (a
+    psutil.cpu_times()): on a shared VM the figures move with it (17 % seen here on a busy
+    day, against ~0 on a quiet one)."""
+    now = psutil.cpu_times()
+    if not hasattr(now, "steal"):
+        return None
+    total = sum(now) - sum(since)
+    return round((now.steal - since.steal) / total, 3) if total > 0 else None
+
+
 def describe_machine(
-    device: str, precision: str, source: str, load_at_start: tuple[float, ...]
+    device: str,
+    precision: str,
+    source: str,
+    load_at_start: tuple[float, ...],
+    cpu_at_start: Any = None,
 ) -> dict[str, Any]:
     """Everything results.json records about where and with what the figures were measured."""
     import torch
@@ -55,6 +70,7 @@ def describe_machine(
         "gpu": gpu_name(),
         "load_average_at_start": [round(load, 2) for load in load_at_start],
         "load_average_at_end": [round(load, 2) for load in os.getloadavg()],
+        "cpu_steal_share": steal_share(cpu_at_start) if cpu_at_start is not None else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
