@@ -15,7 +15,7 @@ Still one model instance and one batch at a time per worker: the lanes share the
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -43,15 +43,27 @@ class Lanes:
 
     def encode(self, texts: list[str], forward: Callable[[list[str]], Vectors]) -> Vectors:
         """`forward`'s rows for every text, in the order of `texts`."""
-        order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
-        parts = [
-            order[start : start + self.micro_batch]
-            for start in range(0, len(order), self.micro_batch)
-        ]
-        outputs = list(self._pool.map(forward, ([texts[i] for i in part] for part in parts)))
-        if not outputs:
-            raise ValueError("nothing to encode")
-        vectors = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
-        for part, output in zip(parts, outputs, strict=True):
-            vectors[part] = output
-        return vectors
+        return encode_by_length(texts, self.micro_batch, forward, self._pool.map)
+
+
+Forward = Callable[[list[str]], Vectors]
+
+
+def encode_by_length(
+    texts: list[str],
+    size: int,
+    forward: Forward,
+    map_parts: Callable[[Forward, Iterator[list[str]]], Iterable[Vectors]] = map,
+) -> Vectors:
+    """`forward`'s rows for every text, in the order of `texts`, from parts of at most `size`
+    texts taken longest first (texts of similar length share a part and pad little);
+    `map_parts` runs `forward` over the parts (in lanes, or one after the other)."""
+    order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
+    parts = [order[start : start + size] for start in range(0, len(order), size)]
+    outputs = list(map_parts(forward, ([texts[i] for i in part] for part in parts)))
+    if not outputs:
+        raise ValueError("nothing to encode")
+    vectors = np.empty((len(texts), outputs[0].shape[1]), dtype=np.float32)
+    for part, output in zip(parts, outputs, strict=True):
+        vectors[part] = output
+    return vectors

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from activities.lanes import Lanes, usable_cores
+from activities.lanes import Lanes, encode_by_length, usable_cores
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
 
@@ -208,15 +208,7 @@ class OnnxInt8Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self.lanes is not None and len(texts) > 1:
             return self.lanes.encode(texts, self._encode_batch)
-        # Longest first, as sentence-transformers does: batches of similar length pad less.
-        order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
-        parts = [
-            self._encode_batch([texts[index] for index in order[start : start + self.batch_size]])
-            for start in range(0, len(order), self.batch_size)
-        ]
-        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
-        vectors[order] = np.concatenate(parts)
-        return vectors
+        return encode_by_length(texts, self.batch_size, self._encode_batch)
 
     def _encode_batch(self, texts: list[str]) -> Vectors:
         with self._tokenizing:  # a fast tokenizer shared by lanes fails with "Already borrowed"
