@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.common import (
@@ -22,12 +21,12 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.ownership import parse_id
+from api.ownership import owned_id
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
 from core.dedup import StoredCopy, stored_copy
-from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from core.errors import InvalidRequest, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, sniff_format
 from core.models import Agent
 from core.settings import Settings
@@ -44,16 +43,8 @@ class AlreadyStarted(Exception):
 async def find_agent(reads: AsyncEngine, owner: uuid.UUID, agent_id: str) -> uuid.UUID:
     """The id of the caller's agent `agent_id`; 404 for a malformed, missing or foreign one.
     One statement on a connection of its own (an upload may stream for long)."""
-    parsed = parse_id(agent_id)
-    found = None
-    if parsed is not None:
-        async with reads.connect() as connection:
-            found = await connection.scalar(
-                select(Agent.id).where(Agent.id == parsed, Agent.owner_id == owner)
-            )
-    if found is None:
-        raise NotFound(f"Agent {agent_id[:100]!r} not found")
-    return found
+    async with reads.connect() as connection:
+        return await owned_id(connection, Agent, owner, agent_id, "Agent")
 
 
 class AgentLookup:
