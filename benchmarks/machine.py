@@ -52,7 +52,7 @@ def describe_machine(
     precision: str,
     source: str,
     load_at_start: tuple[float, ...],
-    cpu_at_start: Any = None,
+    cpu_at_start: Any,
 ) -> dict[str, Any]:
     """Everything results.json records about where and with what the figures were measured."""
     import torch
@@ -70,7 +70,7 @@ def describe_machine(
         "gpu": gpu_name(),
         "load_average_at_start": [round(load, 2) for load in load_at_start],
         "load_average_at_end": [round(load, 2) for load in os.getloadavg()],
-        "cpu_steal_share": steal_share(cpu_at_start) if cpu_at_start is not None else None,
+        "cpu_steal_share": steal_share(cpu_at_start),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
