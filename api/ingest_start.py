@@ -27,7 +27,7 @@ from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
 from core.dedup import StoredCopy, stored_copy
 from core.errors import InvalidRequest, UnsupportedMediaType
-from core.formats import DocumentFormat, UnreadableContent, sniff_format
+from core.formats import DocumentFormat, UnreadableContent, is_zip, sniff_format, sniff_head
 from core.models import Agent
 from core.settings import Settings
 from core.staging import StagingStore
@@ -138,20 +138,9 @@ class IngestRequest:
 
 
 async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadAccepted:
-    """Sniff the staged file, answer a duplicate from the database, or start its workflow.
-
-    Sniffing (a thread reading the file's head) and the dedup query run side by side; a sniff
-    error still wins, as when they ran one after the other."""
-    sniffed, stored = await asyncio.gather(
-        _sniff(request.staging, received),
-        _stored_copy(request, received.sha256),
-        return_exceptions=True,
-    )
-    if isinstance(sniffed, BaseException):
-        raise sniffed
-    if isinstance(stored, BaseException):
-        raise stored
-    fmt, duplicate = sniffed, stored
+    """Sniff the staged file, answer a duplicate from the database, or start its workflow."""
+    fmt = await _sniff(request.staging, received)
+    duplicate = await _stored_copy(request, received.sha256)
     if duplicate is not None:
         await anyio.to_thread.run_sync(request.staging.remove, received.task_id, received.original)
         return UploadAccepted(
@@ -173,12 +162,19 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
 
 
 async def _sniff(staging: StagingStore, received: ReceivedFile) -> DocumentFormat:
-    def sniff() -> DocumentFormat:
+    """From the head kept while streaming; only a ZIP archive is read back from staging.
+
+    Under load a hop to a thread and back waited ~50 ms at the median (measured in figure 3),
+    as long as the dedup query it ran beside; the head is already in memory."""
+
+    def sniff_staged() -> DocumentFormat:
         with staging.open_read(received.task_id, received.original) as original:
             return sniff_format(original, received.filename)
 
     try:
-        return await anyio.to_thread.run_sync(sniff)
+        if not is_zip(received.head):
+            return sniff_head(received.head, received.filename)
+        return await anyio.to_thread.run_sync(sniff_staged)
     except UnreadableContent as exc:
         raise UnsupportedMediaType(
             f"{received.filename} cannot be ingested: {exc}. "

@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from core.errors import DocingestError, InvalidRequest, PayloadTooLarge
+from core.formats import SNIFF_BYTES
 from core.staging import StagingStore
 
 FILE_FIELD = "file"
@@ -62,6 +63,7 @@ class ReceivedFile:
     original: str
     size_bytes: int = 0
     sha256: str = ""
+    head: bytes = b""  # the first SNIFF_BYTES, kept for sniffing without reading the file
     error: DocingestError | None = None
     _hasher: Any = field(default_factory=hashlib.sha256, repr=False)
     _sink: BinaryIO | None = field(default=None, repr=False)
@@ -191,6 +193,8 @@ class _Receiver:
             await self._close(current)
             await anyio.to_thread.run_sync(self.staging.remove, current.task_id, current.original)
             return
+        if len(current.head) < SNIFF_BYTES:
+            current.head += piece[: SNIFF_BYTES - len(current.head)]
         self.pending.append(piece)
         self.pending_bytes += len(piece)
         if self.pending_bytes >= _FLUSH_BYTES:

@@ -49,13 +49,26 @@ class UnreadableContent(ValueError):
 def sniff_format(file: BinaryIO, filename: str) -> DocumentFormat:
     """Decide the format from the content; the extension only tells text flavours apart."""
     head = file.read(SNIFF_BYTES)
+    if is_zip(head):
+        file.seek(0)
+        return _sniff_zip(file)
+    return sniff_head(head, filename)
+
+
+def is_zip(head: bytes) -> bool:
+    """A ZIP archive (DOCX or not): only its central directory, at the end, tells which."""
+    return head.startswith(b"PK\x03\x04")
+
+
+def sniff_head(head: bytes, filename: str) -> DocumentFormat:
+    """`sniff_format` from the first SNIFF_BYTES alone, for anything but a ZIP archive (see
+    `is_zip`): an upload sniffs the head it kept while streaming, without reading the file."""
     if not head:
         raise UnreadableContent("the file is empty")
     if _is_pdf(head):
         return DocumentFormat.PDF
-    if head.startswith(b"PK\x03\x04"):
-        file.seek(0)
-        return _sniff_zip(file)
+    if is_zip(head):
+        raise ValueError("a ZIP archive is sniffed from the whole file: use sniff_format")
     text = decode_head(head)
     if text is None:
         raise UnreadableContent("the content is binary data of a format we cannot read")

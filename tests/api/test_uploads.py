@@ -13,6 +13,7 @@ import pytest
 from core.embedded import free_port
 from tests.documents import make_pdf
 from tests.support import Stack, Tenant, new_tenant, serve, stack_settings
+from workflows.types import MEMO_TASK
 
 UPLOAD_KEYS = {"message", "filename", "agent_id", "task_id", "status", "size_bytes"}
 STATUS_KEYS = {
@@ -203,6 +204,36 @@ async def test_upload_exactly_at_the_limit_is_accepted(
         )
     assert response.status_code == 202, response.text
     assert response.json()["size_bytes"] == 1000
+
+
+async def test_upload_sniffs_a_head_that_arrives_in_small_pieces(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """The format comes from the head kept while streaming, however the body is cut."""
+    boundary = "piecesboundary"
+
+    def pieces(name: str, data: bytes) -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes]:
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            for start in range(0, len(data), 3):  # "%PDF-" never arrives whole
+                yield data[start : start + 3]
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        return body()
+
+    headers = {**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    pdf = b"\n" + make_pdf(["Sniffed from pieces."])  # junk first: the magic is not at 0
+    accepted = await http.post(upload_url(tenant), headers=headers, content=pieces("a.bin", pdf))
+    assert accepted.status_code == 202, accepted.text
+    description = await stack.client.get_workflow_handle(accepted.json()["task_id"]).describe()
+    memo = await description.memo()
+    assert memo[MEMO_TASK]["format"] == "pdf"
+    binary = bytes(range(256)) * 40
+    refused = await http.post(upload_url(tenant), headers=headers, content=pieces("b.txt", binary))
+    assert refused.status_code == 415, refused.text
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import io
 import random
+import re
 
 import pytest
 
@@ -16,7 +17,9 @@ from core.formats import (
     decode_text,
     detect_encoding,
     is_probably_text,
+    is_zip,
     sniff_format,
+    sniff_head,
 )
 from tests.documents import make_docx, make_pdf, make_zip
 
@@ -25,7 +28,17 @@ CP1252_TEXT = "Café naïve \u2013 “smart quotes” cost 5 €.\n"
 
 
 def sniff(data: bytes, filename: str) -> DocumentFormat:
-    return sniff_format(io.BytesIO(data), filename)
+    """sniff_format, checking that sniff_head (what an upload uses) says the same."""
+    try:
+        found = sniff_format(io.BytesIO(data), filename)
+    except UnreadableContent as exc:
+        if not is_zip(data):
+            with pytest.raises(UnreadableContent, match=re.escape(str(exc))):
+                sniff_head(data[:SNIFF_BYTES], filename)
+        raise
+    if not is_zip(data):
+        assert sniff_head(data[:SNIFF_BYTES], filename) is found
+    return found
 
 
 def random_bytes(count: int, seed: int) -> bytes:
