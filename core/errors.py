@@ -44,6 +44,12 @@ class InvalidRequest(DocingestError):
     status_code = 422
 
 
+class IdempotencyKeyReused(InvalidRequest):
+    """An Idempotency-Key sent again with a different upload (another agent, file or chunking)."""
+
+    code = "idempotency_key_reused"
+
+
 class ServiceUnavailable(DocingestError):
     code = "service_unavailable"
     status_code = 503

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Annotated, Any
 
@@ -26,8 +27,9 @@ from api.ingest_start import (
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import describe_owned, get_task_status, render, status_from_record
 from api.upload_stream import ReceivedFile, receive_files, request_limit
-from core.errors import InvalidRequest, NotFound
+from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
 from core.staging import ORIGINAL, StagingStore
+from workflows.types import IngestTask
 
 router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model": ErrorBody}})
 
@@ -105,11 +107,8 @@ async def upload_document(
         if idempotency_key is not None:
             task_id = idempotent_task_id(owner, idempotency_key)
             original = f"{ORIGINAL}-{uuid.uuid4().hex[:12]}"
-            await lookup.agent_id()  # a replay answers only for the caller's existing agent
-            replay = await replayed_upload(temporal, owner, task_id, response)
-            if replay is not None:
-                return replay
         received: list[ReceivedFile] = []
+        repeat: Repeat | None = None
         try:
             await lookup.stream(
                 receive_files(
@@ -126,10 +125,17 @@ async def upload_document(
                 temporal, settings, reads, staging, owner, await lookup.agent_id(),
                 size, overlap, idempotent=idempotency_key is not None,
             )  # fmt: skip
+            if idempotency_key is not None:
+                repeat = Repeat(idempotency_key, task_id, ingest, received[0])
+                replay = await replayed_upload(temporal, repeat, response)
+                if replay is not None:
+                    await discard(staging, received)
+                    return replay
             accepted = await accept_file(ingest, received[0])
         except AlreadyStarted:
+            # The same key at the same moment: the other request started the workflow.
             await discard(staging, received)
-            replay = await replayed_upload(temporal, owner, task_id, response)
+            replay = None if repeat is None else await replayed_upload(temporal, repeat, response)
             if replay is None:
                 raise
             return replay
@@ -141,17 +147,54 @@ async def upload_document(
     return accepted
 
 
+@dataclasses.dataclass(frozen=True)
+class Repeat:
+    """An upload sent with an Idempotency-Key, to be told apart from the key's first upload."""
+
+    key: str
+    task_id: str
+    ingest: IngestRequest
+    received: ReceivedFile
+
+    def check_same_as(self, first: IngestTask) -> None:
+        """IdempotencyKeyReused unless this request repeats `first`: same agent, same bytes,
+        same file name and chunking. Another upload must not be answered with another task."""
+        ingest, received = self.ingest, self.received
+        differences = [
+            what
+            for what, differs in (
+                ("agent", first.agent_id != str(ingest.agent_id)),
+                ("file content", first.sha256 != received.sha256),
+                ("file name", first.filename != received.filename),
+                (
+                    "chunking",
+                    (first.chunk_size, first.chunk_overlap)
+                    != (ingest.chunk_size, ingest.chunk_overlap),
+                ),
+            )
+            if differs
+        ]
+        if differences:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {self.key!r} was used for another upload (task "
+                f"{first.task_id}, {first.filename!r}); this one differs in "
+                f"{', '.join(differences)}. Send a new key for a new upload."
+            )
+
+
 async def replayed_upload(
-    temporal: TemporalDep, owner: uuid.UUID, task_id: str, response: Response
+    temporal: TemporalDep, repeat: Repeat, response: Response
 ) -> UploadAccepted | None:
-    """The answer to a repeated Idempotency-Key: the first request's task, as it is now."""
-    found = await describe_owned(temporal, owner, task_id)
+    """The answer to a repeated Idempotency-Key: the first request's task, as it is now;
+    None when the key names no task yet."""
+    found = await describe_owned(temporal, repeat.ingest.owner, repeat.task_id)
     if found is None:
         return None
     description, memo = found
     task = task_from_memo(memo)
     if task is None:
         return None
+    repeat.check_same_as(task)
     status = render(description, memo)
     response.headers["Idempotent-Replayed"] = "true"
     return UploadAccepted(

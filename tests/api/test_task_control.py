@@ -229,6 +229,54 @@ async def test_idempotency_key_repeated_returns_the_same_task(
     assert bad.status_code == 422
 
 
+async def test_idempotency_key_sent_with_another_upload_is_422_naming_the_first(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """A key names one upload: another file, agent or chunking under it is refused, never
+    answered with the first upload's task, and stages nothing."""
+    key = {"Idempotency-Key": "invoice-7"}
+    first = await upload(http, tenant, "invoice.txt", b"invoice seven", **key)
+    assert first.status_code == 202, first.text
+    task_id = first.json()["task_id"]
+    second_agent = await http.post("/agents", headers=tenant.headers, json={"name": "second"})
+    assert second_agent.status_code == 201, second_agent.text
+    cases = {
+        "file content": ("/upload/agent", params(tenant), "invoice.txt", b"invoice eight"),
+        "file name": ("/upload/agent", params(tenant), "invoice-copy.txt", b"invoice seven"),
+        "agent": (
+            "/upload/agent",
+            {"agent_id": second_agent.json()["id"]},
+            "invoice.txt",
+            b"invoice seven",
+        ),
+        "chunking": (
+            "/upload/agent",
+            {**params(tenant), "chunk_size": 300},
+            "invoice.txt",
+            b"invoice seven",
+        ),
+    }
+    staged_before = set(os.listdir(stack.settings.resolved_staging_url))
+    for difference, (url, query, name, data) in cases.items():
+        refused = await http.post(
+            url, params=query, headers={**tenant.headers, **key}, files={"file": (name, data)}
+        )
+        assert refused.status_code == 422, (difference, refused.text)
+        body = refused.json()
+        assert body["code"] == "idempotency_key_reused"
+        assert f"differs in {difference}." in body["detail"]
+        assert task_id in body["detail"] and "'invoice.txt'" in body["detail"]
+        assert "idempotent-replayed" not in refused.headers
+    staging = Path(stack.settings.resolved_staging_url)
+    assert set(os.listdir(staging)) <= staged_before | {task_id}
+    if (staging / task_id).exists():  # unless cleaned up: the first upload's original alone
+        assert len([name for name in os.listdir(staging / task_id) if "original" in name]) <= 1
+    again = await upload(http, tenant, "invoice.txt", b"invoice seven", **key)
+    assert again.status_code == 202, again.text
+    assert again.json()["task_id"] == task_id
+    assert again.headers["idempotent-replayed"] == "true"
+
+
 async def test_idempotency_key_sent_twice_at_once_starts_one_workflow(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
