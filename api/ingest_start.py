@@ -43,8 +43,7 @@ class AlreadyStarted(Exception):
 async def find_agent(reads: AsyncEngine, owner: uuid.UUID, agent_id: str) -> uuid.UUID:
     """The id of the caller's agent `agent_id`; 404 for a malformed, missing or foreign one.
     One statement on a connection of its own (an upload may stream for long)."""
-    async with reads.connect() as connection:
-        return await owned_id(connection, Agent, owner, agent_id, "Agent")
+    return await owned_id(reads, Agent, owner, agent_id, "Agent")
 
 
 class AgentLookup:

@@ -6,7 +6,7 @@ import uuid
 from typing import Any, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core.errors import NotFound
 from core.models import Agent
@@ -33,14 +33,15 @@ async def owned_row(
 
 
 async def owned_id(
-    connection: AsyncConnection, model: type[Any], owner: uuid.UUID, raw_id: str, label: str
+    reads: AsyncEngine, model: type[Any], owner: uuid.UUID, raw_id: str, label: str
 ) -> uuid.UUID:
-    """The id of the caller's row of `model`, in one statement on `connection` (no ORM object,
-    no transaction needed); 404 exactly as `owned_row`."""
+    """The id of the caller's row of `model`, in one statement on a connection of its own
+    from `reads` (no ORM object, no transaction needed); 404 exactly as `owned_row`, and for
+    a malformed id before any connection is taken."""
     table: Any = model
-    found: uuid.UUID | None = await connection.scalar(
-        select(table.id).where(*_mine(model, owner, raw_id, label))
-    )
+    query = select(table.id).where(*_mine(model, owner, raw_id, label))
+    async with reads.connect() as connection:
+        found: uuid.UUID | None = await connection.scalar(query)
     if found is None:
         raise _not_found(label, raw_id)
     return found
