@@ -80,7 +80,7 @@ class FigureResult:
 
 def percentile(samples: list[float], fraction: float) -> float:
     """Nearest-rank percentile: the smallest sample with at least `fraction` of them below or
-    at it (p99 of 160 samples is the second largest)."""
+    at it (p99 of 320 samples is the fourth largest)."""
     if not samples:
         raise ValueError("no samples")
     ordered = sorted(samples)
