@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         "ask Temporal.",
     )
     search_ef_search: int = Field(default=100, ge=10, le=1000, description="HNSW ef_search.")
+    search_exact_max_chunks: int = Field(
+        default=5_000,
+        ge=0,
+        description="An agent with at most this many stored chunks is searched exactly (every "
+        "chunk compared, no index); a larger one through the HNSW index.",
+    )
     chunk_size: int = Field(default=1000, ge=100, le=20_000)
     chunk_overlap: int = Field(default=100, ge=0, le=10_000)
     embedding_model: str | None = Field(

@@ -10,11 +10,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from activities.embed import TextEmbedder
 from api.query_embedder import QueryEmbedder
+from api.routes.search import HNSW_SCAN_TUPLES, SearchPlan, nearest_chunks, plan_search
 from core.errors import ConfigurationError
+from core.models import EMBEDDING_DIMENSION, Chunk, Document
 from tests.support import FakeEmbedder, Stack, Tenant, new_tenant, wait_for_status
 from workflows.types import Status
 
@@ -228,3 +230,86 @@ async def test_query_embedder_refuses_a_model_of_another_width() -> None:
     embedder = QueryEmbedder(NarrowEmbedder)
     with pytest.raises(ConfigurationError, match="8-wide"):
         await embedder.embed("anything")
+
+
+# --- a small agent among many chunks -------------------------------------------------------
+
+
+def test_plan_search_is_exact_up_to_the_limit_then_budgets_the_index_by_share() -> None:
+    assert plan_search(0, 10**6, 100, 10_000) == SearchPlan(exact=True)
+    assert plan_search(10_000, 10**9, 100, 10_000).exact
+    half = plan_search(20_000, 40_000, 100, 10_000)
+    assert not half.exact
+    assert half.max_scan_tuples == HNSW_SCAN_TUPLES  # pgvector's default is plenty at 1/2
+    tiny_share = plan_search(20_000, 2 * 10**8, 100, 10_000)  # 0.01 % of the table
+    assert tiny_share.max_scan_tuples == 4 * 100 * 10_000
+    assert 1 < tiny_share.scan_mem_multiplier <= 8
+    assert plan_search(10_001, 10**15, 100, 10_000).max_scan_tuples == 2**31 - 1
+    # A stale table estimate below the agent's own count reads as "the agent is the table".
+    assert plan_search(50_000, 0, 100, 10_000).max_scan_tuples == HNSW_SCAN_TUPLES
+
+
+async def store_vectors(
+    stack: Stack, owner: uuid.UUID, agent_id: uuid.UUID, name: str, vectors: np.ndarray
+) -> None:
+    """A complete document of one chunk per vector, written as the store activity would."""
+    async with stack.sessionmaker.begin() as session:
+        document = Document(
+            owner_id=owner, agent_id=agent_id, task_id=f"{name}-{uuid.uuid4()}",
+            filename=name, content_type="text/plain", size_bytes=1,
+            sha256=uuid.uuid4().hex * 2, chunk_count=len(vectors), status=Status.COMPLETE,
+        )  # fmt: skip
+        session.add(document)
+        await session.flush()
+        session.add_all(
+            Chunk(
+                document_id=document.id,
+                ordinal=index,
+                text=f"{name} {index}",
+                start_char=0,
+                end_char=1,
+                embedding=vector,
+            )
+            for index, vector in enumerate(vectors)
+        )
+
+
+async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_its_own(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """pgvector's iterative scan stops after hnsw.max_scan_tuples tuples of every agent (20,000
+    by default). An agent whose chunks lie behind more nearer chunks of other agents than that
+    got fewer results than asked, or none. Here the budget is 10 (as if the table held
+    millions of chunks), sorting is off (as the planner prefers the index on a big table) and
+    400 nearer chunks of another owner's agent come first: the agent still gets its 3."""
+    rng = np.random.default_rng(7)
+    query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
+    query /= np.linalg.norm(query)
+    crowd = query + 0.02 * rng.standard_normal((400, EMBEDDING_DIMENSION)).astype(np.float32)
+    own = rng.standard_normal((3, EMBEDDING_DIMENSION)).astype(np.float32)
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    other = await new_tenant(stack, "crowd")
+    await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", crowd)
+    await store_vectors(stack, tenant.owner_id, uuid.UUID(tenant.agent_id), "own", own)
+    expected = sorted(range(3), key=lambda index: -float(own[index] @ query))
+    for exact_max in (10_000, 0):  # exact, then the HNSW index with its own budget
+        settings = stack.settings.model_copy(update={"search_exact_max_chunks": exact_max})
+        async with stack.sessionmaker.begin() as session:
+            await session.execute(text("SET LOCAL hnsw.max_scan_tuples = 10"))
+            await session.execute(text("SET LOCAL enable_sort = off"))  # as a big table would
+            rows = await nearest_chunks(
+                session, settings, tenant.owner_id, uuid.UUID(tenant.agent_id), query, 5
+            )
+        assert [row.text for row in rows] == [f"own {index}" for index in expected], exact_max
+    async with stack.sessionmaker.begin() as session:  # the plain iterative scan: not all 3
+        await session.execute(text("SET LOCAL hnsw.max_scan_tuples = 10"))
+        await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+        await session.execute(text("SET LOCAL enable_sort = off"))
+        old = await session.execute(
+            select(Chunk.id)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(Document.agent_id == uuid.UUID(tenant.agent_id))
+            .order_by(Chunk.embedding.cosine_distance(query))
+            .limit(5)
+        )
+        assert len(old.all()) < 3
