@@ -70,8 +70,8 @@ def plan_search(
     The index holds every agent's chunks. An iterative scan visits them nearest first and
     keeps the agent's; pgvector stops it after 20,000 tuples, so an agent whose chunks lie
     behind 20,000 nearer ones of other agents got fewer results than asked, or none. A small
-    agent is compared exactly instead (figure 5 of `make bench` times it: ~120 ms for 10,000
-    chunks on the 2-core benchmark machine, ~15 ms through the index, hence the 5,000 default);
+    agent is compared exactly instead (figure 5 of `make bench` times it: 116-131 ms for
+    10,000 chunks on the 2-core benchmark machine, hence the 5,000 default);
     a large one gets a budget of 4x the tuples it should take to meet `wanted` of its own at
     its share of the table.
     """
