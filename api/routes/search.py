@@ -48,7 +48,7 @@ QueryEmbedderDep = Annotated[QueryEmbedder, Depends(get_query_embedder)]
 # pgvector's own budget of an iterative scan (hnsw.max_scan_tuples) and its ceilings.
 HNSW_SCAN_TUPLES = 20_000
 _MAX_SCAN_TUPLES = 2**31 - 1
-_MAX_SCAN_MEM_MULTIPLIER = 8  # of work_mem, per search
+_MAX_SCAN_MEM_MULTIPLIER = 32  # of work_mem, per search
 
 
 @dataclass(frozen=True)
@@ -64,21 +64,27 @@ class SearchPlan:
 def plan_search(
     agent_chunks: int, table_rows: int, wanted: int, exact_max_chunks: int
 ) -> SearchPlan:
-    """Exact for an agent of at most `exact_max_chunks` chunks; else an HNSW scan whose budget
-    grows as the agent's share of the table shrinks.
+    """Exact for a small agent, or whenever the index would visit at least as many tuples as
+    the agent has chunks; else an HNSW scan whose budget grows as the agent's share of the
+    table shrinks.
 
     The index holds every agent's chunks. An iterative scan visits them nearest first and
     keeps the agent's; pgvector stops it after 20,000 tuples, so an agent whose chunks lie
     behind 20,000 nearer ones of other agents got fewer results than asked, or none. A small
     agent is compared exactly instead (figure 5 of `make bench` times it: 116-131 ms for
-    10,000 chunks on the 2-core benchmark machine, hence the 5,000 default);
-    a large one gets a budget of 4x the tuples it should take to meet `wanted` of its own at
-    its share of the table.
+    10,000 chunks on the 2-core benchmark machine, hence the 5,000 default). A large one gets
+    a budget of 4x the tuples it should take to meet `wanted` of its own at its share of the
+    table, and memory in the proportion of pgvector's defaults (20,000 tuples in 1x work_mem),
+    at most 32x work_mem. A budget that large only goes to an agent of more chunks than the
+    budget (else comparing its chunks is cheaper), so it is at most sqrt(4 x wanted x table
+    rows): ~630,000 tuples for a billion-row table.
     """
     if agent_chunks <= exact_max_chunks:
         return SearchPlan(exact=True)
     share = agent_chunks / max(table_rows, agent_chunks)
     budget = min(_MAX_SCAN_TUPLES, max(HNSW_SCAN_TUPLES, math.ceil(4 * wanted / share)))
+    if budget >= agent_chunks:
+        return SearchPlan(exact=True)
     multiplier = min(_MAX_SCAN_MEM_MULTIPLIER, math.ceil(budget / HNSW_SCAN_TUPLES))
     return SearchPlan(exact=False, max_scan_tuples=budget, scan_mem_multiplier=multiplier)
 
@@ -120,16 +126,22 @@ async def nearest_chunks(
         order: Any = distance + literal_column("0")
     else:
         # Iterative scan: the index keeps walking until `top_k` rows pass the agent filter or
-        # the budget is spent. SET LOCAL (and set_config's `true`) end with the transaction,
-        # never leaking into the pooled connection.
+        # the budget is spent. set_config's `true` (SET LOCAL) ends with the transaction,
+        # never leaking into the pooled connection. One statement for the four settings.
         order = distance
-        await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-        for name, value in (
-            ("hnsw.ef_search", settings.search_ef_search),
-            ("hnsw.max_scan_tuples", plan.max_scan_tuples),
-            ("hnsw.scan_mem_multiplier", plan.scan_mem_multiplier),
-        ):
-            await session.execute(select(func.set_config(name, str(value), True)))
+        await session.execute(
+            select(
+                *(
+                    func.set_config(name, str(value), True)
+                    for name, value in (
+                        ("hnsw.iterative_scan", "relaxed_order"),
+                        ("hnsw.ef_search", settings.search_ef_search),
+                        ("hnsw.max_scan_tuples", plan.max_scan_tuples),
+                        ("hnsw.scan_mem_multiplier", plan.scan_mem_multiplier),
+                    )
+                )
+            )
+        )
     nearest = (
         select(
             Chunk.id,

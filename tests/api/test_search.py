@@ -14,6 +14,7 @@ from sqlalchemy import select, text
 
 from activities.embed import TextEmbedder
 from api.query_embedder import QueryEmbedder
+from api.routes import search as search_module
 from api.routes.search import HNSW_SCAN_TUPLES, SearchPlan, nearest_chunks, plan_search
 from core.errors import ConfigurationError
 from core.models import EMBEDDING_DIMENSION, Chunk, Document
@@ -238,13 +239,18 @@ async def test_query_embedder_refuses_a_model_of_another_width() -> None:
 def test_plan_search_is_exact_up_to_the_limit_then_budgets_the_index_by_share() -> None:
     assert plan_search(0, 10**6, 100, 10_000) == SearchPlan(exact=True)
     assert plan_search(10_000, 10**9, 100, 10_000).exact
-    half = plan_search(20_000, 40_000, 100, 10_000)
+    half = plan_search(40_000, 80_000, 100, 10_000)
     assert not half.exact
     assert half.max_scan_tuples == HNSW_SCAN_TUPLES  # pgvector's default is plenty at 1/2
-    tiny_share = plan_search(20_000, 2 * 10**8, 100, 10_000)  # 0.01 % of the table
-    assert tiny_share.max_scan_tuples == 4 * 100 * 10_000
-    assert 1 < tiny_share.scan_mem_multiplier <= 8
-    assert plan_search(10_001, 10**15, 100, 10_000).max_scan_tuples == 2**31 - 1
+    assert half.scan_mem_multiplier == 1
+    thousandth = plan_search(10**6, 10**9, 100, 10_000)
+    assert not thousandth.exact
+    assert thousandth.max_scan_tuples == 4 * 100 * 1000
+    assert thousandth.scan_mem_multiplier == 20  # pgvector's 20,000 tuples per work_mem
+    assert plan_search(10**7, 10**11, 100, 10_000).scan_mem_multiplier == 32  # at most
+    # When the index would visit more tuples than the agent has chunks, comparing is cheaper.
+    assert plan_search(10_001, 10**15, 100, 10_000).exact
+    assert plan_search(20_000, 2 * 10**8, 100, 10_000).exact
     # A stale table estimate below the agent's own count reads as "the agent is the table".
     assert plan_search(50_000, 0, 100, 10_000).max_scan_tuples == HNSW_SCAN_TUPLES
 
@@ -275,13 +281,15 @@ async def store_vectors(
 
 
 async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_its_own(
-    stack: Stack, tenant: Tenant
+    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pgvector's iterative scan stops after hnsw.max_scan_tuples tuples of every agent (20,000
     by default). An agent whose chunks lie behind more nearer chunks of other agents than that
-    got fewer results than asked, or none. Here the budget is 10 (as if the table held
-    millions of chunks), sorting is off (as the planner prefers the index on a big table) and
-    400 nearer chunks of another owner's agent come first: the agent still gets its 3."""
+    got fewer results than asked, or none. Here 400 nearer chunks of another owner's agent come
+    first, the session's budget is 10 (as if the table held millions of chunks) and sorting is
+    off (the planner prefers the index on a big table): the plain iterative scan misses some
+    of the agent's 3 chunks; search compares them exactly and finds all 3, in order; and when
+    it does take the index, it runs with its plan's budget, not the session's."""
     rng = np.random.default_rng(7)
     query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
     query /= np.linalg.norm(query)
@@ -291,16 +299,27 @@ async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_it
     other = await new_tenant(stack, "crowd")
     await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", crowd)
     await store_vectors(stack, tenant.owner_id, uuid.UUID(tenant.agent_id), "own", own)
-    expected = sorted(range(3), key=lambda index: -float(own[index] @ query))
-    for exact_max in (10_000, 0):  # exact, then the HNSW index with its own budget
-        settings = stack.settings.model_copy(update={"search_exact_max_chunks": exact_max})
+    agent_id = uuid.UUID(tenant.agent_id)
+    expected = [f"own {index}" for index in sorted(range(3), key=lambda i: -float(own[i] @ query))]
+
+    async def search_with(plan: SearchPlan | None) -> tuple[list[str], str]:
+        """Search under a budget of 10 with sorting off; `plan` replaces the computed one."""
+        if plan is not None:
+
+            async def fixed_plan(*_: object) -> SearchPlan:
+                return plan
+
+            monkeypatch.setattr(search_module, "choose_plan", fixed_plan)
         async with stack.sessionmaker.begin() as session:
             await session.execute(text("SET LOCAL hnsw.max_scan_tuples = 10"))
             await session.execute(text("SET LOCAL enable_sort = off"))  # as a big table would
             rows = await nearest_chunks(
-                session, settings, tenant.owner_id, uuid.UUID(tenant.agent_id), query, 5
+                session, stack.settings, tenant.owner_id, agent_id, query, 5
             )
-        assert [row.text for row in rows] == [f"own {index}" for index in expected], exact_max
+            budget = (await session.execute(text("SHOW hnsw.max_scan_tuples"))).scalar_one()
+        monkeypatch.undo()
+        return [row.text for row in rows], str(budget)
+
     async with stack.sessionmaker.begin() as session:  # the plain iterative scan: not all 3
         await session.execute(text("SET LOCAL hnsw.max_scan_tuples = 10"))
         await session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
@@ -308,8 +327,11 @@ async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_it
         old = await session.execute(
             select(Chunk.id)
             .join(Document, Document.id == Chunk.document_id)
-            .where(Document.agent_id == uuid.UUID(tenant.agent_id))
+            .where(Document.agent_id == agent_id)
             .order_by(Chunk.embedding.cosine_distance(query))
             .limit(5)
         )
         assert len(old.all()) < 3
+    assert await search_with(None) == (expected, "10")  # exact: the budget plays no part
+    index_plan = SearchPlan(exact=False, max_scan_tuples=20_000, scan_mem_multiplier=1)
+    assert await search_with(index_plan) == (expected, "20000")
