@@ -137,7 +137,7 @@ class IngestRequest:
 
 
 async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadAccepted:
-    """Sniff the staged file, answer a duplicate from the database, or start its workflow."""
+    """Sniff the upload, answer a duplicate from the database, or start its workflow."""
     fmt = await _sniff(request.staging, received)
     duplicate = await _stored_copy(request, received.sha256)
     if duplicate is not None:

@@ -126,7 +126,9 @@ async def upload_document(
                 size, overlap, idempotent=idempotency_key is not None,
             )  # fmt: skip
             if idempotency_key is not None:
-                repeat = Repeat(idempotency_key, task_id, ingest, received[0])
+                repeat = Repeat(
+                    idempotency_key, task_id, ingest, received[0], (chunk_size, chunk_overlap)
+                )
                 replay = await replayed_upload(temporal, repeat, response)
                 if replay is not None:
                     await discard(staging, received)
@@ -155,11 +157,15 @@ class Repeat:
     task_id: str
     ingest: IngestRequest
     received: ReceivedFile
+    chunking_sent: tuple[int | None, int | None]  # chunk_size, chunk_overlap as given
 
     def check_same_as(self, first: IngestTask) -> None:
         """IdempotencyKeyReused unless this request repeats `first`: same agent, same bytes,
-        same file name and chunking. Another upload must not be answered with another task."""
+        same file name, and any chunking it gives equal to the first's (the defaults may have
+        changed since, which makes no retry another upload). Another upload must not be
+        answered with another task."""
         ingest, received = self.ingest, self.received
+        size, overlap = self.chunking_sent
         differences = [
             what
             for what, differs in (
@@ -168,8 +174,8 @@ class Repeat:
                 ("file name", first.filename != received.filename),
                 (
                     "chunking",
-                    (first.chunk_size, first.chunk_overlap)
-                    != (ingest.chunk_size, ingest.chunk_overlap),
+                    (size is not None and size != first.chunk_size)
+                    or (overlap is not None and overlap != first.chunk_overlap),
                 ),
             )
             if differs

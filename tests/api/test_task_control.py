@@ -275,6 +275,14 @@ async def test_idempotency_key_sent_with_another_upload_is_422_naming_the_first(
     assert again.status_code == 202, again.text
     assert again.json()["task_id"] == task_id
     assert again.headers["idempotent-replayed"] == "true"
+    # Chunking given explicitly and equal to what the first upload got is the same upload.
+    size = stack.settings.chunk_size
+    explicit = await http.post(
+        "/upload/agent", params={**params(tenant), "chunk_size": size},
+        headers={**tenant.headers, **key}, files={"file": ("invoice.txt", b"invoice seven")},
+    )  # fmt: skip
+    assert explicit.status_code == 202, explicit.text
+    assert explicit.json()["task_id"] == task_id
 
 
 async def test_idempotency_key_sent_twice_at_once_starts_one_workflow(
