@@ -117,9 +117,12 @@ async def nearest_chunks(
     agent_id: uuid.UUID,
     query: Vectors,
     top_k: int,
+    plan: SearchPlan | None = None,
 ) -> Sequence[Row[Any]]:
-    """The `top_k` chunks of the agent's complete documents nearest to `query`, nearest first."""
-    plan = await choose_plan(session, settings, owner, agent_id, top_k)
+    """The `top_k` chunks of the agent's complete documents nearest to `query`, nearest first;
+    by `plan` when given (the benchmark times both ways), else by `choose_plan`."""
+    if plan is None:
+        plan = await choose_plan(session, settings, owner, agent_id, top_k)
     distance = Chunk.embedding.cosine_distance(query).label("distance")
     if plan.exact:
         # `+ 0`: an order the HNSW index cannot give, so every chunk of the agent is compared.

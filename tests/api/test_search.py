@@ -14,7 +14,6 @@ from sqlalchemy import select, text
 
 from activities.embed import TextEmbedder
 from api.query_embedder import QueryEmbedder
-from api.routes import search as search_module
 from api.routes.search import HNSW_SCAN_TUPLES, SearchPlan, nearest_chunks, plan_search
 from core.errors import ConfigurationError
 from core.models import EMBEDDING_DIMENSION, Chunk, Document
@@ -281,7 +280,7 @@ async def store_vectors(
 
 
 async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_its_own(
-    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tenant: Tenant
 ) -> None:
     """pgvector's iterative scan stops after hnsw.max_scan_tuples tuples of every agent (20,000
     by default). An agent whose chunks lie behind more nearer chunks of other agents than that
@@ -304,20 +303,13 @@ async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_it
 
     async def search_with(plan: SearchPlan | None) -> tuple[list[str], str]:
         """Search under a budget of 10 with sorting off; `plan` replaces the computed one."""
-        if plan is not None:
-
-            async def fixed_plan(*_: object) -> SearchPlan:
-                return plan
-
-            monkeypatch.setattr(search_module, "choose_plan", fixed_plan)
         async with stack.sessionmaker.begin() as session:
             await session.execute(text("SET LOCAL hnsw.max_scan_tuples = 10"))
             await session.execute(text("SET LOCAL enable_sort = off"))  # as a big table would
             rows = await nearest_chunks(
-                session, stack.settings, tenant.owner_id, agent_id, query, 5
+                session, stack.settings, tenant.owner_id, agent_id, query, 5, plan
             )
             budget = (await session.execute(text("SHOW hnsw.max_scan_tuples"))).scalar_one()
-        monkeypatch.undo()
         return [row.text for row in rows], str(budget)
 
     async with stack.sessionmaker.begin() as session:  # the plain iterative scan: not all 3
