@@ -126,9 +126,7 @@ async def upload_document(
                 size, overlap, idempotent=idempotency_key is not None,
             )  # fmt: skip
             if idempotency_key is not None:
-                repeat = Repeat(
-                    idempotency_key, task_id, ingest, received[0], (chunk_size, chunk_overlap)
-                )
+                repeat = Repeat(idempotency_key, ingest, received[0], (chunk_size, chunk_overlap))
                 replay = await replayed_upload(temporal, repeat, response)
                 if replay is not None:
                     await discard(staging, received)
@@ -154,9 +152,8 @@ class Repeat:
     """An upload sent with an Idempotency-Key, to be told apart from the key's first upload."""
 
     key: str
-    task_id: str
     ingest: IngestRequest
-    received: ReceivedFile
+    received: ReceivedFile  # staged under the task id the key names
     chunking_sent: tuple[int | None, int | None]  # chunk_size, chunk_overlap as given
 
     def check_same_as(self, first: IngestTask) -> None:
@@ -193,7 +190,7 @@ async def replayed_upload(
 ) -> UploadAccepted | None:
     """The answer to a repeated Idempotency-Key: the first request's task, as it is now;
     None when the key names no task yet."""
-    found = await describe_owned(temporal, repeat.ingest.owner, repeat.task_id)
+    found = await describe_owned(temporal, repeat.ingest.owner, repeat.received.task_id)
     if found is None:
         return None
     description, memo = found
