@@ -26,9 +26,10 @@ from activities.chunk import MANIFEST, TextChunk, shard_name
 from activities.embed import to_npy, vectors_name
 from activities.store import StoreActivities
 from api.routes.search import SearchPlan, nearest_chunks
+from benchmarks.backends import agreement
 from benchmarks.context import Context
 from benchmarks.corpus import Prose
-from benchmarks.measure import BenchmarkError, FigureResult
+from benchmarks.measure import BenchmarkError, FigureResult, percentile
 from benchmarks.stack import Stack, Tenant
 from core.models import EMBEDDING_DIMENSION, Chunk
 from core.settings import Settings
@@ -135,11 +136,8 @@ async def search_timings(stack: Stack, tenant: Tenant, queries: int = 20) -> dic
                 )
             times[name].append(time.perf_counter() - started)
             found[name].append({row.id for row in rows})
-    recall = np.mean(
-        [len(e & i) / max(1, len(e)) for e, i in zip(found["exact"], found["index"], strict=True)]
-    )
     return {
-        "search_exact_p50_ms": round(float(np.median(times["exact"])) * 1000, 1),
-        "search_index_p50_ms": round(float(np.median(times["index"])) * 1000, 1),
-        "search_index_top5_recall": round(float(recall), 3),
+        "search_exact_p50_ms": round(percentile(times["exact"], 0.5) * 1000, 1),
+        "search_index_p50_ms": round(percentile(times["index"], 0.5) * 1000, 1),
+        "search_index_top5_recall": round(agreement(found["exact"], found["index"]), 3),
     }
