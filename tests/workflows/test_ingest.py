@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from temporalio.client import WorkflowFailureError
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError, WorkflowHistory
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Replayer
 
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -18,7 +21,10 @@ from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
 from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
 from workflows.ingest import IngestDocument
-from workflows.types import IngestTask, Status
+from workflows.types import CHUNK, CLEANUP, EMBED, EXTRACT, STORE, IngestTask, Status
+
+# A document ingested by the release before chunk and cleanup became local activities.
+HISTORY_BEFORE_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-before-local-steps.json"
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +109,42 @@ async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
     assert document is not None
     assert (document.status, document.error_type) == (Status.FAILED, "CorruptDocument")
     assert stack.staging.exists(task.task_id, ORIGINAL)  # kept so the task can be retried
+
+
+def scheduled_activities(history: WorkflowHistory) -> list[str]:
+    return [
+        event.activity_task_scheduled_event_attributes.activity_type.name
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+async def test_chunk_and_cleanup_run_locally_and_the_history_replays(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    task = stage(stack, fake_settings, tenant, lorem(40).encode(), DocumentFormat.TEXT, "a.txt")
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    assert (await handle.result()).status == Status.COMPLETE
+    history = await handle.fetch_history()
+    # No server round trip for the two millisecond steps: only markers in the history.
+    assert set(scheduled_activities(history)) == {EXTRACT, EMBED, STORE}
+    markers = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert len(markers) == 3  # the patch, chunk and cleanup
+    await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+
+
+async def test_a_document_in_flight_across_the_upgrade_replays_its_old_history() -> None:
+    """A worker upgraded while documents were in flight must replay their histories, in which
+    chunk and cleanup were ordinary activities, without a nondeterminism error."""
+    history = WorkflowHistory.from_json(
+        "ingest-before-local-steps", HISTORY_BEFORE_LOCAL_STEPS.read_text()
+    )
+    assert scheduled_activities(history) == [EXTRACT, CHUNK, EMBED, EMBED, STORE, CLEANUP]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
