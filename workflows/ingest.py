@@ -53,6 +53,10 @@ _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
 # from every document's path to its first embed batch (benchmark figure 1). Workflows started
 # before this change replay them as the activities they were (`_local_steps`).
 LOCAL_STEPS_PATCH = "local-chunk-and-cleanup"
+# How a step fails: an activity's failure comes wrapped in ActivityError; a local activity's
+# comes as its own error (ApplicationError, or TimeoutError), unwrapped.
+STEP_FAILURES = (ActivityError, ApplicationError, TimeoutError)
+StepFailure = ActivityError | ApplicationError | TimeoutError
 
 
 def _database_retry(task: IngestTask) -> RetryPolicy:
@@ -76,7 +80,7 @@ class IngestDocument:
     async def run(self, task: IngestTask) -> TaskProgress:
         try:
             await self._ingest(task)
-        except ActivityError as failure:
+        except STEP_FAILURES as failure:
             await self._fail(task, failure)
         except asyncio.CancelledError:
             await self._cancelled(task)
@@ -177,8 +181,8 @@ class IngestDocument:
         )
         return result
 
-    async def _fail(self, task: IngestTask, failure: ActivityError) -> None:
-        error_type, reason = _describe_failure(failure)
+    async def _fail(self, task: IngestTask, failure: StepFailure) -> None:
+        error_type, reason = _describe_failure(failure, self._progress.stage)
         if error_type in FailureType.PERMANENT:
             status = Status.FAILED
             message = f"Failed to process {task.filename}: {reason}"
@@ -223,7 +227,7 @@ class IngestDocument:
                 start_to_close_timeout=timedelta(minutes=1),
                 retry_policy=_database_retry(task),
             )
-        except ActivityError:
+        except STEP_FAILURES:
             # The workflow's own failure remains the record in Temporal; the database row is
             # a convenience that can be missing when the database stayed down.
             workflow.logger.warning("could not record the outcome of %s", task.task_id)
@@ -237,7 +241,7 @@ class IngestDocument:
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=_CLEANUP_RETRY,
             )
-        except ActivityError:
+        except STEP_FAILURES:
             workflow.logger.warning("could not clean up staging of %s", task.task_id)
 
     def _update(
@@ -261,13 +265,15 @@ def _local_steps() -> bool:
     return workflow.patched(LOCAL_STEPS_PATCH)
 
 
-def _describe_failure(failure: ActivityError) -> tuple[str, str]:
-    """The error type and a sentence a person understands, from an activity's failure."""
-    cause = failure.cause
+def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:
+    """The error type and a sentence a person understands, from the failure of a step
+    (named by its activity, or else by the stage it failed in)."""
+    cause = failure.cause if isinstance(failure, ActivityError) else failure
     if isinstance(cause, ApplicationError):
         return cause.type or "ActivityError", cause.message
     if isinstance(cause, TimeoutError):
-        return "Timeout", f"a {failure.activity_type} step timed out (a worker may have died)"
+        step = failure.activity_type if isinstance(failure, ActivityError) else stage
+        return "Timeout", f"a {step} step timed out (a worker may have died)"
     return "ActivityError", str(cause or failure)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -109,6 +110,36 @@ async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
     assert document is not None
     assert (document.status, document.error_type) == (Status.FAILED, "CorruptDocument")
     assert stack.staging.exists(task.task_id, ORIGINAL)  # kept so the task can be retried
+
+
+async def test_a_document_refused_by_the_local_chunk_step_fails_with_its_reason(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    """A local activity's failure reaches the workflow unwrapped (no ActivityError): it must
+    still end the task `failed` with its type and reason, not as an unexpected error."""
+    text = lorem(40).encode()
+    task = stage(stack, fake_settings, tenant, text, DocumentFormat.TEXT, "long.txt")
+    task = dataclasses.replace(task, max_chunks=3)
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "DocumentTooLarge"
+    assert cause.message.startswith("Failed to process long.txt: the document makes ")
+    assert cause.message.endswith("over the limit of 3; split it or use a larger chunk_size")
+    progress = await handle.query(IngestDocument.progress)
+    assert (progress.status, progress.stage, progress.error_type) == (
+        Status.FAILED,
+        "chunking",
+        "DocumentTooLarge",
+    )
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert (document.status, document.error_type) == (Status.FAILED, "DocumentTooLarge")
 
 
 def scheduled_activities(history: WorkflowHistory) -> list[str]:
