@@ -19,6 +19,15 @@ def test_lanes_share_out_the_cores(batch: int, cores: int, lanes: int, threads: 
     assert (chosen.count, chosen.threads_per_lane) == (lanes, threads)
 
 
+@pytest.mark.parametrize(
+    ("texts", "size"),
+    [(1, 1), (2, 1), (3, 2), (12, 6), (16, 8), (17, 5), (24, 6), (32, 8), (33, 6), (128, 8)],
+)
+def test_lanes_cut_a_call_into_even_parts_a_multiple_of_the_lanes(texts: int, size: int) -> None:
+    """At most 8 texts per part, in 2, 4, 6… parts on 2 lanes: no lane idles at the end."""
+    assert Lanes(32, 8, cores=2).part_size(texts) == size
+
+
 def test_lanes_return_each_texts_row_in_the_callers_order() -> None:
     texts = ["a" * (index * 7 % 23) + str(index) for index in range(37)] + ["same", "same"]
 
