@@ -47,12 +47,17 @@ _STEP_RETRY = RetryPolicy(
 # else the cleanup races it and leaves rows or files behind.
 _WAIT = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
-# Chunking and cleanup take milliseconds: they run as local activities, in the workflow's own
-# worker within its workflow task, instead of a round trip through the server's task queue.
-# That cut the Temporal server's CPU for a batch of uploads by a quarter and a workflow task
-# from every document's path to its first embed batch (benchmark figure 1). Workflows started
-# before this change replay them as the activities they were (`_local_steps`).
-LOCAL_STEPS_PATCH = "local-chunk-and-cleanup"
+# Steps that take milliseconds run as local activities, in the workflow's own worker within
+# its workflow task, instead of a round trip through the server's task queue: chunking,
+# cleanup, and extracting a small text, Markdown or HTML file (a PDF or DOCX, or a large file,
+# can take minutes and heartbeats, so it stays an ordinary activity). For figure 1's corpus
+# that cut the Temporal server's CPU by a quarter or more and brought the first embed batch
+# sooner. Workflows started before this change replay these steps as the activities they were
+# (`_local_steps`).
+LOCAL_STEPS_PATCH = "local-short-steps"
+# The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
+QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
+QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
 # How a step fails: an activity's failure comes wrapped in ActivityError; a local activity's
 # comes as its own error (ApplicationError, or TimeoutError), unwrapped.
 STEP_FAILURES = (ActivityError, ApplicationError, TimeoutError)
@@ -89,17 +94,28 @@ class IngestDocument:
 
     async def _ingest(self, task: IngestTask) -> None:
         self._update(Status.PROCESSING, Stage.EXTRACTING, f"Processing {task.filename}...")
-        await workflow.execute_activity(
-            EXTRACT,
-            task,
-            result_type=ExtractResult,
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
-            retry_policy=_STEP_RETRY,
-            cancellation_type=_WAIT,
-        )
+        local = _local_steps()
+        if local and _quick_to_extract(task):
+            await workflow.execute_local_activity(
+                EXTRACT,
+                task,
+                result_type=ExtractResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_STEP_RETRY,
+                cancellation_type=_WAIT,
+            )
+        else:
+            await workflow.execute_activity(
+                EXTRACT,
+                task,
+                result_type=ExtractResult,
+                start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
+                retry_policy=_STEP_RETRY,
+                cancellation_type=_WAIT,
+            )
         self._update(Status.PROCESSING, Stage.CHUNKING)
-        run_step = workflow.execute_local_activity if _local_steps() else workflow.execute_activity
+        run_step = workflow.execute_local_activity if local else workflow.execute_activity
         chunked = await run_step(
             CHUNK,
             task,
@@ -260,9 +276,14 @@ class IngestDocument:
 
 
 def _local_steps() -> bool:
-    """Whether chunk and cleanup run as local activities: always, except when replaying a
+    """Whether the short steps run as local activities: always, except when replaying a
     history written before they did (a worker upgraded while documents were in flight)."""
     return workflow.patched(LOCAL_STEPS_PATCH)
+
+
+def _quick_to_extract(task: IngestTask) -> bool:
+    """A file `extract` turns into text in milliseconds, with no page to heartbeat."""
+    return task.format in QUICK_EXTRACT_FORMATS and task.size_bytes <= QUICK_EXTRACT_MAX_BYTES
 
 
 def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:

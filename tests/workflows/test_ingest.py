@@ -150,24 +150,47 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
     ]
 
 
-async def test_chunk_and_cleanup_run_locally_and_the_history_replays(
-    stack: Stack, fake_settings: Settings, tenant: Tenant
+@pytest.mark.parametrize(
+    ("fmt", "queued"),
+    [(DocumentFormat.TEXT, {EMBED, STORE}), (DocumentFormat.PDF, {EXTRACT, EMBED, STORE})],
+)
+async def test_short_steps_run_locally_and_the_history_replays(
+    stack: Stack, fake_settings: Settings, tenant: Tenant, fmt: DocumentFormat, queued: set[str]
 ) -> None:
-    task = stage(stack, fake_settings, tenant, lorem(40).encode(), DocumentFormat.TEXT, "a.txt")
+    """Chunk, cleanup and a small text file's extraction leave only markers in the history;
+    a PDF's extraction (slow, heartbeating) still goes through the task queue."""
+    data = lorem(40).encode() if fmt is DocumentFormat.TEXT else make_pdf([lorem(20)])
+    task = stage(stack, fake_settings, tenant, data, fmt, f"a.{fmt.value}")
     handle = await stack.client.start_workflow(
         IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
     )
     assert (await handle.result()).status == Status.COMPLETE
     history = await handle.fetch_history()
-    # No server round trip for the two millisecond steps: only markers in the history.
-    assert set(scheduled_activities(history)) == {EXTRACT, EMBED, STORE}
+    assert set(scheduled_activities(history)) == queued
     markers = [
         event
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
     ]
-    assert len(markers) == 3  # the patch, chunk and cleanup
+    assert len(markers) == 1 + 5 - len(queued)  # the patch, then one per local step
     await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+
+
+async def test_an_empty_text_file_extracted_locally_fails_with_its_reason(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    task = stage(stack, fake_settings, tenant, b"  \n\t ", DocumentFormat.TEXT, "blank.txt")
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.message) == (
+        "EmptyDocument",
+        "Failed to process blank.txt: the document contains no text",
+    )
 
 
 async def test_a_document_in_flight_across_the_upgrade_replays_its_old_history() -> None:
