@@ -32,7 +32,7 @@ from core.keys import create_key
 from core.models import EMBEDDING_DIMENSION, Agent
 from core.settings import Settings
 from core.staging import StagingStore
-from worker.main import build_workers
+from worker.main import EXECUTOR_THREADS, build_workers
 
 
 class FakeEmbedder:
@@ -114,7 +114,7 @@ async def running_workers(
     stack: Stack, settings: Settings, embedder: TextEmbedder
 ) -> AsyncIterator[list[Worker]]:
     """The production workers (both task queues of `settings`) running in this loop."""
-    with ThreadPoolExecutor(max_workers=8) as executor:
+    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
         workers = build_workers(
             stack.client, settings, stack.staging, stack.sessionmaker, embedder, executor
         )
