@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError, WorkflowHistory
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
@@ -22,9 +22,18 @@ from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
 from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
 from workflows.ingest import IngestDocument
-from workflows.types import CHUNK, CLEANUP, EMBED, EXTRACT, STORE, IngestTask, Status
+from workflows.types import (
+    CHUNK,
+    CLEANUP,
+    EMBED,
+    EXTRACT,
+    STORE,
+    IngestTask,
+    Status,
+    TaskProgress,
+)
 
-# A document ingested by the release before chunk and cleanup became local activities.
+# A document ingested by the release before the short steps became local activities.
 HISTORY_BEFORE_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-before-local-steps.json"
 
 
@@ -54,6 +63,21 @@ def stage(stack: Stack, settings: Settings, tenant: Tenant, data: bytes, fmt: Do
         embed_activity_chunks=settings.embed_activity_chunks,
         embed_window=settings.embed_window,
     )
+
+
+async def run_to_failure(
+    stack: Stack, settings: Settings, task: IngestTask
+) -> tuple[WorkflowHandle[IngestDocument, TaskProgress], ApplicationError]:
+    """Run the task's workflow, which must fail; its handle and the ApplicationError it ended
+    with."""
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    return handle, cause
 
 
 async def test_ingest_stores_every_chunk_once_and_cleans_staging(
@@ -89,13 +113,7 @@ async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
 ) -> None:
     broken = make_pdf(["a page that will be cut"])[:300]
     task = stage(stack, fake_settings, tenant, broken, DocumentFormat.PDF, "broken.pdf")
-    handle = await stack.client.start_workflow(
-        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
-    )
-    with pytest.raises(WorkflowFailureError) as failure:
-        await handle.result()
-    cause = failure.value.cause
-    assert isinstance(cause, ApplicationError)
+    handle, cause = await run_to_failure(stack, fake_settings, task)
     assert cause.type == "CorruptDocument"
     assert cause.message.startswith("Failed to process broken.pdf: the PDF is damaged")
 
@@ -120,13 +138,7 @@ async def test_a_document_refused_by_the_local_chunk_step_fails_with_its_reason(
     text = lorem(40).encode()
     task = stage(stack, fake_settings, tenant, text, DocumentFormat.TEXT, "long.txt")
     task = dataclasses.replace(task, max_chunks=3)
-    handle = await stack.client.start_workflow(
-        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
-    )
-    with pytest.raises(WorkflowFailureError) as failure:
-        await handle.result()
-    cause = failure.value.cause
-    assert isinstance(cause, ApplicationError)
+    handle, cause = await run_to_failure(stack, fake_settings, task)
     assert cause.type == "DocumentTooLarge"
     assert cause.message.startswith("Failed to process long.txt: the document makes ")
     assert cause.message.endswith("over the limit of 3; split it or use a larger chunk_size")
@@ -180,13 +192,7 @@ async def test_an_empty_text_file_extracted_locally_fails_with_its_reason(
     stack: Stack, fake_settings: Settings, tenant: Tenant
 ) -> None:
     task = stage(stack, fake_settings, tenant, b"  \n\t ", DocumentFormat.TEXT, "blank.txt")
-    handle = await stack.client.start_workflow(
-        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
-    )
-    with pytest.raises(WorkflowFailureError) as failure:
-        await handle.result()
-    cause = failure.value.cause
-    assert isinstance(cause, ApplicationError)
+    _, cause = await run_to_failure(stack, fake_settings, task)
     assert (cause.type, cause.message) == (
         "EmptyDocument",
         "Failed to process blank.txt: the document contains no text",
@@ -195,7 +201,7 @@ async def test_an_empty_text_file_extracted_locally_fails_with_its_reason(
 
 async def test_a_document_in_flight_across_the_upgrade_replays_its_old_history() -> None:
     """A worker upgraded while documents were in flight must replay their histories, in which
-    chunk and cleanup were ordinary activities, without a nondeterminism error."""
+    every step was an ordinary activity, without a nondeterminism error."""
     history = WorkflowHistory.from_json(
         "ingest-before-local-steps", HISTORY_BEFORE_LOCAL_STEPS.read_text()
     )
