@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # main queue's activities, the short local steps and the one embed batch always find a thread.
 MAIN_ACTIVITIES = 4
 LOCAL_STEPS = 2
-EXECUTOR_THREADS = MAIN_ACTIVITIES + LOCAL_STEPS + 1 + 1  # + the embed batch, + one spare
+EMBED_BATCHES = 1  # one at a time: the embedder already spreads a batch over every core
+EXECUTOR_THREADS = MAIN_ACTIVITIES + LOCAL_STEPS + EMBED_BATCHES + 1  # + one spare
 
 
 class Role(enum.StrEnum):
@@ -93,8 +94,7 @@ def build_workers(
                     EmbedActivities(staging, embedder, settings.embedding_batch_size).embed
                 ],
                 activity_executor=executor,
-                # One batch at a time: the embedder already spreads a batch over every core.
-                max_concurrent_activities=1,
+                max_concurrent_activities=EMBED_BATCHES,
             )
         )
     return workers
