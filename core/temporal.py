@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from datetime import UTC, datetime
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -18,9 +21,36 @@ INGEST_STATUS = SearchAttributeKey.for_keyword("IngestStatus")
 BATCH_ID = SearchAttributeKey.for_keyword("BatchId")
 SEARCH_ATTRIBUTES = (OWNER_ID, AGENT_ID, INGEST_STATUS, BATCH_ID)
 
+# How long a process waits for Temporal at start-up: a worker started beside the server (compose,
+# `make dev`) finds nothing listening yet, or a dev server that listens before its frontend is
+# healthy ("Frontend is not healthy yet" — seen when a machine is busy).
+CONNECT_PATIENCE_S = 60.0
 
-async def connect(address: str, namespace: str) -> Client:
-    return await Client.connect(address, namespace=namespace)
+log = logging.getLogger(__name__)
+
+
+class TemporalUnreachable(RuntimeError):
+    """Temporal did not answer at the configured address within the patience."""
+
+
+async def connect(
+    address: str, namespace: str, *, patience_s: float = CONNECT_PATIENCE_S
+) -> Client:
+    """A client of `namespace` at `address`, retrying a server that is not up (yet) until
+    `patience_s` have passed; then TemporalUnreachable names the address and the last error."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.1
+    while True:
+        try:
+            return await Client.connect(address, namespace=namespace)
+        except RuntimeError as exc:  # the SDK's connect failure: "Failed client connect: …"
+            if time.monotonic() + delay > deadline:
+                raise TemporalUnreachable(
+                    f"Temporal at {address} did not answer within {patience_s:g} s: {exc}"
+                ) from exc
+            log.info("waiting for Temporal at %s: %s", address, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def register_search_attributes(client: Client) -> None:
