@@ -17,6 +17,7 @@ class Sizes:
 
     text_document_chunks: tuple[int, ...]
     pdf_chunks: tuple[int, ...]
+    pipeline_rounds: int
     queries: int
     upload_requests: int
     upload_clients: int
@@ -33,6 +34,7 @@ class Sizes:
 FULL = Sizes(
     text_document_chunks=(12, 18, 24, 30, 36, 42, 20, 28, 34, 46),
     pdf_chunks=(55, 55),
+    pipeline_rounds=2,
     queries=50,
     upload_requests=320,
     upload_clients=16,
@@ -48,6 +50,7 @@ FULL = Sizes(
 QUICK = Sizes(
     text_document_chunks=(8, 12, 6),
     pdf_chunks=(10,),
+    pipeline_rounds=1,
     queries=10,
     upload_requests=32,
     upload_clients=16,
@@ -87,10 +90,13 @@ class Context:
             )
         return self._embedders[precision]
 
-    async def encoding(self, precision: str, documents: list[list[str]]) -> Encoding:
-        """These chunks encoded as the worker would, in `precision`; measured once per run."""
+    async def encoding(
+        self, precision: str, documents: list[list[str]], *, fresh: bool = False
+    ) -> Encoding:
+        """These chunks encoded as the worker would, in `precision`; measured once per run
+        unless `fresh` asks for a new measurement (which later calls then get)."""
         key = (precision, hash(tuple(tuple(chunks) for chunks in documents)))
-        if key not in self._encodings:
+        if fresh or key not in self._encodings:
             embedder = await self.embedder(precision)
             settings = self.stack.settings
             calls = worker_batches(
