@@ -28,16 +28,19 @@ async def test_connect_waits_for_a_server_that_starts_after_it(
     caplog.set_level(logging.INFO, logger="core.temporal")
     port = free_port()
     connecting = asyncio.ensure_future(connect(f"127.0.0.1:{port}", "default"))
-    while not any("waiting for Temporal" in r.getMessage() for r in caplog.records):
-        assert not connecting.done()
-        await asyncio.sleep(0.05)
-    server = await asyncio.to_thread(
-        start_temporal_dev_server, tmp_path, port=port, ui_port=free_port()
-    )
+    server = None
     try:
+        while not any("waiting for Temporal" in r.getMessage() for r in caplog.records):
+            assert not connecting.done()
+            await asyncio.sleep(0.05)
+        server = await asyncio.to_thread(
+            start_temporal_dev_server, tmp_path, port=port, ui_port=free_port()
+        )
         client = await asyncio.wait_for(connecting, timeout=60)
         namespaces = await client.workflow_service.list_namespaces(ListNamespacesRequest())
         assert "default" in {ns.namespace_info.name for ns in namespaces.namespaces}
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        connecting.cancel()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
