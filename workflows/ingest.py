@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -62,6 +63,7 @@ QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
 # comes as its own error (ApplicationError, or TimeoutError), unwrapped.
 STEP_FAILURES = (ActivityError, ApplicationError, TimeoutError)
 StepFailure = ActivityError | ApplicationError | TimeoutError
+T = TypeVar("T")
 
 
 def _database_retry(task: IngestTask) -> RetryPolicy:
@@ -96,14 +98,7 @@ class IngestDocument:
         self._update(Status.PROCESSING, Stage.EXTRACTING, f"Processing {task.filename}...")
         local = _local_steps()
         if local and _quick_to_extract(task):
-            await workflow.execute_local_activity(
-                EXTRACT,
-                task,
-                result_type=ExtractResult,
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=_STEP_RETRY,
-                cancellation_type=_WAIT,
-            )
+            await _short_step(EXTRACT, task, ExtractResult, timedelta(minutes=2), local=True)
         else:
             await workflow.execute_activity(
                 EXTRACT,
@@ -115,15 +110,7 @@ class IngestDocument:
                 cancellation_type=_WAIT,
             )
         self._update(Status.PROCESSING, Stage.CHUNKING)
-        run_step = workflow.execute_local_activity if local else workflow.execute_activity
-        chunked = await run_step(
-            CHUNK,
-            task,
-            result_type=ChunkResult,
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=_STEP_RETRY,
-            cancellation_type=_WAIT,
-        )
+        chunked = await _short_step(CHUNK, task, ChunkResult, timedelta(minutes=5), local)
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
         await self._embed_all(task, chunked.chunks)
         self._update(Status.PROCESSING, Stage.STORING)
@@ -279,6 +266,23 @@ def _local_steps() -> bool:
     """Whether the short steps run as local activities: always, except when replaying a
     history written before they did (a worker upgraded while documents were in flight)."""
     return workflow.patched(LOCAL_STEPS_PATCH)
+
+
+async def _short_step(
+    activity: str, task: IngestTask, result_type: type[T], start_to_close: timedelta, local: bool
+) -> T:
+    """Run a step of `task` that takes milliseconds, with the steps' retry and cancellation:
+    as a local activity, or as an ordinary one when replaying an older history."""
+    run = workflow.execute_local_activity if local else workflow.execute_activity
+    result: T = await run(
+        activity,
+        task,
+        result_type=result_type,
+        start_to_close_timeout=start_to_close,
+        retry_policy=_STEP_RETRY,
+        cancellation_type=_WAIT,
+    )
+    return result
 
 
 def _quick_to_extract(task: IngestTask) -> bool:
