@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from benchmarks.context import Context
+from benchmarks.corpus import Document as CorpusDocument
 from benchmarks.measure import BenchmarkError, FigureResult, Target
 from benchmarks.stack import Stack, completed_at, require_complete, upload
 from core.models import Chunk, Document
@@ -84,9 +85,10 @@ class Round:
     details: dict[str, object]
 
 
-async def one_round(ctx: Context, number: int) -> tuple[Round, list[list[str]]]:
+async def one_round(
+    ctx: Context, documents: list[CorpusDocument], number: int
+) -> tuple[Round, list[list[str]]]:
     stack = ctx.stack
-    documents = ctx.corpus()
     tenant = await stack.new_tenant(f"{KEY}-{number}")
     await stack.wait_idle()
     async with stack.http() as http:
@@ -125,7 +127,7 @@ async def run(ctx: Context) -> FigureResult:
     documents = ctx.corpus()
     rounds: list[Round] = []
     for number in range(1, ctx.sizes.pipeline_rounds + 1):
-        done, stored = await one_round(ctx, number)
+        done, stored = await one_round(ctx, documents, number)
         if rounds and done.chunks != rounds[0].chunks:
             raise BenchmarkError("two uploads of the same corpus stored different chunks")
         rounds.append(done)
