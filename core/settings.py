@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     max_document_chunks: int = Field(
         default=20_000, ge=1, description="A document past this many chunks fails."
     )
+    extract_time_limit: timedelta = Field(
+        default=timedelta(minutes=5),
+        ge=timedelta(seconds=1),
+        le=timedelta(minutes=9),
+        description=(
+            "How long the worker reads one PDF before it fails it as too slow to read "
+            "(under the extract step's 10-minute timeout, so it is never retried as lost)."
+        ),
+    )
     activity_heartbeat_timeout: timedelta = Field(
         default=timedelta(minutes=1), description="How soon a lost worker's activity is retried."
     )
@@ -103,6 +112,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "staging_ttl",
+        "extract_time_limit",
         "activity_heartbeat_timeout",
         "upload_orphan_grace",
         "key_cache_ttl",

@@ -65,7 +65,7 @@ def build_workers(
                 task_queue=settings.task_queue,
                 workflows=[IngestDocument, CleanStaging],
                 activities=[
-                    ExtractActivities(staging).extract,
+                    ExtractActivities(staging, settings.extract_time_limit.total_seconds()).extract,
                     ChunkActivities(staging).chunk,
                     store.store,
                     store.record_outcome,

@@ -49,6 +49,7 @@ class FailureType:
     ENCRYPTED_DOCUMENT = "EncryptedDocument"
     EMPTY_DOCUMENT = "EmptyDocument"
     DOCUMENT_TOO_LARGE = "DocumentTooLarge"
+    DOCUMENT_TOO_SLOW = "DocumentTooSlow"
     STAGING_MISSING = "StagingMissing"
     AGENT_DELETED = "AgentDeleted"
 
@@ -59,6 +60,7 @@ class FailureType:
             ENCRYPTED_DOCUMENT,
             EMPTY_DOCUMENT,
             DOCUMENT_TOO_LARGE,
+            DOCUMENT_TOO_SLOW,
         }
     )
     # Retrying these can never help; STAGING_MISSING ends as `error` (the system lost input).

@@ -10,7 +10,13 @@ import pytest
 
 from activities import extract as extract_module
 from activities.errors import RejectedDocument
-from activities.extract import extract_docx, extract_pdf, extract_text, html_to_text
+from activities.extract import (
+    ReadingClock,
+    extract_docx,
+    extract_pdf,
+    extract_text,
+    html_to_text,
+)
 from core.formats import DocumentFormat
 from tests.documents import (
     make_docx,
@@ -18,6 +24,7 @@ from tests.documents import (
     make_encrypted_pdf,
     make_image_only_pdf,
     make_pdf,
+    make_slow_pdf,
     make_zip,
 )
 from workflows.types import FailureType
@@ -63,6 +70,48 @@ def test_extract_pdf_reports_each_page() -> None:
     seen: list[int] = []
     extract_pdf(make_pdf(PAGES), on_page=seen.append)
     assert seen == [1, 2, 3]
+
+
+class FakeTime:
+    """A clock that moves on by `step` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.moment = 0.0
+
+    def __call__(self) -> float:
+        self.moment += self.step
+        return self.moment
+
+
+def test_reading_clock_refuses_the_document_past_its_limit_saying_how_far_it_got() -> None:
+    clock = ReadingClock(90, now=FakeTime(10))  # made at 10; checks at 20, 30, ...
+    for page in range(1, 10):
+        clock.check(page, 12)  # up to 100: 90 s have passed, not more
+    with pytest.raises(RejectedDocument) as info:
+        clock.check(10, 12)
+    assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
+    assert info.value.message == (
+        "reading the PDF took longer than 90 s (9 of 12 pages read); "
+        "it may be damaged or built to be slow to read"
+    )
+
+
+def test_reading_clock_says_whole_minutes_in_minutes() -> None:
+    with pytest.raises(RejectedDocument, match=r"longer than 5 min \(0 of 3 pages read\)"):
+        ReadingClock(300, now=FakeTime(301)).check(1, 3)
+
+
+def test_a_pdf_slow_to_read_is_refused_at_the_time_limit() -> None:
+    # 1 MiB of operators per page: each page takes seconds, the whole file over a minute.
+    with pytest.raises(RejectedDocument) as info:
+        extract_pdf(make_slow_pdf(1, pages=20), clock=ReadingClock(0.2))
+    assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
+    assert "took longer than 0.2 s (1 of 20 pages read)" in info.value.message
+
+
+def test_a_pdf_read_within_its_limit_reads_the_same_as_without_a_clock() -> None:
+    assert extract_pdf(make_pdf(PAGES), clock=ReadingClock(60)) == extract_pdf(make_pdf(PAGES))
 
 
 def test_extract_text_pdf_with_empty_user_password_opens() -> None:

@@ -17,6 +17,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,18 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from activities.embed import TextEmbedder
 from tests.documents import (
     lorem,
     make_docx,
     make_encrypted_pdf,
     make_image_only_pdf,
     make_pdf,
+    make_slow_pdf,
     make_zip,
 )
-from tests.support import Stack, Tenant, serve, stack_settings, wait_for_status
-from workflows.types import Status
+from tests.support import Stack, Tenant, running_workers, serve, stack_settings, wait_for_status
+from workflows.types import EXTRACT, Status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -463,6 +466,42 @@ async def test_hostile_20_mb_line_without_spaces_fails_too_large(
     await gather_checked(
         {"giant": giant_case(), "good": good_upload(http, tenant, "beside-giant.txt", good)}
     )
+
+
+async def test_hostile_pdf_slow_to_read_fails_at_the_time_limit_without_retries(
+    stack: Stack, tenant: Tenant, embedder: TextEmbedder
+) -> None:
+    # ~8 KiB of file, 20 pages that each run 1 MiB of text operators: over a minute to read.
+    slow = make_slow_pdf(1, pages=20)
+    assert len(slow) < 16 * 1024
+    settings = stack_settings(stack, extract_time_limit=timedelta(seconds=1))
+    async with (
+        serve(settings) as url,
+        running_workers(stack, settings, embedder),
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        response = await post_upload(http, tenant, "slow.pdf", slow)
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, DEADLINE_S)
+        assert_human_failure(status, "slow.pdf", "DocumentTooSlow", "took longer than 1 s")
+        assert (
+            "of 20 pages read); it may be damaged or built to be slow to read" in status["message"]
+        )
+        good = make_pdf(["A page that reads at once."])
+        await good_upload(http, tenant, "quick.pdf", good)  # the same worker, right after
+    history = await stack.client.get_workflow_handle(task_id).fetch_history()
+    extracts = {
+        event.event_id
+        for event in history.events
+        if event.activity_task_scheduled_event_attributes.activity_type.name == EXTRACT
+    }
+    attempts = [
+        event.activity_task_started_event_attributes.attempt
+        for event in history.events
+        if event.activity_task_started_event_attributes.scheduled_event_id in extracts
+    ]
+    assert attempts == [1]  # extract ran once: never retried as if a worker were lost
 
 
 # --- the door: size, multipart shape, parameters, ids, keys ---------------------------------
