@@ -27,6 +27,7 @@ from sqlalchemy import text
 
 from activities.embed import TextEmbedder
 from tests.documents import (
+    build_pdf,
     lorem,
     make_docx,
     make_encrypted_pdf,
@@ -46,22 +47,6 @@ DEADLINE_S = 90  # per task: a hostile file must not keep the worker busy past t
 
 
 # --- hostile documents, built in memory -----------------------------------------------------
-
-
-def build_pdf(objects: list[bytes]) -> bytes:
-    """A PDF from raw object bodies (object n is objects[n - 1]) with a correct xref table."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n%b\nendobj\n" % (number, body))
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    out.write(b"".join(b"%010d 00000 n \n" % offset for offset in offsets))
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1))
-    out.write(b"startxref\n%d\n%%%%EOF\n" % xref)
-    return out.getvalue()
 
 
 _PAGE_TEXT = b"BT /F1 12 Tf 40 800 Td (A page inside a loop) Tj ET"
