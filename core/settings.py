@@ -86,8 +86,8 @@ class Settings(BaseSettings):
         ge=timedelta(seconds=1),
         le=timedelta(minutes=9),
         description=(
-            "How long the worker reads one PDF before it fails it as too slow to read "
-            "(under the extract step's 10-minute timeout, so it is never retried as lost)."
+            "How long (wall clock, checked between pages) the worker reads one PDF before it "
+            "fails it as too slow to read; under the extract step's 10-minute timeout."
         ),
     )
     activity_heartbeat_timeout: timedelta = Field(

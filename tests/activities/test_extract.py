@@ -103,11 +103,11 @@ def test_reading_clock_says_whole_minutes_in_minutes() -> None:
 
 
 def test_a_pdf_slow_to_read_is_refused_at_the_time_limit() -> None:
-    # 1 MiB of operators per page: each page takes seconds, the whole file over a minute.
+    # Every page check finds 10 s more gone: pages 1 and 2 are read, page 3 is refused.
     with pytest.raises(RejectedDocument) as info:
-        extract_pdf(make_slow_pdf(1, pages=20), clock=ReadingClock(0.2))
+        extract_pdf(make_slow_pdf(0.01, pages=20), clock=ReadingClock(25, now=FakeTime(10)))
     assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
-    assert "took longer than 0.2 s (1 of 20 pages read)" in info.value.message
+    assert "took longer than 25 s (2 of 20 pages read)" in info.value.message
 
 
 def test_a_pdf_read_within_its_limit_reads_the_same_as_without_a_clock() -> None:
