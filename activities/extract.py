@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pypdf.errors import FileNotDecryptedError, PdfReadError
 from temporalio import activity
 
 from activities.errors import RejectedDocument, rejected_to_failure, staging_missing
+from activities.reader_process import DEFAULT_TIME_LIMIT_S, READ_IN_CHILD, read_in_child
 from core.formats import DocumentFormat, decode_text
 from core.staging import TEXT, StagingStore
 from workflows.types import EXTRACT, ExtractResult, FailureType, IngestTask
@@ -24,9 +24,6 @@ from workflows.types import EXTRACT, ExtractResult, FailureType, IngestTask
 # A DOCX is a ZIP: refuse archives that inflate past this before python-docx reads them.
 MAX_DOCX_UNCOMPRESSED = 256 * 1024 * 1024
 PAGE_SEPARATOR = "\n\n"
-# A PDF page is a program, and a file of a few kilobytes can hold one that pypdf needs seconds to
-# run (~4 s per MiB of text operators on the benchmark machine), in a stream that every page may
-# share: minutes or hours for the whole file. The reader checks a time limit between pages.
 
 
 @dataclass
@@ -36,40 +33,13 @@ class ExtractedText:
     page_starts: list[int] | None = None
 
 
-class ReadingClock:
-    """How long one PDF may take to read: `check`, called before each page, refuses the
-    document once `limit_s` has passed since the clock was made, saying how far it got."""
-
-    def __init__(self, limit_s: float, now: Callable[[], float] = time.monotonic) -> None:
-        self.limit_s = limit_s
-        self._now = now
-        self._started = now()
-
-    def check(self, page: int, pages: int) -> None:
-        if self._now() - self._started > self.limit_s:
-            raise RejectedDocument(
-                FailureType.DOCUMENT_TOO_SLOW,
-                f"reading the PDF took longer than {_duration(self.limit_s)} ({page - 1} of "
-                f"{pages} pages read); it may be damaged or built to be slow to read",
-            )
+OnPage = Callable[[int, int], None]  # (pages read, pages in the document)
 
 
-def _duration(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
-
-
-def extract_text(
-    data: bytes,
-    fmt: DocumentFormat,
-    on_page: Callable[[int], None] | None = None,
-    clock: ReadingClock | None = None,
-) -> ExtractedText:
-    """The document's text; raises RejectedDocument when the file cannot be read (or, with a
-    `clock`, when a PDF takes longer than its limit)."""
+def extract_text(data: bytes, fmt: DocumentFormat, on_page: OnPage | None = None) -> ExtractedText:
+    """The document's text; raises RejectedDocument when the file cannot be read."""
     extractors: dict[DocumentFormat, Callable[[], ExtractedText]] = {
-        DocumentFormat.PDF: lambda: extract_pdf(data, on_page, clock),
+        DocumentFormat.PDF: lambda: extract_pdf(data, on_page),
         DocumentFormat.DOCX: lambda: ExtractedText(extract_docx(data)),
         DocumentFormat.HTML: lambda: ExtractedText(html_to_text(decode_text(data))),
         DocumentFormat.MARKDOWN: lambda: ExtractedText(decode_text(data)),
@@ -89,26 +59,22 @@ def _empty_reason(fmt: DocumentFormat) -> str:
     return "the document contains no text"
 
 
-def extract_pdf(
-    data: bytes,
-    on_page: Callable[[int], None] | None = None,
-    clock: ReadingClock | None = None,
-) -> ExtractedText:
+def extract_pdf(data: bytes, on_page: OnPage | None = None) -> ExtractedText:
     reader = _open_pdf(data)
     parts: list[str] = []
     page_starts: list[int] = []
     offset = 0
     try:
         pages = len(reader.pages)
+        if on_page is not None:
+            on_page(0, pages)
         for number, page in enumerate(reader.pages, start=1):
-            if clock is not None:
-                clock.check(number, pages)
             page_text = (page.extract_text() or "").replace("\x00", "").strip()
             page_starts.append(offset)
             parts.append(page_text)
             offset += len(page_text) + len(PAGE_SEPARATOR)
             if on_page is not None:
-                on_page(number)
+                on_page(number, pages)
     except RejectedDocument:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files
@@ -254,7 +220,7 @@ def html_to_text(html: str) -> str:
 
 
 class ExtractActivities:
-    def __init__(self, staging: StagingStore, time_limit_s: float | None = None) -> None:
+    def __init__(self, staging: StagingStore, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> None:
         self.staging = staging
         self.time_limit_s = time_limit_s
 
@@ -265,11 +231,12 @@ class ExtractActivities:
             data = self.staging.read_bytes(task.task_id, task.original)
         except FileNotFoundError as exc:
             raise staging_missing("the uploaded file") from exc
-        clock = None if self.time_limit_s is None else ReadingClock(self.time_limit_s)
+        fmt = DocumentFormat(task.format)
         try:
-            extracted = extract_text(
-                data, DocumentFormat(task.format), on_page=activity.heartbeat, clock=clock
-            )
+            if fmt in READ_IN_CHILD:
+                extracted = read_in_child(data, fmt, self.time_limit_s, activity.heartbeat)
+            else:
+                extracted = extract_text(data, fmt)
         except RejectedDocument as rejected:
             raise rejected_to_failure(rejected) from rejected
         self.staging.write_json(

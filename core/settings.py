@@ -86,8 +86,9 @@ class Settings(BaseSettings):
         ge=timedelta(seconds=1),
         le=timedelta(minutes=9),
         description=(
-            "How long (wall clock, checked between pages) the worker reads one PDF before it "
-            "fails it as too slow to read; under the extract step's 10-minute timeout."
+            "How long (wall clock) the worker lets a child process read one PDF or Word file "
+            "before it stops it and fails the document as too slow to read; under the extract "
+            "step's 10-minute timeout."
         ),
     )
     activity_heartbeat_timeout: timedelta = Field(

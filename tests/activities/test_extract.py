@@ -10,13 +10,7 @@ import pytest
 
 from activities import extract as extract_module
 from activities.errors import RejectedDocument
-from activities.extract import (
-    ReadingClock,
-    extract_docx,
-    extract_pdf,
-    extract_text,
-    html_to_text,
-)
+from activities.extract import extract_docx, extract_pdf, extract_text, html_to_text
 from core.formats import DocumentFormat
 from tests.documents import (
     make_docx,
@@ -24,7 +18,6 @@ from tests.documents import (
     make_encrypted_pdf,
     make_image_only_pdf,
     make_pdf,
-    make_slow_pdf,
     make_zip,
 )
 from workflows.types import FailureType
@@ -67,51 +60,9 @@ def test_extract_text_pdf_page_starts_with_a_blank_page() -> None:
 
 
 def test_extract_pdf_reports_each_page() -> None:
-    seen: list[int] = []
-    extract_pdf(make_pdf(PAGES), on_page=seen.append)
-    assert seen == [1, 2, 3]
-
-
-class FakeTime:
-    """A clock that moves on by `step` seconds each time it is read."""
-
-    def __init__(self, step: float) -> None:
-        self.step = step
-        self.moment = 0.0
-
-    def __call__(self) -> float:
-        self.moment += self.step
-        return self.moment
-
-
-def test_reading_clock_refuses_the_document_past_its_limit_saying_how_far_it_got() -> None:
-    clock = ReadingClock(90, now=FakeTime(10))  # made at 10; checks at 20, 30, ...
-    for page in range(1, 10):
-        clock.check(page, 12)  # up to 100: 90 s have passed, not more
-    with pytest.raises(RejectedDocument) as info:
-        clock.check(10, 12)
-    assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
-    assert info.value.message == (
-        "reading the PDF took longer than 90 s (9 of 12 pages read); "
-        "it may be damaged or built to be slow to read"
-    )
-
-
-def test_reading_clock_says_whole_minutes_in_minutes() -> None:
-    with pytest.raises(RejectedDocument, match=r"longer than 5 min \(0 of 3 pages read\)"):
-        ReadingClock(300, now=FakeTime(301)).check(1, 3)
-
-
-def test_a_pdf_slow_to_read_is_refused_at_the_time_limit() -> None:
-    # Every page check finds 10 s more gone: pages 1 and 2 are read, page 3 is refused.
-    with pytest.raises(RejectedDocument) as info:
-        extract_pdf(make_slow_pdf(0.01, pages=20), clock=ReadingClock(25, now=FakeTime(10)))
-    assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
-    assert "took longer than 25 s (2 of 20 pages read)" in info.value.message
-
-
-def test_a_pdf_read_within_its_limit_reads_the_same_as_without_a_clock() -> None:
-    assert extract_pdf(make_pdf(PAGES), clock=ReadingClock(60)) == extract_pdf(make_pdf(PAGES))
+    seen: list[tuple[int, int]] = []
+    extract_pdf(make_pdf(PAGES), on_page=lambda read, pages: seen.append((read, pages)))
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 
 def test_extract_text_pdf_with_empty_user_password_opens() -> None:

@@ -1,0 +1,100 @@
+"""Reading PDFs and Word files in a child process that is stopped at the time limit."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import psutil
+import pytest
+
+from activities.errors import RejectedDocument
+from activities.extract import extract_docx, extract_pdf
+from activities.reader_process import ReaderDied, read_in_child
+from core.formats import DocumentFormat
+from tests.documents import make_docx, make_pdf, make_slow_pdf
+from workflows.types import FailureType
+
+PAGES = ["Page one opens the report.", "Page two holds the figures.", "Page three ends it."]
+
+
+def test_a_pdf_read_in_a_child_reads_as_in_the_worker_and_reports_its_pages() -> None:
+    pulses: list[int] = []
+    data = make_pdf(PAGES)
+    assert read_in_child(data, DocumentFormat.PDF, 60, pulses.append) == extract_pdf(data)
+
+
+def test_a_word_file_read_in_a_child_reads_as_in_the_worker() -> None:
+    data = make_docx(["First paragraph.", "Second paragraph."], [["a", "b"], ["c", "d"]])
+    extracted = read_in_child(data, DocumentFormat.DOCX, 60, lambda _: None)
+    assert extracted.text == extract_docx(data)
+    assert extracted.page_starts is None
+
+
+def test_a_bad_file_read_in_a_child_is_refused_with_its_reason() -> None:
+    with pytest.raises(RejectedDocument) as info:
+        read_in_child(b"%PDF-1.4 nothing else", DocumentFormat.PDF, 60, lambda _: None)
+    assert info.value.error_type == FailureType.CORRUPT_DOCUMENT
+    assert info.value.message == "the PDF is damaged or incomplete and cannot be read"
+
+
+def test_a_pdf_slow_to_read_is_stopped_at_the_limit_saying_how_far_it_got() -> None:
+    # 20 pages of 0.5 MiB of operators each: ~2 s a page on the benchmark machine.
+    with pytest.raises(RejectedDocument) as info:
+        read_in_child(make_slow_pdf(0.5, pages=20), DocumentFormat.PDF, 3, lambda _: None)
+    assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
+    found = re.fullmatch(
+        r"reading the PDF took longer than 3 s \((\d+) of 20 pages read\); "
+        r"it may be damaged or built to be slow to read",
+        info.value.message,
+    )
+    assert found is not None, info.value.message
+    assert int(found.group(1)) < 20
+
+
+def test_a_single_slow_page_is_stopped_in_its_middle_while_the_wait_pulses() -> None:
+    # One page of 2 MiB of operators: ~7 s to read here, stopped after 1 s.
+    pulses: list[int] = []
+    with pytest.raises(RejectedDocument) as info:
+        read_in_child(make_slow_pdf(2, pages=1), DocumentFormat.PDF, 1, pulses.append)
+    assert "took longer than 1 s (0 of 1 pages read)" in info.value.message
+    assert pulses and set(pulses) == {0}  # heartbeats while the page ran, none of it done
+
+
+def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() -> None:
+    readers_before = _readers()
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_in_child(make_slow_pdf(2, pages=3), DocumentFormat.PDF, 60, lambda _: None)
+        except BaseException as exc:  # the test asserts on it below
+            outcome.append(exc)
+
+    reading = threading.Thread(target=read)
+    reading.start()
+    new = _wait_for_new_reader(readers_before)
+    new.kill()  # as the kernel's OOM killer would
+    reading.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ReaderDied), outcome
+    assert "ended without an answer (exit code -9) after 0 pages" in str(outcome[0])
+
+
+def _readers() -> set[int]:
+    """The forkserver's children: the reader processes running now."""
+    return {
+        child.pid
+        for server in psutil.Process().children()
+        if "forkserver" in " ".join(server.cmdline())
+        for child in server.children()
+    }
+
+
+def _wait_for_new_reader(before: set[int]) -> psutil.Process:
+    for _ in range(200):
+        new = _readers() - before
+        if new:
+            return psutil.Process(new.pop())
+        time.sleep(0.05)
+    raise AssertionError("no reader process started")
