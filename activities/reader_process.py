@@ -7,13 +7,16 @@ thread waits for the child, heartbeating, and kills it when the time limit passe
 is cancelled (the SDK raises in the waiting thread) or when the worker stops. The child reports
 each page it finishes, so a refusal says how far it got.
 
-Children are forked from a small server process that has pypdf and python-docx imported
-already (multiprocessing's `forkserver`), not from the worker and its model.
+Children are forked from a server process that has the extraction code (pypdf, python-docx)
+and the command line's modules imported already (multiprocessing's `forkserver`), not from the
+worker and its model; each read costs a fork, not an interpreter start.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import multiprocessing.forkserver
 import signal
 import time
 from collections.abc import Callable
@@ -33,8 +36,23 @@ WAIT_S = 0.5
 # A child whose worker vanished (kill -9) ends itself this long after its limit.
 ORPHAN_GRACE_S = 60
 
-_CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["activities.extract"])
+# Imported once by the server: the extraction code, and the CLI that a child would otherwise
+# import again as its `__main__` (multiprocessing re-runs the parent's main module in a child).
+PRELOAD = ["activities.extract", "cli.main"]
+
+
+@functools.cache
+def _context() -> multiprocessing.context.ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def start_server() -> None:
+    """Start the server that readers fork from now, so the first document does not wait the
+    ~1 s it takes to start."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 class ReaderDied(Exception):
@@ -46,25 +64,54 @@ def read_in_child(
 ) -> ExtractedText:
     """The document's text, read in a child process; `pulse(pages read)` runs every WAIT_S.
     Raises RejectedDocument for a bad file or one not read within `limit_s`."""
-    receiver, sender = _CONTEXT.Pipe(duplex=False)
-    child = _CONTEXT.Process(target=_read, args=(sender, data, fmt, limit_s), daemon=True)
-    child.start()
-    sender.close()
+    context = _context()
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_read, args=(sender, data, fmt, limit_s), daemon=True)
+    answered = False
+    try:
+        child.start()
+        sender.close()
+        answer = _wait(receiver, child, limit_s, pulse, fmt)
+        answered = True
+        return answer
+    finally:
+        sender.close()
+        _stop(child, grace_s=5 if answered else 0)
+        receiver.close()
+
+
+def _wait(
+    receiver: Connection,
+    child: multiprocessing.process.BaseProcess,
+    limit_s: float,
+    pulse: Callable[[int], None],
+    fmt: DocumentFormat,
+) -> ExtractedText:
     progress = _Progress()
     started = time.monotonic()
-    try:
-        while True:
-            if receiver.poll(WAIT_S):
-                answer = _receive(receiver, child, progress)
-                if answer is not None:
-                    return answer
+    next_pulse = started
+    while True:
+        if receiver.poll(WAIT_S):
+            answer = _receive(receiver, child, progress)
+            if answer is not None:
+                return answer
+        now = time.monotonic()
+        if now >= next_pulse:
             pulse(progress.read)
-            if time.monotonic() - started > limit_s:
-                raise too_slow(limit_s, progress, fmt)
-    finally:
+            next_pulse = now + WAIT_S
+        if now - started > limit_s and not receiver.poll(0):  # an answer in the pipe wins
+            raise too_slow(limit_s, progress, fmt)
+
+
+def _stop(child: multiprocessing.process.BaseProcess, grace_s: float) -> None:
+    """Let a child that answered exit by itself (its pid is then never signalled after it was
+    reaped and perhaps reused); kill one that did not."""
+    if child.pid is None:  # never started
+        return
+    child.join(grace_s)
+    if child.exitcode is None:
         child.kill()
-        child.join()
-        receiver.close()
+        child.join(5)
 
 
 class _Progress:
@@ -78,7 +125,7 @@ def _receive(
 ) -> ExtractedText | None:
     try:
         message = receiver.recv()
-    except EOFError:
+    except (EOFError, OSError):  # OSError: it died in the middle of a message
         child.join(timeout=5)
         raise ReaderDied(
             f"the reader process ended without an answer (exit code {child.exitcode}) "
@@ -120,7 +167,10 @@ def _read(sender: Connection, data: bytes, fmt: DocumentFormat, limit_s: float) 
     signal.alarm(int(limit_s) + ORPHAN_GRACE_S)  # its default action ends the process
 
     def on_page(read: int, pages: int) -> None:
-        sender.send(("page", read, pages))
+        try:
+            sender.send(("page", read, pages))
+        except OSError:  # the worker is gone: stop quietly (SystemExit passes every handler)
+            raise SystemExit(0) from None
 
     try:
         answer: tuple[object, ...] = ("text", extract_text(data, fmt, on_page))

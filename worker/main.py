@@ -18,6 +18,7 @@ from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities, TextEmbedder, make_embedder
 from activities.extract import ExtractActivities
+from activities.reader_process import start_server as start_reader_server
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.store import StoreActivities
 from core.db import create_engine, create_sessionmaker, resolve_database_url
@@ -141,6 +142,8 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
         embedder = loaded
         log.info("embedding on %s in %s", loaded.device, loaded.precision)
         await check_embedding_dimension(engine, embedder.dimension)
+    if role in (Role.ALL, Role.MAIN):
+        start_reader_server()
     staging = StagingStore(settings.resolved_staging_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,10 +19,9 @@ from workflows.types import FailureType
 PAGES = ["Page one opens the report.", "Page two holds the figures.", "Page three ends it."]
 
 
-def test_a_pdf_read_in_a_child_reads_as_in_the_worker_and_reports_its_pages() -> None:
-    pulses: list[int] = []
+def test_a_pdf_read_in_a_child_reads_as_in_the_worker() -> None:
     data = make_pdf(PAGES)
-    assert read_in_child(data, DocumentFormat.PDF, 60, pulses.append) == extract_pdf(data)
+    assert read_in_child(data, DocumentFormat.PDF, 60, lambda _: None) == extract_pdf(data)
 
 
 def test_a_word_file_read_in_a_child_reads_as_in_the_worker() -> None:
@@ -54,11 +53,11 @@ def test_a_pdf_slow_to_read_is_stopped_at_the_limit_saying_how_far_it_got() -> N
 
 
 def test_a_single_slow_page_is_stopped_in_its_middle_while_the_wait_pulses() -> None:
-    # One page of 2 MiB of operators: ~7 s to read here, stopped after 1 s.
+    # One page of 4 MiB of operators: ~16 s to read here, stopped after 2 s.
     pulses: list[int] = []
     with pytest.raises(RejectedDocument) as info:
-        read_in_child(make_slow_pdf(2, pages=1), DocumentFormat.PDF, 1, pulses.append)
-    assert "took longer than 1 s (0 of 1 pages read)" in info.value.message
+        read_in_child(make_slow_pdf(4, pages=1), DocumentFormat.PDF, 2, pulses.append)
+    assert "took longer than 2 s (0 of 1 pages read)" in info.value.message
     assert pulses and set(pulses) == {0}  # heartbeats while the page ran, none of it done
 
 
@@ -72,7 +71,7 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
         except BaseException as exc:  # the test asserts on it below
             outcome.append(exc)
 
-    reading = threading.Thread(target=read)
+    reading = threading.Thread(target=read, daemon=True)
     reading.start()
     new = _wait_for_new_reader(readers_before)
     new.kill()  # as the kernel's OOM killer would
@@ -83,12 +82,14 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
 
 def _readers() -> set[int]:
     """The forkserver's children: the reader processes running now."""
-    return {
-        child.pid
-        for server in psutil.Process().children()
-        if "forkserver" in " ".join(server.cmdline())
-        for child in server.children()
-    }
+    readers: set[int] = set()
+    for process in psutil.Process().children():
+        try:
+            if "forkserver" in " ".join(process.cmdline()):
+                readers.update(child.pid for child in process.children())
+        except psutil.NoSuchProcess:
+            continue
+    return readers
 
 
 def _wait_for_new_reader(before: set[int]) -> psutil.Process:
