@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
@@ -39,6 +40,13 @@ ORPHAN_GRACE_S = 60
 # Imported once by the server: the extraction code, and the CLI that a child would otherwise
 # import again as its `__main__` (multiprocessing re-runs the parent's main module in a child).
 PRELOAD = ["activities.extract", "cli.main"]
+
+
+# A child runs its main module again (as `__mp_main__`) over the preloaded one, and runpy warns
+# about it on every read. Installed here, the filter is in the server too, and so in each child.
+warnings.filterwarnings(
+    "ignore", message=r"'cli\.main' found in sys\.modules", category=RuntimeWarning
+)
 
 
 @functools.cache
