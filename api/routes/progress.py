@@ -68,17 +68,37 @@ async def newest_tasks(
     with temporal_unavailable_as_503("Cannot list tasks"):
         tasks = await list_tasks(temporal, owner, query, limit + 1)
         if len(tasks) > limit:
-            # More than a page: visibility lists running workflows first, then closed ones by
-            # close time, and SQL visibility refuses ORDER BY, so the newest `limit` by start
-            # time are among the first `limit` of each group. (One list is the common case:
-            # under load each visibility query waits its turn for the server's SQLite.)
-            groups = [
-                f"{query} AND ExecutionStatus = 'Running'",
-                f"{query} AND ExecutionStatus != 'Running'",
-            ]
-            found = await asyncio.gather(
-                *(list_tasks(temporal, owner, group, limit) for group in groups)
-            )
-            tasks = [task for group in found for task in group]
+            tasks = await _newest_of_many(temporal, owner, query, limit)
     tasks.sort(key=lambda task: task.started_at or "", reverse=True)
     return tasks[:limit]
+
+
+# How many tasks that started at or after the page's oldest start time are read to sort them.
+NEWEST_SCAN_MAX = 1000
+
+
+async def _newest_of_many(
+    temporal: Client, owner: uuid.UUID, query: str, limit: int
+) -> list[TaskStatus]:
+    """More than a page: visibility lists running workflows first, then closed ones by close
+    time, and SQL visibility refuses ORDER BY. The first `limit` of each group give a start
+    time that the newest `limit` all reach; every task started since then is read and sorted
+    (a closed one that started later may have closed earlier than those listed first)."""
+    groups = [
+        f"{query} AND ExecutionStatus = 'Running'",
+        f"{query} AND ExecutionStatus != 'Running'",
+    ]
+    found = await asyncio.gather(*(list_tasks(temporal, owner, group, limit) for group in groups))
+    candidates = sorted(
+        (task for group in found for task in group),
+        key=lambda task: task.started_at or "",
+        reverse=True,
+    )[:limit]
+    oldest = candidates[-1].started_at if len(candidates) == limit else None
+    if oldest is None:
+        return candidates
+    since = await list_tasks(
+        temporal, owner, f"{query} AND StartTime >= '{oldest}'", NEWEST_SCAN_MAX
+    )
+    unique = {task.task_id: task for task in [*candidates, *since]}
+    return list(unique.values())
