@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from pgvector.psycopg import register_vector_async
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
 from sqlalchemy import delete, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
@@ -72,11 +73,20 @@ async def copy_chunks(session: AsyncSession, rows: Iterator[tuple[Any, ...]]) ->
     driver = connection.driver_connection
     if not isinstance(driver, psycopg.AsyncConnection):
         raise TypeError("COPY needs the psycopg async driver (postgresql+psycopg://)")
-    await register_vector_async(driver)
+    await _know_vector(driver)
     async with driver.cursor() as cursor, cursor.copy(_COPY_CHUNKS) as copy:
         copy.set_types(_COPY_TYPES)
         for row in rows:
             await copy.write_row(row)
+
+
+async def _know_vector(driver: psycopg.AsyncConnection[Any]) -> None:
+    """Teach a pooled connection pgvector's `vector` type, once in its life.
+
+    `register_vector_async` looked up four types (four round trips) and built eight adapter
+    classes on every store; the connection keeps what it learnt, so later stores skip both."""
+    if driver.adapters.types.get("vector") is None:
+        register_vector_info(driver, await TypeInfo.fetch(driver, "vector"))
 
 
 class StoreActivities:

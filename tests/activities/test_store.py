@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+import numpy as np
 from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
@@ -21,6 +22,8 @@ from workflows.types import EmbedBatch, IngestTask
 
 
 async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: Tenant) -> None:
+    """Also: the vectors read back are the embedder's, after a second store whose connection
+    had learnt the `vector` type in an earlier one (it is looked up once per connection)."""
     pdf = make_pdf([f"Page {n} " + "words and more words. " * 60 for n in range(1, 4)])
     task = IngestTask(
         task_id=str(uuid.uuid4()),
@@ -51,7 +54,7 @@ async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: T
     async with stack.sessionmaker() as session:
         rows = (
             await session.execute(
-                select(Chunk.ordinal, Chunk.page).where(
+                select(Chunk.ordinal, Chunk.page, Chunk.text, Chunk.embedding).where(
                     Chunk.document_id == uuid.UUID(first.document_id)
                 )
             )
@@ -60,5 +63,7 @@ async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: T
             select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
         )
     assert documents == 1
-    assert sorted(ordinal for ordinal, _ in rows) == list(range(total))
-    assert {page for _, page in rows} == {1, 2, 3}
+    assert sorted(row.ordinal for row in rows) == list(range(total))
+    assert {row.page for row in rows} == {1, 2, 3}
+    expected = FakeEmbedder().encode([row.text for row in rows])
+    assert np.allclose(np.asarray([row.embedding for row in rows]), expected, atol=1e-6)
