@@ -1,7 +1,8 @@
 """`/api/progress` snapshots (api/listing_cache.py): how fresh a polling client's list is.
 
 The cache's rules are checked directly with a counting fetch; the HTTP tests check what a
-client sees against the real stack: its own writes at once, other changes within max_age.
+client sees against the real stack: its own writes at once, other changes within max_age,
+and past one page the newest tasks by start time.
 """
 
 from __future__ import annotations
@@ -141,3 +142,29 @@ async def test_progress_shows_changes_made_elsewhere_within_max_age(
                     break
                 await asyncio.sleep(0.05)
     assert time.monotonic() - stopped < 5  # 1 s of snapshot age, the rest is visibility
+
+
+async def test_progress_past_one_page_lists_the_newest_started_first_whatever_closed_first(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Visibility lists closed tasks by close time: past one page, the newest by start time
+    still come first, even one that closed before older ones (api/routes/progress.py)."""
+    settings = stack_settings(stack)  # fresh task queues that no worker polls: they stay queued
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        started = [
+            await upload_file(http, tenant, f"{n}.pdf", make_pdf([f"document {n}"]))
+            for n in range(3)
+        ]
+        for task_id in reversed(started):  # the newest closes first, the oldest last
+            await stack.client.get_workflow_handle(task_id).terminate("test over")
+        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
+            while True:
+                everything = await http.get(
+                    "/api/progress", params={"status": "error"}, headers=tenant.headers
+                )
+                if len(everything.json()["tasks"]) == 3:
+                    break
+                await asyncio.sleep(0.05)
+        page = await http.get("/api/progress", params={"limit": 2}, headers=tenant.headers)
+    assert [task["task_id"] for task in page.json()["tasks"]] == [started[2], started[1]]
+    assert [task["task_id"] for task in everything.json()["tasks"]] == started[::-1]
