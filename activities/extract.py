@@ -1,22 +1,23 @@
-"""Text extraction: PDF (pypdf, with page boundaries), DOCX (with tables), HTML, text."""
+"""Text extraction: PDF (PDFium, with page boundaries), DOCX (with tables), HTML, text."""
 
 from __future__ import annotations
 
 import io
+import re
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
 import docx
-import pypdf
+import pypdfium2 as pdfium
 from docx.table import Table
 from docx.text.paragraph import Paragraph
-from pypdf.errors import FileNotDecryptedError, PdfReadError
 from temporalio import activity
 
 from activities.errors import RejectedDocument, rejected_to_failure, staging_missing
-from activities.reader_process import DEFAULT_TIME_LIMIT_S, READ_IN_CHILD, read_in_child
+from activities.reader_process import READ_IN_CHILD, ReaderLimits, read_in_child
 from core.formats import DocumentFormat, decode_text
 from core.staging import TEXT, StagingStore
 from workflows.types import EXTRACT, ExtractResult, FailureType, IngestTask
@@ -60,47 +61,84 @@ def _empty_reason(fmt: DocumentFormat) -> str:
 
 
 def extract_pdf(data: bytes, on_page: OnPage | None = None) -> ExtractedText:
-    reader = _open_pdf(data)
-    parts: list[str] = []
-    page_starts: list[int] = []
-    offset = 0
-    try:
-        pages = len(reader.pages)
-        if on_page is not None:
-            on_page(0, pages)
-        for number, page in enumerate(reader.pages, start=1):
-            page_text = (page.extract_text() or "").replace("\x00", "").strip()
-            page_starts.append(offset)
-            parts.append(page_text)
-            offset += len(page_text) + len(PAGE_SEPARATOR)
-            if on_page is not None:
-                on_page(number, pages)
-    except RejectedDocument:
-        raise
-    except Exception as exc:  # pypdf raises many types on damaged files
-        raise RejectedDocument(
-            FailureType.CORRUPT_DOCUMENT, f"the PDF is damaged and its pages cannot be read ({exc})"
-        ) from exc
-    return ExtractedText(PAGE_SEPARATOR.join(parts), page_starts)
+    """The text of each page, read with PDFium (pypdfium2).
+
+    PDFium is C++ and not thread-safe: one document at a time in a process (the lock). The
+    worker reads PDFs only in a child process (activities/reader_process.py), so a crash or a
+    file built to exhaust memory ends the child, never the worker."""
+    with _PDFIUM:
+        document = _open_pdf(data)
+        try:
+            return _read_pages(document, on_page)
+        finally:
+            document.close()
 
 
-def _open_pdf(data: bytes) -> pypdf.PdfReader:
+_PDFIUM = threading.Lock()
+# FPDF_GetLastError() when a document does not open: a password is needed, or an unsupported
+# security handler.
+_PDFIUM_PASSWORD, _PDFIUM_SECURITY = 4, 5
+# pdfium marks a hyphen it found at the end of a line, where it joined the word, with U+0002.
+_PDFIUM_LINE_END_HYPHEN = "\x02"
+# Bounds for the text of a whole page, drawn outside its box too (a line past the right edge is
+# still the document's text); unlike get_text_range, get_text_bounded keeps all of Unicode.
+_EVERYWHERE = (-1e9, -1e9, 1e9, 1e9)  # left, bottom, right, top
+# The control characters left after line breaks are made "\n": none carries text.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _open_pdf(data: bytes) -> pdfium.PdfDocument:
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise RejectedDocument(FailureType.ENCRYPTED_DOCUMENT, "the PDF is password-protected")
-        len(reader.pages)
-    except RejectedDocument:
-        raise
-    except (FileNotDecryptedError, pypdf.errors.DependencyError) as exc:
-        raise RejectedDocument(
-            FailureType.ENCRYPTED_DOCUMENT, "the PDF is encrypted and cannot be opened"
-        ) from exc
-    except (PdfReadError, Exception) as exc:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if exc.err_code == _PDFIUM_PASSWORD:
+            raise RejectedDocument(
+                FailureType.ENCRYPTED_DOCUMENT, "the PDF is password-protected"
+            ) from exc
+        if exc.err_code == _PDFIUM_SECURITY:
+            raise RejectedDocument(
+                FailureType.ENCRYPTED_DOCUMENT, "the PDF is encrypted and cannot be opened"
+            ) from exc
         raise RejectedDocument(
             FailureType.CORRUPT_DOCUMENT, "the PDF is damaged or incomplete and cannot be read"
         ) from exc
-    return reader
+
+
+def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> ExtractedText:
+    parts: list[str] = []
+    page_starts: list[int] = []
+    offset = 0
+    pages = len(document)
+    if on_page is not None:
+        on_page(0, pages)
+    for index in range(pages):
+        page_text = _page_text(document, index)
+        page_starts.append(offset)
+        parts.append(page_text)
+        offset += len(page_text) + len(PAGE_SEPARATOR)
+        if on_page is not None:
+            on_page(index + 1, pages)
+    return ExtractedText(PAGE_SEPARATOR.join(parts), page_starts)
+
+
+def _page_text(document: pdfium.PdfDocument, index: int) -> str:
+    try:
+        page = document[index]
+    except pdfium.PdfiumError as exc:
+        raise RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT,
+            f"the PDF is damaged and its page {index + 1} cannot be read",
+        ) from exc
+    try:
+        text_page = page.get_textpage()
+        try:
+            raw = text_page.get_text_bounded(*_EVERYWHERE)
+        finally:
+            text_page.close()
+    finally:
+        page.close()
+    lines = raw.replace("\r\n", "\n").replace("\r", "\n").replace(_PDFIUM_LINE_END_HYPHEN, "")
+    return _CONTROL.sub("", lines).strip()
 
 
 def extract_docx(data: bytes) -> str:
@@ -108,6 +146,8 @@ def extract_docx(data: bytes) -> str:
     try:
         document = docx.Document(io.BytesIO(data))
         blocks = list(_docx_blocks(document.iter_inner_content()))
+    except MemoryError:  # past the reader's memory limit: the reader says so
+        raise
     except Exception as exc:  # python-docx and lxml raise many types on damaged files
         raise RejectedDocument(
             FailureType.CORRUPT_DOCUMENT, "the Word document is damaged and cannot be read"
@@ -220,9 +260,9 @@ def html_to_text(html: str) -> str:
 
 
 class ExtractActivities:
-    def __init__(self, staging: StagingStore, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> None:
+    def __init__(self, staging: StagingStore, limits: ReaderLimits | None = None) -> None:
         self.staging = staging
-        self.time_limit_s = time_limit_s
+        self.limits = limits or ReaderLimits()
 
     @activity.defn(name=EXTRACT)
     def extract(self, task: IngestTask) -> ExtractResult:
@@ -234,7 +274,7 @@ class ExtractActivities:
         fmt = DocumentFormat(task.format)
         try:
             if fmt in READ_IN_CHILD:
-                extracted = read_in_child(data, fmt, self.time_limit_s, activity.heartbeat)
+                extracted = read_in_child(data, fmt, self.limits, activity.heartbeat)
             else:
                 extracted = extract_text(data, fmt)
         except RejectedDocument as rejected:

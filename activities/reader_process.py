@@ -1,22 +1,29 @@
-"""Reading a PDF or a Word file in a child process that can be stopped.
+"""Reading a PDF or a Word file in a child process that can be stopped, and that may crash.
 
-A PDF page is a program for the reader, and a file of a few kilobytes can make pypdf run for
-minutes (~4 s per MiB of text operators on the benchmark machine, in a stream that every page
-may share). A thread cannot be stopped in the middle of a page; a process can. The activity's
-thread waits for the child, heartbeating, and kills it when the time limit passes, when the step
-is cancelled (the SDK raises in the waiting thread) or when the worker stops. The child reports
-each page it finishes, so a refusal says how far it got.
+A PDF page is a program for the reader, and a file of a few kilobytes can make it run for
+minutes (a compressed stream that every page shares, holding hundreds of MiB of operators) or
+hold gigabytes (PDFium keeps a page's decoded content and builds an object per text operator).
+A thread cannot be stopped in the middle of a page, and a parser that crashes in C++ takes its
+process with it; a child process contains both. The activity's thread waits for the child,
+heartbeating, and kills it when the time limit passes, when the step is cancelled (the SDK
+raises in the waiting thread) or when the worker stops. The child reports each page it
+finishes, so a refusal says how far it got. Its address space is capped (RLIMIT_AS) at what it
+had when it started plus the memory limit, and it offers itself first to the kernel's OOM
+killer: a file built to exhaust memory ends the child, never the worker.
 
-Children are forked from a server process that has the extraction code (pypdf, python-docx)
+Children are forked from a server process that has the extraction code (PDFium, python-docx)
 and the command line's modules imported already (multiprocessing's `forkserver`), not from the
 worker and its model; each read costs a fork, not an interpreter start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import multiprocessing
 import multiprocessing.forkserver
+import resource
 import signal
 import time
 import warnings
@@ -32,7 +39,7 @@ if TYPE_CHECKING:
     from activities.extract import ExtractedText
 
 READ_IN_CHILD = frozenset({DocumentFormat.PDF, DocumentFormat.DOCX})
-DEFAULT_TIME_LIMIT_S = 300.0
+MIB = 1024 * 1024
 WAIT_S = 0.5
 # A child whose worker vanished (kill -9) ends itself this long after its limit.
 ORPHAN_GRACE_S = 60
@@ -63,52 +70,48 @@ def start_server() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
+@dataclasses.dataclass(frozen=True)
+class ReaderLimits:
+    """What one reader may take: DOCINGEST_EXTRACT_TIME_LIMIT (wall clock) and
+    DOCINGEST_EXTRACT_MEMORY_LIMIT_MIB (address space beyond what the child starts with)."""
+
+    time_s: float = 300.0
+    memory_mib: int = 2048
+
+
 class ReaderDied(Exception):
-    """The child ended without an answer (a crash, or killed by the system): retryable."""
+    """The child ended without an answer, killed from outside (the OOM killer, an operator):
+    retryable."""
+
+
+# A child ended by one of these crashed on its own, on this file: another attempt would crash
+# the same way (a parser's fault, or an allocation past the memory limit that PDFium does not
+# survive), so the document is refused instead of retried.
+_CRASHES = frozenset(
+    {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
+)
 
 
 def read_in_child(
-    data: bytes, fmt: DocumentFormat, limit_s: float, pulse: Callable[[int], None]
+    data: bytes, fmt: DocumentFormat, limits: ReaderLimits, pulse: Callable[[int], None]
 ) -> ExtractedText:
     """The document's text, read in a child process; `pulse(pages read)` runs every WAIT_S.
-    Raises RejectedDocument for a bad file or one not read within `limit_s`."""
+    Raises RejectedDocument for a bad file, one not read within the time limit, one that needs
+    more memory than the limit, or one that crashes the reader."""
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_read, args=(sender, data, fmt, limit_s), daemon=True)
+    child = context.Process(target=_read, args=(sender, data, fmt, limits), daemon=True)
     answered = False
     try:
         child.start()
         sender.close()
-        answer = _wait(receiver, child, limit_s, pulse, fmt)
+        answer = _Reading(receiver, child, fmt, limits).wait(pulse)
         answered = True
         return answer
     finally:
         sender.close()
         _stop(child, grace_s=5 if answered else 0)
         receiver.close()
-
-
-def _wait(
-    receiver: Connection,
-    child: multiprocessing.process.BaseProcess,
-    limit_s: float,
-    pulse: Callable[[int], None],
-    fmt: DocumentFormat,
-) -> ExtractedText:
-    progress = _Progress()
-    started = time.monotonic()
-    next_pulse = started
-    while True:
-        if receiver.poll(WAIT_S):
-            answer = _receive(receiver, child, progress)
-            if answer is not None:
-                return answer
-        now = time.monotonic()
-        if now >= next_pulse:
-            pulse(progress.read)
-            next_pulse = now + WAIT_S
-        if now - started > limit_s and not receiver.poll(0):  # an answer in the pipe wins
-            raise too_slow(limit_s, progress, fmt)
 
 
 def _stop(child: multiprocessing.process.BaseProcess, grace_s: float) -> None:
@@ -122,44 +125,95 @@ def _stop(child: multiprocessing.process.BaseProcess, grace_s: float) -> None:
         child.join(5)
 
 
-class _Progress:
-    def __init__(self) -> None:
+class _Reading:
+    """The parent's side of one read: the child's messages, and how far it got."""
+
+    def __init__(
+        self,
+        receiver: Connection,
+        child: multiprocessing.process.BaseProcess,
+        fmt: DocumentFormat,
+        limits: ReaderLimits,
+    ) -> None:
+        self.receiver, self.child, self.fmt, self.limits = receiver, child, fmt, limits
         self.read = 0
         self.pages: int | None = None
 
+    def wait(self, pulse: Callable[[int], None]) -> ExtractedText:
+        started = time.monotonic()
+        next_pulse = started
+        while True:
+            if self.receiver.poll(WAIT_S):
+                answer = self._receive()
+                if answer is not None:
+                    return answer
+            now = time.monotonic()
+            if now >= next_pulse:
+                pulse(self.read)
+                next_pulse = now + WAIT_S
+            # An answer already in the pipe wins over the limit.
+            if now - started > self.limits.time_s and not self.receiver.poll(0):
+                raise self._too_slow()
 
-def _receive(
-    receiver: Connection, child: multiprocessing.process.BaseProcess, progress: _Progress
-) -> ExtractedText | None:
-    try:
-        message = receiver.recv()
-    except (EOFError, OSError):  # OSError: it died in the middle of a message
-        child.join(timeout=5)
-        raise ReaderDied(
-            f"the reader process ended without an answer (exit code {child.exitcode}) "
-            f"after {progress.read} pages"
-        ) from None
-    kind = message[0]
-    if kind == "page":
-        progress.read, progress.pages = message[1], message[2]
+    def _receive(self) -> ExtractedText | None:
+        try:
+            message = self.receiver.recv()
+        except (EOFError, OSError):  # OSError: it died in the middle of a message
+            self.child.join(timeout=5)
+            raise self._died() from None
+        kind = message[0]
+        if kind == "page":
+            self.read, self.pages = message[1], message[2]
+            return None
+        if kind == "rejected":
+            raise RejectedDocument(message[1], message[2])
+        if kind == "failed":
+            raise ReaderDied(f"the reader failed: {message[1]}")
+        text: ExtractedText = message[1]
+        return text
+
+    def _died(self) -> Exception:
+        code = self.child.exitcode
+        crash = _crash_signal(code)
+        if crash is None:
+            return ReaderDied(
+                f"the reader process ended without an answer (exit code {code}) "
+                f"after {self.read} pages"
+            )
+        return RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT,
+            f"the reader crashed on {_what(self.fmt)} ({crash}){_where(self.read, self.pages)}; "
+            f"it may be damaged, or need more than the {self.limits.memory_mib} MiB of memory "
+            "that reading one file may use",
+        )
+
+    def _too_slow(self) -> RejectedDocument:
+        return RejectedDocument(
+            FailureType.DOCUMENT_TOO_SLOW,
+            f"reading {_what(self.fmt)} took longer than {_duration(self.limits.time_s)}"
+            f"{_where(self.read, self.pages)}; it may be damaged or built to be slow to read",
+        )
+
+
+def _crash_signal(exitcode: int | None) -> str | None:
+    """The name of the signal that ended a child that crashed by itself; None otherwise."""
+    if exitcode is None or exitcode >= 0:
         return None
-    if kind == "rejected":
-        raise RejectedDocument(message[1], message[2])
-    if kind == "failed":
-        raise ReaderDied(f"the reader failed: {message[1]}")
-    text: ExtractedText = message[1]
-    return text
+    with contextlib.suppress(ValueError):
+        number = signal.Signals(-exitcode)
+        if number in _CRASHES:
+            return number.name
+    return None
 
 
-def too_slow(limit_s: float, progress: _Progress, fmt: DocumentFormat) -> RejectedDocument:
-    what = "the PDF" if fmt is DocumentFormat.PDF else "the document"
-    pages = progress.pages
-    where = "" if pages is None else f" ({progress.read} of {pages} pages read)"
-    return RejectedDocument(
-        FailureType.DOCUMENT_TOO_SLOW,
-        f"reading {what} took longer than {_duration(limit_s)}{where}; "
-        "it may be damaged or built to be slow to read",
+def _what(fmt: DocumentFormat) -> str:
+    return {DocumentFormat.PDF: "the PDF", DocumentFormat.DOCX: "the Word document"}.get(
+        fmt, "the document"
     )
+
+
+def _where(read: int, pages: int | None) -> str:
+    return "" if pages is None else f" ({read} of {pages} pages read)"
 
 
 def _duration(seconds: float) -> str:
@@ -168,23 +222,74 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def _read(sender: Connection, data: bytes, fmt: DocumentFormat, limit_s: float) -> None:
+def _read(sender: Connection, data: bytes, fmt: DocumentFormat, limits: ReaderLimits) -> None:
     """In the child: read, reporting pages; the answer is the last message."""
     from activities.extract import extract_text
 
-    signal.alarm(int(limit_s) + ORPHAN_GRACE_S)  # its default action ends the process
+    signal.alarm(int(limits.time_s) + ORPHAN_GRACE_S)  # its default action ends the process
+    cap = _MemoryCap.apply(limits.memory_mib)
+    progress: list[int | None] = [0, None]
 
     def on_page(read: int, pages: int) -> None:
+        progress[:] = [read, pages]
         try:
             sender.send(("page", read, pages))
         except OSError:  # the worker is gone: stop quietly (SystemExit passes every handler)
             raise SystemExit(0) from None
 
+    out_of_memory = False
     try:
         answer: tuple[object, ...] = ("text", extract_text(data, fmt, on_page))
+    except MemoryError:  # past RLIMIT_AS, in Python code (PDFium aborts instead: see _CRASHES)
+        out_of_memory = True
     except RejectedDocument as rejected:
         answer = ("rejected", rejected.error_type, rejected.message)
+        # lxml reports an allocation it was refused as a syntax error, so "damaged" may mean
+        # that it ran out of memory
+        out_of_memory = rejected.error_type == FailureType.CORRUPT_DOCUMENT and cap.mostly_used()
     except Exception as exc:  # the parent turns it into a retryable failure with this text
         answer = ("failed", f"{type(exc).__name__}: {exc}")
+        out_of_memory = cap.mostly_used()
+    if out_of_memory:  # built here, once the traceback (and what its frames held) is gone
+        read, pages = progress
+        answer = (
+            "rejected",
+            FailureType.DOCUMENT_TOO_LARGE,
+            f"reading {_what(fmt)} needed more than the {limits.memory_mib} MiB of memory "
+            f"it may use{_where(read or 0, pages)}",
+        )
     sender.send(answer)
     sender.close()
+
+
+class _MemoryCap:
+    """The child's address space, capped at its size when it started plus the limit (Linux:
+    elsewhere the child runs uncapped)."""
+
+    def __init__(self, start: int, limit: int) -> None:
+        self.start, self.limit = start, limit
+
+    @classmethod
+    def apply(cls, limit_mib: int) -> _MemoryCap:
+        start = _vm_kib("VmSize") * 1024
+        if start:
+            cap = start + limit_mib * MIB
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+            # and the kernel's OOM killer takes a reader before anything else
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adjust:
+                adjust.write("1000")
+        return cls(start, limit_mib * MIB)
+
+    def mostly_used(self) -> bool:
+        """Whether the address space grew past half the limit at some point: a failure then
+        is likelier an allocation refused than a damaged file."""
+        return bool(self.start) and _vm_kib("VmPeak") * 1024 - self.start > self.limit // 2
+
+
+def _vm_kib(field: str) -> int:
+    """A `Vm…` line of /proc/self/status, in KiB; 0 where there is none."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return 0

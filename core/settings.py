@@ -91,6 +91,16 @@ class Settings(BaseSettings):
             "step's 10-minute timeout."
         ),
     )
+    extract_memory_limit_mib: int = Field(
+        default=2048,
+        ge=64,
+        le=1024 * 1024,
+        description=(
+            "Memory (MiB, address space beyond what it starts with) that the child process "
+            "reading one PDF or Word file may use; a file that needs more fails "
+            "(DocumentTooLarge, or CorruptDocument when the PDF reader crashes at the limit)."
+        ),
+    )
     activity_heartbeat_timeout: timedelta = Field(
         default=timedelta(minutes=1), description="How soon a lost worker's activity is retried."
     )

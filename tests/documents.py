@@ -140,10 +140,23 @@ def build_pdf(objects: list[bytes]) -> bytes:
 
 def make_slow_pdf(operators_mib: float, pages: int) -> bytes:
     """A PDF of a few KiB whose pages all run one shared, compressed content stream of
-    `operators_mib` MiB of text operators: pypdf needs seconds per page to read it (~4 s per
-    MiB on the benchmark machine), and every page prints "ab" over and over."""
+    `operators_mib` MiB of `q Q` operators (save and restore the graphics state): PDFium needs
+    30-60 ms per MiB for it on the benchmark machine, page after page, without holding more
+    memory meanwhile. Every page says "ab"."""
+    operators = b"q Q " * int(operators_mib * 1024 * 1024 / 4)
+    return _pdf_of_shared_stream(b"BT /F1 12 Tf 10 10 Td (ab) Tj ET " + operators, pages)
+
+
+def make_memory_hungry_pdf(operators_mib: float) -> bytes:
+    """A one-page PDF of a few KiB whose content is `operators_mib` MiB of text operators
+    (`(ab) Tj 1 0 Td`): PDFium builds an object for each, ~20 bytes per byte of the stream
+    (16 MiB of operators took ~320 MiB here), at 0.1 s per MiB or less."""
     operators = b"(ab) Tj 1 0 Td " * int(operators_mib * 1024 * 1024 / 15)
-    stream = zlib.compress(b"BT /F1 12 Tf 10 10 Td " + operators + b"ET", 9)
+    return _pdf_of_shared_stream(b"BT /F1 12 Tf 10 10 Td " + operators + b"ET", 1)
+
+
+def _pdf_of_shared_stream(content: bytes, pages: int) -> bytes:
+    stream = zlib.compress(content, 9)
     kids = b" ".join(b"%d 0 R" % (5 + page) for page in range(pages))
     page = (
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
@@ -158,3 +171,16 @@ def make_slow_pdf(operators_mib: float, pages: int) -> bytes:
             *[page] * pages,
         ]
     )
+
+
+def docx_with_body(document_xml: bytes) -> bytes:
+    """A real DOCX whose word/document.xml is replaced by `document_xml`."""
+    source = zipfile.ZipFile(io.BytesIO(make_docx(["placeholder"])))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member in source.infolist():
+            content = source.read(member.filename)
+            if member.filename == "word/document.xml":
+                content = document_xml
+            archive.writestr(member.filename, content)
+    return out.getvalue()

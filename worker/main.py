@@ -18,6 +18,7 @@ from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities, TextEmbedder, make_embedder
 from activities.extract import ExtractActivities
+from activities.reader_process import ReaderLimits
 from activities.reader_process import start_server as start_reader_server
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.store import StoreActivities
@@ -48,6 +49,13 @@ class Role(enum.StrEnum):
     EMBED = "embed"  # embedding only: the role for GPU machines
 
 
+def reader_limits(settings: Settings) -> ReaderLimits:
+    return ReaderLimits(
+        time_s=settings.extract_time_limit.total_seconds(),
+        memory_mib=settings.extract_memory_limit_mib,
+    )
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -66,7 +74,7 @@ def build_workers(
                 task_queue=settings.task_queue,
                 workflows=[IngestDocument, CleanStaging],
                 activities=[
-                    ExtractActivities(staging, settings.extract_time_limit.total_seconds()).extract,
+                    ExtractActivities(staging, reader_limits(settings)).extract,
                     ChunkActivities(staging).chunk,
                     store.store,
                     store.record_outcome,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 
@@ -11,37 +12,46 @@ import pytest
 
 from activities.errors import RejectedDocument
 from activities.extract import extract_docx, extract_pdf
-from activities.reader_process import ReaderDied, read_in_child
+from activities.reader_process import ReaderDied, ReaderLimits, read_in_child
 from core.formats import DocumentFormat
-from tests.documents import make_docx, make_pdf, make_slow_pdf
+from tests.documents import (
+    docx_with_body,
+    make_docx,
+    make_memory_hungry_pdf,
+    make_pdf,
+    make_slow_pdf,
+)
 from workflows.types import FailureType
 
 PAGES = ["Page one opens the report.", "Page two holds the figures.", "Page three ends it."]
+ROOMY = ReaderLimits(time_s=60)
 
 
 def test_a_pdf_read_in_a_child_reads_as_in_the_worker() -> None:
     data = make_pdf(PAGES)
-    assert read_in_child(data, DocumentFormat.PDF, 60, lambda _: None) == extract_pdf(data)
+    assert read_in_child(data, DocumentFormat.PDF, ROOMY, lambda _: None) == extract_pdf(data)
 
 
 def test_a_word_file_read_in_a_child_reads_as_in_the_worker() -> None:
     data = make_docx(["First paragraph.", "Second paragraph."], [["a", "b"], ["c", "d"]])
-    extracted = read_in_child(data, DocumentFormat.DOCX, 60, lambda _: None)
+    extracted = read_in_child(data, DocumentFormat.DOCX, ROOMY, lambda _: None)
     assert extracted.text == extract_docx(data)
     assert extracted.page_starts is None
 
 
 def test_a_bad_file_read_in_a_child_is_refused_with_its_reason() -> None:
     with pytest.raises(RejectedDocument) as info:
-        read_in_child(b"%PDF-1.4 nothing else", DocumentFormat.PDF, 60, lambda _: None)
+        read_in_child(b"%PDF-1.4 nothing else", DocumentFormat.PDF, ROOMY, lambda _: None)
     assert info.value.error_type == FailureType.CORRUPT_DOCUMENT
     assert info.value.message == "the PDF is damaged or incomplete and cannot be read"
 
 
 def test_a_pdf_slow_to_read_is_stopped_at_the_limit_saying_how_far_it_got() -> None:
-    # 20 pages of 0.5 MiB of operators each: ~2 s a page on the benchmark machine.
+    # 20 pages of 16 MiB of operators each: ~1 s a page on the benchmark machine.
     with pytest.raises(RejectedDocument) as info:
-        read_in_child(make_slow_pdf(0.5, pages=20), DocumentFormat.PDF, 3, lambda _: None)
+        read_in_child(
+            make_slow_pdf(16, pages=20), DocumentFormat.PDF, ReaderLimits(time_s=3), lambda _: None
+        )
     assert info.value.error_type == FailureType.DOCUMENT_TOO_SLOW
     found = re.fullmatch(
         r"reading the PDF took longer than 3 s \((\d+) of 20 pages read\); "
@@ -53,10 +63,13 @@ def test_a_pdf_slow_to_read_is_stopped_at_the_limit_saying_how_far_it_got() -> N
 
 
 def test_a_single_slow_page_is_stopped_in_its_middle_while_the_wait_pulses() -> None:
-    # One page of 4 MiB of operators: ~16 s to read here, stopped after 2 s.
+    # One page of 192 MiB of operators (192 KiB compressed): 6-11 s to read here, stopped
+    # after 2 s.
     pulses: list[int] = []
     with pytest.raises(RejectedDocument) as info:
-        read_in_child(make_slow_pdf(4, pages=1), DocumentFormat.PDF, 2, pulses.append)
+        read_in_child(
+            make_slow_pdf(192, pages=1), DocumentFormat.PDF, ReaderLimits(time_s=2), pulses.append
+        )
     assert "took longer than 2 s (0 of 1 pages read)" in info.value.message
     assert pulses and set(pulses) == {0}  # heartbeats while the page ran, none of it done
 
@@ -67,7 +80,7 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
 
     def read() -> None:
         try:
-            read_in_child(make_slow_pdf(2, pages=3), DocumentFormat.PDF, 60, lambda _: None)
+            read_in_child(make_slow_pdf(2, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
         except BaseException as exc:  # the test asserts on it below
             outcome.append(exc)
 
@@ -78,6 +91,65 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
     reading.join(timeout=30)
     assert len(outcome) == 1 and isinstance(outcome[0], ReaderDied), outcome
     assert "ended without an answer (exit code -9) after 0 pages" in str(outcome[0])
+
+
+def test_a_reader_that_crashes_refuses_the_file_naming_the_signal() -> None:
+    """A parser crash on a file recurs on every attempt: refused at once, not retried."""
+    readers_before = _readers()
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_in_child(make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
+        except BaseException as exc:  # the test asserts on it below
+            outcome.append(exc)
+
+    reading = threading.Thread(target=read, daemon=True)
+    reading.start()
+    _wait_for_new_reader(readers_before).send_signal(signal.SIGSEGV)  # as a parser bug would
+    reading.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], RejectedDocument), outcome
+    assert outcome[0].error_type == FailureType.CORRUPT_DOCUMENT
+    assert outcome[0].message.startswith("the reader crashed on the PDF (SIGSEGV)")
+    assert outcome[0].message.endswith(
+        "; it may be damaged, or need more than the 2048 MiB of memory that reading one file "
+        "may use"
+    )
+
+
+def test_a_pdf_that_needs_more_memory_than_the_limit_is_refused_saying_so() -> None:
+    # 16 MiB of text operators: PDFium holds ~320 MiB for them, over a 128 MiB limit.
+    hungry = make_memory_hungry_pdf(16)
+    with pytest.raises(RejectedDocument) as info:
+        read_in_child(hungry, DocumentFormat.PDF, ReaderLimits(60, 128), lambda _: None)
+    # PDFium aborts when an allocation fails (SIGABRT here): the message names both causes.
+    assert info.value.error_type == FailureType.CORRUPT_DOCUMENT
+    assert re.fullmatch(
+        r"the reader crashed on the PDF \(SIG[A-Z]+\) \(0 of 1 pages read\); it may be "
+        r"damaged, or need more than the 128 MiB of memory that reading one file may use",
+        info.value.message,
+    ), info.value.message
+    # The limit, not the file: under the default limit it reads.
+    assert read_in_child(hungry, DocumentFormat.PDF, ROOMY, lambda _: None).text == "ab"
+
+
+def test_a_word_file_that_needs_more_memory_than_the_limit_is_too_large() -> None:
+    # 150,000 paragraphs: 7 MiB of XML in a 57 KiB file, more than lxml can parse in 64 MiB.
+    body = (
+        b'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+        + b"<w:body>"
+        + b"<w:p><w:r><w:t>word word word word</w:t></w:r></w:p>" * 150_000
+        + b"</w:body></w:document>"
+    )
+    with pytest.raises(RejectedDocument) as info:
+        read_in_child(
+            docx_with_body(body), DocumentFormat.DOCX, ReaderLimits(60, 64), lambda _: None
+        )
+    # lxml reports the refused allocation as a syntax error; the reader knows better.
+    assert info.value.error_type == FailureType.DOCUMENT_TOO_LARGE
+    assert info.value.message == (
+        "reading the Word document needed more than the 64 MiB of memory it may use"
+    )
 
 
 def _readers() -> set[int]:

@@ -1,4 +1,4 @@
-"""Settings read from the environment: durations in plain seconds, and their bounds."""
+"""Settings read from the environment: durations in plain seconds, sizes, and their bounds."""
 
 from __future__ import annotations
 
@@ -25,4 +25,22 @@ def test_extract_time_limit_must_end_before_the_steps_ten_minute_timeout(
 ) -> None:
     monkeypatch.setenv("DOCINGEST_EXTRACT_TIME_LIMIT", seconds)
     with pytest.raises(ValidationError, match="extract_time_limit"):
+        Settings()
+
+
+def test_extract_memory_limit_defaults_to_2_gib_and_reads_mib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DOCINGEST_EXTRACT_MEMORY_LIMIT_MIB", raising=False)
+    assert Settings().extract_memory_limit_mib == 2048
+    monkeypatch.setenv("DOCINGEST_EXTRACT_MEMORY_LIMIT_MIB", "64")
+    assert Settings().extract_memory_limit_mib == 64
+
+
+@pytest.mark.parametrize("mib", ["0", "63", "1.5"])
+def test_extract_memory_limit_refuses_less_than_64_mib_or_fractions(
+    monkeypatch: pytest.MonkeyPatch, mib: str
+) -> None:
+    monkeypatch.setenv("DOCINGEST_EXTRACT_MEMORY_LIMIT_MIB", mib)
+    with pytest.raises(ValidationError, match="extract_memory_limit_mib"):
         Settings()
