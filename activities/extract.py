@@ -124,19 +124,19 @@ def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> Extract
 def _page_text(document: pdfium.PdfDocument, index: int) -> str:
     try:
         page = document[index]
+        try:
+            text_page = page.get_textpage()
+            try:
+                raw = text_page.get_text_bounded(*_EVERYWHERE)
+            finally:
+                text_page.close()
+        finally:
+            page.close()
     except pdfium.PdfiumError as exc:
         raise RejectedDocument(
             FailureType.CORRUPT_DOCUMENT,
             f"the PDF is damaged and its page {index + 1} cannot be read",
         ) from exc
-    try:
-        text_page = page.get_textpage()
-        try:
-            raw = text_page.get_text_bounded(*_EVERYWHERE)
-        finally:
-            text_page.close()
-    finally:
-        page.close()
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").replace(_PDFIUM_LINE_END_HYPHEN, "")
     return _CONTROL.sub("", lines).strip()
 
@@ -274,7 +274,9 @@ class ExtractActivities:
         fmt = DocumentFormat(task.format)
         try:
             if fmt in READ_IN_CHILD:
-                extracted = read_in_child(data, fmt, self.limits, activity.heartbeat)
+                extracted = read_in_child(
+                    data, fmt, self.limits, activity.heartbeat, activity.info().attempt
+                )
             else:
                 extracted = extract_text(data, fmt)
         except RejectedDocument as rejected:

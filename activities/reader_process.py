@@ -84,20 +84,26 @@ class ReaderDied(Exception):
     retryable."""
 
 
-# A child ended by one of these crashed on its own, on this file: another attempt would crash
-# the same way (a parser's fault, or an allocation past the memory limit that PDFium does not
-# survive), so the document is refused instead of retried.
+# A child ended by one of these crashed on its own: a parser's fault, or an allocation past the
+# memory limit, which PDFium does not survive. A crash may also come from the machine (memory
+# short for everyone under vm.overcommit_memory=2), so the first one is retried; a second on
+# the same bytes refuses the document instead of spending the remaining attempts.
 _CRASHES = frozenset(
     {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
 )
 
 
 def read_in_child(
-    data: bytes, fmt: DocumentFormat, limits: ReaderLimits, pulse: Callable[[int], None]
+    data: bytes,
+    fmt: DocumentFormat,
+    limits: ReaderLimits,
+    pulse: Callable[[int], None],
+    attempt: int = 1,
 ) -> ExtractedText:
     """The document's text, read in a child process; `pulse(pages read)` runs every WAIT_S.
     Raises RejectedDocument for a bad file, one not read within the time limit, one that needs
-    more memory than the limit, or one that crashes the reader."""
+    more memory than the limit, or one that crashed the reader on this attempt and an earlier
+    one (`attempt` is the activity's); ReaderDied for a reader that may do better next time."""
     context = _context()
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_read, args=(sender, data, fmt, limits), daemon=True)
@@ -105,7 +111,7 @@ def read_in_child(
     try:
         child.start()
         sender.close()
-        answer = _Reading(receiver, child, fmt, limits).wait(pulse)
+        answer = _Reading(receiver, child, fmt, limits, attempt).wait(pulse)
         answered = True
         return answer
     finally:
@@ -134,8 +140,10 @@ class _Reading:
         child: multiprocessing.process.BaseProcess,
         fmt: DocumentFormat,
         limits: ReaderLimits,
+        attempt: int,
     ) -> None:
         self.receiver, self.child, self.fmt, self.limits = receiver, child, fmt, limits
+        self.attempt = attempt
         self.read = 0
         self.pages: int | None = None
 
@@ -180,11 +188,18 @@ class _Reading:
                 f"the reader process ended without an answer (exit code {code}) "
                 f"after {self.read} pages"
             )
+        where = (
+            " while opening it"
+            if self.pages is None
+            else f" after {self.read} of {self.pages} pages"
+        )
+        crashed = f"the reader crashed on {_what(self.fmt)} ({crash}){where}"
+        if self.attempt < 2:
+            return ReaderDied(f"{crashed}; trying once more")
         return RejectedDocument(
             FailureType.CORRUPT_DOCUMENT,
-            f"the reader crashed on {_what(self.fmt)} ({crash}){_where(self.read, self.pages)}; "
-            f"it may be damaged, or need more than the {self.limits.memory_mib} MiB of memory "
-            "that reading one file may use",
+            f"{crashed}, twice: it may be damaged, or need more than the "
+            f"{self.limits.memory_mib} MiB of memory that reading one file may use",
         )
 
     def _too_slow(self) -> RejectedDocument:
@@ -244,22 +259,36 @@ def _read(sender: Connection, data: bytes, fmt: DocumentFormat, limits: ReaderLi
         out_of_memory = True
     except RejectedDocument as rejected:
         answer = ("rejected", rejected.error_type, rejected.message)
-        # lxml reports an allocation it was refused as a syntax error, so "damaged" may mean
-        # that it ran out of memory
-        out_of_memory = rejected.error_type == FailureType.CORRUPT_DOCUMENT and cap.mostly_used()
+        # lxml reports an allocation it was refused as a syntax error: a Word file "damaged"
+        # after taking most of the limit more likely ran out of memory
+        out_of_memory = (
+            fmt is DocumentFormat.DOCX
+            and rejected.error_type == FailureType.CORRUPT_DOCUMENT
+            and cap.mostly_used()
+        )
     except Exception as exc:  # the parent turns it into a retryable failure with this text
         answer = ("failed", f"{type(exc).__name__}: {exc}")
-        out_of_memory = cap.mostly_used()
+        out_of_memory = fmt is DocumentFormat.DOCX and cap.mostly_used()
     if out_of_memory:  # built here, once the traceback (and what its frames held) is gone
-        read, pages = progress
-        answer = (
-            "rejected",
-            FailureType.DOCUMENT_TOO_LARGE,
-            f"reading {_what(fmt)} needed more than the {limits.memory_mib} MiB of memory "
-            f"it may use{_where(read or 0, pages)}",
-        )
-    sender.send(answer)
+        answer = _too_large(fmt, limits, progress)
+    try:
+        sender.send(answer)
+    except MemoryError:  # pickling the text takes memory too
+        answer = ()  # let the text go first
+        sender.send(_too_large(fmt, limits, progress))
     sender.close()
+
+
+def _too_large(
+    fmt: DocumentFormat, limits: ReaderLimits, progress: list[int | None]
+) -> tuple[object, ...]:
+    read, pages = progress
+    return (
+        "rejected",
+        FailureType.DOCUMENT_TOO_LARGE,
+        f"reading {_what(fmt)} needed more than the {limits.memory_mib} MiB of memory "
+        f"it may use{_where(read or 0, pages)}",
+    )
 
 
 class _MemoryCap:
@@ -271,14 +300,24 @@ class _MemoryCap:
 
     @classmethod
     def apply(cls, limit_mib: int) -> _MemoryCap:
+        # A reader that crashes (PDFium aborts past the cap) must not write a core file.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         start = _vm_kib("VmSize") * 1024
-        if start:
-            cap = start + limit_mib * MIB
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-            # and the kernel's OOM killer takes a reader before anything else
-            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adjust:
-                adjust.write("1000")
-        return cls(start, limit_mib * MIB)
+        if not start:
+            return cls(0, limit_mib * MIB)
+        cap = start + limit_mib * MIB
+        try:
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            if hard != resource.RLIM_INFINITY:  # `ulimit -v`, LimitAS=: never above it
+                cap = min(cap, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+        except (ValueError, OSError):  # the reader runs without a cap of its own
+            return cls(0, limit_mib * MIB)
+        # and the kernel's OOM killer takes a reader before anything else
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adjust:
+            adjust.write("1000")
+        return cls(start, cap - start)
 
     def mostly_used(self) -> bool:
         """Whether the address space grew past half the limit at some point: a failure then

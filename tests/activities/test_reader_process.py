@@ -80,7 +80,7 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
 
     def read() -> None:
         try:
-            read_in_child(make_slow_pdf(2, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
+            read_in_child(make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
         except BaseException as exc:  # the test asserts on it below
             outcome.append(exc)
 
@@ -93,14 +93,16 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
     assert "ended without an answer (exit code -9) after 0 pages" in str(outcome[0])
 
 
-def test_a_reader_that_crashes_refuses_the_file_naming_the_signal() -> None:
-    """A parser crash on a file recurs on every attempt: refused at once, not retried."""
+def test_a_reader_that_crashes_again_refuses_the_file_naming_the_signal() -> None:
+    """A parser crash on a file recurs: on a second attempt the file is refused, not retried."""
     readers_before = _readers()
     outcome: list[BaseException] = []
 
     def read() -> None:
         try:
-            read_in_child(make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
+            read_in_child(
+                make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None, attempt=2
+            )
         except BaseException as exc:  # the test asserts on it below
             outcome.append(exc)
 
@@ -110,25 +112,33 @@ def test_a_reader_that_crashes_refuses_the_file_naming_the_signal() -> None:
     reading.join(timeout=30)
     assert len(outcome) == 1 and isinstance(outcome[0], RejectedDocument), outcome
     assert outcome[0].error_type == FailureType.CORRUPT_DOCUMENT
-    assert outcome[0].message.startswith("the reader crashed on the PDF (SIGSEGV)")
-    assert outcome[0].message.endswith(
-        "; it may be damaged, or need more than the 2048 MiB of memory that reading one file "
-        "may use"
-    )
-
-
-def test_a_pdf_that_needs_more_memory_than_the_limit_is_refused_saying_so() -> None:
-    # 16 MiB of text operators: PDFium holds ~320 MiB for them, over a 128 MiB limit.
-    hungry = make_memory_hungry_pdf(16)
-    with pytest.raises(RejectedDocument) as info:
-        read_in_child(hungry, DocumentFormat.PDF, ReaderLimits(60, 128), lambda _: None)
-    # PDFium aborts when an allocation fails (SIGABRT here): the message names both causes.
-    assert info.value.error_type == FailureType.CORRUPT_DOCUMENT
     assert re.fullmatch(
-        r"the reader crashed on the PDF \(SIG[A-Z]+\) \(0 of 1 pages read\); it may be "
+        r"the reader crashed on the PDF \(SIGSEGV\) (while opening it|after 0 of 3 pages), "
+        r"twice: it may be damaged, or need more than the 2048 MiB of memory that reading one "
+        r"file may use",
+        outcome[0].message,
+    ), outcome[0].message
+
+
+def test_a_pdf_that_needs_more_memory_than_the_limit_is_retried_once_then_refused() -> None:
+    # 16 MiB of text operators: PDFium holds ~320 MiB for them, over a 128 MiB limit, and
+    # aborts when an allocation fails (SIGABRT here).
+    hungry = make_memory_hungry_pdf(16)
+    capped = ReaderLimits(60, 128)
+    with pytest.raises(ReaderDied) as first:
+        read_in_child(hungry, DocumentFormat.PDF, capped, lambda _: None, attempt=1)
+    assert re.fullmatch(
+        r"the reader crashed on the PDF \(SIG[A-Z]+\) after 0 of 1 pages; trying once more",
+        str(first.value),
+    ), first.value
+    with pytest.raises(RejectedDocument) as second:
+        read_in_child(hungry, DocumentFormat.PDF, capped, lambda _: None, attempt=2)
+    assert second.value.error_type == FailureType.CORRUPT_DOCUMENT
+    assert re.fullmatch(
+        r"the reader crashed on the PDF \(SIG[A-Z]+\) after 0 of 1 pages, twice: it may be "
         r"damaged, or need more than the 128 MiB of memory that reading one file may use",
-        info.value.message,
-    ), info.value.message
+        second.value.message,
+    ), second.value.message
     # The limit, not the file: under the default limit it reads.
     assert read_in_child(hungry, DocumentFormat.PDF, ROOMY, lambda _: None).text == "ab"
 
