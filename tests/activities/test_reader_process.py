@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import resource
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -160,6 +164,63 @@ def test_a_word_file_that_needs_more_memory_than_the_limit_is_too_large() -> Non
     assert info.value.message == (
         "reading the Word document needed more than the 64 MiB of memory it may use"
     )
+
+
+def test_a_reader_is_capped_writes_no_core_file_and_goes_first_to_the_oom_killer() -> None:
+    readers_before = _readers()
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_in_child(make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
+        except BaseException as exc:  # the test asserts on it below
+            outcome.append(exc)
+
+    reading = threading.Thread(target=read, daemon=True)
+    reading.start()
+    reader = _wait_for_new_reader(readers_before)
+    try:
+        for _ in range(100):  # the child sets its limits as it starts
+            if Path(f"/proc/{reader.pid}/oom_score_adj").read_text().strip() == "1000":
+                break
+            time.sleep(0.02)
+        assert Path(f"/proc/{reader.pid}/oom_score_adj").read_text().strip() == "1000"
+        assert reader.rlimit(psutil.RLIMIT_CORE) == (0, 0)
+        soft, _ = reader.rlimit(psutil.RLIMIT_AS)
+        start = soft - ROOMY.memory_mib * 1024 * 1024  # its size when the cap was set
+        assert 0 < start <= reader.memory_info().vms
+    finally:
+        reader.kill()
+        reading.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ReaderDied), outcome
+
+
+def test_a_worker_under_a_hard_address_space_limit_still_reads() -> None:
+    """`ulimit -v` or systemd's LimitAS= on the worker: the reader keeps under it, not above."""
+    script = (
+        "from activities.reader_process import ReaderLimits, read_in_child\n"
+        "from core.formats import DocumentFormat\n"
+        "from tests.documents import make_pdf\n"
+        "pdf = make_pdf(['Read under a hard limit.'])\n"
+        "limits = ReaderLimits(60, 2048)\n"
+        "print(read_in_child(pdf, DocumentFormat.PDF, limits, lambda _: None).text)\n"
+    )
+    hard = 1_500_000 * 1024  # `ulimit -v 1500000`: less than a reader's size plus 2048 MiB
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parents[2],
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "Read under a hard limit."
 
 
 def _readers() -> set[int]:
