@@ -79,49 +79,26 @@ def test_a_single_slow_page_is_stopped_in_its_middle_while_the_wait_pulses() -> 
 
 
 def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() -> None:
-    readers_before = _readers()
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            read_in_child(make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
-        except BaseException as exc:  # the test asserts on it below
-            outcome.append(exc)
-
-    reading = threading.Thread(target=read, daemon=True)
-    reading.start()
-    new = _wait_for_new_reader(readers_before)
-    new.kill()  # as the kernel's OOM killer would
-    reading.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], ReaderDied), outcome
-    assert "ended without an answer (exit code -9) after 0 pages" in str(outcome[0])
+    reading = BackgroundRead()
+    reading.reader.kill()  # as the kernel's OOM killer would
+    died = reading.outcome()
+    assert isinstance(died, ReaderDied), died
+    assert "ended without an answer (exit code -9) after 0 pages" in str(died)
 
 
 def test_a_reader_that_crashes_again_refuses_the_file_naming_the_signal() -> None:
     """A parser crash on a file recurs: on a second attempt the file is refused, not retried."""
-    readers_before = _readers()
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            read_in_child(
-                make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None, attempt=2
-            )
-        except BaseException as exc:  # the test asserts on it below
-            outcome.append(exc)
-
-    reading = threading.Thread(target=read, daemon=True)
-    reading.start()
-    _wait_for_new_reader(readers_before).send_signal(signal.SIGSEGV)  # as a parser bug would
-    reading.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], RejectedDocument), outcome
-    assert outcome[0].error_type == FailureType.CORRUPT_DOCUMENT
+    reading = BackgroundRead(attempt=2)
+    reading.reader.send_signal(signal.SIGSEGV)  # as a parser bug would
+    refused = reading.outcome()
+    assert isinstance(refused, RejectedDocument), refused
+    assert refused.error_type == FailureType.CORRUPT_DOCUMENT
     assert re.fullmatch(
         r"the reader crashed on the PDF \(SIGSEGV\) (while opening it|after 0 of 3 pages), "
         r"twice: it may be damaged, or need more than the 2048 MiB of memory that reading one "
         r"file may use",
-        outcome[0].message,
-    ), outcome[0].message
+        refused.message,
+    ), refused.message
 
 
 def test_a_pdf_that_needs_more_memory_than_the_limit_is_retried_once_then_refused() -> None:
@@ -167,18 +144,8 @@ def test_a_word_file_that_needs_more_memory_than_the_limit_is_too_large() -> Non
 
 
 def test_a_reader_is_capped_writes_no_core_file_and_goes_first_to_the_oom_killer() -> None:
-    readers_before = _readers()
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            read_in_child(make_slow_pdf(64, pages=3), DocumentFormat.PDF, ROOMY, lambda _: None)
-        except BaseException as exc:  # the test asserts on it below
-            outcome.append(exc)
-
-    reading = threading.Thread(target=read, daemon=True)
-    reading.start()
-    reader = _wait_for_new_reader(readers_before)
+    reading = BackgroundRead()
+    reader = reading.reader
     try:
         for _ in range(100):  # the child sets its limits as it starts
             if Path(f"/proc/{reader.pid}/oom_score_adj").read_text().strip() == "1000":
@@ -191,8 +158,8 @@ def test_a_reader_is_capped_writes_no_core_file_and_goes_first_to_the_oom_killer
         assert 0 < start <= reader.memory_info().vms
     finally:
         reader.kill()
-        reading.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], ReaderDied), outcome
+        died = reading.outcome()
+    assert isinstance(died, ReaderDied), died
 
 
 def test_a_worker_under_a_hard_address_space_limit_still_reads() -> None:
@@ -221,6 +188,31 @@ def test_a_worker_under_a_hard_address_space_limit_still_reads() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "Read under a hard limit."
+
+
+class BackgroundRead:
+    """A PDF slow to read (3 pages of 64 MiB of operators, seconds each) read in a thread, and
+    the reader process reading it, for a test to inspect or end."""
+
+    def __init__(self, attempt: int = 1) -> None:
+        before = _readers()
+        self._outcome: list[BaseException] = []
+        self._thread = threading.Thread(target=self._read, args=(attempt,), daemon=True)
+        self._thread.start()
+        self.reader = _wait_for_new_reader(before)
+
+    def _read(self, attempt: int) -> None:
+        pdf = make_slow_pdf(64, pages=3)
+        try:
+            read_in_child(pdf, DocumentFormat.PDF, ROOMY, lambda _: None, attempt=attempt)
+        except BaseException as exc:  # the test asserts on it
+            self._outcome.append(exc)
+
+    def outcome(self) -> BaseException:
+        """What the read raised, once it has ended."""
+        self._thread.join(timeout=30)
+        assert len(self._outcome) == 1, self._outcome
+        return self._outcome[0]
 
 
 def _readers() -> set[int]:
