@@ -144,7 +144,7 @@ def make_slow_pdf(operators_mib: float, pages: int) -> bytes:
     30-60 ms per MiB for it on the benchmark machine, page after page, without holding more
     memory meanwhile. Every page says "ab"."""
     operators = b"q Q " * int(operators_mib * 1024 * 1024 / 4)
-    return _pdf_of_shared_stream(b"BT /F1 12 Tf 10 10 Td (ab) Tj ET " + operators, pages)
+    return pdf_of_content(b"BT /F1 12 Tf 10 10 Td (ab) Tj ET " + operators, pages)
 
 
 def make_memory_hungry_pdf(operators_mib: float) -> bytes:
@@ -152,15 +152,16 @@ def make_memory_hungry_pdf(operators_mib: float) -> bytes:
     (`(ab) Tj 1 0 Td`): PDFium builds an object for each, ~20 bytes per byte of the stream
     (16 MiB of operators took ~320 MiB here), at 0.1 s per MiB or less."""
     operators = b"(ab) Tj 1 0 Td " * int(operators_mib * 1024 * 1024 / 15)
-    return _pdf_of_shared_stream(b"BT /F1 12 Tf 10 10 Td " + operators + b"ET", 1)
+    return pdf_of_content(b"BT /F1 12 Tf 10 10 Td " + operators + b"ET")
 
 
-def _pdf_of_shared_stream(content: bytes, pages: int) -> bytes:
+def pdf_of_content(content: bytes, pages: int = 1, media_box: bytes = b"[0 0 612 792]") -> bytes:
+    """A PDF whose pages all draw one shared, compressed content stream, with Helvetica as /F1."""
     stream = zlib.compress(content, 9)
     kids = b" ".join(b"%d 0 R" % (5 + page) for page in range(pages))
     page = (
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
-        b"/Resources << /Font << /F1 4 0 R >> >> >>"
+        b"<< /Type /Page /Parent 2 0 R /MediaBox %b /Contents 3 0 R "
+        b"/Resources << /Font << /F1 4 0 R >> >> >>" % media_box
     )
     return build_pdf(
         [

@@ -13,13 +13,13 @@ from activities.errors import RejectedDocument
 from activities.extract import extract_docx, extract_pdf, extract_text, html_to_text
 from core.formats import DocumentFormat
 from tests.documents import (
-    build_pdf,
     make_docx,
     make_docx_blocks,
     make_encrypted_pdf,
     make_image_only_pdf,
     make_pdf,
     make_zip,
+    pdf_of_content,
 )
 from workflows.types import FailureType
 
@@ -60,22 +60,12 @@ def test_extract_text_pdf_page_starts_with_a_blank_page() -> None:
     assert result.page_starts[0] < result.page_starts[1] <= third
 
 
-def one_page_pdf(content: bytes) -> bytes:
-    """A page of 300 by 200 pt drawing `content` (a content stream) in Helvetica as /F1."""
-    return build_pdf(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 200] /Contents 4 0 R "
-            b"/Resources << /Font << /F1 5 0 R >> >> >>",
-            b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
-            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        ]
-    )
+# A page of 300 by 200 pt: a line of 12 pt text runs past its right edge after ~50 characters.
+SMALL_PAGE = b"[0 0 300 200]"
 
 
 def test_extract_pdf_joins_a_word_hyphenated_at_a_line_end() -> None:
-    pdf = one_page_pdf(
+    pdf = pdf_of_content(
         b"BT /F1 12 Tf 20 150 Td (The library provides man-) Tj 0 -14 Td "
         b"(agement of structures.) Tj 0 -14 Td (A second line.) Tj ET"
     )
@@ -84,7 +74,7 @@ def test_extract_pdf_joins_a_word_hyphenated_at_a_line_end() -> None:
 
 def test_extract_pdf_keeps_text_drawn_past_the_page_edge() -> None:
     line = "A line that runs well past the right edge of this small page, to its end"
-    pdf = one_page_pdf(b"BT /F1 12 Tf 20 150 Td (%b) Tj ET" % line.encode())
+    pdf = pdf_of_content(b"BT /F1 12 Tf 20 150 Td (%b) Tj ET" % line.encode(), media_box=SMALL_PAGE)
     assert extract_pdf(pdf).text == line
 
 
