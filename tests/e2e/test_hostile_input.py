@@ -442,12 +442,12 @@ async def test_hostile_20_mb_line_without_spaces_fails_too_large(
     )
 
 
-async def test_hostile_pdfs_slow_to_read_or_hungry_fail_at_their_limits_without_retries(
+async def test_hostile_pdfs_slow_to_read_or_hungry_fail_at_their_limits_not_as_lost_workers(
     stack: Stack, tenant: Tenant, embedder: TextEmbedder
 ) -> None:
-    # ~17 KiB of file, 20 pages that each run 16 MiB of operators: ~20 s to read.
+    # ~19 KiB of file, 20 pages that each run 16 MiB of operators: ~20 s to read.
     slow = make_slow_pdf(16, pages=20)
-    # ~33 KiB of file, one page of 16 MiB of text operators: PDFium needs ~320 MiB for it.
+    # ~32 KiB of file, one page of 16 MiB of text operators: PDFium needs ~320 MiB for it.
     hungry = make_memory_hungry_pdf(16)
     assert len(slow) < 32 * 1024 and len(hungry) < 64 * 1024
     settings = stack_settings(
