@@ -125,7 +125,13 @@ class ChunkActivities:
             extracted = self.staging.read_json(task.task_id, TEXT)
         except FileNotFoundError as exc:
             raise staging_missing("the extracted text") from exc
-        chunks = split_text(extracted["text"], task.chunk_size, task.chunk_overlap)
+        return self.write_shards(task, extracted["text"], extracted["page_starts"])
+
+    def write_shards(
+        self, task: IngestTask, text: str, page_starts: list[int] | None
+    ) -> ChunkResult:
+        """Cut `text` and write its shards and their manifest to staging."""
+        chunks = split_text(text, task.chunk_size, task.chunk_overlap)
         if len(chunks) > task.max_chunks:
             raise ApplicationError(
                 f"the document makes {len(chunks)} chunks of {task.chunk_size} characters, "
@@ -133,12 +139,12 @@ class ChunkActivities:
                 type=FailureType.DOCUMENT_TOO_LARGE,
                 non_retryable=True,
             )
-        assign_pages(chunks, extracted["page_starts"])
+        assign_pages(chunks, page_starts)
         step = task.embed_activity_chunks
         for start in range(0, len(chunks), step):
             shard = [asdict(chunk) for chunk in chunks[start : start + step]]
             self.staging.write_json(task.task_id, shard_name(start), shard)
-        pages = len(extracted["page_starts"]) if extracted["page_starts"] else None
+        pages = len(page_starts) if page_starts else None
         manifest = {"chunks": len(chunks), "step": step, "pages": pages}
         self.staging.write_json(task.task_id, MANIFEST, manifest)
         return ChunkResult(chunks=len(chunks))

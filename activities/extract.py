@@ -267,6 +267,16 @@ class ExtractActivities:
     @activity.defn(name=EXTRACT)
     def extract(self, task: IngestTask) -> ExtractResult:
         """Read the original, write `text.json` (text and page starts) to staging."""
+        extracted = self.read(task)
+        self.staging.write_json(
+            task.task_id, TEXT, {"text": extracted.text, "page_starts": extracted.page_starts}
+        )
+        pages = len(extracted.page_starts) if extracted.page_starts is not None else None
+        return ExtractResult(characters=len(extracted.text), pages=pages)
+
+    def read(self, task: IngestTask) -> ExtractedText:
+        """The text of the task's original: a PDF or Word file in a reader child, the rest here.
+        A file that cannot be read raises its non-retryable ApplicationError."""
         try:
             data = self.staging.read_bytes(task.task_id, task.original)
         except FileNotFoundError as exc:
@@ -274,15 +284,9 @@ class ExtractActivities:
         fmt = DocumentFormat(task.format)
         try:
             if fmt in READ_IN_CHILD:
-                extracted = read_in_child(
+                return read_in_child(
                     data, fmt, self.limits, activity.heartbeat, activity.info().attempt
                 )
-            else:
-                extracted = extract_text(data, fmt)
+            return extract_text(data, fmt)
         except RejectedDocument as rejected:
             raise rejected_to_failure(rejected) from rejected
-        self.staging.write_json(
-            task.task_id, TEXT, {"text": extracted.text, "page_starts": extracted.page_starts}
-        )
-        pages = len(extracted.page_starts) if extracted.page_starts is not None else None
-        return ExtractResult(characters=len(extracted.text), pages=pages)

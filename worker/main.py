@@ -18,6 +18,7 @@ from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities, TextEmbedder, make_embedder
 from activities.extract import ExtractActivities
+from activities.extract_and_chunk import ExtractAndChunkActivities
 from activities.reader_process import ReaderLimits
 from activities.reader_process import start_server as start_reader_server
 from activities.staging_cleanup import StagingCleanupActivities
@@ -68,14 +69,17 @@ def build_workers(
     workers: list[Worker] = []
     if role in (Role.ALL, Role.MAIN):
         store = StoreActivities(staging, sessionmaker)
+        extract = ExtractActivities(staging, reader_limits(settings))
+        chunk = ChunkActivities(staging)
         workers.append(
             Worker(
                 client,
                 task_queue=settings.task_queue,
                 workflows=[IngestDocument, CleanStaging],
                 activities=[
-                    ExtractActivities(staging, reader_limits(settings)).extract,
-                    ChunkActivities(staging).chunk,
+                    extract.extract,
+                    chunk.chunk,
+                    ExtractAndChunkActivities(extract, chunk).extract_and_chunk,
                     store.store,
                     store.record_outcome,
                     CleanupActivities(staging).cleanup,

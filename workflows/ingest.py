@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         CLEANUP,
         EMBED,
         EXTRACT,
+        EXTRACT_AND_CHUNK,
         MEMO_PROGRESS,
         PROGRESS_QUERY,
         RECORD_OUTCOME,
@@ -53,9 +54,16 @@ _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
 # cleanup, and extracting a small text, Markdown or HTML file (a PDF or DOCX, or a large file,
 # can take minutes and heartbeats, so it stays an ordinary activity). For figure 1's corpus
 # that cut the Temporal server's CPU by a quarter or more and brought the first embed batch
-# sooner. Workflows started before this change replay these steps as the activities they were
-# (`_local_steps`).
+# sooner. Workflows started before this change replay these steps as the activities they were.
 LOCAL_STEPS_PATCH = "local-short-steps"
+# Then (`QUICK_STEPS_PATCH`): a small text, Markdown or HTML file is extracted and chunked by
+# one local step (a burst of uploads had queued every file's extraction ahead of the first
+# file's chunking on the worker's two local-activity slots), and a document of at most
+# LOCAL_STORE_MAX_CHUNKS chunks is stored by a local step: one activity and one workflow task
+# less per document. Storing takes ~5 ms a chunk (the HNSW index), so the workflow task that
+# runs it stays well within its timeout; larger documents keep the ordinary activity.
+QUICK_STEPS_PATCH = "one-step-small-documents"
+LOCAL_STORE_MAX_CHUNKS = 256
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
 QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
@@ -78,6 +86,7 @@ class IngestDocument:
     @workflow.init
     def __init__(self, task: IngestTask) -> None:
         self._progress = TaskProgress.queued(task, iso_utc(workflow.info().start_time))
+        self._release: int | None = None
 
     @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> TaskProgress:
@@ -96,25 +105,34 @@ class IngestDocument:
 
     async def _ingest(self, task: IngestTask) -> None:
         self._update(Status.PROCESSING, Stage.EXTRACTING, f"Processing {task.filename}...")
-        local = _local_steps()
-        if local and _quick_to_extract(task):
-            await _short_step(EXTRACT, task, ExtractResult, timedelta(minutes=2), local=True)
-        else:
-            await workflow.execute_activity(
-                EXTRACT,
-                task,
-                result_type=ExtractResult,
-                start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
-                retry_policy=_STEP_RETRY,
-                cancellation_type=_WAIT,
+        release = self._steps_release()
+        if release >= 2 and _quick_to_extract(task):
+            chunked = await _short_step(
+                EXTRACT_AND_CHUNK, task, ChunkResult, timedelta(minutes=5), local=True
             )
-        self._update(Status.PROCESSING, Stage.CHUNKING)
-        chunked = await _short_step(CHUNK, task, ChunkResult, timedelta(minutes=5), local)
+        else:
+            if release >= 1 and _quick_to_extract(task):
+                await _short_step(EXTRACT, task, ExtractResult, timedelta(minutes=2), local=True)
+            else:
+                await workflow.execute_activity(
+                    EXTRACT,
+                    task,
+                    result_type=ExtractResult,
+                    start_to_close_timeout=timedelta(minutes=10),
+                    heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
+                    retry_policy=_STEP_RETRY,
+                    cancellation_type=_WAIT,
+                )
+            self._update(Status.PROCESSING, Stage.CHUNKING)
+            chunked = await _short_step(
+                CHUNK, task, ChunkResult, timedelta(minutes=5), local=release >= 1
+            )
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
         await self._embed_all(task, chunked.chunks)
         self._update(Status.PROCESSING, Stage.STORING)
-        stored = await workflow.execute_activity(
+        local_store = release >= 2 and chunked.chunks <= LOCAL_STORE_MAX_CHUNKS
+        run_store = workflow.execute_local_activity if local_store else workflow.execute_activity
+        stored: StoreResult = await run_store(
             STORE,
             task,
             result_type=StoreResult,
@@ -236,7 +254,8 @@ class IngestDocument:
             workflow.logger.warning("could not record the outcome of %s", task.task_id)
 
     async def _cleanup(self, task: IngestTask) -> None:
-        run_step = workflow.execute_local_activity if _local_steps() else workflow.execute_activity
+        local = self._steps_release() >= 1
+        run_step = workflow.execute_local_activity if local else workflow.execute_activity
         try:
             await run_step(
                 CLEANUP,
@@ -246,6 +265,19 @@ class IngestDocument:
             )
         except STEP_FAILURES:
             workflow.logger.warning("could not clean up staging of %s", task.task_id)
+
+    def _steps_release(self) -> int:
+        """Which release's steps this workflow runs, from the patches its history records (a
+        worker upgraded while documents were in flight replays each as it was written):
+        2, one local step for a small file's extract and chunk and a local store for a small
+        document; 1, short steps local (`LOCAL_STEPS_PATCH`); 0, every step an activity.
+        Asked once, where the first step is chosen, so a new workflow records one patch."""
+        if self._release is None:
+            if workflow.patched(QUICK_STEPS_PATCH):
+                self._release = 2
+            else:
+                self._release = 1 if workflow.patched(LOCAL_STEPS_PATCH) else 0
+        return self._release
 
     def _update(
         self, status: str, stage: str, message: str | None = None, **counts: object
@@ -260,12 +292,6 @@ class IngestDocument:
         if status != previous_status:
             workflow.upsert_search_attributes([INGEST_STATUS.value_set(status)])
         workflow.set_current_details(_details(self._progress))
-
-
-def _local_steps() -> bool:
-    """Whether the short steps run as local activities: always, except when replaying a
-    history written before they did (a worker upgraded while documents were in flight)."""
-    return workflow.patched(LOCAL_STEPS_PATCH)
 
 
 async def _short_step(

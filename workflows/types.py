@@ -15,6 +15,8 @@ MEMO_TASK = "task"
 
 EXTRACT = "extract"
 CHUNK = "chunk"
+# A small text, Markdown or HTML file: extract and chunk in one local step.
+EXTRACT_AND_CHUNK = "extract_and_chunk"
 EMBED = "embed"
 STORE = "store"
 RECORD_OUTCOME = "record_outcome"

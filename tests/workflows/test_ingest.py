@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,12 +22,13 @@ from core.settings import Settings
 from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
 from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
-from workflows.ingest import IngestDocument
+from workflows.ingest import LOCAL_STORE_MAX_CHUNKS, IngestDocument
 from workflows.types import (
     CHUNK,
     CLEANUP,
     EMBED,
     EXTRACT,
+    EXTRACT_AND_CHUNK,
     STORE,
     IngestTask,
     Status,
@@ -35,6 +37,9 @@ from workflows.types import (
 
 # A document ingested by the release before the short steps became local activities.
 HISTORY_BEFORE_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-before-local-steps.json"
+# A text document ingested by the release with local short steps, before a small file's
+# extract and chunk became one step and a small document's store a local one.
+HISTORY_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-local-steps.json"
 
 
 @pytest.fixture(scope="module")
@@ -130,22 +135,28 @@ async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
     assert stack.staging.exists(task.task_id, ORIGINAL)  # kept so the task can be retried
 
 
-async def test_a_document_refused_by_the_local_chunk_step_fails_with_its_reason(
-    stack: Stack, fake_settings: Settings, tenant: Tenant
+@pytest.mark.parametrize(
+    ("fmt", "failed_stage"),
+    [(DocumentFormat.TEXT, "extracting"), (DocumentFormat.PDF, "chunking")],
+)
+async def test_a_document_refused_by_a_local_chunk_step_fails_with_its_reason(
+    stack: Stack, fake_settings: Settings, tenant: Tenant, fmt: DocumentFormat, failed_stage: str
 ) -> None:
     """A local activity's failure reaches the workflow unwrapped (no ActivityError): it must
-    still end the task `failed` with its type and reason, not as an unexpected error."""
-    text = lorem(40).encode()
-    task = stage(stack, fake_settings, tenant, text, DocumentFormat.TEXT, "long.txt")
+    still end the task `failed` with its type and reason, not as an unexpected error. A text
+    file is extracted and chunked by one step, so it fails in the `extracting` stage; a PDF's
+    chunking is a step of its own."""
+    data = lorem(40).encode() if fmt is DocumentFormat.TEXT else make_pdf([lorem(40)])
+    task = stage(stack, fake_settings, tenant, data, fmt, f"long.{fmt.value}")
     task = dataclasses.replace(task, max_chunks=3)
     handle, cause = await run_to_failure(stack, fake_settings, task)
     assert cause.type == "DocumentTooLarge"
-    assert cause.message.startswith("Failed to process long.txt: the document makes ")
+    assert cause.message.startswith(f"Failed to process long.{fmt.value}: the document makes ")
     assert cause.message.endswith("over the limit of 3; split it or use a larger chunk_size")
     progress = await handle.query(IngestDocument.progress)
     assert (progress.status, progress.stage, progress.error_type) == (
         Status.FAILED,
-        "chunking",
+        failed_stage,
         "DocumentTooLarge",
     )
     async with stack.sessionmaker() as session:
@@ -162,30 +173,83 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
     ]
 
 
+def local_steps(history: WorkflowHistory) -> list[str]:
+    """The activity types of the local activities the history records, in order."""
+    steps = []
+    for event in history.events:
+        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+            continue
+        details = event.marker_recorded_event_attributes.details
+        if "data" in details:
+            steps.append(json.loads(details["data"].payloads[0].data)["activity_type"])
+    return steps
+
+
 @pytest.mark.parametrize(
-    ("fmt", "queued"),
-    [(DocumentFormat.TEXT, {EMBED, STORE}), (DocumentFormat.PDF, {EXTRACT, EMBED, STORE})],
+    ("fmt", "queued", "local"),
+    [
+        (DocumentFormat.TEXT, [], [EXTRACT_AND_CHUNK, STORE, CLEANUP]),
+        (DocumentFormat.PDF, [EXTRACT], [CHUNK, STORE, CLEANUP]),
+    ],
 )
 async def test_short_steps_run_locally_and_the_history_replays(
-    stack: Stack, fake_settings: Settings, tenant: Tenant, fmt: DocumentFormat, queued: set[str]
+    stack: Stack,
+    fake_settings: Settings,
+    tenant: Tenant,
+    fmt: DocumentFormat,
+    queued: list[str],
+    local: list[str],
 ) -> None:
-    """Chunk, cleanup and a small text file's extraction leave only markers in the history;
-    a PDF's extraction (slow, heartbeating) still goes through the task queue."""
-    data = lorem(40).encode() if fmt is DocumentFormat.TEXT else make_pdf([lorem(20)])
+    """A small text file is extracted and chunked by one local step, a PDF's extraction (slow,
+    heartbeating) still goes through the task queue; a small document is stored and cleaned
+    up locally: only the embed batches and a PDF's extraction are activity tasks."""
+    data = lorem(12).encode() if fmt is DocumentFormat.TEXT else make_pdf([lorem(12)])
     task = stage(stack, fake_settings, tenant, data, fmt, f"a.{fmt.value}")
     handle = await stack.client.start_workflow(
         IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
     )
-    assert (await handle.result()).status == Status.COMPLETE
+    result = await handle.result()
+    assert result.status == Status.COMPLETE
     history = await handle.fetch_history()
-    assert set(scheduled_activities(history)) == queued
-    markers = [
+    batches = -(-result.chunks_total // fake_settings.embed_activity_chunks)
+    assert scheduled_activities(history) == queued + [EMBED] * batches
+    assert local_steps(history) == local
+    patches = [
         event
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and "data" not in event.marker_recorded_event_attributes.details
     ]
-    assert len(markers) == 1 + 5 - len(queued)  # the patch, then one per local step
+    assert len(patches) == 1  # one patch marker, whatever the number of releases behind it
     await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    async with stack.sessionmaker() as session:
+        stored = await session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .join(Document)
+            .where(Document.task_id == task.task_id)
+        )
+    assert stored == result.chunks_total
+
+
+async def test_a_document_of_many_chunks_is_stored_by_an_activity(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    """Past LOCAL_STORE_MAX_CHUNKS chunks storing takes seconds (the HNSW index): it stays an
+    ordinary activity, outside the workflow task."""
+    task = stage(stack, fake_settings, tenant, lorem(400).encode(), DocumentFormat.TEXT, "b.txt")
+    task = dataclasses.replace(
+        task, chunk_size=100, chunk_overlap=0, embed_activity_chunks=128, embed_window=4
+    )
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    result = await handle.result()
+    assert result.status == Status.COMPLETE
+    assert result.chunks_total > LOCAL_STORE_MAX_CHUNKS
+    history = await handle.fetch_history()
+    assert scheduled_activities(history)[-1] == STORE
+    assert local_steps(history) == [EXTRACT_AND_CHUNK, CLEANUP]
 
 
 async def test_an_empty_text_file_extracted_locally_fails_with_its_reason(
@@ -206,5 +270,15 @@ async def test_a_document_in_flight_across_the_upgrade_replays_its_old_history()
         "ingest-before-local-steps", HISTORY_BEFORE_LOCAL_STEPS.read_text()
     )
     assert scheduled_activities(history) == [EXTRACT, CHUNK, EMBED, EMBED, STORE, CLEANUP]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_document_in_flight_across_the_quick_steps_upgrade_replays_its_history() -> None:
+    """A history written with separate local extract and chunk steps and an ordinary store
+    activity still replays (the patch keeps it on its own release's steps)."""
+    history = WorkflowHistory.from_json("ingest-local-steps", HISTORY_LOCAL_STEPS.read_text())
+    assert scheduled_activities(history) == [EMBED] * 4 + [STORE]
+    assert local_steps(history) == [EXTRACT, CHUNK, CLEANUP]
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
