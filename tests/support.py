@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,8 @@ import httpx
 import numpy as np
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Worker
 
 from activities.embed import TextEmbedder
@@ -164,6 +166,19 @@ async def upload_file(
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
     return task_id
+
+
+def local_activity_markers(history: WorkflowHistory) -> list[dict[str, Any]]:
+    """What the history records of each local activity (`activity_type`, `attempt`, ...), in
+    order: the SDK's marker data, since a local activity has no activity events."""
+    markers = []
+    for event in history.events:
+        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
+            continue
+        details = event.marker_recorded_event_attributes.details
+        if "data" in details:  # a patch marker has none
+            markers.append(json.loads(details["data"].payloads[0].data))
+    return markers
 
 
 async def wait_for_status(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,14 @@ from core.models import Chunk, Document
 from core.settings import Settings
 from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
-from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
+from tests.support import (
+    FakeEmbedder,
+    Stack,
+    Tenant,
+    local_activity_markers,
+    running_workers,
+    stack_settings,
+)
 from workflows.ingest import LOCAL_STORE_MAX_CHUNKS, IngestDocument
 from workflows.types import (
     CHUNK,
@@ -175,14 +181,7 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
 
 def local_steps(history: WorkflowHistory) -> list[str]:
     """The activity types of the local activities the history records, in order."""
-    steps = []
-    for event in history.events:
-        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
-            continue
-        details = event.marker_recorded_event_attributes.details
-        if "data" in details:
-            steps.append(json.loads(details["data"].payloads[0].data)["activity_type"])
-    return steps
+    return [marker["activity_type"] for marker in local_activity_markers(history)]
 
 
 @pytest.mark.parametrize(
