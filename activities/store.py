@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from pgvector.psycopg.vector import register_vector_info
 from psycopg.types import TypeInfo
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -99,7 +99,16 @@ class StoreActivities:
     @activity.defn(name=STORE)
     async def store(self, task: IngestTask) -> StoreResult:
         """Make the document searchable; running it twice leaves one copy of each chunk."""
-        manifest, shards = await asyncio.to_thread(self._load, task.task_id)
+        try:
+            manifest, shards = await asyncio.to_thread(self._load, task.task_id)
+        except ApplicationError:
+            # Run again after the cleanup removed its staging: a local store and cleanup that
+            # ran in a workflow task the server then refused (a cancel or signal came in
+            # meanwhile) are replayed, and this task's chunks are already stored.
+            stored = await self._stored_by_this_task(task)
+            if stored is None:
+                raise
+            return stored
         try:
             async with self.sessionmaker.begin() as session:
                 existing = await find_stored_copy(session, task)
@@ -117,6 +126,21 @@ class StoreActivities:
         except IntegrityError as exc:
             return await self._settle_conflict(task, exc)
         return StoreResult(document_id=str(document_id), chunks=manifest["chunks"])
+
+    async def _stored_by_this_task(self, task: IngestTask) -> StoreResult | None:
+        """What an earlier run of this store left: this task's complete document, or the
+        other task's copy it found."""
+        async with self.sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(Document.id, Document.chunk_count).where(
+                        Document.task_id == task.task_id, Document.status == Status.COMPLETE
+                    )
+                )
+            ).first()
+            if row is None:
+                return await find_stored_copy(session, task)
+        return StoreResult(document_id=str(row.id), chunks=row.chunk_count)
 
     async def _settle_conflict(self, task: IngestTask, exc: IntegrityError) -> StoreResult:
         """Another task stored the same bytes for this agent first, or the agent is gone."""

@@ -29,8 +29,19 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+# Seconds a new connection may take before it fails (and its step retries): a database host
+# that drops packets would otherwise hold a worker's step for the OS's TCP timeout (minutes).
+# A `connect_timeout` in the URL wins.
+CONNECT_TIMEOUT_S = 10
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+    connect_args = (
+        {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+    )
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:

@@ -9,7 +9,12 @@ from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -64,6 +69,10 @@ LOCAL_STEPS_PATCH = "local-short-steps"
 # runs it stays well within its timeout; larger documents keep the ordinary activity.
 QUICK_STEPS_PATCH = "one-step-small-documents"
 LOCAL_STORE_MAX_CHUNKS = 256
+# A step the workflow's cancel reached while it ran (a local step, or an activity that
+# heartbeats) comes back as its failure, with a CancelledError cause: the task is `cancelled`,
+# not `error`. Histories written before (where it became `error`) replay as they were.
+CANCELLED_STEP_PATCH = "cancelled-step-is-cancelled"
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
 QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
@@ -97,6 +106,9 @@ class IngestDocument:
         try:
             await self._ingest(task)
         except STEP_FAILURES as failure:
+            if _step_cancelled(failure):
+                await self._cancelled(task)
+                raise
             await self._fail(task, failure)
         except asyncio.CancelledError:
             await self._cancelled(task)
@@ -311,6 +323,11 @@ async def _short_step(
     return result
 
 
+def _step_cancelled(failure: StepFailure) -> bool:
+    """Whether the step failed because the workflow was cancelled while it ran."""
+    return is_cancelled_exception(failure) and workflow.patched(CANCELLED_STEP_PATCH)
+
+
 def _quick_to_extract(task: IngestTask) -> bool:
     """A file `extract` turns into text in milliseconds, with no page to heartbeat."""
     return task.format in QUICK_EXTRACT_FORMATS and task.size_bytes <= QUICK_EXTRACT_MAX_BYTES
@@ -323,8 +340,10 @@ def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:
     if isinstance(cause, ApplicationError):
         return cause.type or "ActivityError", cause.message
     if isinstance(cause, TimeoutError):
-        step = failure.activity_type if isinstance(failure, ActivityError) else stage
-        return "Timeout", f"a {step} step timed out (a worker may have died)"
+        if isinstance(failure, ActivityError):
+            return "Timeout", f"the {failure.activity_type} step timed out (a worker may have died)"
+        # A local step: a dead worker's is run again elsewhere, so this one ran too long.
+        return "Timeout", f"the {stage} step ran past its time limit"
     return "ActivityError", str(cause or failure)
 
 

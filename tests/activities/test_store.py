@@ -6,10 +6,13 @@ import hashlib
 import uuid
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.chunk import ChunkActivities
+from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities
 from activities.extract import ExtractActivities
 from activities.store import StoreActivities
@@ -22,8 +25,9 @@ from workflows.types import EmbedBatch, IngestTask
 
 
 async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: Tenant) -> None:
-    """Also: the vectors read back are the embedder's, after a second store whose connection
-    had learnt the `vector` type in an earlier one (it is looked up once per connection)."""
+    """Also after the cleanup removed the staging. And the vectors read back are the
+    embedder's, after a second store whose connection had learnt the `vector` type in an
+    earlier one (it is looked up once per connection)."""
     pdf = make_pdf([f"Page {n} " + "words and more words. " * 60 for n in range(1, 4)])
     task = IngestTask(
         task_id=str(uuid.uuid4()),
@@ -49,8 +53,12 @@ async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: T
 
     first = await env.run(store, task)
     second = await env.run(store, task)
+    env.run(CleanupActivities(stack.staging).cleanup, task.task_id)
+    # A local store and cleanup whose workflow task the server refused run again on replay:
+    # the staging is gone, what the first run stored stands.
+    third = await env.run(store, task)
 
-    assert first == second
+    assert first == second == third
     async with stack.sessionmaker() as session:
         rows = (
             await session.execute(
@@ -67,3 +75,19 @@ async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: T
     assert {row.page for row in rows} == {1, 2, 3}
     expected = FakeEmbedder().encode([row.text for row in rows])
     assert np.allclose(np.asarray([row.embedding for row in rows]), expected, atol=1e-6)
+
+
+async def test_store_without_staging_or_a_stored_copy_ends_staging_missing(
+    stack: Stack, tenant: Tenant
+) -> None:
+    task = IngestTask(
+        task_id=str(uuid.uuid4()), owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+        filename="gone.txt", format=DocumentFormat.TEXT.value, size_bytes=1,
+        sha256=hashlib.sha256(b"gone").hexdigest(), chunk_size=200, chunk_overlap=20,
+        embed_task_queue="unused",
+    )  # fmt: skip
+    store = StoreActivities(stack.staging, stack.sessionmaker).store
+    with pytest.raises(ApplicationError) as missing:
+        await ActivityEnvironment().run(store, task)
+    assert missing.value.type == "StagingMissing"
+    assert missing.value.message == "the chunks or their vectors is no longer in the staging store"

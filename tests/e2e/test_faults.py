@@ -22,7 +22,7 @@ from activities.staging_cleanup import StagingCleanupActivities
 from core.db import create_engine, create_sessionmaker
 from core.embedded import embedded_postgres_url, free_port, start_temporal_dev_server
 from core.migrate import upgrade_to_head
-from core.models import Chunk
+from core.models import Chunk, Document
 from core.settings import Settings
 from core.staging import StagingStore
 from tests.documents import lorem
@@ -43,7 +43,7 @@ from tests.support import (
     wait_for_status,
 )
 from workflows.ingest import IngestDocument
-from workflows.types import STORE, Stage, Status
+from workflows.types import RECORD_OUTCOME, STORE, Stage, Status
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,11 @@ async def assert_stored_once(stack: Stack, final: dict[str, Any]) -> None:
 
 def embedding(body: dict[str, Any]) -> bool:
     return bool(body["stage"] == "embedding" and body["progress"]["chunks_embedded"] > 0)
+
+
+async def activity_pending(handle: WorkflowHandle[Any, Any], name: str) -> bool:
+    pending = (await handle.describe()).raw_description.pending_activities
+    return any(p.activity_type.name == name for p in pending)
 
 
 async def wait_until_storing(handle: WorkflowHandle[Any, Any], deadline_s: float = 60) -> None:
@@ -218,6 +223,45 @@ async def test_fault_database_down_during_store_then_back(
             if marker["activity_type"] == STORE
         ]
         assert len(stores) == 1 and stores[0]["attempt"] > 1  # failed while down, then stored
+    finally:
+        worker.stop()
+
+
+async def test_fault_cancel_while_the_store_waits_for_the_database_ends_cancelled(
+    own_database: tuple[Database, Stack], stack: Stack
+) -> None:
+    """A small document's store is a local step, which the cancel reaches while it runs (here
+    retrying against a stopped database): the task ends `cancelled`, not `error` as a failed
+    step would, with nothing stored and its staging removed once the database is back."""
+    database, db_stack = own_database
+    tenant = await new_tenant(db_stack)
+    settings = fault_settings(stack, database_url=database.url)
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_text(http, tenant, lorem(120, seed=350))
+            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
+            database.stop()
+            handle = stack.client.get_workflow_handle(task_id)
+            await wait_until_storing(handle)
+            await asyncio.sleep(1.5)  # the store's first attempts fail
+            await handle.cancel()  # the API needs the database for the key: ask Temporal
+            async with asyncio.timeout(60):  # the cancel reached the store: the outcome waits
+                while not await activity_pending(handle, RECORD_OUTCOME):
+                    await asyncio.sleep(0.2)
+            database.start()
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
+        assert final["status"] == Status.CANCELLED, final
+        assert final["message"] == "Processing of long.txt was cancelled"
+        async with db_stack.sessionmaker() as session:
+            document = await session.scalar(select(Document).where(Document.task_id == task_id))
+            assert document is not None
+            chunks = await session.scalar(
+                select(func.count()).select_from(Chunk).where(Chunk.document_id == document.id)
+            )
+        assert (document.status, chunks) == (Status.CANCELLED, 0)
+        assert not Path(settings.resolved_staging_url, task_id).exists()
     finally:
         worker.stop()
 

@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    RetryState,
+    TimeoutError,
+    TimeoutType,
+)
 from temporalio.worker import Replayer
 
 from core.formats import DocumentFormat
@@ -28,7 +34,7 @@ from tests.support import (
     running_workers,
     stack_settings,
 )
-from workflows.ingest import LOCAL_STORE_MAX_CHUNKS, IngestDocument
+from workflows.ingest import LOCAL_STORE_MAX_CHUNKS, IngestDocument, _describe_failure
 from workflows.types import (
     CHUNK,
     CLEANUP,
@@ -37,6 +43,7 @@ from workflows.types import (
     EXTRACT_AND_CHUNK,
     STORE,
     IngestTask,
+    Stage,
     Status,
     TaskProgress,
 )
@@ -281,3 +288,22 @@ async def test_a_document_in_flight_across_the_quick_steps_upgrade_replays_its_h
     assert local_steps(history) == [EXTRACT, CHUNK, CLEANUP]
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
+
+
+def test_a_local_step_that_ran_past_its_limit_is_named_by_its_stage() -> None:
+    """A local step's timeout is its own (a dead worker's local step runs again elsewhere);
+    an activity's may be a lost worker."""
+    timeout = TimeoutError("timeout", type=TimeoutType.START_TO_CLOSE, last_heartbeat_details=[])
+    assert _describe_failure(timeout, Stage.STORING) == (
+        "Timeout",
+        "the storing step ran past its time limit",
+    )
+    lost = ActivityError(
+        "activity timed out", scheduled_event_id=1, started_event_id=2, identity="w",
+        activity_type=EXTRACT, activity_id="1", retry_state=RetryState.TIMEOUT,
+    )  # fmt: skip
+    lost.__cause__ = timeout
+    assert _describe_failure(lost, Stage.EXTRACTING) == (
+        "Timeout",
+        "the extract step timed out (a worker may have died)",
+    )
