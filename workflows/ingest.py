@@ -63,12 +63,11 @@ _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
 LOCAL_STEPS_PATCH = "local-short-steps"
 # Then (`QUICK_STEPS_PATCH`): a small text, Markdown or HTML file is extracted and chunked by
 # one local step (a burst of uploads had queued every file's extraction ahead of the first
-# file's chunking on the worker's two local-activity slots), and a document of at most
-# LOCAL_STORE_MAX_CHUNKS chunks is stored by a local step: one activity and one workflow task
-# less per document. Storing takes ~5 ms a chunk (the HNSW index), so the workflow task that
-# runs it stays well within its timeout; larger documents keep the ordinary activity.
+# file's chunking on the worker's two local-activity slots). `store` stays an ordinary
+# activity: as a local step it took those two slots under a burst of uploads (the load test
+# took 278 s instead of 126), and a store cancelled with its evicted workflow task left its
+# database connection busy.
 QUICK_STEPS_PATCH = "one-step-small-documents"
-LOCAL_STORE_MAX_CHUNKS = 256
 # A step the workflow's cancel reached while it ran (a local step, or an activity that
 # heartbeats) comes back as its failure, with a CancelledError cause: the task is `cancelled`,
 # not `error`. Histories written before (where it became `error`) replay as they were.
@@ -142,9 +141,7 @@ class IngestDocument:
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
         await self._embed_all(task, chunked.chunks)
         self._update(Status.PROCESSING, Stage.STORING)
-        local_store = release >= 2 and chunked.chunks <= LOCAL_STORE_MAX_CHUNKS
-        run_store = workflow.execute_local_activity if local_store else workflow.execute_activity
-        stored: StoreResult = await run_store(
+        stored = await workflow.execute_activity(
             STORE,
             task,
             result_type=StoreResult,
@@ -281,9 +278,9 @@ class IngestDocument:
     def _steps_release(self) -> int:
         """Which release's steps this workflow runs, from the patches its history records (a
         worker upgraded while documents were in flight replays each as it was written):
-        2, one local step for a small file's extract and chunk and a local store for a small
-        document; 1, short steps local (`LOCAL_STEPS_PATCH`); 0, every step an activity.
-        Asked once, where the first step is chosen, so a new workflow records one patch."""
+        2, one local step for a small file's extract and chunk; 1, short steps local
+        (`LOCAL_STEPS_PATCH`); 0, every step an activity. Asked once, where the first step is
+        chosen, so a new workflow records one patch."""
         if self._release is None:
             if workflow.patched(QUICK_STEPS_PATCH):
                 self._release = 2

@@ -34,7 +34,7 @@ from tests.support import (
     running_workers,
     stack_settings,
 )
-from workflows.ingest import LOCAL_STORE_MAX_CHUNKS, IngestDocument, _describe_failure
+from workflows.ingest import IngestDocument, _describe_failure
 from workflows.types import (
     CHUNK,
     CLEANUP,
@@ -194,8 +194,8 @@ def local_steps(history: WorkflowHistory) -> list[str]:
 @pytest.mark.parametrize(
     ("fmt", "queued", "local"),
     [
-        (DocumentFormat.TEXT, [], [EXTRACT_AND_CHUNK, STORE, CLEANUP]),
-        (DocumentFormat.PDF, [EXTRACT], [CHUNK, STORE, CLEANUP]),
+        (DocumentFormat.TEXT, [], [EXTRACT_AND_CHUNK, CLEANUP]),
+        (DocumentFormat.PDF, [EXTRACT], [CHUNK, CLEANUP]),
     ],
 )
 async def test_short_steps_run_locally_and_the_history_replays(
@@ -207,8 +207,8 @@ async def test_short_steps_run_locally_and_the_history_replays(
     local: list[str],
 ) -> None:
     """A small text file is extracted and chunked by one local step, a PDF's extraction (slow,
-    heartbeating) still goes through the task queue; a small document is stored and cleaned
-    up locally: only the embed batches and a PDF's extraction are activity tasks."""
+    heartbeating) still goes through the task queue, a PDF's chunk and every cleanup are local:
+    the activity tasks are a PDF's extraction, the embed batches and the store."""
     data = lorem(12).encode() if fmt is DocumentFormat.TEXT else make_pdf([lorem(12)])
     task = stage(stack, fake_settings, tenant, data, fmt, f"a.{fmt.value}")
     handle = await stack.client.start_workflow(
@@ -218,7 +218,7 @@ async def test_short_steps_run_locally_and_the_history_replays(
     assert result.status == Status.COMPLETE
     history = await handle.fetch_history()
     batches = -(-result.chunks_total // fake_settings.embed_activity_chunks)
-    assert scheduled_activities(history) == queued + [EMBED] * batches
+    assert scheduled_activities(history) == queued + [EMBED] * batches + [STORE]
     assert local_steps(history) == local
     patches = [
         event
@@ -236,26 +236,6 @@ async def test_short_steps_run_locally_and_the_history_replays(
             .where(Document.task_id == task.task_id)
         )
     assert stored == result.chunks_total
-
-
-async def test_a_document_of_many_chunks_is_stored_by_an_activity(
-    stack: Stack, fake_settings: Settings, tenant: Tenant
-) -> None:
-    """Past LOCAL_STORE_MAX_CHUNKS chunks storing takes seconds (the HNSW index): it stays an
-    ordinary activity, outside the workflow task."""
-    task = stage(stack, fake_settings, tenant, lorem(400).encode(), DocumentFormat.TEXT, "b.txt")
-    task = dataclasses.replace(
-        task, chunk_size=100, chunk_overlap=0, embed_activity_chunks=128, embed_window=4
-    )
-    handle = await stack.client.start_workflow(
-        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
-    )
-    result = await handle.result()
-    assert result.status == Status.COMPLETE
-    assert result.chunks_total > LOCAL_STORE_MAX_CHUNKS
-    history = await handle.fetch_history()
-    assert scheduled_activities(history)[-1] == STORE
-    assert local_steps(history) == [EXTRACT_AND_CHUNK, CLEANUP]
 
 
 async def test_an_empty_text_file_extracted_locally_fails_with_its_reason(
@@ -281,8 +261,8 @@ async def test_a_document_in_flight_across_the_upgrade_replays_its_old_history()
 
 
 async def test_a_document_in_flight_across_the_quick_steps_upgrade_replays_its_history() -> None:
-    """A history written with separate local extract and chunk steps and an ordinary store
-    activity still replays (the patch keeps it on its own release's steps)."""
+    """A history written with separate local extract and chunk steps still replays (the patch
+    keeps it on its own release's steps)."""
     history = WorkflowHistory.from_json("ingest-local-steps", HISTORY_LOCAL_STEPS.read_text())
     assert scheduled_activities(history) == [EMBED] * 4 + [STORE]
     assert local_steps(history) == [EXTRACT, CHUNK, CLEANUP]
