@@ -90,13 +90,30 @@ def embedding(body: dict[str, Any]) -> bool:
     return bool(body["stage"] == "embedding" and body["progress"]["chunks_embedded"] > 0)
 
 
-async def activity_pending(
+async def until_pending(
     handle: WorkflowHandle[Any, Any], name: str, attempt_above: int = 0
-) -> bool:
-    """Whether the activity `name` is pending past `attempt_above` (1: its first attempt
-    failed and it waits for a retry)."""
-    pending = (await handle.describe()).raw_description.pending_activities
-    return any(p.activity_type.name == name and p.attempt > attempt_above for p in pending)
+) -> None:
+    """Until the activity `name` is pending past `attempt_above` (1: its first attempt failed
+    and it waits for a retry)."""
+    async with asyncio.timeout(60):
+        while True:
+            pending = (await handle.describe()).raw_description.pending_activities
+            if any(p.activity_type.name == name and p.attempt > attempt_above for p in pending):
+                return
+            await asyncio.sleep(0.2)
+
+
+async def store_waiting_for_database(
+    http: httpx.AsyncClient, tenant: Tenant, database: Database, stack: Stack, text: str
+) -> tuple[str, WorkflowHandle[Any, Any]]:
+    """Upload `text`, stop the database while it is embedded, and return once its `store`
+    failed and waits for a retry."""
+    task_id = await upload_text(http, tenant, text)
+    await wait_until(http, tenant, task_id, embedding, deadline_s=180)
+    database.stop()
+    handle = stack.client.get_workflow_handle(task_id)
+    await until_pending(handle, STORE, attempt_above=1)
+    return task_id, handle
 
 
 @pytest.mark.parametrize("run", range(3))
@@ -201,13 +218,9 @@ async def test_fault_database_down_during_store_then_back(
     worker.start()
     try:
         async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_text(http, tenant, lorem(120, seed=300 + run))
-            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
-            database.stop()
-            handle = stack.client.get_workflow_handle(task_id)
-            async with asyncio.timeout(60):
-                while not await activity_pending(handle, STORE, attempt_above=1):
-                    await asyncio.sleep(0.2)
+            task_id, _ = await store_waiting_for_database(
+                http, tenant, database, stack, lorem(120, seed=300 + run)
+            )
             database.start()
             final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
         await assert_stored_once(db_stack, final)
@@ -228,17 +241,11 @@ async def test_fault_cancel_while_the_store_waits_for_the_database_ends_cancelle
     worker.start()
     try:
         async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_text(http, tenant, lorem(120, seed=350))
-            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
-            database.stop()
-            handle = stack.client.get_workflow_handle(task_id)
-            async with asyncio.timeout(60):
-                while not await activity_pending(handle, STORE, attempt_above=1):
-                    await asyncio.sleep(0.2)
+            task_id, handle = await store_waiting_for_database(
+                http, tenant, database, stack, lorem(120, seed=350)
+            )
             await handle.cancel()  # the API needs the database for the key: ask Temporal
-            async with asyncio.timeout(60):  # the cancel reached the store: the outcome waits
-                while not await activity_pending(handle, RECORD_OUTCOME):
-                    await asyncio.sleep(0.2)
+            await until_pending(handle, RECORD_OUTCOME)  # the cancel reached the store
             database.start()
             final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
         assert final["status"] == Status.CANCELLED, final
