@@ -102,9 +102,8 @@ class StoreActivities:
         try:
             manifest, shards = await asyncio.to_thread(self._load, task.task_id)
         except ApplicationError:
-            # Run again after the cleanup removed its staging: a local store and cleanup that
-            # ran in a workflow task the server then refused (a cancel or signal came in
-            # meanwhile) are replayed, and this task's chunks are already stored.
+            # Run again after the cleanup removed its staging (not on the workflow's own path,
+            # where the cleanup follows the store's recorded result): what was stored stands.
             stored = await self._stored_by_this_task(task)
             if stored is None:
                 raise

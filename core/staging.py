@@ -31,13 +31,14 @@ class StagingStore:
 
     def open_write(self, task_id: str, name: str) -> BinaryIO:
         path = self.path(task_id, name)
+        folder = path.rsplit("/", 1)[0]
+        self.fs.makedirs(folder, exist_ok=True)
         try:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             return cast(BinaryIO, self.fs.open(path, "wb"))
         except FileNotFoundError:
             # The task's folder was removed between the two calls: the cleanup of a finished
             # task whose id an upload reuses (a repeated Idempotency-Key). Make it again, once.
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.makedirs(folder, exist_ok=True)
             return cast(BinaryIO, self.fs.open(path, "wb"))
 
     def open_read(self, task_id: str, name: str) -> BinaryIO:

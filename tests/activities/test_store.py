@@ -54,8 +54,7 @@ async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: T
     first = await env.run(store, task)
     second = await env.run(store, task)
     env.run(CleanupActivities(stack.staging).cleanup, task.task_id)
-    # A local store and cleanup whose workflow task the server refused run again on replay:
-    # the staging is gone, what the first run stored stands.
+    # Run again after the cleanup: the staging is gone, what the first run stored stands.
     third = await env.run(store, task)
 
     assert first == second == third
