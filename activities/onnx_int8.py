@@ -11,7 +11,6 @@ Needs the `int8` extra: `pip install 'docingest[int8]'` (onnxruntime, onnx).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ import numpy as np
 from activities.lanes import Lanes, encode_by_length, usable_cores
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
+from core.filelock import exclusive
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Texts per forward pass in a lane (activities/lanes.py): 4 measured best for the int8 graph.
@@ -70,20 +70,10 @@ def int8_model_file(model_path: str, cache_dir: Path) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / ".build.lock"):
+    with exclusive(target.parent / ".build.lock"):
         if not target.exists():
             _build(model_path, target)
     return target
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build(model_path: str, target: Path) -> None:

@@ -109,7 +109,10 @@ def read_in_child(
     child = context.Process(target=_read, args=(sender, data, fmt, limits), daemon=True)
     answered = False
     try:
-        child.start()
+        try:
+            child.start()
+        except OSError as exc:  # the child died (killed) while the file was handed to it
+            raise ReaderDied(f"the reader process ended before it had the file ({exc})") from exc
         sender.close()
         answer = _Reading(receiver, child, fmt, limits, attempt).wait(pulse)
         answered = True

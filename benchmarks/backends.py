@@ -19,7 +19,7 @@ import random
 
 import numpy as np
 
-from activities.embed import PRECISIONS
+from activities.precision import PRECISIONS
 from activities.vectors import Vectors
 from benchmarks.context import Context
 from benchmarks.corpus import first_sentence, local_chunks

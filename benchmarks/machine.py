@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from activities.embed import cpu_has_native_bf16
+from activities.precision import cpu_has_native_bf16
 
 
 def cpu_info() -> tuple[str, set[str]]:

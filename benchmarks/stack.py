@@ -44,6 +44,7 @@ from workflows.types import WORKFLOW_NAME, Status
 
 BENCH_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 _RESOLVED = re.compile(r"embedding on (\S+) in (\S+)")
+_AUTO_VERDICT = re.compile(r"auto precision on this CPU[^\n]*")  # activities/precision.py
 
 
 @dataclass
@@ -237,11 +238,14 @@ class Stack:
         return spans
 
     def resolved_embedding(self) -> tuple[str, str, str]:
-        """(device, precision, source) the worker embeds with: from its start-up log line,
-        else computed with the same functions on this machine."""
-        found = _RESOLVED.search(self.worker.log.read_text(errors="replace"))
+        """(device, precision, source) the worker embeds with: from its start-up log lines
+        (with what `auto` measured, if it did), else computed with the same functions here."""
+        log = self.worker.log.read_text(errors="replace")
+        found = _RESOLVED.search(log)
         if found:
-            return found.group(1), found.group(2), "worker log"
+            verdict = _AUTO_VERDICT.search(log)
+            source = f"worker log: {verdict.group(0)}" if verdict else "worker log"
+            return found.group(1), found.group(2), source
         device = resolve_device(self.settings.embedding_device)
         return device, resolve_precision(self.settings.embedding_precision, device), "computed"
 

@@ -75,8 +75,10 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def embedder() -> TextEmbedder:
-    return SentenceTransformerEmbedder()
+def embedder(settings: Settings) -> TextEmbedder:
+    # The session's models folder: what `auto` measures on a CPU with native bf16, the worker
+    # processes that tests start read back instead of measuring again.
+    return SentenceTransformerEmbedder(cache_dir=settings.models_dir)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import resource
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from activities import reader_process
 from activities.errors import RejectedDocument
 from activities.extract import extract_docx, extract_pdf
 from activities.reader_process import ReaderDied, ReaderLimits, read_in_child
@@ -84,6 +86,28 @@ def test_a_reader_killed_by_the_system_is_a_retryable_failure_naming_its_exit() 
     died = reading.outcome()
     assert isinstance(died, ReaderDied), died
     assert "ended without an answer (exit code -9) after 0 pages" in str(died)
+
+
+def test_a_reader_that_dies_before_it_has_the_file_is_a_retryable_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed while the worker hands it the file, the worker's write breaks: no exit code to
+    report, but a retry, never the broken pipe alone."""
+
+    class DiesAtStart(multiprocessing.Process):
+        def start(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    class Context:
+        Pipe = staticmethod(multiprocessing.Pipe)
+        Process = DiesAtStart
+
+    monkeypatch.setattr(reader_process, "_context", Context)
+    with pytest.raises(ReaderDied) as died:
+        read_in_child(make_pdf(PAGES), DocumentFormat.PDF, ROOMY, lambda _: None)
+    assert str(died.value) == (
+        "the reader process ended before it had the file ([Errno 32] Broken pipe)"
+    )
 
 
 def test_a_reader_that_crashes_again_refuses_the_file_naming_the_signal() -> None:
@@ -228,9 +252,23 @@ def _readers() -> set[int]:
 
 
 def _wait_for_new_reader(before: set[int]) -> psutil.Process:
+    """The new reader, once it is reading: killed before it has the file, the worker sees a
+    broken pipe while handing the file over (a retry with another message, tested apart)."""
     for _ in range(200):
         new = _readers() - before
         if new:
-            return psutil.Process(new.pop())
+            reader = psutil.Process(new.pop())
+            _wait_until_reading(reader)
+            return reader
         time.sleep(0.05)
     raise AssertionError("no reader process started")
+
+
+def _wait_until_reading(reader: psutil.Process) -> None:
+    """Until the reader has spent CPU on the page (it has the file): ~seconds of work each."""
+    for _ in range(200):
+        times = reader.cpu_times()
+        if times.user + times.system >= 0.2:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the reader never started reading")
