@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
@@ -114,6 +115,7 @@ class SentenceTransformerEmbedder:
         self.lanes: Lanes | None = None
         # A fast tokenizer used by two threads at once fails with "Already borrowed".
         self._tokenizing = threading.Lock()
+        self._whole_model = threading.Lock()
         if self.device == "cpu":
             lanes = Lanes(batch_size, MICRO_BATCH)
             if lanes.count > 1:
@@ -163,10 +165,15 @@ class SentenceTransformerEmbedder:
         return self._dimension
 
     def encode(self, texts: list[str]) -> Vectors:
+        """Safe to call from several threads at once: calls share the lanes (their
+        micro-batches queue for the same lane threads); without lanes, one call at a time."""
         return self._encode_with(self.model, texts)
 
     def _encode_with(self, model: SentenceTransformer, texts: list[str]) -> Vectors:
-        if self.lanes is None or len(texts) <= 1:
+        if self.lanes is not None and len(texts) > 1:
+            return unit_rows(self.lanes.encode(texts, partial(self._forward, model)))
+        # One text runs in one lane-sized pass; a plain encode uses every core (or the GPU).
+        with contextlib.nullcontext() if self.lanes is not None else self._whole_model:
             vectors = model.encode(
                 texts,
                 batch_size=self.batch_size,
@@ -174,8 +181,7 @@ class SentenceTransformerEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-            return unit_rows(np.asarray(vectors, dtype=np.float32))
-        return unit_rows(self.lanes.encode(texts, partial(self._forward, model)))
+        return unit_rows(np.asarray(vectors, dtype=np.float32))
 
     def _forward(self, model: SentenceTransformer, texts: list[str]) -> Vectors:
         """One micro-batch, in a lane: tokenized under the lock, run without it."""
@@ -229,8 +235,6 @@ class EmbedActivities:
         self.staging = staging
         self.embedder = embedder
         self.sub_batch = sub_batch
-        # One batch at a time per process: the embedder already uses every core for one batch.
-        self._model_lock = threading.Lock()
 
     @activity.defn(name=EMBED)
     def embed(self, batch: EmbedBatch) -> EmbedResult:
@@ -242,8 +246,8 @@ class EmbedActivities:
         texts = [chunk["text"] for chunk in shard]
         parts: list[Vectors] = []
         for offset in range(0, len(texts), self.sub_batch):
-            with self._model_lock:
-                parts.append(self.embedder.encode(texts[offset : offset + self.sub_batch]))
+            # Embed activities running at once share the embedder (its lanes, or its lock).
+            parts.append(self.embedder.encode(texts[offset : offset + self.sub_batch]))
             activity.heartbeat(offset + self.sub_batch)
         vectors: Vectors = (
             np.concatenate(parts)

@@ -185,6 +185,7 @@ class OnnxInt8Embedder:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self._tokenizing = threading.Lock()
+        self._whole_model = threading.Lock()  # without lanes, a batch uses every core
         self.pooling = _pooling(model_path)
         self.max_tokens = _max_tokens(model_path)
         self._dimension = int(self.encode(["width probe"]).shape[1])
@@ -194,11 +195,13 @@ class OnnxInt8Embedder:
         return self._dimension
 
     def encode(self, texts: list[str]) -> Vectors:
+        """Safe to call from several threads at once, as SentenceTransformerEmbedder.encode."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self.lanes is not None and len(texts) > 1:
             return self.lanes.encode(texts, self._encode_batch)
-        return encode_by_length(texts, self.batch_size, self._encode_batch)
+        with contextlib.nullcontext() if self.lanes is not None else self._whole_model:
+            return encode_by_length(texts, self.batch_size, self._encode_batch)
 
     def _encode_batch(self, texts: list[str]) -> Vectors:
         with self._tokenizing:  # a fast tokenizer shared by lanes fails with "Already borrowed"

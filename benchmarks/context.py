@@ -99,10 +99,10 @@ class Context:
         if fresh or key not in self._encodings:
             embedder = await self.embedder(precision)
             settings = self.stack.settings
-            calls = worker_batches(
+            shards = worker_batches(
                 documents, settings.embed_activity_chunks, settings.embedding_batch_size
             )
-            self._encodings[key] = await asyncio.to_thread(encode_timed, embedder, calls)
+            self._encodings[key] = await asyncio.to_thread(encode_timed, embedder, shards)
         return self._encodings[key]
 
     def release_models(self) -> None:

@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 
 # Activity slots of one worker process, all on one executor of EXECUTOR_THREADS threads: the
-# main queue's activities, the short local steps and the one embed batch always find a thread.
+# main queue's activities, the short local steps and the embed batches always find a thread.
 MAIN_ACTIVITIES = 4
 LOCAL_STEPS = 2
-EMBED_BATCHES = 1  # one at a time: the embedder already spreads a batch over every core
+# Two embed batches at once share the embedder: their micro-batches queue for the same lanes
+# (one forward pass per core, whoever asked), so while one batch waits for its last part, or
+# writes its vectors and reports back, the other's parts keep every core busy.
+EMBED_BATCHES = 2
 EXECUTOR_THREADS = MAIN_ACTIVITIES + LOCAL_STEPS + EMBED_BATCHES + 1  # + one spare
 
 

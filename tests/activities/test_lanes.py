@@ -3,6 +3,10 @@ text its own vector, in order, the same as the model's plain `encode`."""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -59,3 +63,44 @@ def test_embedder_in_lanes_gives_the_vectors_of_a_plain_encode() -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert float((vectors * plain).sum(axis=1).min()) > 0.99999
     assert np.allclose(embedder.encode([texts[2]])[0], vectors[2], atol=1e-5)
+
+
+def test_lanes_shared_by_calls_from_two_threads_give_each_its_own_rows() -> None:
+    """Two embed activities at once share the lanes: each call gets its texts' rows, in its
+    order, while the other call's parts run in the same lane threads."""
+    lanes = Lanes(32, 4, cores=2)
+    seen: list[str] = []
+    started = threading.Barrier(2)
+
+    def forward(batch: list[str]) -> np.ndarray:
+        seen.extend(text[0] for text in batch)
+        time.sleep(0.01)  # long enough for both calls' parts to be queued together
+        return np.array([[len(text), ord(text[0])] for text in batch], dtype=np.float32)
+
+    def call(prefix: str, count: int) -> np.ndarray:
+        texts = [prefix + "x" * (index % 9) for index in range(count)]
+        started.wait()
+        return lanes.encode(texts, forward)
+
+    with ThreadPoolExecutor(2) as callers:
+        first, second = callers.map(call, ["a", "b"], [37, 29])
+    assert first.tolist() == [[1 + index % 9, ord("a")] for index in range(37)]
+    assert second.tolist() == [[1 + index % 9, ord("b")] for index in range(29)]
+    assert sorted(set(seen)) == ["a", "b"] and len(seen) == 37 + 29
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="lanes need two cores")
+def test_embedder_called_from_two_threads_at_once_gives_each_its_vectors() -> None:
+    embedder = SentenceTransformerEmbedder(precision="float32", device="cpu")
+    batches = [
+        [f"Harbour report {index}: cranes, tides and {'cargo ' * index}." for index in range(20)],
+        [
+            f"Orchard note {index}: apple trees in spring, {'blossom ' * index}."
+            for index in range(20)
+        ],
+    ]
+    alone = [embedder.encode(texts) for texts in batches]
+    with ThreadPoolExecutor(2) as callers:
+        together = list(callers.map(embedder.encode, batches))
+    for own, shared in zip(alone, together, strict=True):
+        assert float((own * shared).sum(axis=1).min()) > 0.99999

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -13,7 +15,7 @@ from benchmarks.__main__ import parse_args
 from benchmarks.bare_upload import create_bare_app
 from benchmarks.context import QUICK
 from benchmarks.corpus import Document, corpus, first_sentence, local_chunks, make_pdf, variant
-from benchmarks.encoding import worker_batches
+from benchmarks.encoding import encode_timed, worker_batches
 from benchmarks.measure import FigureResult, Target, percentile
 from benchmarks.report import render_table
 from benchmarks.upload_ack import multipart
@@ -52,8 +54,30 @@ def test_first_sentence_skips_headings_and_partial_sentences() -> None:
 
 def test_worker_batches_split_shards_then_sub_batches() -> None:
     documents = [[f"a{i}" for i in range(5)], [f"b{i}" for i in range(3)]]
-    calls = worker_batches(documents, shard=4, batch=3)
-    assert calls == [["a0", "a1", "a2"], ["a3"], ["a4"], ["b0", "b1", "b2"]]
+    shards = worker_batches(documents, shard=4, batch=3)
+    assert shards == [[["a0", "a1", "a2"], ["a3"]], [["a4"]], [["b0", "b1", "b2"]]]
+
+
+class Lengths:
+    """An embedder whose vector of a text is (its length, the call's size), slow enough that
+    two callers overlap."""
+
+    dimension = 2
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        time.sleep(0.005)
+        return np.array([[len(text), len(texts)] for text in texts], dtype=np.float32)
+
+
+def test_encode_timed_replays_shards_in_two_callers_keeping_the_chunk_order() -> None:
+    documents = [["x" * (i + 1) for i in range(count)] for count in (7, 2, 11, 5)]
+    shards = worker_batches(documents, shard=4, batch=3)
+    encoding = encode_timed(Lengths(), shards, callers=2)
+    texts = [text for chunks in documents for text in chunks]
+    calls = [call for shard in shards for call in shard]
+    assert encoding.chunks == len(texts)
+    assert encoding.vectors[:, 0].tolist() == [len(text) for text in texts]
+    assert encoding.vectors[:, 1].tolist() == [len(call) for call in calls for _ in call]
 
 
 def test_percentile_nearest_rank() -> None:
