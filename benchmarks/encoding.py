@@ -6,7 +6,7 @@ The worker embeds one shard (`embed_activity_chunks` chunks of one document) per
 rate replays the same calls in as many threads, each taking the next shard, with the same
 model, device, precision and batch size, so the only difference left to the end-to-end rate is
 what the pipeline adds around the model. (Two callers fill the lanes while one waits for its
-last part: ~5 % more chunks/s than one, on an idle machine, measured with a one-off script.)
+last part: 3-13 % more chunks/s than one on an idle machine, measured with a one-off script.)
 """
 
 from __future__ import annotations
