@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -41,6 +42,8 @@ BF16_MIN_SPEEDUP = 1.2
 TIMED_ROUNDS = 5
 VERDICTS_FILE = "auto-precision.json"
 M = TypeVar("M")
+
+log = logging.getLogger(__name__)
 
 # Chunk-sized prose (~1,000 characters, ~200 tokens, like a default chunk) to time.
 _SAMPLE = (
@@ -132,19 +135,26 @@ def auto_cpu_precision(
 ) -> tuple[Verdict, bool]:
     """The verdict for `key` and whether it was measured now (else it was saved earlier).
     `measure` returns the sample's seconds in float32 and in bfloat16. Several processes may
-    ask at once: one measures under a file lock, the others then read its verdict."""
+    ask at once: one measures under a file lock, the others then read its verdict. A folder
+    that cannot be written (a read-only DOCINGEST_HOME) costs a measurement at every start,
+    never the start itself."""
     if cache_dir is None:
         return _measured(measure), True
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / VERDICTS_FILE
-    with exclusive(cache_dir / f".{VERDICTS_FILE}.lock"):
-        verdicts = _read(path)
-        saved = _verdict(verdicts.get(key))
-        if saved is not None:
-            return saved, False
-        verdict = _measured(measure)
-        verdicts[key] = asdict(verdict)
-        _write(path, verdicts)
+    verdict: Verdict | None = None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive(cache_dir / f".{VERDICTS_FILE}.lock"):
+            verdicts = _read(path)
+            saved = _verdict(verdicts.get(key))
+            if saved is not None:
+                return saved, False
+            verdict = _measured(measure)
+            verdicts[key] = asdict(verdict)
+            _write(path, verdicts)
+    except OSError as exc:
+        log.warning("cannot keep the auto precision verdict in %s (%s)", path, exc)
+        return verdict or _measured(measure), True
     return verdict, True
 
 

@@ -70,6 +70,14 @@ def test_auto_cpu_precision_measures_again_over_a_damaged_file(tmp_path: Path) -
     assert (verdict.precision, measured, len(calls)) == ("float32", True, 2)
 
 
+def test_auto_cpu_precision_in_a_folder_it_cannot_write_still_chooses(tmp_path: Path) -> None:
+    blocked = tmp_path / "models"
+    blocked.write_text("a file where the folder should be")
+    calls, measure = counting(TIMINGS)
+    verdict, measured = auto_cpu_precision(blocked, "cpu A", measure)
+    assert (verdict.precision, measured, len(calls)) == ("float32", True, 1)
+
+
 def test_auto_cpu_precision_without_a_folder_measures_every_time() -> None:
     calls, measure = counting(TIMINGS)
     auto_cpu_precision(None, "cpu A", measure)
