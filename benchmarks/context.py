@@ -34,7 +34,7 @@ class Sizes:
 FULL = Sizes(
     text_document_chunks=(12, 18, 24, 30, 36, 42, 20, 28, 34, 46),
     pdf_chunks=(55, 55),
-    pipeline_rounds=2,
+    pipeline_rounds=4,
     queries=50,
     upload_requests=320,
     upload_clients=16,
