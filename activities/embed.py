@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import threading
@@ -25,6 +24,7 @@ from activities.precision import (
     machine_key,
     median_seconds,
     sample_texts,
+    saved_verdict,
 )
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
@@ -81,6 +81,16 @@ def auto_precision_key(model_path: str) -> str:
 MICRO_BATCH = 8
 
 
+def _log_verdict(verdict: Verdict, when: str) -> None:
+    log.info(
+        "auto precision on this CPU with native bf16: %s (bfloat16 ran at %.2fx float32, "
+        "measured %s)",
+        verdict.precision,
+        verdict.speedup,
+        when,
+    )
+
+
 class SentenceTransformerEmbedder:
     """A local sentence-transformers model; nothing is downloaded (HF_HUB_OFFLINE=1).
 
@@ -104,8 +114,13 @@ class SentenceTransformerEmbedder:
         import torch
 
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
         self.model_path = model_path or bundled_model_path()
+        # `auto` on a CPU with native bf16 is decided by a measurement (activities/precision.py);
+        # one saved earlier is read first, so the chosen precision is the only one loaded.
+        measured_here = precision == "auto" and self.device == "cpu" and cpu_has_native_bf16()
+        key = auto_precision_key(self.model_path) if measured_here else ""
+        saved = saved_verdict(cache_dir, key) if measured_here else None
+        self.precision = saved.precision if saved else resolve_precision(precision, self.device)
         self.model = self._load(self.precision)
         self.batch_size = batch_size
         width = self.model.get_embedding_dimension()
@@ -121,9 +136,11 @@ class SentenceTransformerEmbedder:
             if lanes.count > 1:
                 torch.set_num_threads(lanes.threads_per_lane)
                 self.lanes = lanes
-        self.auto_verdict: Verdict | None = None
-        if precision == "auto" and self.device == "cpu" and cpu_has_native_bf16():
-            self._choose_cpu_precision(cache_dir)
+        self.auto_verdict: Verdict | None = saved
+        if saved is not None:
+            _log_verdict(saved, f"on {saved.measured_at}, saved in {cache_dir}")
+        elif measured_here:
+            self._choose_cpu_precision(cache_dir, key)
 
     def _load(self, precision: str) -> SentenceTransformer:
         import torch
@@ -136,9 +153,9 @@ class SentenceTransformerEmbedder:
         model.eval()
         return model
 
-    def _choose_cpu_precision(self, cache_dir: Path | None) -> None:
-        """`auto` on a CPU with native bf16: keep float32 unless bfloat16 measured clearly
-        faster here (activities/precision.py)."""
+    def _choose_cpu_precision(self, cache_dir: Path | None, key: str) -> None:
+        """`auto` on a CPU with native bf16 and no saved verdict: keep float32 unless bfloat16
+        measures clearly faster here (activities/precision.py)."""
         models = {"float32": self.model}
 
         def measure() -> tuple[float, float]:
@@ -146,19 +163,11 @@ class SentenceTransformerEmbedder:
             texts = sample_texts((self.lanes.count if self.lanes else 1) * MICRO_BATCH)
             return median_seconds(models["float32"], models["bfloat16"], texts, self._encode_with)
 
-        key = auto_precision_key(self.model_path)
         verdict, measured = auto_cpu_precision(cache_dir, key, measure)
         if verdict.precision == "bfloat16":
             self.model = models.get("bfloat16") or self._load("bfloat16")
         self.precision, self.auto_verdict = verdict.precision, verdict
-        when = "now" if measured else f"on {verdict.measured_at}, saved in {cache_dir}"
-        log.info(
-            "auto precision on this CPU with native bf16: %s (bfloat16 ran at %.2fx float32, "
-            "measured %s)",
-            verdict.precision,
-            verdict.speedup,
-            when,
-        )
+        _log_verdict(verdict, "now" if measured else f"on {verdict.measured_at}")
 
     @property
     def dimension(self) -> int:
@@ -172,8 +181,9 @@ class SentenceTransformerEmbedder:
     def _encode_with(self, model: SentenceTransformer, texts: list[str]) -> Vectors:
         if self.lanes is not None and len(texts) > 1:
             return unit_rows(self.lanes.encode(texts, partial(self._forward, model)))
-        # One text runs in one lane-sized pass; a plain encode uses every core (or the GPU).
-        with contextlib.nullcontext() if self.lanes is not None else self._whole_model:
+        if self.lanes is not None and texts:  # one text: one lane-sized pass, in this thread
+            return unit_rows(self._forward(model, texts))
+        with self._whole_model:  # a plain encode uses every core (or the GPU)
             vectors = model.encode(
                 texts,
                 batch_size=self.batch_size,

@@ -162,7 +162,7 @@ def _max_tokens(model_path: str) -> int:
 
 
 class OnnxInt8Embedder:
-    """Normalized float32 vectors from the quantized model, on the CPU, one batch at a time."""
+    """Normalized float32 vectors from the quantized model, on the CPU (lanes shared by callers)."""
 
     device = "cpu"
     precision = "int8"

@@ -13,15 +13,18 @@ precisions, alternately, after a warm-up; bfloat16 is taken only when it is at l
 `BF16_MIN_SPEEDUP` times as fast, since it moves vectors slightly (cosine to float32 >= 0.998).
 The verdict is saved per CPU, core count, torch version and model in
 `DOCINGEST_HOME/models/auto-precision.json`, so a machine decides once (a few seconds at the
-first start): a worker and an API sharing that folder agree, and a restart never switches the
-precision of new vectors. Delete the file to measure again.
+first start): a worker and an API sharing that folder agree, and restarting on the same
+machine and installation keeps the precision of new vectors (another CPU, core count, torch or
+model is measured anew). Delete the file to measure again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -130,31 +133,39 @@ def machine_key(model_key: str, cores: int) -> str:
     return f"{model_name} flags:{flags} cores:{cores} torch:{torch.__version__} {model_key}"
 
 
+def saved_verdict(cache_dir: Path | None, key: str) -> Verdict | None:
+    """The verdict saved for `key`, or None. Read without the lock: the file is only ever
+    replaced whole."""
+    if cache_dir is None:
+        return None
+    return _verdict(_read(cache_dir / VERDICTS_FILE).get(key))
+
+
 def auto_cpu_precision(
     cache_dir: Path | None, key: str, measure: Callable[[], tuple[float, float]]
 ) -> tuple[Verdict, bool]:
     """The verdict for `key` and whether it was measured now (else it was saved earlier).
     `measure` returns the sample's seconds in float32 and in bfloat16. Several processes may
     ask at once: one measures under a file lock, the others then read its verdict. A folder
-    that cannot be written (a read-only DOCINGEST_HOME) costs a measurement at every start,
-    never the start itself."""
+    that cannot be locked or written (a read-only DOCINGEST_HOME) still gives the saved
+    verdict if there is one, else a measurement at every start: never a failed start."""
     if cache_dir is None:
         return _measured(measure), True
     path = cache_dir / VERDICTS_FILE
-    verdict: Verdict | None = None
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with exclusive(cache_dir / f".{VERDICTS_FILE}.lock"):
-            verdicts = _read(path)
-            saved = _verdict(verdicts.get(key))
-            if saved is not None:
-                return saved, False
-            verdict = _measured(measure)
-            verdicts[key] = asdict(verdict)
-            _write(path, verdicts)
-    except OSError as exc:
-        log.warning("cannot keep the auto precision verdict in %s (%s)", path, exc)
-        return verdict or _measured(measure), True
+    with contextlib.ExitStack() as held:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive(cache_dir / f".{VERDICTS_FILE}.lock"))
+        except OSError as exc:
+            log.warning("cannot lock the auto precision verdicts in %s (%s)", cache_dir, exc)
+        saved = saved_verdict(cache_dir, key)
+        if saved is not None:
+            return saved, False
+        verdict = _measured(measure)
+        try:
+            _write(path, {**_read(path), key: asdict(verdict)})
+        except OSError as exc:
+            log.warning("cannot keep the auto precision verdict in %s (%s)", path, exc)
     return verdict, True
 
 
@@ -186,10 +197,22 @@ def _verdict(saved: object) -> Verdict | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
-    return verdict if verdict.precision in ("float32", "bfloat16") else None
+    timings = (verdict.float32_s, verdict.bfloat16_s)
+    if verdict.precision not in ("float32", "bfloat16") or not all(
+        math.isfinite(seconds) and seconds > 0 for seconds in timings
+    ):
+        return None
+    return verdict
 
 
 def _write(path: Path, verdicts: dict[str, object]) -> None:
+    """Replace the file whole (readers never see half of it); no temporary file left behind."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
-        json.dump(verdicts, out, indent=2, sort_keys=True)
-    os.replace(out.name, path)
+        try:
+            json.dump(verdicts, out, indent=2, sort_keys=True)
+            out.close()
+            os.replace(out.name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(out.name)
+            raise

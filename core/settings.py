@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     )
     embedding_precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         default="auto",
-        description="auto: bfloat16 on a GPU or a CPU with AVX512_BF16/AMX, else float32; "
+        description="auto: bfloat16 on a GPU; on a CPU with AVX512_BF16/AMX whichever measured "
+        "faster there (README, auto precision), else float32; "
         "int8: the ONNX export quantized per channel (CPU, `int8` extra), asked for only.",
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=1024)

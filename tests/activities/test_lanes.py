@@ -62,6 +62,8 @@ def test_embedder_in_lanes_gives_the_vectors_of_a_plain_encode() -> None:
     assert vectors.shape == (len(texts), embedder.dimension)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert float((vectors * plain).sum(axis=1).min()) > 0.99999
+    one = embedder.encode(texts[2:3])  # one text: one lane-sized pass in the caller's thread
+    assert float((one * plain[2:3]).sum()) > 0.99999
     assert np.allclose(embedder.encode([texts[2]])[0], vectors[2], atol=1e-5)
 
 

@@ -78,6 +78,25 @@ def test_auto_cpu_precision_in_a_folder_it_cannot_write_still_chooses(tmp_path: 
     assert (verdict.precision, measured, len(calls)) == ("float32", True, 1)
 
 
+def test_auto_cpu_precision_measures_again_over_impossible_timings(tmp_path: Path) -> None:
+    bad = {"precision": "bfloat16", "float32_s": 0.5, "bfloat16_s": 0, "measured_at": "x"}
+    (tmp_path / VERDICTS_FILE).write_text(json.dumps({"cpu A": bad}))
+    calls, measure = counting(TIMINGS)
+    verdict, measured = auto_cpu_precision(tmp_path, "cpu A", measure)
+    assert (verdict.precision, measured, len(calls)) == ("float32", True, 1)
+
+
+def test_auto_cpu_precision_reads_a_saved_verdict_it_cannot_lock(tmp_path: Path) -> None:
+    """An API running as another user than the worker: it cannot take the lock, and still
+    follows the worker's verdict instead of measuring its own."""
+    auto_cpu_precision(tmp_path, "cpu A", counting((0.8, 0.4))[1])
+    (tmp_path / f".{VERDICTS_FILE}.lock").unlink()
+    (tmp_path / f".{VERDICTS_FILE}.lock").mkdir()  # opening it for the lock fails
+    calls, measure = counting(TIMINGS)
+    verdict, measured = auto_cpu_precision(tmp_path, "cpu A", measure)
+    assert (verdict.precision, measured, len(calls)) == ("bfloat16", False, 0)
+
+
 def test_auto_cpu_precision_without_a_folder_measures_every_time() -> None:
     calls, measure = counting(TIMINGS)
     auto_cpu_precision(None, "cpu A", measure)
