@@ -4,6 +4,7 @@ twice. Each fault runs several times; workers run as separate processes so they 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -51,6 +52,19 @@ def fault_settings(stack: Stack, **overrides: Any) -> Settings:
     return stack_settings(
         stack, activity_heartbeat_timeout=timedelta(seconds=3), embed_activity_chunks=8, **overrides
     )
+
+
+@contextlib.asynccontextmanager
+async def worker_and_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A worker process and the API on `settings`, and a client of the API; the worker is
+    stopped after the block, whatever happened in it."""
+    worker = WorkerProcess(settings)
+    worker.start()
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http
+    finally:
+        worker.stop()
 
 
 async def upload_text(
@@ -150,10 +164,8 @@ async def test_fault_temporal_restarted_while_tasks_run(
     port, ui_port = free_port(), free_port()
     server = start_temporal_dev_server(tmp_path, port=port, ui_port=ui_port)
     settings = fault_settings(stack, temporal_address=f"127.0.0.1:{port}")
-    worker = WorkerProcess(settings)
-    worker.start()
     try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with worker_and_api(settings) as http:
             tasks = [
                 await upload_text(http, tenant, lorem(200, seed=200 + 10 * run + i), f"t{i}.txt")
                 for i in range(3)
@@ -170,7 +182,6 @@ async def test_fault_temporal_restarted_while_tasks_run(
         for final in finals:
             await assert_stored_once(stack, final)
     finally:
-        worker.stop()
         server.terminate()
         server.wait(timeout=30)
 
@@ -214,18 +225,13 @@ async def test_fault_database_down_during_store_then_back(
     database, db_stack = own_database
     tenant = await new_tenant(db_stack)
     settings = fault_settings(stack, database_url=database.url)
-    worker = WorkerProcess(settings)
-    worker.start()
-    try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id, _ = await store_waiting_for_database(
-                http, tenant, database, stack, lorem(120, seed=300 + run)
-            )
-            database.start()
-            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
-        await assert_stored_once(db_stack, final)
-    finally:
-        worker.stop()
+    async with worker_and_api(settings) as http:
+        task_id, _ = await store_waiting_for_database(
+            http, tenant, database, stack, lorem(120, seed=300 + run)
+        )
+        database.start()
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
+    await assert_stored_once(db_stack, final)
 
 
 async def test_fault_cancel_while_the_store_waits_for_the_database_ends_cancelled(
@@ -237,29 +243,24 @@ async def test_fault_cancel_while_the_store_waits_for_the_database_ends_cancelle
     database, db_stack = own_database
     tenant = await new_tenant(db_stack)
     settings = fault_settings(stack, database_url=database.url)
-    worker = WorkerProcess(settings)
-    worker.start()
-    try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id, handle = await store_waiting_for_database(
-                http, tenant, database, stack, lorem(120, seed=350)
-            )
-            await handle.cancel()  # the API needs the database for the key: ask Temporal
-            await until_pending(handle, RECORD_OUTCOME)  # the cancel reached the store
-            database.start()
-            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
-        assert final["status"] == Status.CANCELLED, final
-        assert final["message"] == "Processing of long.txt was cancelled"
-        async with db_stack.sessionmaker() as session:
-            document = await session.scalar(select(Document).where(Document.task_id == task_id))
-            assert document is not None
-            chunks = await session.scalar(
-                select(func.count()).select_from(Chunk).where(Chunk.document_id == document.id)
-            )
-        assert (document.status, chunks) == (Status.CANCELLED, 0)
-        assert not Path(settings.resolved_staging_url, task_id).exists()
-    finally:
-        worker.stop()
+    async with worker_and_api(settings) as http:
+        task_id, handle = await store_waiting_for_database(
+            http, tenant, database, stack, lorem(120, seed=350)
+        )
+        await handle.cancel()  # the API needs the database for the key: ask Temporal
+        await until_pending(handle, RECORD_OUTCOME)  # the cancel reached the store
+        database.start()
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
+    assert final["status"] == Status.CANCELLED, final
+    assert final["message"] == "Processing of long.txt was cancelled"
+    async with db_stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task_id))
+        assert document is not None
+        chunks = await session.scalar(
+            select(func.count()).select_from(Chunk).where(Chunk.document_id == document.id)
+        )
+    assert (document.status, chunks) == (Status.CANCELLED, 0)
+    assert not Path(settings.resolved_staging_url, task_id).exists()
 
 
 @pytest.mark.parametrize("run", range(2))
@@ -269,30 +270,25 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
     database, db_stack = own_database
     tenant = await new_tenant(db_stack)
     settings = fault_settings(stack, database_url=database.url, database_attempts=2)
-    worker = WorkerProcess(settings)
-    worker.start()
-    try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_text(http, tenant, lorem(60, seed=400 + run))
-            await wait_until(http, tenant, task_id, embedding, deadline_s=180)
-            database.stop()
-            handle = stack.client.get_workflow_handle(task_id)
-            async with asyncio.timeout(120):  # the API itself needs the database: ask Temporal
-                while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                    await asyncio.sleep(0.2)
-            unavailable = await http.get("/agents", headers=tenant.headers)
-            assert unavailable.status_code == 503
-            database.start()
-            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
-            assert final["status"] == "error"
-            assert final["message"].startswith("Processing long.txt stopped after repeated errors")
-            assert final["message"].endswith("The upload is kept and can be retried.")
-            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
-            assert retried.status_code == 202, retried.text
-            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
-        await assert_stored_once(db_stack, final)
-    finally:
-        worker.stop()
+    async with worker_and_api(settings) as http:
+        task_id = await upload_text(http, tenant, lorem(60, seed=400 + run))
+        await wait_until(http, tenant, task_id, embedding, deadline_s=180)
+        database.stop()
+        handle = stack.client.get_workflow_handle(task_id)
+        async with asyncio.timeout(120):  # the API itself needs the database: ask Temporal
+            while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await asyncio.sleep(0.2)
+        unavailable = await http.get("/agents", headers=tenant.headers)
+        assert unavailable.status_code == 503
+        database.start()
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
+        assert final["status"] == "error"
+        assert final["message"].startswith("Processing long.txt stopped after repeated errors")
+        assert final["message"].endswith("The upload is kept and can be retried.")
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert retried.status_code == 202, retried.text
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
+    await assert_stored_once(db_stack, final)
 
 
 @pytest.mark.parametrize("run", range(2))
