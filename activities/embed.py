@@ -179,10 +179,8 @@ class SentenceTransformerEmbedder:
         return self._encode_with(self.model, texts)
 
     def _encode_with(self, model: SentenceTransformer, texts: list[str]) -> Vectors:
-        if self.lanes is not None and len(texts) > 1:
+        if self.lanes is not None and texts:
             return unit_rows(self.lanes.encode(texts, partial(self._forward, model)))
-        if self.lanes is not None and texts:  # one text: one lane-sized pass, in this thread
-            return unit_rows(self._forward(model, texts))
         with self._whole_model:  # a plain encode uses every core (or the GPU)
             vectors = model.encode(
                 texts,

@@ -198,9 +198,9 @@ class OnnxInt8Embedder:
         """Safe to call from several threads at once, as SentenceTransformerEmbedder.encode."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if self.lanes is not None and len(texts) > 1:
+        if self.lanes is not None:
             return self.lanes.encode(texts, self._encode_batch)
-        with contextlib.nullcontext() if self.lanes is not None else self._whole_model:
+        with self._whole_model:
             return encode_by_length(texts, self.batch_size, self._encode_batch)
 
     def _encode_batch(self, texts: list[str]) -> Vectors:

@@ -64,26 +64,27 @@ _SAMPLE = (
 )
 
 
-def _cpuinfo(field: str) -> str:
-    """The first value of `field` in /proc/cpuinfo ("" when there is none)."""
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU model name ("" when there is none) and the flags of the first processor in
+    /proc/cpuinfo."""
+    model, flags = "", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                name, _, value = line.partition(":")
-                if name.strip() == field:
-                    return value.strip()
+            lines = cpuinfo.read().splitlines()
     except OSError:
-        pass
-    return ""
-
-
-def cpu_flags() -> set[str]:
-    return set(_cpuinfo("flags").split())
+        lines = []
+    for line in lines:
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "model name" and not model:
+            model = value
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
 
 
 def cpu_has_native_bf16() -> bool:
     """AVX512_BF16 or AMX: bfloat16 matrix math in hardware (else it is emulated, and slow)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_info()[1])
 
 
 def sample_texts(count: int) -> list[str]:
@@ -96,7 +97,7 @@ class Verdict:
     """What `auto` chose on a CPU with native bf16, and the timings it chose from."""
 
     precision: str
-    float32_s: float  # the sample's best time in each precision
+    float32_s: float  # the sample's median time in each precision
     bfloat16_s: float
     measured_at: str
 
@@ -128,9 +129,10 @@ def machine_key(model_key: str, cores: int) -> str:
     """What the verdict holds for: this CPU, its usable cores, this torch, this model."""
     import torch
 
-    model_name = _cpuinfo("model name") or platform.machine()
-    flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:8]
-    return f"{model_name} flags:{flags} cores:{cores} torch:{torch.__version__} {model_key}"
+    model_name, flags = cpu_info()
+    digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:8]
+    name = model_name or platform.machine()
+    return f"{name} flags:{digest} cores:{cores} torch:{torch.__version__} {model_key}"
 
 
 def saved_verdict(cache_dir: Path | None, key: str) -> Verdict | None:

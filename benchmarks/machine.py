@@ -10,24 +10,7 @@ from typing import Any
 
 import psutil
 
-from activities.precision import cpu_has_native_bf16
-
-
-def cpu_info() -> tuple[str, set[str]]:
-    """The CPU model name and the flags of the first processor in /proc/cpuinfo."""
-    model, flags = "", set[str]()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            lines = cpuinfo.read().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "model name" and not model:
-            model = value
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model or platform.processor() or "unknown", flags
+from activities.precision import cpu_has_native_bf16, cpu_info
 
 
 def gpu_name() -> str | None:
@@ -58,6 +41,7 @@ def describe_machine(
     import torch
 
     model, flags = cpu_info()
+    model = model or platform.processor() or "unknown"
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu_model": model,
