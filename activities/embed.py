@@ -7,7 +7,7 @@ import logging
 import threading
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from temporalio import activity
@@ -247,20 +247,29 @@ class EmbedActivities:
     @activity.defn(name=EMBED)
     def embed(self, batch: EmbedBatch) -> EmbedResult:
         """Embed the shard starting at `batch.start`; write its vectors to staging."""
+        texts = [chunk["text"] for chunk in self.read_shard(batch.task_id, batch.start)]
+        vectors = self.encode(texts)
+        self.write_vectors(batch.task_id, batch.start, vectors)
+        return EmbedResult(embedded=len(texts))
+
+    def read_shard(self, task_id: str, start: int) -> list[dict[str, Any]]:
+        """The chunks of the shard starting at `start`, as `chunk` wrote them."""
         try:
-            shard = self.staging.read_json(batch.task_id, shard_name(batch.start))
+            shard: list[dict[str, Any]] = self.staging.read_json(task_id, shard_name(start))
         except FileNotFoundError as exc:
             raise staging_missing("the chunked text") from exc
-        texts = [chunk["text"] for chunk in shard]
+        return shard
+
+    def encode(self, texts: list[str]) -> Vectors:
+        """Encode in calls of `sub_batch` texts, heartbeating after each."""
         parts: list[Vectors] = []
         for offset in range(0, len(texts), self.sub_batch):
             # Embed activities running at once share the embedder (its lanes, or its lock).
             parts.append(self.embedder.encode(texts[offset : offset + self.sub_batch]))
             activity.heartbeat(offset + self.sub_batch)
-        vectors: Vectors = (
-            np.concatenate(parts)
-            if parts
-            else np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        )
-        self.staging.write_bytes(batch.task_id, vectors_name(batch.start), to_npy(vectors))
-        return EmbedResult(embedded=len(texts))
+        if not parts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def write_vectors(self, task_id: str, start: int, vectors: Vectors) -> None:
+        self.staging.write_bytes(task_id, vectors_name(start), to_npy(vectors))

@@ -108,6 +108,13 @@ class StoreActivities:
             if stored is None:
                 raise
             return stored
+        return await self.save(task, manifest, shards)
+
+    async def save(
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[tuple[list[Any], Any]]
+    ) -> StoreResult:
+        """Store the document of `task`: its manifest, and each shard's chunks with their
+        vectors, in one transaction (or find the copy another task stored first)."""
         try:
             async with self.sessionmaker.begin() as session:
                 existing = await find_stored_copy(session, task)

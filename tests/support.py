@@ -34,7 +34,7 @@ from core.keys import create_key
 from core.models import EMBEDDING_DIMENSION, Agent
 from core.settings import Settings
 from core.staging import StagingStore
-from worker.main import EXECUTOR_THREADS, build_workers
+from worker.main import EXECUTOR_THREADS, Role, build_workers
 
 
 class FakeEmbedder:
@@ -113,13 +113,29 @@ async def new_tenant(stack: Stack, name: str = "tenant") -> Tenant:
 
 @asynccontextmanager
 async def running_workers(
-    stack: Stack, settings: Settings, embedder: TextEmbedder
+    stack: Stack,
+    settings: Settings,
+    embedder: TextEmbedder,
+    embed_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
 ) -> AsyncIterator[list[Worker]]:
-    """The production workers (both task queues of `settings`) running in this loop."""
+    """The production workers (both task queues of `settings`) running in this loop; the
+    embed queue's with a database of its own when `embed_sessionmaker` is given."""
     with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
-        workers = build_workers(
-            stack.client, settings, stack.staging, stack.sessionmaker, embedder, executor
-        )
+        if embed_sessionmaker is None:
+            workers = build_workers(
+                stack.client, settings, stack.staging, stack.sessionmaker, embedder, executor
+            )
+        else:
+            workers = [
+                *build_workers(
+                    stack.client, settings, stack.staging, stack.sessionmaker, None, executor,
+                    Role.MAIN,
+                ),
+                *build_workers(
+                    stack.client, settings, stack.staging, embed_sessionmaker, embedder, executor,
+                    Role.EMBED,
+                ),
+            ]  # fmt: skip
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         try:
             yield workers

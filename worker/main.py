@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities, TextEmbedder, make_embedder
+from activities.embed_and_store import EmbedAndStoreActivities
 from activities.extract import ExtractActivities
 from activities.extract_and_chunk import ExtractAndChunkActivities
 from activities.reader_process import ReaderLimits
@@ -50,7 +51,7 @@ EXECUTOR_THREADS = MAIN_ACTIVITIES + LOCAL_STEPS + EMBED_BATCHES + 1  # + one sp
 class Role(enum.StrEnum):
     ALL = "all"
     MAIN = "main"  # workflows, extract, chunk, store, cleanup
-    EMBED = "embed"  # embedding only: the role for GPU machines
+    EMBED = "embed"  # embedding (and storing a one-batch document): the role for GPU machines
 
 
 def reader_limits(settings: Settings) -> ReaderLimits:
@@ -102,13 +103,15 @@ def build_workers(
     if role in (Role.ALL, Role.EMBED):
         if embedder is None:
             raise ConfigurationError("an embed worker needs an embedding model")
+        embed = EmbedActivities(staging, embedder, settings.embedding_batch_size)
+        embed_and_store = EmbedAndStoreActivities(
+            embed, StoreActivities(staging, sessionmaker), asyncio.get_running_loop()
+        )
         workers.append(
             Worker(
                 client,
                 task_queue=settings.embed_task_queue,
-                activities=[
-                    EmbedActivities(staging, embedder, settings.embedding_batch_size).embed
-                ],
+                activities=[embed.embed, embed_and_store.embed_and_store],
                 activity_executor=executor,
                 max_concurrent_activities=EMBED_BATCHES,
             )

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         CHUNK,
         CLEANUP,
         EMBED,
+        EMBED_AND_STORE,
         EXTRACT,
         EXTRACT_AND_CHUNK,
         MEMO_PROGRESS,
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_NAME,
         ChunkResult,
         EmbedBatch,
+        EmbeddedAndStored,
         EmbedResult,
         ExtractResult,
         FailureType,
@@ -68,6 +70,10 @@ LOCAL_STEPS_PATCH = "local-short-steps"
 # took 278 s instead of 126), and a store cancelled with its evicted workflow task left its
 # database connection busy.
 QUICK_STEPS_PATCH = "one-step-small-documents"
+# Then (`EMBED_AND_STORE_PATCH`): a document whose chunks make one embed batch (most
+# documents) is embedded and stored by one activity on the embed queue, one activity and one
+# workflow task fewer through the server; `store` runs only if that activity could not store.
+EMBED_AND_STORE_PATCH = "embed-and-store-one-batch"
 # A step the workflow's cancel reached while it ran (a local step, or an activity that
 # heartbeats) comes back as its failure, with a CancelledError cause: the task is `cancelled`,
 # not `error`. Histories written before (where it became `error`) replay as they were.
@@ -139,16 +145,11 @@ class IngestDocument:
                 CHUNK, task, ChunkResult, timedelta(minutes=5), local=release >= 1
             )
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
-        await self._embed_all(task, chunked.chunks)
-        self._update(Status.PROCESSING, Stage.STORING)
-        stored = await workflow.execute_activity(
-            STORE,
-            task,
-            result_type=StoreResult,
-            start_to_close_timeout=timedelta(minutes=10),
-            retry_policy=_database_retry(task),
-            cancellation_type=_WAIT,
-        )
+        if release >= 3 and chunked.chunks <= task.embed_activity_chunks:
+            stored = await self._embed_and_store(task)
+        else:
+            await self._embed_all(task, chunked.chunks)
+            stored = await self._store(task)
         message = f"Successfully processed {task.filename}"
         if stored.duplicate:
             message = f"{task.filename} is already stored for this agent; nothing new was stored"
@@ -161,6 +162,36 @@ class IngestDocument:
             completed_at=iso_utc(workflow.now()),
         )
         await self._cleanup(task)
+
+    async def _embed_and_store(self, task: IngestTask) -> StoreResult:
+        """A document of one embed batch: one activity on the embed queue embeds and stores
+        it (activities/embed_and_store.py); the store step runs only if that store failed."""
+        done: EmbeddedAndStored = await workflow.execute_activity(
+            EMBED_AND_STORE,
+            task,
+            result_type=EmbeddedAndStored,
+            task_queue=task.embed_task_queue,
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
+            retry_policy=_STEP_RETRY,
+            cancellation_type=_WAIT,
+        )
+        self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_embedded=done.embedded)
+        if done.stored is not None:
+            return done.stored
+        return await self._store(task)
+
+    async def _store(self, task: IngestTask) -> StoreResult:
+        self._update(Status.PROCESSING, Stage.STORING)
+        stored: StoreResult = await workflow.execute_activity(
+            STORE,
+            task,
+            result_type=StoreResult,
+            start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=_database_retry(task),
+            cancellation_type=_WAIT,
+        )
+        return stored
 
     async def _embed_all(self, task: IngestTask, total: int) -> None:
         """Embed in batches with at most `embed_window` in flight, in order of start."""
@@ -278,11 +309,14 @@ class IngestDocument:
     def _steps_release(self) -> int:
         """Which release's steps this workflow runs, from the patches its history records (a
         worker upgraded while documents were in flight replays each as it was written):
-        2, one local step for a small file's extract and chunk; 1, short steps local
+        3, a document of one embed batch embedded and stored by one activity; 2, one local
+        step for a small file's extract and chunk; 1, short steps local
         (`LOCAL_STEPS_PATCH`); 0, every step an activity. Asked once, where the first step is
         chosen, so a new workflow records one patch."""
         if self._release is None:
-            if workflow.patched(QUICK_STEPS_PATCH):
+            if workflow.patched(EMBED_AND_STORE_PATCH):
+                self._release = 3
+            elif workflow.patched(QUICK_STEPS_PATCH):
                 self._release = 2
             else:
                 self._release = 1 if workflow.patched(LOCAL_STEPS_PATCH) else 0

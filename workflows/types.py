@@ -19,6 +19,8 @@ CHUNK = "chunk"
 EXTRACT_AND_CHUNK = "extract_and_chunk"
 EMBED = "embed"
 STORE = "store"
+# A document of one embed batch: embedded and stored by one activity on the embed queue.
+EMBED_AND_STORE = "embed_and_store"
 RECORD_OUTCOME = "record_outcome"
 CLEANUP = "cleanup"
 
@@ -125,6 +127,13 @@ class StoreResult:
     chunks: int
     # The agent already had these bytes stored: nothing new was written.
     duplicate: bool = False
+
+
+@dataclass
+class EmbeddedAndStored:
+    embedded: int
+    # None when the store did not succeed within the activity: the workflow runs `store`.
+    stored: StoreResult | None = None
 
 
 @dataclass

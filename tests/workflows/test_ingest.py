@@ -21,6 +21,8 @@ from temporalio.exceptions import (
 )
 from temporalio.worker import Replayer
 
+from core.db import create_engine, create_sessionmaker
+from core.embedded import free_port
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
@@ -39,6 +41,7 @@ from workflows.types import (
     CHUNK,
     CLEANUP,
     EMBED,
+    EMBED_AND_STORE,
     EXTRACT,
     EXTRACT_AND_CHUNK,
     STORE,
@@ -51,8 +54,11 @@ from workflows.types import (
 # A document ingested by the release before the short steps became local activities.
 HISTORY_BEFORE_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-before-local-steps.json"
 # A text document ingested by the release with local short steps, before a small file's
-# extract and chunk became one step and a small document's store a local one.
+# extract and chunk became one step.
 HISTORY_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-local-steps.json"
+# A text document of one embed batch ingested by the release with one local step for its
+# extract and chunk, before such a document was embedded and stored by one activity.
+HISTORY_QUICK_STEPS = Path(__file__).parent / "histories/ingest-quick-steps.json"
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +132,36 @@ async def test_ingest_stores_every_chunk_once_and_cleans_staging(
     assert queried == result
 
 
+async def test_a_one_batch_document_the_embed_step_could_not_store_is_stored_by_the_store_step(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The embed queue's worker cannot reach the database (restarting, or apart from it): the
+    document is embedded once, then stored by the ordinary store step on the main queue."""
+    settings = stack_settings(stack, embed_activity_chunks=4, embed_window=2)
+    nowhere = create_engine(f"postgresql+psycopg://docingest@127.0.0.1:{free_port()}/docingest")
+    try:
+        async with running_workers(stack, settings, FakeEmbedder(), create_sessionmaker(nowhere)):
+            task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+            handle = await stack.client.start_workflow(
+                IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+            )
+            result = await handle.result()
+    finally:
+        await nowhere.dispose()
+    assert result.status == Status.COMPLETE
+    assert result.message == "Successfully processed a.txt"
+    assert result.chunks_embedded == result.chunks_total
+    assert scheduled_activities(await handle.fetch_history()) == [EMBED_AND_STORE, STORE]
+    assert result.document_id is not None
+    async with stack.sessionmaker() as session:
+        stored = await session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .where(Chunk.document_id == uuid.UUID(result.document_id))
+        )
+    assert stored == result.chunks_total
+
+
 async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
     stack: Stack, fake_settings: Settings, tenant: Tenant
 ) -> None:
@@ -192,10 +228,11 @@ def local_steps(history: WorkflowHistory) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "queued", "local"),
+    ("fmt", "paragraphs", "queued", "local"),
     [
-        (DocumentFormat.TEXT, [], [EXTRACT_AND_CHUNK, CLEANUP]),
-        (DocumentFormat.PDF, [EXTRACT], [CHUNK, CLEANUP]),
+        (DocumentFormat.TEXT, 3, [EMBED_AND_STORE], [EXTRACT_AND_CHUNK, CLEANUP]),
+        (DocumentFormat.PDF, 3, [EXTRACT, EMBED_AND_STORE], [CHUNK, CLEANUP]),
+        (DocumentFormat.TEXT, 12, [EMBED] * 2 + [STORE], [EXTRACT_AND_CHUNK, CLEANUP]),
     ],
 )
 async def test_short_steps_run_locally_and_the_history_replays(
@@ -203,22 +240,25 @@ async def test_short_steps_run_locally_and_the_history_replays(
     fake_settings: Settings,
     tenant: Tenant,
     fmt: DocumentFormat,
+    paragraphs: int,
     queued: list[str],
     local: list[str],
 ) -> None:
     """A small text file is extracted and chunked by one local step, a PDF's extraction (slow,
-    heartbeating) still goes through the task queue, a PDF's chunk and every cleanup are local:
-    the activity tasks are a PDF's extraction, the embed batches and the store."""
-    data = lorem(12).encode() if fmt is DocumentFormat.TEXT else make_pdf([lorem(12)])
+    heartbeating) still goes through the task queue, a PDF's chunk and every cleanup are local;
+    a document of one embed batch is embedded and stored by one activity, a longer one by its
+    embed batches and then the store."""
+    text = lorem(paragraphs)
+    data = text.encode() if fmt is DocumentFormat.TEXT else make_pdf([text])
     task = stage(stack, fake_settings, tenant, data, fmt, f"a.{fmt.value}")
     handle = await stack.client.start_workflow(
         IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
     )
     result = await handle.result()
     assert result.status == Status.COMPLETE
+    assert result.chunks_embedded == result.chunks_total
     history = await handle.fetch_history()
-    batches = -(-result.chunks_total // fake_settings.embed_activity_chunks)
-    assert scheduled_activities(history) == queued + [EMBED] * batches + [STORE]
+    assert scheduled_activities(history) == queued
     assert local_steps(history) == local
     patches = [
         event
@@ -266,6 +306,15 @@ async def test_a_document_in_flight_across_the_quick_steps_upgrade_replays_its_h
     history = WorkflowHistory.from_json("ingest-local-steps", HISTORY_LOCAL_STEPS.read_text())
     assert scheduled_activities(history) == [EMBED] * 4 + [STORE]
     assert local_steps(history) == [EXTRACT, CHUNK, CLEANUP]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_one_batch_document_in_flight_across_the_embed_and_store_upgrade_replays() -> None:
+    """A history written with `embed` then `store` for a one-batch document still replays."""
+    history = WorkflowHistory.from_json("ingest-quick-steps", HISTORY_QUICK_STEPS.read_text())
+    assert scheduled_activities(history) == [EMBED, STORE]
+    assert local_steps(history) == [EXTRACT_AND_CHUNK, CLEANUP]
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
 

@@ -1,0 +1,87 @@
+"""Embed and store in one step, for a document whose chunks make one embed batch.
+
+Most documents people upload are a few pages: one embed batch (`embed_activity_chunks`
+chunks). For those the workflow (workflows/ingest.py) runs this activity on the embed queue
+instead of `embed` then `store`: the vectors go from the model to PostgreSQL in memory, and
+the document takes one activity and one workflow task fewer through the Temporal server,
+whose CPU the model shares on a small machine.
+
+The store is tried once here. When it fails (the database restarting, a deleted agent...),
+the vectors are written to staging as `embed` writes them and the activity still succeeds
+without a `stored` result: the workflow then runs the ordinary `store` step, with the
+database steps' own retries and failure messages. Running this activity twice stores each
+chunk once, as `store` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+from temporalio import activity
+
+from activities.chunk import MANIFEST
+from activities.embed import EmbedActivities
+from activities.errors import staging_missing
+from activities.store import StoreActivities
+from activities.vectors import Vectors
+from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, StoreResult
+
+log = logging.getLogger(__name__)
+
+# While the store runs on the worker's event loop, the activity's thread heartbeats this often.
+HEARTBEAT_WHILE_STORING_S = 5.0
+
+
+class EmbedAndStoreActivities:
+    def __init__(
+        self, embed: EmbedActivities, store: StoreActivities, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.embed = embed
+        self.store = store
+        self.loop = loop  # the worker's loop: the store's database engine belongs to it
+
+    @activity.defn(name=EMBED_AND_STORE)
+    def embed_and_store(self, task: IngestTask) -> EmbeddedAndStored:
+        """Embed every chunk of `task`, then store the document; see the module's docstring."""
+        try:
+            manifest: dict[str, Any] = self.embed.staging.read_json(task.task_id, MANIFEST)
+        except FileNotFoundError as exc:
+            raise staging_missing("the chunked text") from exc
+        shards = []
+        for start in range(0, manifest["chunks"], manifest["step"]):
+            chunks = self.embed.read_shard(task.task_id, start)
+            shards.append((start, chunks, self.embed.encode([c["text"] for c in chunks])))
+        embedded = sum(len(chunks) for _, chunks, _ in shards)
+        stored = self._try_store(
+            task, manifest, [(chunks, vectors) for _, chunks, vectors in shards]
+        )
+        if stored is None:
+            for start, _, vectors in shards:
+                self.embed.write_vectors(task.task_id, start, vectors)
+        return EmbeddedAndStored(embedded=embedded, stored=stored)
+
+    def _try_store(
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[tuple[list[Any], Vectors]]
+    ) -> StoreResult | None:
+        """The store's result, or None when it failed (logged). A cancel that arrives meanwhile
+        waits for the store's transaction to end, so nothing is written after the activity
+        reported back (the workflow's cleanup follows that report)."""
+        with activity.shield_thread_cancel_exception():
+            running = asyncio.run_coroutine_threadsafe(
+                self.store.save(task, manifest, shards), self.loop
+            )
+            while not concurrent.futures.wait([running], HEARTBEAT_WHILE_STORING_S).done:
+                activity.heartbeat("storing")
+            try:
+                return running.result()
+            except Exception as exc:  # the store step runs it again, and reports its failure
+                log.warning(
+                    "storing %s in the embed step failed (%s: %s); the store step runs next",
+                    task.task_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                return None

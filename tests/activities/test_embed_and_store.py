@@ -1,0 +1,113 @@
+"""The embed-and-store activity of a one-batch document, against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+
+import numpy as np
+from sqlalchemy import func, select
+from temporalio.testing import ActivityEnvironment
+
+from activities.chunk import ChunkActivities
+from activities.embed import EmbedActivities, vectors_name
+from activities.embed_and_store import EmbedAndStoreActivities
+from activities.extract import ExtractActivities
+from activities.store import StoreActivities
+from core.db import create_engine, create_sessionmaker
+from core.embedded import free_port
+from core.formats import DocumentFormat
+from core.models import Chunk, Document
+from core.staging import ORIGINAL
+from tests.documents import lorem
+from tests.support import FakeEmbedder, Stack, Tenant
+from workflows.types import EmbeddedAndStored, IngestTask, StoreResult
+
+
+def chunked_task(stack: Stack, tenant: Tenant) -> IngestTask:
+    """A text document extracted and chunked in staging, as the workflow leaves it."""
+    data = lorem(3).encode()
+    task = IngestTask(
+        task_id=str(uuid.uuid4()), owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+        filename="short.txt", format=DocumentFormat.TEXT.value, size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), chunk_size=200, chunk_overlap=20,
+        embed_task_queue="unused", embed_activity_chunks=16,
+    )  # fmt: skip
+    stack.staging.write_bytes(task.task_id, ORIGINAL, data)
+    env = ActivityEnvironment()
+    env.run(ExtractActivities(stack.staging).extract, task)
+    env.run(ChunkActivities(stack.staging).chunk, task)
+    return task
+
+
+async def embed_and_store(
+    stack: Stack, task: IngestTask, store: StoreActivities
+) -> EmbeddedAndStored:
+    """Run the activity in a thread, as the worker does (its store runs on this loop)."""
+    activities = EmbedAndStoreActivities(
+        EmbedActivities(stack.staging, FakeEmbedder(), 4), store, asyncio.get_running_loop()
+    )
+    env = ActivityEnvironment()
+    result: EmbeddedAndStored = await asyncio.to_thread(env.run, activities.embed_and_store, task)
+    return result
+
+
+async def stored_rows(stack: Stack, stored: StoreResult) -> list[tuple[int, str, list[float]]]:
+    async with stack.sessionmaker() as session:
+        rows = await session.execute(
+            select(Chunk.ordinal, Chunk.text, Chunk.embedding)
+            .where(Chunk.document_id == uuid.UUID(stored.document_id))
+            .order_by(Chunk.ordinal)
+        )
+        return [(row.ordinal, row.text, row.embedding) for row in rows]
+
+
+async def test_a_one_batch_document_is_embedded_and_stored_once_by_one_step(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Run twice (a retry after a worker died past the store): one copy of each chunk, the
+    embedder's vectors, and no vectors left in staging for a store step."""
+    task = chunked_task(stack, tenant)
+    store = StoreActivities(stack.staging, stack.sessionmaker)
+
+    first = await embed_and_store(stack, task, store)
+    second = await embed_and_store(stack, task, store)
+
+    assert first.stored is not None
+    assert first == second
+    assert first.stored.chunks == first.embedded > 1
+    assert not first.stored.duplicate
+    rows = await stored_rows(stack, first.stored)
+    assert [ordinal for ordinal, _, _ in rows] == list(range(first.embedded))
+    expected = FakeEmbedder().encode([text for _, text, _ in rows])
+    assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
+    async with stack.sessionmaker() as session:
+        documents = await session.scalar(
+            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
+        )
+    assert documents == 1
+    assert not stack.staging.exists(task.task_id, vectors_name(0))
+
+
+async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_step(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A database that does not answer (restarting): the activity still succeeds, without a
+    stored result, and the ordinary store step then stores what it embedded."""
+    task = chunked_task(stack, tenant)
+    nowhere = create_engine(f"postgresql+psycopg://docingest@127.0.0.1:{free_port()}/docingest")
+    try:
+        unreachable = StoreActivities(stack.staging, create_sessionmaker(nowhere))
+        done = await embed_and_store(stack, task, unreachable)
+    finally:
+        await nowhere.dispose()
+
+    assert done.stored is None
+    assert stack.staging.exists(task.task_id, vectors_name(0))
+    store = StoreActivities(stack.staging, stack.sessionmaker)
+    stored = await ActivityEnvironment().run(store.store, task)
+    assert stored.chunks == done.embedded
+    rows = await stored_rows(stack, stored)
+    expected = FakeEmbedder().encode([text for _, text, _ in rows])
+    assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
