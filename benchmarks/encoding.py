@@ -4,13 +4,15 @@ The worker embeds one shard (`embed_activity_chunks` chunks of one document) per
 `encode` calls of `embedding_batch_size` chunks one after the other, and runs
 `worker.main.EMBED_BATCHES` embed activities at once, which share the embedder's lanes. The raw
 rate replays the same calls in as many threads, each taking the next shard, with the same
-model, device, precision and batch size, so the only difference left to the end-to-end rate is
-what the pipeline adds around the model. (Two callers fill the lanes while one waits for its
-last part: 3-13 % more chunks/s than one on an idle machine, measured with a one-off script.)
+model, device, precision and batch size (and the worker's GIL switch interval), so the only
+difference left to the end-to-end rate is what the pipeline adds around the model. (Two
+callers fill the lanes while one waits for its last part: 3-13 % more chunks/s than one on an
+idle machine, measured with a one-off script.)
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import numpy as np
 from activities.embed import Embedder, TextEmbedder, make_embedder
 from activities.vectors import Vectors
 from core.settings import Settings
-from worker.main import EMBED_BATCHES
+from worker.main import EMBED_BATCHES, GIL_SWITCH_INTERVAL_S
 
 
 @dataclass
@@ -73,11 +75,16 @@ def encode_timed(
     def run(shard: Shard) -> list[Vectors]:
         return [embedder.encode(texts) for texts in shard]
 
-    started, cpu_started = time.perf_counter(), time.process_time()
-    with ThreadPoolExecutor(callers) as pool:  # each free caller takes the next shard
-        done = list(pool.map(run, shards))
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # the worker's
+    try:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        with ThreadPoolExecutor(callers) as pool:  # each free caller takes the next shard
+            done = list(pool.map(run, shards))
+        seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
+    finally:
+        sys.setswitchinterval(switch_interval)
     parts = [vectors for shard in done for vectors in shard]
     vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
     return Encoding(vectors, seconds, len(vectors), cpu_seconds)

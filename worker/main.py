@@ -7,6 +7,7 @@ import enum
 import logging
 import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import text
@@ -46,6 +47,11 @@ LOCAL_STEPS = 2
 # writes its vectors and reports back, the other's parts keep every core busy.
 EMBED_BATCHES = 2
 EXECUTOR_THREADS = MAIN_ACTIVITIES + LOCAL_STEPS + EMBED_BATCHES + 1  # + one spare
+# How long a thread may keep the GIL while another waits for it (Python's default: 5 ms). A
+# lane's forward pass hands the GIL back and needs it again between its torch operations,
+# each well under a millisecond; while the event loop runs Python (workflow activations, the
+# SDK, a store), each of those waits could last the whole 5 ms.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class Role(enum.StrEnum):
@@ -143,6 +149,7 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     """Run until SIGINT/SIGTERM; in-flight activities get their heartbeat timeout to finish."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     client = await connect(settings.resolved_temporal_address, settings.temporal_namespace)
     await register_search_attributes(client)
     if role in (Role.ALL, Role.MAIN):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from benchmarks.measure import FigureResult, Target, percentile
 from benchmarks.report import render_table
 from benchmarks.upload_ack import multipart
 from core.formats import DocumentFormat, sniff_format
+from worker.main import GIL_SWITCH_INTERVAL_S
 
 
 def test_corpus_same_seed_same_bytes() -> None:
@@ -78,6 +80,28 @@ def test_encode_timed_replays_shards_in_two_callers_keeping_the_chunk_order() ->
     assert encoding.chunks == len(texts)
     assert encoding.vectors[:, 0].tolist() == [len(text) for text in texts]
     assert encoding.vectors[:, 1].tolist() == [len(call) for call in calls for _ in call]
+
+
+class SwitchInterval:
+    """An embedder that records the GIL switch interval it ran under."""
+
+    dimension = 1
+
+    def __init__(self) -> None:
+        self.seen: set[float] = set()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.seen.add(sys.getswitchinterval())
+        return np.zeros((len(texts), 1), dtype=np.float32)
+
+
+def test_encode_timed_runs_under_the_workers_gil_switch_interval_then_restores_it() -> None:
+    before = sys.getswitchinterval()
+    assert before != GIL_SWITCH_INTERVAL_S
+    embedder = SwitchInterval()
+    encode_timed(embedder, worker_batches([["a", "b", "c"]], shard=2, batch=1))
+    assert embedder.seen == {GIL_SWITCH_INTERVAL_S}
+    assert sys.getswitchinterval() == before
 
 
 def test_percentile_nearest_rank() -> None:
