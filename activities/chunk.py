@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -112,6 +113,11 @@ def assign_pages(chunks: list[TextChunk], page_starts: list[int] | None) -> None
 
 def shard_name(start: int) -> str:
     return f"chunks/{start:09d}.json"
+
+
+def shard_starts(manifest: dict[str, Any]) -> range:
+    """The first chunk of each shard the manifest describes."""
+    return range(0, manifest["chunks"], manifest["step"])
 
 
 class ChunkActivities:

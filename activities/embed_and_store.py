@@ -6,7 +6,8 @@ instead of `embed` then `store`: the vectors go from the model to PostgreSQL in 
 the document takes one activity and one workflow task fewer through the Temporal server,
 whose CPU the model shares on a small machine.
 
-The store is tried once here. When it fails (the database restarting, a deleted agent...),
+The store is tried once here, for at most `STORE_ATTEMPT_LIMIT_S`. When it fails (the
+database restarting, a deleted agent, a lock held past the limit...),
 the vectors are written to staging as `embed` writes them and the activity still succeeds
 without a `stored` result: the workflow then runs the ordinary `store` step, with the
 database steps' own retries and failure messages. Running this activity twice stores each
@@ -22,7 +23,7 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.chunk import MANIFEST
+from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
 from activities.store import StoreActivities
@@ -31,8 +32,13 @@ from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, Stor
 
 log = logging.getLogger(__name__)
 
-# While the store runs on the worker's event loop, the activity's thread heartbeats this often.
+# While the store runs on the worker's event loop, the activity's thread heartbeats this often
+# (or more often, with a short heartbeat timeout).
 HEARTBEAT_WHILE_STORING_S = 5.0
+# A store of one batch takes well under a second; one stuck longer (a lock, a half-open
+# connection) is given up, rolled back, and left to the `store` step, so it never holds an
+# embed slot for long.
+STORE_ATTEMPT_LIMIT_S = 60.0
 
 
 class EmbedAndStoreActivities:
@@ -42,16 +48,19 @@ class EmbedAndStoreActivities:
         self.embed = embed
         self.store = store
         self.loop = loop  # the worker's loop: the store's database engine belongs to it
+        self.store_limit_s = STORE_ATTEMPT_LIMIT_S
 
     @activity.defn(name=EMBED_AND_STORE)
     def embed_and_store(self, task: IngestTask) -> EmbeddedAndStored:
         """Embed every chunk of `task`, then store the document; see the module's docstring."""
+        if _running_loop() is self.loop:
+            raise RuntimeError("embed_and_store must run in a thread, not on the worker's loop")
         try:
             manifest: dict[str, Any] = self.embed.staging.read_json(task.task_id, MANIFEST)
         except FileNotFoundError as exc:
             raise staging_missing("the chunked text") from exc
         shards = []
-        for start in range(0, manifest["chunks"], manifest["step"]):
+        for start in shard_starts(manifest):
             chunks = self.embed.read_shard(task.task_id, start)
             shards.append((start, chunks, self.embed.encode([c["text"] for c in chunks])))
         embedded = sum(len(chunks) for _, chunks, _ in shards)
@@ -69,11 +78,15 @@ class EmbedAndStoreActivities:
         """The store's result, or None when it failed (logged). A cancel that arrives meanwhile
         waits for the store's transaction to end, so nothing is written after the activity
         reported back (the workflow's cleanup follows that report)."""
+        timeout = activity.info().heartbeat_timeout
+        every = HEARTBEAT_WHILE_STORING_S
+        if timeout is not None and timeout.total_seconds() > 0:
+            every = min(every, timeout.total_seconds() / 3)
         with activity.shield_thread_cancel_exception():
             running = asyncio.run_coroutine_threadsafe(
-                self.store.save(task, manifest, shards), self.loop
+                self._save(task, manifest, shards), self.loop
             )
-            while not concurrent.futures.wait([running], HEARTBEAT_WHILE_STORING_S).done:
+            while not concurrent.futures.wait([running], every).done:
                 activity.heartbeat("storing")
             try:
                 return running.result()
@@ -85,3 +98,16 @@ class EmbedAndStoreActivities:
                     exc,
                 )
                 return None
+
+    async def _save(
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[tuple[list[Any], Vectors]]
+    ) -> StoreResult:
+        async with asyncio.timeout(self.store_limit_s):  # cancelled: the transaction rolls back
+            return await self.store.save(task, manifest, shards)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.chunk import MANIFEST, shard_name
+from activities.chunk import MANIFEST, shard_name, shard_starts
 from activities.embed import from_npy, vectors_name
 from activities.errors import staging_missing
 from core.dedup import stored_copy
@@ -166,7 +166,7 @@ class StoreActivities:
                     self.staging.read_json(task_id, shard_name(start)),
                     from_npy(self.staging.read_bytes(task_id, vectors_name(start))),
                 )
-                for start in range(0, manifest["chunks"], manifest["step"])
+                for start in shard_starts(manifest)
             ]
         except FileNotFoundError as exc:
             raise staging_missing("the chunks or their vectors") from exc

@@ -88,6 +88,11 @@ def make_settings(
     return Settings(**values)
 
 
+def unreachable_database_url() -> str:
+    """A PostgreSQL URL nothing listens on: a database that is down, or out of reach."""
+    return f"postgresql+psycopg://docingest@127.0.0.1:{free_port()}/docingest"
+
+
 def stack_settings(stack: Stack, **overrides: Any) -> Settings:
     """Settings for another worker or API beside the session's: the same home, database and
     Temporal (unless `overrides` name others), fresh task queues, and `overrides`."""

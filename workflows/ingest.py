@@ -81,6 +81,8 @@ CANCELLED_STEP_PATCH = "cancelled-step-is-cancelled"
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
 QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
+# What a failure message calls a step whose activity name is not the one people know.
+STEP_NAMES = {EMBED_AND_STORE: "embed"}
 # How a step fails: an activity's failure comes wrapped in ActivityError; a local activity's
 # comes as its own error (ApplicationError, or TimeoutError), unwrapped.
 STEP_FAILURES = (ActivityError, ApplicationError, TimeoutError)
@@ -166,17 +168,9 @@ class IngestDocument:
     async def _embed_and_store(self, task: IngestTask) -> StoreResult:
         """A document of one embed batch: one activity on the embed queue embeds and stores
         it (activities/embed_and_store.py); the store step runs only if that store failed."""
-        done: EmbeddedAndStored = await workflow.execute_activity(
-            EMBED_AND_STORE,
-            task,
-            result_type=EmbeddedAndStored,
-            task_queue=task.embed_task_queue,
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
-            retry_policy=_STEP_RETRY,
-            cancellation_type=_WAIT,
-        )
-        self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_embedded=done.embedded)
+        done = await _on_embed_queue(EMBED_AND_STORE, task, EmbeddedAndStored, task)
+        # No memo of its own: the next update (`complete`, or `storing`) mirrors the count.
+        self._progress = dataclasses.replace(self._progress, chunks_embedded=done.embedded)
         if done.stored is not None:
             return done.stored
         return await self._store(task)
@@ -230,17 +224,7 @@ class IngestDocument:
         return still_running
 
     async def _embed(self, task: IngestTask, batch: EmbedBatch) -> EmbedResult:
-        result: EmbedResult = await workflow.execute_activity(
-            EMBED,
-            batch,
-            result_type=EmbedResult,
-            task_queue=task.embed_task_queue,
-            start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
-            retry_policy=_STEP_RETRY,
-            cancellation_type=_WAIT,
-        )
-        return result
+        return await _on_embed_queue(EMBED, batch, EmbedResult, task)
 
     async def _fail(self, task: IngestTask, failure: StepFailure) -> None:
         error_type, reason = _describe_failure(failure, self._progress.stage)
@@ -354,6 +338,23 @@ async def _short_step(
     return result
 
 
+async def _on_embed_queue(
+    activity: str, argument: object, result_type: type[T], task: IngestTask
+) -> T:
+    """Run an activity that embeds (it heartbeats) on the embed workers' task queue."""
+    result: T = await workflow.execute_activity(
+        activity,
+        argument,
+        result_type=result_type,
+        task_queue=task.embed_task_queue,
+        start_to_close_timeout=timedelta(minutes=10),
+        heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
+        retry_policy=_STEP_RETRY,
+        cancellation_type=_WAIT,
+    )
+    return result
+
+
 def _step_cancelled(failure: StepFailure) -> bool:
     """Whether the step failed because the workflow was cancelled while it ran."""
     return is_cancelled_exception(failure) and workflow.patched(CANCELLED_STEP_PATCH)
@@ -372,7 +373,8 @@ def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:
         return cause.type or "ActivityError", cause.message
     if isinstance(cause, TimeoutError):
         if isinstance(failure, ActivityError):
-            return "Timeout", f"the {failure.activity_type} step timed out (a worker may have died)"
+            step = STEP_NAMES.get(failure.activity_type, failure.activity_type)
+            return "Timeout", f"the {step} step timed out (a worker may have died)"
         # A local step: a dead worker's is run again elsewhere, so this one ran too long.
         return "Timeout", f"the {stage} step ran past its time limit"
     return "ActivityError", str(cause or failure)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from typing import Any
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from temporalio.testing import ActivityEnvironment
 
@@ -16,12 +18,11 @@ from activities.embed_and_store import EmbedAndStoreActivities
 from activities.extract import ExtractActivities
 from activities.store import StoreActivities
 from core.db import create_engine, create_sessionmaker
-from core.embedded import free_port
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.staging import ORIGINAL
 from tests.documents import lorem
-from tests.support import FakeEmbedder, Stack, Tenant
+from tests.support import FakeEmbedder, Stack, Tenant, unreachable_database_url
 from workflows.types import EmbeddedAndStored, IngestTask, StoreResult
 
 
@@ -96,7 +97,7 @@ async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_st
     """A database that does not answer (restarting): the activity still succeeds, without a
     stored result, and the ordinary store step then stores what it embedded."""
     task = chunked_task(stack, tenant)
-    nowhere = create_engine(f"postgresql+psycopg://docingest@127.0.0.1:{free_port()}/docingest")
+    nowhere = create_engine(unreachable_database_url())
     try:
         unreachable = StoreActivities(stack.staging, create_sessionmaker(nowhere))
         done = await embed_and_store(stack, task, unreachable)
@@ -111,3 +112,48 @@ async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_st
     rows = await stored_rows(stack, stored)
     expected = FakeEmbedder().encode([text for _, text, _ in rows])
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
+
+
+class StuckStore(StoreActivities):
+    """A store that would wait for a lock for a minute."""
+
+    async def save(self, *args: Any, **kwargs: Any) -> StoreResult:
+        await asyncio.sleep(60)
+        return await super().save(*args, **kwargs)
+
+
+async def test_a_store_stuck_past_its_limit_is_given_up_and_left_to_the_store_step(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The embed slot is not held by a stuck store: the attempt is cancelled (its transaction
+    rolls back), and the vectors wait in staging for the `store` step."""
+    task = chunked_task(stack, tenant)
+    activities = EmbedAndStoreActivities(
+        EmbedActivities(stack.staging, FakeEmbedder(), 4),
+        StuckStore(stack.staging, stack.sessionmaker),
+        asyncio.get_running_loop(),
+    )
+    activities.store_limit_s = 0.2
+    async with asyncio.timeout(30):
+        done = await asyncio.to_thread(ActivityEnvironment().run, activities.embed_and_store, task)
+    assert done.stored is None
+    assert stack.staging.exists(task.task_id, vectors_name(0))
+    async with stack.sessionmaker() as session:
+        documents = await session.scalar(
+            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
+        )
+    assert documents == 0
+
+
+async def test_embed_and_store_refuses_to_run_on_the_loop_its_store_needs(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Called on the worker's loop thread it would wait forever for its own store."""
+    task = chunked_task(stack, tenant)
+    activities = EmbedAndStoreActivities(
+        EmbedActivities(stack.staging, FakeEmbedder(), 4),
+        StoreActivities(stack.staging, stack.sessionmaker),
+        asyncio.get_running_loop(),
+    )
+    with pytest.raises(RuntimeError, match="must run in a thread"):
+        ActivityEnvironment().run(activities.embed_and_store, task)

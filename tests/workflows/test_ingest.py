@@ -22,7 +22,6 @@ from temporalio.exceptions import (
 from temporalio.worker import Replayer
 
 from core.db import create_engine, create_sessionmaker
-from core.embedded import free_port
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
@@ -35,6 +34,7 @@ from tests.support import (
     local_activity_markers,
     running_workers,
     stack_settings,
+    unreachable_database_url,
 )
 from workflows.ingest import IngestDocument, _describe_failure
 from workflows.types import (
@@ -138,7 +138,7 @@ async def test_a_one_batch_document_the_embed_step_could_not_store_is_stored_by_
     """The embed queue's worker cannot reach the database (restarting, or apart from it): the
     document is embedded once, then stored by the ordinary store step on the main queue."""
     settings = stack_settings(stack, embed_activity_chunks=4, embed_window=2)
-    nowhere = create_engine(f"postgresql+psycopg://docingest@127.0.0.1:{free_port()}/docingest")
+    nowhere = create_engine(unreachable_database_url())
     try:
         async with running_workers(stack, settings, FakeEmbedder(), create_sessionmaker(nowhere)):
             task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
@@ -335,4 +335,13 @@ def test_a_local_step_that_ran_past_its_limit_is_named_by_its_stage() -> None:
     assert _describe_failure(lost, Stage.EXTRACTING) == (
         "Timeout",
         "the extract step timed out (a worker may have died)",
+    )
+    lost_embedding = ActivityError(
+        "activity timed out", scheduled_event_id=1, started_event_id=2, identity="w",
+        activity_type=EMBED_AND_STORE, activity_id="1", retry_state=RetryState.TIMEOUT,
+    )  # fmt: skip
+    lost_embedding.__cause__ = timeout
+    assert _describe_failure(lost_embedding, Stage.EMBEDDING) == (
+        "Timeout",
+        "the embed step timed out (a worker may have died)",
     )
