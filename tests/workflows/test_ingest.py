@@ -327,21 +327,21 @@ def test_a_local_step_that_ran_past_its_limit_is_named_by_its_stage() -> None:
         "Timeout",
         "the storing step ran past its time limit",
     )
-    lost = ActivityError(
-        "activity timed out", scheduled_event_id=1, started_event_id=2, identity="w",
-        activity_type=EXTRACT, activity_id="1", retry_state=RetryState.TIMEOUT,
-    )  # fmt: skip
-    lost.__cause__ = timeout
-    assert _describe_failure(lost, Stage.EXTRACTING) == (
+
+    def lost(activity_type: str) -> ActivityError:
+        failure = ActivityError(
+            "activity timed out", scheduled_event_id=1, started_event_id=2, identity="w",
+            activity_type=activity_type, activity_id="1", retry_state=RetryState.TIMEOUT,
+        )  # fmt: skip
+        failure.__cause__ = timeout
+        return failure
+
+    assert _describe_failure(lost(EXTRACT), Stage.EXTRACTING) == (
         "Timeout",
         "the extract step timed out (a worker may have died)",
     )
-    lost_embedding = ActivityError(
-        "activity timed out", scheduled_event_id=1, started_event_id=2, identity="w",
-        activity_type=EMBED_AND_STORE, activity_id="1", retry_state=RetryState.TIMEOUT,
-    )  # fmt: skip
-    lost_embedding.__cause__ = timeout
-    assert _describe_failure(lost_embedding, Stage.EMBEDDING) == (
+    # `embed_and_store` is named as people know the step.
+    assert _describe_failure(lost(EMBED_AND_STORE), Stage.EMBEDDING) == (
         "Timeout",
         "the embed step timed out (a worker may have died)",
     )
