@@ -26,8 +26,7 @@ from temporalio import activity
 from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
-from activities.store import StoreActivities
-from activities.vectors import Vectors
+from activities.store import Shard, StoreActivities
 from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, StoreResult
 
 log = logging.getLogger(__name__)
@@ -59,21 +58,20 @@ class EmbedAndStoreActivities:
             manifest: dict[str, Any] = self.embed.staging.read_json(task.task_id, MANIFEST)
         except FileNotFoundError as exc:
             raise staging_missing("the chunked text") from exc
-        shards = []
-        for start in shard_starts(manifest):
+        starts = shard_starts(manifest)
+        shards: list[Shard] = []
+        for start in starts:
             chunks = self.embed.read_shard(task.task_id, start)
-            shards.append((start, chunks, self.embed.encode([c["text"] for c in chunks])))
-        embedded = sum(len(chunks) for _, chunks, _ in shards)
-        stored = self._try_store(
-            task, manifest, [(chunks, vectors) for _, chunks, vectors in shards]
-        )
+            shards.append((chunks, self.embed.encode([chunk["text"] for chunk in chunks])))
+        stored = self._try_store(task, manifest, shards)
         if stored is None:
-            for start, _, vectors in shards:
+            for start, (_, vectors) in zip(starts, shards, strict=True):
                 self.embed.write_vectors(task.task_id, start, vectors)
+        embedded = sum(len(chunks) for chunks, _ in shards)
         return EmbeddedAndStored(embedded=embedded, stored=stored)
 
     def _try_store(
-        self, task: IngestTask, manifest: dict[str, Any], shards: list[tuple[list[Any], Vectors]]
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard]
     ) -> StoreResult | None:
         """The store's result, or None when it failed (logged). A cancel that arrives meanwhile
         waits for the store's transaction to end, so nothing is written after the activity
@@ -100,7 +98,7 @@ class EmbedAndStoreActivities:
                 return None
 
     async def _save(
-        self, task: IngestTask, manifest: dict[str, Any], shards: list[tuple[list[Any], Vectors]]
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard]
     ) -> StoreResult:
         async with asyncio.timeout(self.store_limit_s):  # cancelled: the transaction rolls back
             return await self.store.save(task, manifest, shards)

@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.chunk import MANIFEST, shard_name, shard_starts
 from activities.embed import from_npy, vectors_name
 from activities.errors import staging_missing
+from activities.vectors import Vectors
 from core.dedup import stored_copy
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -33,6 +34,9 @@ from workflows.types import (
     Status,
     StoreResult,
 )
+
+# One shard of a document: its chunks as `chunk` wrote them, and their vectors.
+Shard = tuple[list[dict[str, Any]], Vectors]
 
 _COPY_CHUNKS = (
     "COPY chunks (document_id, ordinal, text, start_char, end_char, page, embedding) "
@@ -111,7 +115,7 @@ class StoreActivities:
         return await self.save(task, manifest, shards)
 
     async def save(
-        self, task: IngestTask, manifest: dict[str, Any], shards: list[tuple[list[Any], Any]]
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard]
     ) -> StoreResult:
         """Store the document of `task`: its manifest, and each shard's chunks with their
         vectors, in one transaction (or find the copy another task stored first)."""
@@ -158,7 +162,7 @@ class StoreActivities:
             raise agent_deleted(task) from exc
         raise exc
 
-    def _load(self, task_id: str) -> tuple[dict[str, Any], list[tuple[list[Any], Any]]]:
+    def _load(self, task_id: str) -> tuple[dict[str, Any], list[Shard]]:
         try:
             manifest: dict[str, Any] = self.staging.read_json(task_id, MANIFEST)
             shards = [
@@ -215,7 +219,7 @@ def _violates(exc: IntegrityError, kind: str) -> bool:
     return sqlstate == {"fk": "23503", "uq": "23505"}[kind]
 
 
-def _rows(document_id: uuid.UUID, shards: list[tuple[list[Any], Any]]) -> Iterator[tuple[Any, ...]]:
+def _rows(document_id: uuid.UUID, shards: list[Shard]) -> Iterator[tuple[Any, ...]]:
     ordinal = 0
     for chunks, vectors in shards:
         for chunk, vector in zip(chunks, vectors, strict=True):

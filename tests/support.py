@@ -126,21 +126,16 @@ async def running_workers(
     """The production workers (both task queues of `settings`) running in this loop; the
     embed queue's with a database of its own when `embed_sessionmaker` is given."""
     with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
-        if embed_sessionmaker is None:
-            workers = build_workers(
-                stack.client, settings, stack.staging, stack.sessionmaker, embedder, executor
-            )
-        else:
-            workers = [
-                *build_workers(
-                    stack.client, settings, stack.staging, stack.sessionmaker, None, executor,
-                    Role.MAIN,
-                ),
-                *build_workers(
-                    stack.client, settings, stack.staging, embed_sessionmaker, embedder, executor,
-                    Role.EMBED,
-                ),
-            ]  # fmt: skip
+        workers = [
+            *build_workers(
+                stack.client, settings, stack.staging, stack.sessionmaker, None, executor,
+                Role.MAIN,
+            ),
+            *build_workers(
+                stack.client, settings, stack.staging, embed_sessionmaker or stack.sessionmaker,
+                embedder, executor, Role.EMBED,
+            ),
+        ]  # fmt: skip
         runs = [asyncio.create_task(worker.run()) for worker in workers]
         try:
             yield workers

@@ -42,16 +42,34 @@ def chunked_task(stack: Stack, tenant: Tenant) -> IngestTask:
     return task
 
 
-async def embed_and_store(
-    stack: Stack, task: IngestTask, store: StoreActivities
-) -> EmbeddedAndStored:
-    """Run the activity in a thread, as the worker does (its store runs on this loop)."""
-    activities = EmbedAndStoreActivities(
+def activities_on_this_loop(stack: Stack, store: StoreActivities) -> EmbedAndStoreActivities:
+    """The activity as the worker builds it, with this test's loop as the worker's."""
+    return EmbedAndStoreActivities(
         EmbedActivities(stack.staging, FakeEmbedder(), 4), store, asyncio.get_running_loop()
     )
+
+
+async def in_a_thread(activities: EmbedAndStoreActivities, task: IngestTask) -> EmbeddedAndStored:
+    """Run the activity in a thread, as the worker does (its store runs on this loop)."""
     env = ActivityEnvironment()
     result: EmbeddedAndStored = await asyncio.to_thread(env.run, activities.embed_and_store, task)
     return result
+
+
+async def embed_and_store(
+    stack: Stack, task: IngestTask, store: StoreActivities
+) -> EmbeddedAndStored:
+    return await in_a_thread(activities_on_this_loop(stack, store), task)
+
+
+async def documents_of(stack: Stack, task: IngestTask) -> int:
+    """How many `documents` rows the task has."""
+    async with stack.sessionmaker() as session:
+        rows = await session.execute(
+            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
+        )
+    count: int = rows.scalar_one()
+    return count
 
 
 async def stored_rows(stack: Stack, stored: StoreResult) -> list[tuple[int, str, list[float]]]:
@@ -83,11 +101,7 @@ async def test_a_one_batch_document_is_embedded_and_stored_once_by_one_step(
     assert [ordinal for ordinal, _, _ in rows] == list(range(first.embedded))
     expected = FakeEmbedder().encode([text for _, text, _ in rows])
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
-    async with stack.sessionmaker() as session:
-        documents = await session.scalar(
-            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
-        )
-    assert documents == 1
+    assert await documents_of(stack, task) == 1
     assert not stack.staging.exists(task.task_id, vectors_name(0))
 
 
@@ -128,21 +142,13 @@ async def test_a_store_stuck_past_its_limit_is_given_up_and_left_to_the_store_st
     """The embed slot is not held by a stuck store: the attempt is cancelled (its transaction
     rolls back), and the vectors wait in staging for the `store` step."""
     task = chunked_task(stack, tenant)
-    activities = EmbedAndStoreActivities(
-        EmbedActivities(stack.staging, FakeEmbedder(), 4),
-        StuckStore(stack.staging, stack.sessionmaker),
-        asyncio.get_running_loop(),
-    )
+    activities = activities_on_this_loop(stack, StuckStore(stack.staging, stack.sessionmaker))
     activities.store_limit_s = 0.2
     async with asyncio.timeout(30):
-        done = await asyncio.to_thread(ActivityEnvironment().run, activities.embed_and_store, task)
+        done = await in_a_thread(activities, task)
     assert done.stored is None
     assert stack.staging.exists(task.task_id, vectors_name(0))
-    async with stack.sessionmaker() as session:
-        documents = await session.scalar(
-            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
-        )
-    assert documents == 0
+    assert await documents_of(stack, task) == 0
 
 
 async def test_embed_and_store_refuses_to_run_on_the_loop_its_store_needs(
@@ -150,10 +156,6 @@ async def test_embed_and_store_refuses_to_run_on_the_loop_its_store_needs(
 ) -> None:
     """Called on the worker's loop thread it would wait forever for its own store."""
     task = chunked_task(stack, tenant)
-    activities = EmbedAndStoreActivities(
-        EmbedActivities(stack.staging, FakeEmbedder(), 4),
-        StoreActivities(stack.staging, stack.sessionmaker),
-        asyncio.get_running_loop(),
-    )
+    activities = activities_on_this_loop(stack, StoreActivities(stack.staging, stack.sessionmaker))
     with pytest.raises(RuntimeError, match="must run in a thread"):
         ActivityEnvironment().run(activities.embed_and_store, task)
