@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select
+from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
-from activities.chunk import ChunkActivities
+from activities.chunk import MANIFEST, ChunkActivities
 from activities.embed import EmbedActivities, vectors_name
 from activities.embed_and_store import EmbedAndStoreActivities
 from activities.extract import ExtractActivities
@@ -159,3 +163,44 @@ async def test_embed_and_store_refuses_to_run_on_the_loop_its_store_needs(
     activities = activities_on_this_loop(stack, StoreActivities(stack.staging, stack.sessionmaker))
     with pytest.raises(RuntimeError, match="must run in a thread"):
         ActivityEnvironment().run(activities.embed_and_store, task)
+
+
+class SlowStore(StoreActivities):
+    """A store that takes half a second, and says when it has begun."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.begun = threading.Event()
+
+    async def save(self, *args: Any, **kwargs: Any) -> StoreResult:
+        self.begun.set()
+        await asyncio.sleep(0.5)
+        return await super().save(*args, **kwargs)
+
+
+async def test_a_cancel_during_the_store_reaches_the_activity_only_once_the_store_ended(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A cancelled task's chunks are removed once the step reports back: a store that went on
+    writing after that would leave them behind. The cancel waits for the store instead."""
+    task = chunked_task(stack, tenant)
+    store = SlowStore(stack.staging, stack.sessionmaker)
+    env = ActivityEnvironment()
+    # The activity's thread wakes every 30 ms to heartbeat, where a cancel could stop it.
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=0.09))
+    running = asyncio.create_task(
+        asyncio.to_thread(env.run, activities_on_this_loop(stack, store).embed_and_store, task)
+    )
+    assert await asyncio.to_thread(store.begun.wait, 30)
+    env.cancel()
+    with pytest.raises(CancelledError):
+        await running
+    assert await documents_of(stack, task) == 1
+    async with stack.sessionmaker() as session:
+        stored = await session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .join(Document)
+            .where(Document.task_id == task.task_id)
+        )
+    assert stored == stack.staging.read_json(task.task_id, MANIFEST)["chunks"]
