@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
@@ -31,7 +32,7 @@ from activities.vectors import Vectors
 from api.app import HTTP_PARSER, create_app
 from core.embedded import free_port
 from core.keys import create_key
-from core.models import EMBEDDING_DIMENSION, Agent
+from core.models import EMBEDDING_DIMENSION, Agent, Chunk, Document
 from core.settings import Settings
 from core.staging import StagingStore
 from worker.main import EXECUTOR_THREADS, Role, build_workers
@@ -104,6 +105,18 @@ def stack_settings(stack: Stack, **overrides: Any) -> Settings:
     }
     database_url, temporal_address = values.pop("database_url"), values.pop("temporal_address")
     return make_settings(stack.settings.resolved_home, database_url, temporal_address, **values)
+
+
+async def chunks_stored(stack: Stack, task_id: str) -> int:
+    """How many chunks the database holds for the document of this task."""
+    async with stack.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .join(Document)
+            .where(Document.task_id == task_id)
+        )
+    return int(count or 0)
 
 
 async def new_tenant(stack: Stack, name: str = "tenant") -> Tenant:

@@ -31,6 +31,7 @@ from tests.support import (
     FakeEmbedder,
     Stack,
     Tenant,
+    chunks_stored,
     local_activity_markers,
     running_workers,
     stack_settings,
@@ -153,13 +154,7 @@ async def test_a_one_batch_document_the_embed_step_could_not_store_is_stored_by_
     assert result.chunks_embedded == result.chunks_total
     assert scheduled_activities(await handle.fetch_history()) == [EMBED_AND_STORE, STORE]
     assert result.document_id is not None
-    async with stack.sessionmaker() as session:
-        stored = await session.scalar(
-            select(func.count())
-            .select_from(Chunk)
-            .where(Chunk.document_id == uuid.UUID(result.document_id))
-        )
-    assert stored == result.chunks_total
+    assert await chunks_stored(stack, task.task_id) == result.chunks_total
 
 
 async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
@@ -268,14 +263,7 @@ async def test_short_steps_run_locally_and_the_history_replays(
     ]
     assert len(patches) == 1  # one patch marker, whatever the number of releases behind it
     await Replayer(workflows=[IngestDocument]).replay_workflow(history)
-    async with stack.sessionmaker() as session:
-        stored = await session.scalar(
-            select(func.count())
-            .select_from(Chunk)
-            .join(Document)
-            .where(Document.task_id == task.task_id)
-        )
-    assert stored == result.chunks_total
+    assert await chunks_stored(stack, task.task_id) == result.chunks_total
 
 
 async def test_an_empty_text_file_extracted_locally_fails_with_its_reason(
