@@ -149,13 +149,20 @@ async def running_workers(
                 embedder, executor, Role.EMBED,
             ),
         ]  # fmt: skip
-        runs = [asyncio.create_task(worker.run()) for worker in workers]
-        try:
+        async with workers_running(workers):
             yield workers
-        finally:
-            for worker in workers:
-                await worker.shutdown()
-            await asyncio.gather(*runs, return_exceptions=True)
+
+
+@asynccontextmanager
+async def workers_running(workers: list[Worker]) -> AsyncIterator[None]:
+    """Run these workers in this loop; shut them down after."""
+    runs = [asyncio.create_task(worker.run()) for worker in workers]
+    try:
+        yield
+    finally:
+        for worker in workers:
+            await worker.shutdown()
+        await asyncio.gather(*runs, return_exceptions=True)
 
 
 @asynccontextmanager

@@ -56,6 +56,11 @@ _STEP_RETRY = RetryPolicy(
 # else the cleanup races it and leaves rows or files behind.
 _WAIT = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
+NOT_REGISTERED = "NotFoundError"  # the SDK's failure type for an activity a worker lacks
+# Not retried: another try would most likely find the same worker (see the fallback patch).
+_EMBED_AND_STORE_RETRY = dataclasses.replace(
+    _STEP_RETRY, non_retryable_error_types=[*FailureType.NON_RETRYABLE, NOT_REGISTERED]
+)
 # Steps that take milliseconds run as local activities, in the workflow's own worker within
 # its workflow task, instead of a round trip through the server's task queue: chunking,
 # cleanup, and extracting a small text, Markdown or HTML file (a PDF or DOCX, or a large file,
@@ -78,6 +83,11 @@ EMBED_AND_STORE_PATCH = "embed-and-store-one-batch"
 # heartbeats) comes back as its failure, with a CancelledError cause: the task is `cancelled`,
 # not `error`. Histories written before (where it became `error`) replay as they were.
 CANCELLED_STEP_PATCH = "cancelled-step-is-cancelled"
+# An embed worker of the release before `EMBED_AND_STORE_PATCH` (main workers upgraded first)
+# has no `embed_and_store`: the SDK fails the task at once with NOT_REGISTERED, which that
+# activity does not retry, and the document is embedded and stored as that release did.
+# Histories in which such a failure ended the task replay as they were.
+EMBED_AND_STORE_FALLBACK_PATCH = "embed-and-store-falls-back"
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
 QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
@@ -148,7 +158,7 @@ class IngestDocument:
             )
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
         if release >= 3 and chunked.chunks <= task.embed_activity_chunks:
-            stored = await self._embed_and_store(task)
+            stored = await self._embed_and_store(task, chunked.chunks)
         else:
             await self._embed_all(task, chunked.chunks)
             stored = await self._store(task)
@@ -165,10 +175,23 @@ class IngestDocument:
         )
         await self._cleanup(task)
 
-    async def _embed_and_store(self, task: IngestTask) -> StoreResult:
+    async def _embed_and_store(self, task: IngestTask, total: int) -> StoreResult:
         """A document of one embed batch: one activity on the embed queue embeds and stores
-        it (activities/embed_and_store.py); the store step runs only if that store failed."""
-        done = await _on_embed_queue(EMBED_AND_STORE, task, EmbeddedAndStored, task)
+        it (activities/embed_and_store.py); the store step runs only if that store failed.
+        An embed worker of the release before embeds it, and the store step stores it."""
+        try:
+            done = await _on_embed_queue(
+                EMBED_AND_STORE, task, EmbeddedAndStored, task, _EMBED_AND_STORE_RETRY
+            )
+        except ActivityError as failure:
+            if not _not_registered(failure) or not workflow.patched(EMBED_AND_STORE_FALLBACK_PATCH):
+                raise
+            workflow.logger.warning(
+                "an embed worker has no %s (an older release): embedding, then storing",
+                EMBED_AND_STORE,
+            )
+            await self._embed_all(task, total)
+            return await self._store(task)
         # No memo of its own: the next update (`complete`, or `storing`) mirrors the count.
         self._progress = dataclasses.replace(self._progress, chunks_embedded=done.embedded)
         if done.stored is not None:
@@ -339,7 +362,11 @@ async def _short_step(
 
 
 async def _on_embed_queue(
-    activity: str, argument: object, result_type: type[T], task: IngestTask
+    activity: str,
+    argument: object,
+    result_type: type[T],
+    task: IngestTask,
+    retry_policy: RetryPolicy = _STEP_RETRY,
 ) -> T:
     """Run an activity that embeds (it heartbeats) on the embed workers' task queue."""
     result: T = await workflow.execute_activity(
@@ -349,10 +376,15 @@ async def _on_embed_queue(
         task_queue=task.embed_task_queue,
         start_to_close_timeout=timedelta(minutes=10),
         heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
-        retry_policy=_STEP_RETRY,
+        retry_policy=retry_policy,
         cancellation_type=_WAIT,
     )
     return result
+
+
+def _not_registered(failure: ActivityError) -> bool:
+    """Whether the activity failed because the worker that took it does not have it."""
+    return isinstance(failure.cause, ApplicationError) and failure.cause.type == NOT_REGISTERED
 
 
 def _step_cancelled(failure: StepFailure) -> bool:

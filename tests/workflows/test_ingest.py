@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ from temporalio.exceptions import (
     TimeoutError,
     TimeoutType,
 )
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, Worker
 
+from activities.embed import EmbedActivities
 from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -36,7 +38,9 @@ from tests.support import (
     running_workers,
     stack_settings,
     unreachable_database_url,
+    workers_running,
 )
+from worker.main import EXECUTOR_THREADS, Role, build_workers
 from workflows.ingest import IngestDocument, _describe_failure
 from workflows.types import (
     CHUNK,
@@ -155,6 +159,45 @@ async def test_a_one_batch_document_the_embed_step_could_not_store_is_stored_by_
     assert scheduled_activities(await handle.fetch_history()) == [EMBED_AND_STORE, STORE]
     assert result.document_id is not None
     assert await chunks_stored(stack, task.task_id) == result.chunks_total
+
+
+async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_still_stored(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Main workers upgraded before the embed workers: the embed worker has no
+    `embed_and_store`, so the document is embedded, then stored, as that release did, at once
+    rather than after retries, and ends `complete` with each chunk stored once."""
+    settings = stack_settings(stack, embed_activity_chunks=64)
+    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
+        main = build_workers(
+            stack.client, settings, stack.staging, stack.sessionmaker, None, executor, Role.MAIN
+        )
+        embed = EmbedActivities(stack.staging, FakeEmbedder(), settings.embedding_batch_size)
+        release_before = Worker(
+            stack.client,
+            task_queue=settings.embed_task_queue,
+            activities=[embed.embed],
+            activity_executor=executor,
+        )
+        async with workers_running([*main, release_before]):
+            task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+            handle = await stack.client.start_workflow(
+                IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+            )
+            result = await handle.result()
+    assert result.status == Status.COMPLETE
+    assert result.chunks_embedded == result.chunks_total
+    history = await handle.fetch_history()
+    assert scheduled_activities(history) == [EMBED_AND_STORE, EMBED, STORE]
+    failed = [
+        RetryState(event.activity_task_failed_event_attributes.retry_state)
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+    ]
+    assert failed == [RetryState.NON_RETRYABLE_FAILURE]  # one attempt, no retries
+    assert await chunks_stored(stack, task.task_id) == result.chunks_total
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert replay.replay_failure is None
 
 
 async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
