@@ -186,6 +186,9 @@ class IngestDocument:
         except ActivityError as failure:
             if not _not_registered(failure) or not workflow.patched(EMBED_AND_STORE_FALLBACK_PATCH):
                 raise
+            if workflow.cancellation_reason() is not None:
+                # The task's cancel came while the step failed: the failure hid it.
+                raise asyncio.CancelledError from failure
             workflow.logger.warning(
                 "an embed worker has no %s (an older release): embedding, then storing",
                 EMBED_AND_STORE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.exceptions import (
     ActivityError,
@@ -49,6 +51,7 @@ from workflows.types import (
     EMBED_AND_STORE,
     EXTRACT,
     EXTRACT_AND_CHUNK,
+    RECORD_OUTCOME,
     STORE,
     IngestTask,
     Stage,
@@ -64,6 +67,11 @@ HISTORY_LOCAL_STEPS = Path(__file__).parent / "histories/ingest-local-steps.json
 # A text document of one embed batch ingested by the release with one local step for its
 # extract and chunk, before such a document was embedded and stored by one activity.
 HISTORY_QUICK_STEPS = Path(__file__).parent / "histories/ingest-quick-steps.json"
+# A one-batch document whose `embed_and_store` reached an embed worker without that activity,
+# on the release before the fallback: five attempts, then the task ended `error`.
+HISTORY_NOT_REGISTERED = (
+    Path(__file__).parent / "histories/ingest-embed-and-store-not-registered.json"
+)
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +192,13 @@ async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_
             handle = await stack.client.start_workflow(
                 IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
             )
-            result = await handle.result()
+            async with asyncio.timeout(120):  # a worker that failed to run would hang it
+                result = await handle.result()
     assert result.status == Status.COMPLETE
     assert result.chunks_embedded == result.chunks_total
     history = await handle.fetch_history()
     assert scheduled_activities(history) == [EMBED_AND_STORE, EMBED, STORE]
+    assert len(patch_markers(history)) == 2  # the release's, and the fallback's
     failed = [
         RetryState(event.activity_task_failed_event_attributes.retry_state)
         for event in history.events
@@ -260,6 +270,16 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
     ]
 
 
+def patch_markers(history: WorkflowHistory) -> list[HistoryEvent]:
+    """The history's patch markers (a local activity's marker carries its result as data)."""
+    return [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and "data" not in event.marker_recorded_event_attributes.details
+    ]
+
+
 def local_steps(history: WorkflowHistory) -> list[str]:
     """The activity types of the local activities the history records, in order."""
     return [marker["activity_type"] for marker in local_activity_markers(history)]
@@ -298,13 +318,8 @@ async def test_short_steps_run_locally_and_the_history_replays(
     history = await handle.fetch_history()
     assert scheduled_activities(history) == queued
     assert local_steps(history) == local
-    patches = [
-        event
-        for event in history.events
-        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
-        and "data" not in event.marker_recorded_event_attributes.details
-    ]
-    assert len(patches) == 1  # one patch marker, whatever the number of releases behind it
+    # one patch marker, whatever the number of releases behind it
+    assert len(patch_markers(history)) == 1
     await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert await chunks_stored(stack, task.task_id) == result.chunks_total
 
@@ -337,6 +352,17 @@ async def test_a_document_in_flight_across_the_quick_steps_upgrade_replays_its_h
     history = WorkflowHistory.from_json("ingest-local-steps", HISTORY_LOCAL_STEPS.read_text())
     assert scheduled_activities(history) == [EMBED] * 4 + [STORE]
     assert local_steps(history) == [EXTRACT, CHUNK, CLEANUP]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_task_ended_by_an_embed_worker_without_embed_and_store_replays_as_it_was() -> None:
+    """On the release before the fallback, such a task ended `error` after five attempts; its
+    history replays on this release without taking the fallback."""
+    history = WorkflowHistory.from_json(
+        "ingest-embed-and-store-not-registered", HISTORY_NOT_REGISTERED.read_text()
+    )
+    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
 
