@@ -107,6 +107,15 @@ def stack_settings(stack: Stack, **overrides: Any) -> Settings:
     return make_settings(stack.settings.resolved_home, database_url, temporal_address, **values)
 
 
+async def documents_stored(stack: Stack, task_id: str) -> int:
+    """How many `documents` rows the database holds for this task."""
+    async with stack.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(Document).where(Document.task_id == task_id)
+        )
+    return int(count or 0)
+
+
 async def chunks_stored(stack: Stack, task_id: str) -> int:
     """How many chunks the database holds for the document of this task."""
     async with stack.sessionmaker() as session:

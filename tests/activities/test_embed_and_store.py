@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
@@ -23,7 +23,7 @@ from activities.extract import ExtractActivities
 from activities.store import StoreActivities
 from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
-from core.models import Chunk, Document
+from core.models import Chunk
 from core.staging import ORIGINAL
 from tests.documents import lorem
 from tests.support import (
@@ -31,6 +31,7 @@ from tests.support import (
     Stack,
     Tenant,
     chunks_stored,
+    documents_stored,
     unreachable_database_url,
 )
 from workflows.types import EmbeddedAndStored, IngestTask, StoreResult
@@ -72,16 +73,6 @@ async def embed_and_store(
     return await in_a_thread(activities_on_this_loop(stack, store), task)
 
 
-async def documents_of(stack: Stack, task: IngestTask) -> int:
-    """How many `documents` rows the task has."""
-    async with stack.sessionmaker() as session:
-        rows = await session.execute(
-            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
-        )
-    count: int = rows.scalar_one()
-    return count
-
-
 async def stored_rows(stack: Stack, stored: StoreResult) -> list[tuple[int, str, list[float]]]:
     async with stack.sessionmaker() as session:
         rows = await session.execute(
@@ -111,7 +102,7 @@ async def test_a_one_batch_document_is_embedded_and_stored_once_by_one_step(
     assert [ordinal for ordinal, _, _ in rows] == list(range(first.embedded))
     expected = FakeEmbedder().encode([text for _, text, _ in rows])
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
-    assert await documents_of(stack, task) == 1
+    assert await documents_stored(stack, task.task_id) == 1
     assert not stack.staging.exists(task.task_id, vectors_name(0))
 
 
@@ -138,11 +129,18 @@ async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_st
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
 
 
-class StuckStore(StoreActivities):
-    """A store that would wait for a lock for a minute."""
+class DelayedStore(StoreActivities):
+    """A store that waits `delay_s` (for a lock, say) before storing, and says when it has
+    begun."""
+
+    def __init__(self, stack: Stack, delay_s: float) -> None:
+        super().__init__(stack.staging, stack.sessionmaker)
+        self.delay_s = delay_s
+        self.begun = threading.Event()
 
     async def save(self, *args: Any, **kwargs: Any) -> StoreResult:
-        await asyncio.sleep(60)
+        self.begun.set()
+        await asyncio.sleep(self.delay_s)
         return await super().save(*args, **kwargs)
 
 
@@ -152,13 +150,13 @@ async def test_a_store_stuck_past_its_limit_is_given_up_and_left_to_the_store_st
     """The embed slot is not held by a stuck store: the attempt is cancelled (its transaction
     rolls back), and the vectors wait in staging for the `store` step."""
     task = chunked_task(stack, tenant)
-    activities = activities_on_this_loop(stack, StuckStore(stack.staging, stack.sessionmaker))
+    activities = activities_on_this_loop(stack, DelayedStore(stack, delay_s=60))
     activities.store_limit_s = 0.2
     async with asyncio.timeout(30):
         done = await in_a_thread(activities, task)
     assert done.stored is None
     assert stack.staging.exists(task.task_id, vectors_name(0))
-    assert await documents_of(stack, task) == 0
+    assert await documents_stored(stack, task.task_id) == 0
 
 
 async def test_embed_and_store_refuses_to_run_on_the_loop_its_store_needs(
@@ -171,26 +169,13 @@ async def test_embed_and_store_refuses_to_run_on_the_loop_its_store_needs(
         ActivityEnvironment().run(activities.embed_and_store, task)
 
 
-class SlowStore(StoreActivities):
-    """A store that takes half a second, and says when it has begun."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.begun = threading.Event()
-
-    async def save(self, *args: Any, **kwargs: Any) -> StoreResult:
-        self.begun.set()
-        await asyncio.sleep(0.5)
-        return await super().save(*args, **kwargs)
-
-
 async def test_a_cancel_during_the_store_reaches_the_activity_only_once_the_store_ended(
     stack: Stack, tenant: Tenant
 ) -> None:
     """A cancelled task's chunks are removed once the step reports back: a store that went on
     writing after that would leave them behind. The cancel waits for the store instead."""
     task = chunked_task(stack, tenant)
-    store = SlowStore(stack.staging, stack.sessionmaker)
+    store = DelayedStore(stack, delay_s=0.5)
     env = ActivityEnvironment()
     # The activity's thread wakes every 30 ms to heartbeat, where a cancel could stop it.
     env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=0.09))
@@ -201,6 +186,6 @@ async def test_a_cancel_during_the_store_reaches_the_activity_only_once_the_stor
     env.cancel()
     with pytest.raises(CancelledError):
         await running
-    assert await documents_of(stack, task) == 1
+    assert await documents_stored(stack, task.task_id) == 1
     chunks = stack.staging.read_json(task.task_id, MANIFEST)["chunks"]
     assert await chunks_stored(stack, task.task_id) == chunks

@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -17,10 +17,10 @@ from activities.embed import EmbedActivities
 from activities.extract import ExtractActivities
 from activities.store import StoreActivities
 from core.formats import DocumentFormat
-from core.models import Chunk, Document
+from core.models import Chunk
 from core.staging import ORIGINAL
 from tests.documents import make_pdf
-from tests.support import FakeEmbedder, Stack, Tenant
+from tests.support import FakeEmbedder, Stack, Tenant, documents_stored
 from workflows.types import EmbedBatch, IngestTask
 
 
@@ -66,10 +66,7 @@ async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: T
                 )
             )
         ).all()
-        documents = await session.scalar(
-            select(func.count()).select_from(Document).where(Document.task_id == task.task_id)
-        )
-    assert documents == 1
+    assert await documents_stored(stack, task.task_id) == 1
     assert sorted(row.ordinal for row in rows) == list(range(total))
     assert {row.page for row in rows} == {1, 2, 3}
     expected = FakeEmbedder().encode([row.text for row in rows])
