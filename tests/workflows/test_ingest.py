@@ -6,18 +6,22 @@ import asyncio
 import dataclasses
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
+    CancelledError,
     RetryState,
     TimeoutError,
     TimeoutType,
@@ -43,7 +47,7 @@ from tests.support import (
     workers_running,
 )
 from worker.main import EXECUTOR_THREADS, Role, build_workers
-from workflows.ingest import IngestDocument, _describe_failure
+from workflows.ingest import NOT_REGISTERED, IngestDocument, _describe_failure
 from workflows.types import (
     CHUNK,
     CLEANUP,
@@ -53,6 +57,7 @@ from workflows.types import (
     EXTRACT_AND_CHUNK,
     RECORD_OUTCOME,
     STORE,
+    EmbeddedAndStored,
     IngestTask,
     Stage,
     Status,
@@ -169,6 +174,26 @@ async def test_a_one_batch_document_the_embed_step_could_not_store_is_stored_by_
     assert await chunks_stored(stack, task.task_id) == result.chunks_total
 
 
+@asynccontextmanager
+async def main_workers_beside(
+    stack: Stack, settings: Settings, embed_activities: list[Callable[..., Any]]
+) -> AsyncIterator[None]:
+    """This release's main workers, beside an embed worker of the release before that has
+    only `embed_activities`."""
+    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
+        main = build_workers(
+            stack.client, settings, stack.staging, stack.sessionmaker, None, executor, Role.MAIN
+        )
+        release_before = Worker(
+            stack.client,
+            task_queue=settings.embed_task_queue,
+            activities=embed_activities,
+            activity_executor=executor,
+        )
+        async with workers_running([*main, release_before]):
+            yield
+
+
 async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_still_stored(
     stack: Stack, tenant: Tenant
 ) -> None:
@@ -176,24 +201,14 @@ async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_
     `embed_and_store`, so the document is embedded, then stored, as that release did, at once
     rather than after retries, and ends `complete` with each chunk stored once."""
     settings = stack_settings(stack, embed_activity_chunks=64)
-    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
-        main = build_workers(
-            stack.client, settings, stack.staging, stack.sessionmaker, None, executor, Role.MAIN
+    embed = EmbedActivities(stack.staging, FakeEmbedder(), settings.embedding_batch_size)
+    async with main_workers_beside(stack, settings, [embed.embed]):
+        task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+        handle = await stack.client.start_workflow(
+            IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
         )
-        embed = EmbedActivities(stack.staging, FakeEmbedder(), settings.embedding_batch_size)
-        release_before = Worker(
-            stack.client,
-            task_queue=settings.embed_task_queue,
-            activities=[embed.embed],
-            activity_executor=executor,
-        )
-        async with workers_running([*main, release_before]):
-            task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
-            handle = await stack.client.start_workflow(
-                IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
-            )
-            async with asyncio.timeout(120):  # a worker that failed to run would hang it
-                result = await handle.result()
+        async with asyncio.timeout(120):  # a worker that failed to run would hang it
+            result = await handle.result()
     assert result.status == Status.COMPLETE
     assert result.chunks_embedded == result.chunks_total
     history = await handle.fetch_history()
@@ -206,6 +221,57 @@ async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_
     ]
     assert failed == [RetryState.NON_RETRYABLE_FAILURE]  # one attempt, no retries
     assert await chunks_stored(stack, task.task_id) == result.chunks_total
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert replay.replay_failure is None
+
+
+async def test_a_cancel_that_came_while_an_embed_worker_without_the_step_failed_it_cancels(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The task's cancel reaches the workflow while an embed worker of the release before is
+    failing `embed_and_store` (which it lacks). The failure comes back instead of the cancel:
+    the task must still end `cancelled`, with nothing embedded or stored, not take the
+    fallback and end `complete`."""
+    settings = stack_settings(stack, embed_activity_chunks=64)
+    embed = EmbedActivities(stack.staging, FakeEmbedder(), settings.embedding_batch_size)
+    began, fail = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name=EMBED_AND_STORE)
+    async def lacking(task: IngestTask) -> EmbeddedAndStored:
+        """Fails as the SDK fails an activity its worker lacks, once the test says so."""
+        began.set()
+        await fail.wait()
+        raise ApplicationError(
+            f"Activity function {EMBED_AND_STORE} is not registered on this worker",
+            type=NOT_REGISTERED,
+        )
+
+    async with main_workers_beside(stack, settings, [embed.embed, lacking]):
+        task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+        handle = await stack.client.start_workflow(
+            IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+        )
+        async with asyncio.timeout(120):
+            await began.wait()
+            await handle.cancel()
+            # The workflow has seen the cancel (and asked the step to stop) before the step fails.
+            while EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED not in {
+                event.event_type async for event in handle.fetch_history_events()
+            }:
+                await asyncio.sleep(0.05)
+            fail.set()
+            with pytest.raises(WorkflowFailureError) as ended:
+                await handle.result()
+            progress = await handle.query(IngestDocument.progress)
+    assert isinstance(ended.value.cause, CancelledError)
+    assert (progress.status, progress.message) == (
+        Status.CANCELLED,
+        "Processing of a.txt was cancelled",
+    )
+    history = await handle.fetch_history()
+    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
+    assert await chunks_stored(stack, task.task_id) == 0
+    assert not stack.staging.exists(task.task_id, ORIGINAL)
     replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert replay.replay_failure is None
 
