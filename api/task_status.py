@@ -8,6 +8,7 @@ query would, and list results carry the same object for `/api/progress`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -71,16 +72,66 @@ def _owned_by(execution: WorkflowExecution, owner_id: uuid.UUID) -> bool:
 
 
 async def list_tasks(
-    client: Client, owner_id: uuid.UUID, query: str, limit: int
+    client: Client, owner_id: uuid.UUID, query: str, limit: int, *, filtered: bool = False
 ) -> list[TaskStatus]:
-    """The caller's tasks among the workflows a visibility query finds, at most `limit`."""
-    tasks: list[TaskStatus] = []
-    async for execution in client.list_workflows(
-        query, limit=limit, rpc_timeout=timedelta(seconds=5)
-    ):
-        if _owned_by(execution, owner_id):
-            tasks.append(render(execution, dict(await execution.memo())))
-    return tasks
+    """The caller's tasks among the workflows a visibility query finds, at most `limit`, each
+    task once, as its latest run shows it.
+
+    A retry starts a new run under the task's id, and visibility lists every run. A query
+    that matches the latest run lists it first (running runs come first, then closed ones by
+    close time, and a retry starts after its run closed), so a later run of a listed task is
+    skipped. A query on status (`filtered`) may match only an earlier run (the retry of a
+    failed task completed): closed runs are checked against the task's latest run, and a
+    superseded one is left out.
+    """
+    runs = client.list_workflows(query, page_size=min(limit, 1000), rpc_timeout=LIST_DEADLINE)
+    latest: dict[str, WorkflowExecution] = {}
+    seen: set[str] = set()  # a task's later runs come first: its other runs are skipped
+    exhausted = False
+    while not exhausted and len(latest) < limit:
+        found: dict[str, WorkflowExecution] = {}
+        exhausted = True
+        async for execution in runs:
+            if execution.id not in seen and _owned_by(execution, owner_id):
+                seen.add(execution.id)
+                found[execution.id] = execution
+                if len(latest) + len(found) >= limit:
+                    exhausted = False
+                    break
+        if filtered:
+            found = await _unsuperseded(client, owner_id, found)
+        latest.update(found)
+    return [render(execution, dict(await execution.memo())) for execution in latest.values()]
+
+
+LIST_DEADLINE = timedelta(seconds=5)
+# Task ids per visibility query that looks for later runs; the ids it can quote (a task's id
+# is a UUID; a workflow started by hand under another id is listed as it is).
+_IDS_PER_QUERY = 100
+_QUOTABLE = re.compile(r"[0-9A-Za-z_.:-]+")
+
+
+async def _unsuperseded(
+    client: Client, owner_id: uuid.UUID, runs: dict[str, WorkflowExecution]
+) -> dict[str, WorkflowExecution]:
+    """`runs` without the closed runs that a later run of the same task has superseded."""
+    closed = [
+        task_id
+        for task_id, run in runs.items()
+        if run.close_time is not None and _QUOTABLE.fullmatch(task_id)
+    ]
+    superseded: set[str] = set()
+    for first in range(0, len(closed), _IDS_PER_QUERY):
+        ids = ", ".join(f"'{task_id}'" for task_id in closed[first : first + _IDS_PER_QUERY])
+        query = (
+            f"WorkflowType = '{WORKFLOW_NAME}' AND {OWNER_ID.name} = '{owner_id}' "
+            f"AND WorkflowId IN ({ids})"
+        )
+        async for other in client.list_workflows(query, rpc_timeout=LIST_DEADLINE):
+            listed = runs[other.id]
+            if other.run_id != listed.run_id and other.start_time > listed.start_time:
+                superseded.add(other.id)
+    return {task_id: run for task_id, run in runs.items() if task_id not in superseded}
 
 
 def render(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStatus:

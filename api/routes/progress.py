@@ -56,19 +56,22 @@ async def list_progress(
     """The caller's upload tasks, newest first, from Temporal visibility (a snapshot at most
     DOCINGEST_PROGRESS_MAX_AGE old: see api/listing_cache.py)."""
     query = visibility_query(owner, agent_id, status)
+    filtered = status is not None
     tasks = await resources.listings.get(
-        owner, (query, limit), lambda: newest_tasks(temporal, owner, query, limit)
+        owner, (query, limit), lambda: newest_tasks(temporal, owner, query, limit, filtered)
     )
     return TasksPublic(tasks=tasks)
 
 
 async def newest_tasks(
-    temporal: Client, owner: uuid.UUID, query: str, limit: int
+    temporal: Client, owner: uuid.UUID, query: str, limit: int, filtered: bool = False
 ) -> list[TaskStatus]:
+    """The newest `limit` tasks the query finds; `filtered`: it selects on status, so an
+    earlier run of a retried task may match it (see `list_tasks`)."""
     with temporal_unavailable_as_503("Cannot list tasks"):
-        tasks = await list_tasks(temporal, owner, query, limit + 1)
+        tasks = await list_tasks(temporal, owner, query, limit + 1, filtered=filtered)
         if len(tasks) > limit:
-            tasks = await _newest_of_many(temporal, owner, query, limit)
+            tasks = await _newest_of_many(temporal, owner, query, limit, filtered)
     tasks.sort(key=lambda task: task.started_at or "", reverse=True)
     return tasks[:limit]
 
@@ -78,7 +81,7 @@ NEWEST_SCAN_MAX = 1000
 
 
 async def _newest_of_many(
-    temporal: Client, owner: uuid.UUID, query: str, limit: int
+    temporal: Client, owner: uuid.UUID, query: str, limit: int, filtered: bool
 ) -> list[TaskStatus]:
     """More than a page: visibility lists running workflows first, then closed ones by close
     time, and SQL visibility refuses ORDER BY. The first `limit` of each group give a start
@@ -88,7 +91,9 @@ async def _newest_of_many(
         f"{query} AND ExecutionStatus = 'Running'",
         f"{query} AND ExecutionStatus != 'Running'",
     ]
-    found = await asyncio.gather(*(list_tasks(temporal, owner, group, limit) for group in groups))
+    found = await asyncio.gather(
+        *(list_tasks(temporal, owner, group, limit, filtered=filtered) for group in groups)
+    )
     candidates = sorted(
         (task for group in found for task in group),
         key=lambda task: task.started_at or "",
@@ -98,7 +103,11 @@ async def _newest_of_many(
     if oldest is None:
         return candidates
     since = await list_tasks(
-        temporal, owner, f"{query} AND StartTime >= '{oldest}'", NEWEST_SCAN_MAX
+        temporal, owner, f"{query} AND StartTime >= '{oldest}'", NEWEST_SCAN_MAX, filtered=filtered
     )
-    unique = {task.task_id: task for task in [*candidates, *since]}
-    return list(unique.values())
+    latest: dict[str, TaskStatus] = {}
+    for task in [*candidates, *since]:  # a task's run listed in two groups: its latest
+        known = latest.get(task.task_id)
+        if known is None or (task.started_at or "") > (known.started_at or ""):
+            latest[task.task_id] = task
+    return list(latest.values())

@@ -338,6 +338,65 @@ async def test_retry_reruns_a_task_that_ended_error_under_the_same_id(
         again = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
         assert again.status_code == 409
         assert again.json()["code"] == "conflict"
+        # Listed once, as its latest run; not under `error`, where its first run ended.
+        async with asyncio.timeout(10):  # visibility is eventually consistent
+            while await listed_ids(http, tenant, "complete") != [task_id]:
+                await asyncio.sleep(0.2)
+        assert await listed_ids(http, tenant) == [task_id]
+        assert await listed_ids(http, tenant, "error") == []
+
+
+async def listed_ids(
+    http: httpx.AsyncClient, tenant: Tenant, status: str | None = None
+) -> list[str]:
+    """The task ids `/api/progress` lists for the tenant's agent, of `status` if given."""
+    query = params(tenant) if status is None else params(tenant, status=status)
+    response = await http.get("/api/progress", params=query, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return [task["task_id"] for task in response.json()["tasks"]]
+
+
+async def test_a_retried_task_is_listed_once_and_its_batch_keeps_every_file(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """Each retry is a new run under the task's id, and visibility lists every run: the task
+    list and the batch show the task once, as its latest run, beside the batch's other file."""
+    files = [
+        ("file", ("cut.pdf", make_pdf(["x"])[:300])),
+        ("file", ("good.txt", lorem(6, seed=77).encode())),
+    ]
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+    )
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batch_id"]
+    cut, good = (entry["task_id"] for entry in response.json()["tasks"])
+    assert (await wait_for_status(http, tenant, good, Status.TERMINAL))["status"] == "complete"
+    assert (await wait_for_status(http, tenant, cut, Status.TERMINAL))["status"] == "failed"
+    for _ in range(2):
+        retried = await http.post(f"/upload/{cut}/retry", headers=tenant.headers)
+        assert retried.status_code == 202, retried.text
+        assert (await wait_for_status(http, tenant, cut, Status.TERMINAL))["status"] == "failed"
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while await run_count(stack, cut) < 3:
+            await asyncio.sleep(0.2)
+    assert sorted(await listed_ids(http, tenant)) == sorted([cut, good])
+    assert await listed_ids(http, tenant, "failed") == [cut]
+    batch = await http.get(f"/upload/batch/{batch_id}", headers=tenant.headers)
+    assert batch.status_code == 200
+    body = batch.json()
+    assert {(task["task_id"], task["status"]) for task in body["tasks"]} == {
+        (cut, "failed"),
+        (good, "complete"),
+    }
+    assert len(body["tasks"]) == 2
+    assert body["summary"] == {"failed": 1, "complete": 1}
+
+
+async def run_count(stack: Stack, task_id: str) -> int:
+    """How many runs of the task Temporal's visibility lists (the first, and one per retry)."""
+    query = f"WorkflowId = '{task_id}'"
+    return len([execution async for execution in stack.client.list_workflows(query)])
 
 
 async def test_retry_of_a_failed_file_runs_again_and_fails_again(
