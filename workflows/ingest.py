@@ -88,6 +88,11 @@ CANCELLED_STEP_PATCH = "cancelled-step-is-cancelled"
 # activity does not retry, and the document is embedded and stored as that release did.
 # Histories in which such a failure ended the task replay as they were.
 EMBED_AND_STORE_FALLBACK_PATCH = "embed-and-store-falls-back"
+# A step the workflow's cancel reached that then failed on its own (its worker died, or it
+# raised) comes back as that failure, not as a cancellation: the server does not retry a
+# step whose cancel was requested. The cancel was asked for, so the task is `cancelled`, not
+# `error`. Histories written before (where it became `error`) replay as they were.
+CANCEL_HIDDEN_BY_FAILURE_PATCH = "cancel-hidden-by-step-failure"
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
 QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
@@ -126,6 +131,9 @@ class IngestDocument:
             if _step_cancelled(failure):
                 await self._cancelled(task)
                 raise
+            if _cancel_hidden_by(failure):
+                await self._cancelled(task)
+                raise asyncio.CancelledError from failure
             await self._fail(task, failure)
         except asyncio.CancelledError:
             await self._cancelled(task)
@@ -187,7 +195,9 @@ class IngestDocument:
             if not _not_registered(failure) or not workflow.patched(EMBED_AND_STORE_FALLBACK_PATCH):
                 raise
             if workflow.cancellation_reason() is not None:
-                # The task's cancel came while the step failed: the failure hid it.
+                # The task's cancel came while the step failed: the failure hid it. Cancelled
+                # here, before the fallback starts, as histories written since that patch
+                # record (not by `CANCEL_HIDDEN_BY_FAILURE_PATCH` in `run`).
                 raise asyncio.CancelledError from failure
             workflow.logger.warning(
                 "an embed worker has no %s (an older release): embedding, then storing",
@@ -260,6 +270,9 @@ class IngestDocument:
         elif error_type == FailureType.AGENT_DELETED:
             status = Status.ERROR
             message = f"Processing {task.filename} stopped: {reason}"
+        elif error_type == FailureType.STAGING_MISSING:
+            status = Status.ERROR
+            message = _staging_missing_message(task, reason, self._progress.stage)
         else:
             status = Status.ERROR
             message = (
@@ -395,6 +408,16 @@ def _step_cancelled(failure: StepFailure) -> bool:
     return is_cancelled_exception(failure) and workflow.patched(CANCELLED_STEP_PATCH)
 
 
+def _cancel_hidden_by(failure: StepFailure) -> bool:
+    """Whether the workflow's cancel came while the step ran, and the step's own failure (a
+    dead worker's timeout, an error it raised) came back instead of the cancellation."""
+    return (
+        not is_cancelled_exception(failure)
+        and workflow.cancellation_reason() is not None
+        and workflow.patched(CANCEL_HIDDEN_BY_FAILURE_PATCH)
+    )
+
+
 def _quick_to_extract(task: IngestTask) -> bool:
     """A file `extract` turns into text in milliseconds, with no page to heartbeat."""
     return task.format in QUICK_EXTRACT_FORMATS and task.size_bytes <= QUICK_EXTRACT_MAX_BYTES
@@ -413,6 +436,19 @@ def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:
         # A local step: a dead worker's is run again elsewhere, so this one ran too long.
         return "Timeout", f"the {stage} step ran past its time limit"
     return "ActivityError", str(cause or failure)
+
+
+def _staging_missing_message(task: IngestTask, reason: str, stage: str) -> str:
+    """A staged file vanished (a step tried once: retrying it could not bring the file back).
+    Only the extracting stage reads the uploaded file: there it is gone, and a retry of the
+    task is refused. A later step's input is the task's own output: a retry makes it again,
+    from the uploaded file if that is still staged."""
+    if stage == Stage.EXTRACTING:
+        return f"Processing {task.filename} stopped: {reason}; upload it again"
+    return (
+        f"Processing {task.filename} stopped: {reason}. Retry the task, or upload the file "
+        "again if its upload was removed too."
+    )
 
 
 def _details(progress: TaskProgress) -> str:

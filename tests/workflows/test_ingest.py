@@ -29,6 +29,7 @@ from temporalio.exceptions import (
 from temporalio.worker import Replayer, Worker
 
 from activities.embed import EmbedActivities
+from activities.errors import staging_missing
 from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -76,6 +77,11 @@ HISTORY_QUICK_STEPS = Path(__file__).parent / "histories/ingest-quick-steps.json
 # on the release before the fallback: five attempts, then the task ended `error`.
 HISTORY_NOT_REGISTERED = (
     Path(__file__).parent / "histories/ingest-embed-and-store-not-registered.json"
+)
+# A one-batch document cancelled while `embed_and_store` ran, which then raised a retryable
+# error, on the release before a failure that hid a cancel cancelled the task: it ended `error`.
+HISTORY_CANCEL_HIDDEN = (
+    Path(__file__).parent / "histories/ingest-cancel-hidden-by-step-failure.json"
 )
 
 
@@ -276,6 +282,129 @@ async def test_a_cancel_that_came_while_an_embed_worker_without_the_step_failed_
     assert replay.replay_failure is None
 
 
+def step_endings(history: WorkflowHistory) -> list[tuple[str, RetryState]]:
+    """How each attempt of an activity that did not complete ended, and its retry state."""
+    endings = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            state = event.activity_task_failed_event_attributes.retry_state
+            endings.append(("failed", RetryState(state)))
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+            state = event.activity_task_timed_out_event_attributes.retry_state
+            endings.append(("timed out", RetryState(state)))
+    return endings
+
+
+@pytest.mark.parametrize("worker_dies", [False, True], ids=["step-raises", "worker-dies"])
+async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_fails(
+    stack: Stack, tenant: Tenant, worker_dies: bool
+) -> None:
+    """The task's cancel reaches the workflow while `embed_and_store` runs; the step then fails
+    by itself (it raises a retryable error, or its worker dies and stops heartbeating), and the
+    server, which does not retry a step whose cancel was requested, reports that failure
+    instead of the cancel. The user was told "cancelling": the task must end `cancelled`, with
+    nothing stored and its staging removed, not `error`."""
+    settings = stack_settings(stack, embed_activity_chunks=64)
+    embed = EmbedActivities(stack.staging, FakeEmbedder(), settings.embedding_batch_size)
+    began, fail = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name=EMBED_AND_STORE)
+    async def failing(task: IngestTask) -> EmbeddedAndStored:
+        """Fails once the test says so, without heartbeating, as a step on a dying worker."""
+        began.set()
+        await fail.wait()
+        if worker_dies:
+            await asyncio.Event().wait()  # never answers: the worker shuts it down at the end
+        raise ApplicationError("the model ran out of memory")
+
+    async with main_workers_beside(stack, settings, [embed.embed, failing]):
+        task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+        # A lost worker is noticed after 2 s without a heartbeat.
+        task = dataclasses.replace(task, heartbeat_timeout_s=2)
+        handle = await stack.client.start_workflow(
+            IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+        )
+        async with asyncio.timeout(120):
+            await began.wait()
+            await handle.cancel()
+            # The workflow has seen the cancel (and asked the step to stop) before the step fails.
+            while EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED not in {
+                event.event_type async for event in handle.fetch_history_events()
+            }:
+                await asyncio.sleep(0.05)
+            fail.set()
+            with pytest.raises(WorkflowFailureError) as ended:
+                await handle.result()
+            progress = await handle.query(IngestDocument.progress)
+    assert isinstance(ended.value.cause, CancelledError)
+    assert (progress.status, progress.message) == (
+        Status.CANCELLED,
+        "Processing of a.txt was cancelled",
+    )
+    history = await handle.fetch_history()
+    ending = "timed out" if worker_dies else "failed"
+    assert step_endings(history) == [(ending, RetryState.CANCEL_REQUESTED)]  # one attempt
+    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
+    assert len(patch_markers(history)) == 2  # the release's, and the hidden cancel's
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert document.status == Status.CANCELLED
+    assert await chunks_stored(stack, task.task_id) == 0
+    assert not stack.staging.exists(task.task_id, ORIGINAL)
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert replay.replay_failure is None
+
+
+async def test_a_task_whose_upload_left_staging_ends_error_and_asks_for_it_again(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    """The staged original is gone (removed by hand, or swept): one attempt, then `error`, and
+    the message does not promise a retry that `/retry` would refuse."""
+    task = stage(stack, fake_settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+    stack.staging.remove_task(task.task_id)
+    handle, cause = await run_to_failure(stack, fake_settings, task)
+    message = (
+        "Processing a.txt stopped: the uploaded file is no longer in the staging store; "
+        "upload it again"
+    )
+    assert (cause.type, cause.message) == ("StagingMissing", message)
+    progress = await handle.query(IngestDocument.progress)
+    assert (progress.status, progress.message) == (Status.ERROR, message)
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert (document.status, document.error_type) == (Status.ERROR, "StagingMissing")
+
+
+async def test_a_task_whose_chunked_text_left_staging_ends_error_and_can_be_retried(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A later step's input (the chunked text) is gone but the upload may still be staged: the
+    message offers the retry, which makes that input again."""
+    settings = stack_settings(stack, embed_activity_chunks=64)
+
+    @activity.defn(name=EMBED_AND_STORE)
+    async def without_its_input(task: IngestTask) -> EmbeddedAndStored:
+        """Fails as `embed_and_store` does when the chunks' manifest is not in staging."""
+        raise staging_missing("the chunked text")
+
+    async with main_workers_beside(stack, settings, [without_its_input]):
+        task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+        async with asyncio.timeout(120):
+            handle, cause = await run_to_failure(stack, settings, task)
+            progress = await handle.query(IngestDocument.progress)
+    message = (
+        "Processing a.txt stopped: the chunked text is no longer in the staging store. "
+        "Retry the task, or upload the file again if its upload was removed too."
+    )
+    assert (cause.type, cause.message) == ("StagingMissing", message)
+    assert (progress.status, progress.message) == (Status.ERROR, message)
+    history = await handle.fetch_history()
+    assert step_endings(history) == [("failed", RetryState.NON_RETRYABLE_FAILURE)]
+    assert stack.staging.exists(task.task_id, ORIGINAL)  # kept for the retry
+
+
 async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
     stack: Stack, fake_settings: Settings, tenant: Tenant
 ) -> None:
@@ -428,6 +557,18 @@ async def test_a_task_ended_by_an_embed_worker_without_embed_and_store_replays_a
     history = WorkflowHistory.from_json(
         "ingest-embed-and-store-not-registered", HISTORY_NOT_REGISTERED.read_text()
     )
+    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_task_whose_step_failure_hid_its_cancel_replays_as_it_ended() -> None:
+    """On the release before, a step failure that came after the task's cancel ended the task
+    `error`, keeping its staging; its history replays without being cancelled instead."""
+    history = WorkflowHistory.from_json(
+        "ingest-cancel-hidden-by-step-failure", HISTORY_CANCEL_HIDDEN.read_text()
+    )
+    assert step_endings(history) == [("failed", RetryState.CANCEL_REQUESTED)]
     assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
