@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +26,9 @@ _LINE = re.compile(r"\n\s*")
 _SPACE = re.compile(r"\s+")
 # Cut no earlier than this fraction of chunk_size when a boundary of the level exists.
 _MIN_FILL = 0.5
+# A document past the chunk limit has its chunks counted up to this many times the limit (an
+# exact count for one a little too large); past that it "makes more than" that many.
+_COUNT_UP_TO = 2
 
 
 @dataclass
@@ -40,18 +45,27 @@ def split_text(text: str, chunk_size: int, overlap: int) -> list[TextChunk]:
     Offsets index into `text`: `text[chunk.start:chunk.end] == chunk.text`. Chunks never start
     or end with whitespace.
     """
+    spans = chunk_spans(text, chunk_size, overlap)
+    return [TextChunk(text[start:end], start, end) for start, end in spans]
+
+
+def chunk_spans(text: str, chunk_size: int, overlap: int) -> Iterator[tuple[int, int]]:
+    """`(start, end)` of each chunk of `split_text`, one at a time: a caller that stops early
+    pays for the chunks it took, not for all the text makes (with a large overlap, about one
+    a word)."""
     if chunk_size <= 0 or not 0 <= overlap < chunk_size:
         raise ValueError("need chunk_size > 0 and 0 <= overlap < chunk_size")
-    chunks: list[TextChunk] = []
+    return _spans(text, chunk_size, overlap)
+
+
+def _spans(text: str, chunk_size: int, overlap: int) -> Iterator[tuple[int, int]]:
     start = _skip_space(text, 0)
     while start < len(text):
         end = _cut(text, start, chunk_size)
-        stripped_end = _strip_end(text, start, end)
-        chunks.append(TextChunk(text[start:stripped_end], start, stripped_end))
+        yield start, _strip_end(text, start, end)
         if end >= len(text):
-            break
+            return
         start = _skip_space(text, _next_start(text, start, end, overlap))
-    return chunks
 
 
 def _skip_space(text: str, index: int) -> int:
@@ -136,15 +150,15 @@ class ChunkActivities:
     def write_shards(
         self, task: IngestTask, text: str, page_starts: list[int] | None
     ) -> ChunkResult:
-        """Cut `text` and write its shards and their manifest to staging."""
-        chunks = split_text(text, task.chunk_size, task.chunk_overlap)
-        if len(chunks) > task.max_chunks:
-            raise ApplicationError(
-                f"the document makes {len(chunks)} chunks of {task.chunk_size} characters, "
-                f"over the limit of {task.max_chunks}; split it or use a larger chunk_size",
-                type=FailureType.DOCUMENT_TOO_LARGE,
-                non_retryable=True,
-            )
+        """Cut `text` and write its shards and their manifest to staging.
+
+        Offsets come first and text only under the limit: a document past it is refused after
+        `max_chunks + 1` cuts, however many chunks its text and overlap would make."""
+        spans = chunk_spans(text, task.chunk_size, task.chunk_overlap)
+        kept = list(itertools.islice(spans, task.max_chunks + 1))
+        if len(kept) > task.max_chunks:
+            raise _too_large(task, text, spans)
+        chunks = [TextChunk(text[start:end], start, end) for start, end in kept]
         assign_pages(chunks, page_starts)
         step = task.embed_activity_chunks
         for start in range(0, len(chunks), step):
@@ -154,3 +168,32 @@ class ChunkActivities:
         manifest = {"chunks": len(chunks), "step": step, "pages": pages}
         self.staging.write_json(task.task_id, MANIFEST, manifest)
         return ChunkResult(chunks=len(chunks))
+
+
+def _too_large(task: IngestTask, text: str, rest: Iterator[tuple[int, int]]) -> ApplicationError:
+    """DocumentTooLarge for a text whose chunk `max_chunks + 1` was just cut (`rest` goes on).
+
+    Counting stops at `_COUNT_UP_TO` times the limit and keeps no text: refusing any document
+    costs at most that many cuts (and as many again without overlap, to tell whether the overlap
+    is what makes it large)."""
+    limit, size, overlap = task.max_chunks, task.chunk_size, task.chunk_overlap
+    count_up_to = _COUNT_UP_TO * limit
+    made = limit + 1 + sum(1 for _ in itertools.islice(rest, max(count_up_to - limit, 0)))
+    chunks = f"more than {count_up_to}" if made > count_up_to else str(made)
+    without_overlap = _count_chunks(text, size, 0, limit + 1) if overlap else limit + 1
+    if without_overlap <= limit:
+        message = (
+            f"the document makes {chunks} chunks of {size} characters overlapping by "
+            f"{overlap}, over the limit of {limit}; use a smaller chunk_overlap (without "
+            f"overlap it makes {without_overlap}), a larger chunk_size, or split it"
+        )
+    else:
+        message = (
+            f"the document makes {chunks} chunks of {size} characters, over the limit of "
+            f"{limit}; split it or use a larger chunk_size"
+        )
+    return ApplicationError(message, type=FailureType.DOCUMENT_TOO_LARGE, non_retryable=True)
+
+
+def _count_chunks(text: str, chunk_size: int, overlap: int, up_to: int) -> int:
+    return sum(1 for _ in itertools.islice(chunk_spans(text, chunk_size, overlap), up_to))

@@ -110,12 +110,19 @@ def _failed(task: asyncio.Future[Any]) -> bool:
 
 
 def chunking(settings: Settings, size: int | None, overlap: int | None) -> tuple[int, int]:
+    """Chunk size and overlap of an upload; the overlap is at most half the size.
+
+    Each chunk starts about `chunk_overlap` characters before the end of the one before, and
+    at least a word after its start: an overlap near the size makes about a chunk per word,
+    each nearly `chunk_size` long, and the document fails past its chunk limit.
+    """
     chosen_size = size if size is not None else settings.chunk_size
     default_overlap = min(settings.chunk_overlap, chosen_size // 2)
     chosen_overlap = overlap if overlap is not None else default_overlap
-    if chosen_overlap >= chosen_size:
+    if chosen_overlap > chosen_size // 2:
         raise InvalidRequest(
-            f"chunk_overlap ({chosen_overlap}) must be smaller than chunk_size ({chosen_size})"
+            f"chunk_overlap ({chosen_overlap}) must be at most half of chunk_size "
+            f"({chosen_size}), so at most {chosen_size // 2}"
         )
     return chosen_size, chosen_overlap
 

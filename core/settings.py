@@ -139,9 +139,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> Settings:
-        if self.chunk_overlap >= self.chunk_size:
-            raise ValueError("DOCINGEST_CHUNK_OVERLAP must be smaller than DOCINGEST_CHUNK_SIZE")
+    def _overlap_at_most_half_the_size(self) -> Settings:
+        """As the API requires of an upload's chunking (`api.ingest_start.chunking`)."""
+        if self.chunk_overlap > self.chunk_size // 2:
+            raise ValueError(
+                f"DOCINGEST_CHUNK_OVERLAP ({self.chunk_overlap}) must be at most half of "
+                f"DOCINGEST_CHUNK_SIZE ({self.chunk_size})"
+            )
         return self
 
     def as_environment(self) -> dict[str, str]:

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
-from activities.chunk import TextChunk, assign_pages, split_text
+from activities.chunk import (
+    MANIFEST,
+    ChunkActivities,
+    TextChunk,
+    assign_pages,
+    chunk_spans,
+    shard_name,
+    shard_starts,
+    split_text,
+)
+from core.staging import StagingStore
 from tests.documents import lorem
+from workflows.types import FailureType, IngestTask
 
 
 def assert_valid(text: str, chunks: list[TextChunk], chunk_size: int) -> None:
@@ -304,3 +321,98 @@ def test_assign_pages_with_split_text_matches_page_text() -> None:
         if chunk.page < len(pages):
             assert chunk.start < page_starts[chunk.page]
     assert {chunk.page for chunk in chunks} == {1, 2, 3, 4}
+
+
+# --- the chunk limit ----------------------------------------------------------------------
+
+
+def limited_task(text: str, chunk_size: int, overlap: int, max_chunks: int) -> IngestTask:
+    data = text.encode()
+    return IngestTask(
+        task_id=str(uuid.uuid4()), owner_id=str(uuid.uuid4()), agent_id=str(uuid.uuid4()),
+        filename="long.txt", format="text", size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), chunk_size=chunk_size, chunk_overlap=overlap,
+        embed_task_queue="unused", embed_activity_chunks=7, max_chunks=max_chunks,
+    )  # fmt: skip
+
+
+def refusal(tmp_path: Path, task: IngestTask, text: str) -> str:
+    """The DocumentTooLarge message of `write_shards`, which must have written nothing."""
+    staging = StagingStore(str(tmp_path))
+    with pytest.raises(ApplicationError) as refused:
+        ChunkActivities(staging).write_shards(task, text, None)
+    assert refused.value.type == FailureType.DOCUMENT_TOO_LARGE
+    assert refused.value.non_retryable
+    assert not staging.exists(task.task_id, MANIFEST)
+    assert not staging.exists(task.task_id, shard_name(0))
+    return refused.value.message
+
+
+def test_chunk_spans_are_the_offsets_of_split_text() -> None:
+    text = lorem(300, seed=5)
+    for chunk_size, overlap in [(100, 0), (100, 50), (300, 299), (1000, 100)]:
+        chunks = split_text(text, chunk_size, overlap)
+        assert list(chunk_spans(text, chunk_size, overlap)) == [(c.start, c.end) for c in chunks]
+
+
+def test_write_shards_refuses_a_crawling_overlap_without_making_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overlap of all but one character of the chunk starts each chunk one word after the
+    one before: 400 KB of words would make about 80,000 chunks of 10,000 characters (800 MB).
+    The refusal cuts at most twice the limit, and the limit once more without overlap, and
+    names the overlap as the cause, since the text fits without it."""
+    text = "word " * 80_000
+    without_overlap = len(split_text(text, 10_001, 0))
+    assert without_overlap == 40
+    cut = 0
+
+    def counted(text: str, chunk_size: int, overlap: int) -> Iterator[tuple[int, int]]:
+        nonlocal cut
+        for span in chunk_spans(text, chunk_size, overlap):
+            cut += 1
+            yield span
+
+    monkeypatch.setattr("activities.chunk.chunk_spans", counted)
+    message = refusal(tmp_path, limited_task(text, 10_001, 10_000, max_chunks=50), text)
+    assert message == (
+        "the document makes more than 100 chunks of 10001 characters overlapping by 10000, "
+        "over the limit of 50; use a smaller chunk_overlap (without overlap it makes 40), "
+        "a larger chunk_size, or split it"
+    )
+    assert cut <= 2 * 50 + 1 + without_overlap
+
+
+def test_write_shards_counts_a_document_a_little_past_the_limit(tmp_path: Path) -> None:
+    text = "abcdefghij" * 550  # no boundary: 55 chunks of 100 characters
+    message = refusal(tmp_path, limited_task(text, 100, 0, max_chunks=50), text)
+    assert message == (
+        "the document makes 55 chunks of 100 characters, over the limit of 50; "
+        "split it or use a larger chunk_size"
+    )
+
+
+def test_write_shards_gives_the_usual_advice_when_too_large_without_overlap_too(
+    tmp_path: Path,
+) -> None:
+    text = "word " * 2_000_000  # 10 MB: 1,000 chunks without overlap, millions with this one
+    message = refusal(tmp_path, limited_task(text, 10_001, 10_000, max_chunks=50), text)
+    assert message == (
+        "the document makes more than 100 chunks of 10001 characters, over the limit of 50; "
+        "split it or use a larger chunk_size"
+    )
+
+
+def test_write_shards_at_the_limit_writes_the_chunks_of_split_text(tmp_path: Path) -> None:
+    text = lorem(200, seed=13)
+    chunks = split_text(text, 200, 100)
+    staging = StagingStore(str(tmp_path))
+    task = limited_task(text, 200, 100, max_chunks=len(chunks))
+    assert ChunkActivities(staging).write_shards(task, text, None).chunks == len(chunks)
+    manifest = staging.read_json(task.task_id, MANIFEST)
+    assert manifest == {"chunks": len(chunks), "step": 7, "pages": None}
+    written = [
+        row for start in shard_starts(manifest)
+        for row in staging.read_json(task.task_id, shard_name(start))
+    ]  # fmt: skip
+    assert written == [asdict(c) for c in chunks]

@@ -44,3 +44,21 @@ def test_extract_memory_limit_refuses_less_than_64_mib_or_fractions(
     monkeypatch.setenv("DOCINGEST_EXTRACT_MEMORY_LIMIT_MIB", mib)
     with pytest.raises(ValidationError, match="extract_memory_limit_mib"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("size", "overlap", "accepted"),
+    [("1000", "500", True), ("1000", "501", False), ("100", "51", False)],
+)
+def test_chunk_overlap_may_be_at_most_half_the_chunk_size(
+    monkeypatch: pytest.MonkeyPatch, size: str, overlap: str, accepted: bool
+) -> None:
+    """A larger overlap makes about a chunk per word (see api.ingest_start.chunking): the
+    service refuses to start with it rather than capping it unseen."""
+    monkeypatch.setenv("DOCINGEST_CHUNK_SIZE", size)
+    monkeypatch.setenv("DOCINGEST_CHUNK_OVERLAP", overlap)
+    if accepted:
+        assert Settings().chunk_overlap == int(overlap)
+        return
+    with pytest.raises(ValidationError, match=f"DOCINGEST_CHUNK_OVERLAP \\({overlap}\\) must be"):
+        Settings()
