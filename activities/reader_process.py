@@ -1,15 +1,18 @@
-"""Reading a PDF or a Word file in a child process that can be stopped, and that may crash.
+"""Reading a PDF, a Word file or a large HTML file in a child process that can be stopped,
+and that may crash.
 
 A PDF page is a program for the reader, and a file of a few kilobytes can make it run for
 minutes (a compressed stream that every page shares, holding hundreds of MiB of operators) or
 hold gigabytes (PDFium keeps a page's decoded content and builds an object per text operator).
-A thread cannot be stopped in the middle of a page, and a parser that crashes in C++ takes its
-process with it; a child process contains both. The activity's thread waits for the child,
-heartbeating, and kills it when the time limit passes, when the step is cancelled (the SDK
-raises in the waiting thread) or when the worker stops. The child reports each page it
-finishes, so a refusal says how far it got. Its address space is capped (RLIMIT_AS) at what it
-had when it started plus the memory limit, and it offers itself first to the kernel's OOM
-killer: a file built to exhaust memory ends the child, never the worker.
+Parsing an HTML file of tens of MiB takes a minute or more, in one call that reports nothing
+(activities/extract.py, `HTML_IN_THREAD_MAX_BYTES`). A thread cannot be stopped in the middle
+of a page or a parse, and a parser that crashes in C++ takes its process with it; a child
+process contains both. The activity's thread waits for the child, heartbeating, and kills it
+when the time limit passes, when the step is cancelled (the SDK raises in the waiting thread)
+or when the worker stops. The child reports each page it finishes, so a refusal says how far
+it got. Its address space is capped (RLIMIT_AS) at what it had when it started plus the memory
+limit, and it offers itself first to the kernel's OOM killer: a file built to exhaust memory
+ends the child, never the worker.
 
 Children are forked from a server process that has the extraction code (PDFium, python-docx)
 and the command line's modules imported already (multiprocessing's `forkserver`), not from the
@@ -225,9 +228,12 @@ def _crash_signal(exitcode: int | None) -> str | None:
 
 
 def _what(fmt: DocumentFormat) -> str:
-    return {DocumentFormat.PDF: "the PDF", DocumentFormat.DOCX: "the Word document"}.get(
-        fmt, "the document"
-    )
+    names = {
+        DocumentFormat.PDF: "the PDF",
+        DocumentFormat.DOCX: "the Word document",
+        DocumentFormat.HTML: "the HTML file",
+    }
+    return names.get(fmt, "the document")
 
 
 def _where(read: int, pages: int | None) -> str:

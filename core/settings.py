@@ -87,9 +87,9 @@ class Settings(BaseSettings):
         ge=timedelta(seconds=1),
         le=timedelta(minutes=9),
         description=(
-            "How long (wall clock) the worker lets a child process read one PDF or Word file "
-            "before it stops it and fails the document as too slow to read; under the extract "
-            "step's 10-minute timeout."
+            "How long (wall clock) the worker lets a child process read one PDF, Word file or "
+            "HTML file over 1 MiB before it stops it and fails the document as too slow to "
+            "read; under the extract step's 10-minute timeout."
         ),
     )
     extract_memory_limit_mib: int = Field(
@@ -98,8 +98,9 @@ class Settings(BaseSettings):
         le=1024 * 1024,
         description=(
             "Memory (MiB, address space beyond what it starts with) that the child process "
-            "reading one PDF or Word file may use; a file that needs more fails "
-            "(DocumentTooLarge, or CorruptDocument when the PDF reader crashes at the limit)."
+            "reading one PDF, Word file or HTML file over 1 MiB may use; a file that needs more "
+            "fails (DocumentTooLarge, or CorruptDocument when the PDF reader crashes at the "
+            "limit)."
         ),
     )
     activity_heartbeat_timeout: timedelta = Field(

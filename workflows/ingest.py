@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         EXTRACT_AND_CHUNK,
         MEMO_PROGRESS,
         PROGRESS_QUERY,
+        QUICK_EXTRACT_MAX_BYTES,
         RECORD_OUTCOME,
         STORE,
         WORKFLOW_NAME,
@@ -95,7 +96,6 @@ EMBED_AND_STORE_FALLBACK_PATCH = "embed-and-store-falls-back"
 CANCEL_HIDDEN_BY_FAILURE_PATCH = "cancel-hidden-by-step-failure"
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
-QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
 # What a failure message calls a step whose activity name is not the one people know.
 STEP_NAMES = {EMBED_AND_STORE: "embed"}
 # How a step fails: an activity's failure comes wrapped in ActivityError; a local activity's

@@ -17,6 +17,9 @@ EXTRACT = "extract"
 CHUNK = "chunk"
 # A small text, Markdown or HTML file: extract and chunk in one local step.
 EXTRACT_AND_CHUNK = "extract_and_chunk"
+# How small: a local step cannot heartbeat, so what it reads must parse in about a second
+# (activities/extract.py reads larger HTML in a child process, heartbeating).
+QUICK_EXTRACT_MAX_BYTES = 1024 * 1024
 EMBED = "embed"
 STORE = "store"
 # A document of one embed batch: embedded and stored by one activity on the embed queue.

@@ -5,13 +5,26 @@ from __future__ import annotations
 import codecs
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import ActivityEnvironment
 
 from activities import extract as extract_module
 from activities.errors import RejectedDocument
-from activities.extract import extract_docx, extract_pdf, extract_text, html_to_text
+from activities.extract import (
+    HTML_IN_THREAD_MAX_BYTES,
+    ExtractActivities,
+    extract_docx,
+    extract_pdf,
+    extract_text,
+    html_to_text,
+)
+from activities.reader_process import ReaderLimits
 from core.formats import DocumentFormat
+from core.staging import ORIGINAL, StagingStore
+from core.staging import TEXT as TEXT_JSON
 from tests.documents import (
     make_docx,
     make_docx_blocks,
@@ -21,7 +34,7 @@ from tests.documents import (
     make_zip,
     pdf_of_content,
 )
-from workflows.types import FailureType
+from workflows.types import FailureType, IngestTask
 
 PAGES = [
     "Page one opens the report.\nIt has two lines.",
@@ -303,3 +316,81 @@ def test_extract_text_html_with_only_scripts_is_empty() -> None:
     data = b"<html><head><script>x()</script></head><body><style>p{}</style></body></html>"
     error = rejected(data, DocumentFormat.HTML)
     assert error.error_type == FailureType.EMPTY_DOCUMENT
+
+
+# --- Large HTML: the `extract` activity ------------------------------------------------------
+
+PARAGRAPH = "<p>Fish &amp; <b>chips</b></p>"
+
+
+def html_of(unit: str, mib: int) -> bytes:
+    return f"<html><body>{unit * (mib * 1024 * 1024 // len(unit))}</body></html>".encode()
+
+
+def staged_html(tmp_path: Path, data: bytes) -> tuple[StagingStore, IngestTask]:
+    staging = StagingStore(str(tmp_path))
+    task = IngestTask(
+        task_id="large-html",
+        owner_id="owner",
+        agent_id="agent",
+        filename="large.html",
+        format=DocumentFormat.HTML.value,
+        size_bytes=len(data),
+        sha256="unused",
+        chunk_size=200,
+        chunk_overlap=20,
+        embed_task_queue="unused",
+    )
+    staging.write_bytes(task.task_id, ORIGINAL, data)
+    return staging, task
+
+
+def test_extract_heartbeats_while_it_parses_a_large_html_file(tmp_path: Path) -> None:
+    # 3 MiB of dense markup: seconds of parsing, several of the reader's 0.5 s pulses. Parsed
+    # in the activity's thread it sent no heartbeat, and a busy worker's 50 MiB file outlasted
+    # the heartbeat timeout: five attempts, then `error` for a worker that was alive.
+    data = html_of(PARAGRAPH, 3)
+    assert len(data) > HTML_IN_THREAD_MAX_BYTES
+    staging, task = staged_html(tmp_path, data)
+    env = ActivityEnvironment()
+    heartbeats: list[tuple[object, ...]] = []
+    env.on_heartbeat = lambda *details: heartbeats.append(details)
+
+    result = env.run(ExtractActivities(staging).extract, task)
+
+    assert heartbeats
+    paragraphs = (len(data) - len("<html><body></body></html>")) // len(PARAGRAPH)
+    text = "\n\n".join(["Fish & chips"] * paragraphs)
+    # the text that parsing in the activity's thread gives
+    assert html_to_text(PARAGRAPH * 3) == "Fish & chips\n\nFish & chips\n\nFish & chips"
+    assert staging.read_json(task.task_id, TEXT_JSON) == {"text": text, "page_starts": None}
+    assert result.characters == len(text)
+    assert result.pages is None
+
+
+def test_extract_stops_a_large_html_file_at_the_time_limit(tmp_path: Path) -> None:
+    # 8 MiB of the densest markup: many seconds of parsing, stopped after one.
+    staging, task = staged_html(tmp_path, html_of("<b>a</b>\n", 8))
+    activities = ExtractActivities(staging, ReaderLimits(time_s=1))
+
+    with pytest.raises(ApplicationError) as info:
+        ActivityEnvironment().run(activities.extract, task)
+
+    assert info.value.type == FailureType.DOCUMENT_TOO_SLOW
+    assert info.value.non_retryable
+    assert info.value.message == (
+        "reading the HTML file took longer than 1 s; it may be damaged or built to be slow to read"
+    )
+    assert not staging.exists(task.task_id, TEXT_JSON)
+
+
+def test_extract_of_a_large_html_file_stops_when_cancelled(tmp_path: Path) -> None:
+    # As a worker hears of a cancel: in the answer to a heartbeat.
+    staging, task = staged_html(tmp_path, html_of(PARAGRAPH, 3))
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *_: env.cancel()
+
+    with pytest.raises(CancelledError):
+        env.run(ExtractActivities(staging, ReaderLimits(time_s=600)).extract, task)
+
+    assert not staging.exists(task.task_id, TEXT_JSON)
