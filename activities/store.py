@@ -1,4 +1,8 @@
-"""Storage: one transaction upserts the document row and replaces its chunks with COPY."""
+"""Storage: one transaction upserts the document row and replaces its chunks with COPY.
+
+A task's row is only ever updated by the same file (sha256) for the same agent: a task id
+that already names another file's row (an Idempotency-Key reused once Temporal's retention
+dropped its first workflow) fails the step instead of replacing that document."""
 
 from __future__ import annotations
 
@@ -48,7 +52,9 @@ _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
 async def upsert_document(
     session: AsyncSession, task: IngestTask, status: str, **fields: Any
 ) -> uuid.UUID:
-    """Insert or update the row of `task` (keyed by task id); return the document id."""
+    """Insert or update the row of `task` (keyed by task id); return the document id. A row of
+    the task id that holds another file, or another agent's, is left as it is: that raises
+    a non-retryable AnotherFileStored."""
     values: dict[str, Any] = {
         "owner_id": uuid.UUID(task.owner_id),
         "agent_id": uuid.UUID(task.agent_id),
@@ -65,10 +71,25 @@ async def upsert_document(
     statement = insert(Document).values(**values)
     updates = {key: statement.excluded[key] for key in values if key != "task_id"}
     upsert = statement.on_conflict_do_update(
-        index_elements=[Document.task_id], set_={**updates, "updated_at": func.now()}
+        index_elements=[Document.task_id],
+        set_={**updates, "updated_at": func.now()},
+        where=(Document.sha256 == statement.excluded.sha256)
+        & (Document.agent_id == statement.excluded.agent_id),
     ).returning(Document.id)
-    document_id: uuid.UUID = (await session.execute(upsert)).scalar_one()
+    document_id: uuid.UUID | None = (await session.execute(upsert)).scalar_one_or_none()
+    if document_id is None:
+        raise await _another_file_stored(session, task)
     return document_id
+
+
+async def _another_file_stored(session: AsyncSession, task: IngestTask) -> ApplicationError:
+    stored = await session.scalar(select(Document.filename).where(Document.task_id == task.task_id))
+    return ApplicationError(
+        f"task {task.task_id} already stored another file ({stored}), which is kept; "
+        f"upload {task.filename} with a new Idempotency-Key",
+        type=FailureType.ANOTHER_FILE_STORED,
+        non_retryable=True,
+    )
 
 
 async def copy_chunks(session: AsyncSession, rows: Iterator[tuple[Any, ...]]) -> None:
@@ -144,7 +165,9 @@ class StoreActivities:
             row = (
                 await session.execute(
                     select(Document.id, Document.chunk_count).where(
-                        Document.task_id == task.task_id, Document.status == Status.COMPLETE
+                        Document.task_id == task.task_id,
+                        Document.status == Status.COMPLETE,
+                        Document.sha256 == task.sha256,  # not another file under this task id
                     )
                 )
             ).first()

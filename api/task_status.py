@@ -222,13 +222,22 @@ async def status_from_record(
     session: AsyncSession, owner: uuid.UUID, task_id: str
 ) -> TaskStatus | None:
     """After Temporal's retention removed the workflow, the document row still answers."""
+    document = await owned_record(session, owner, task_id)
+    return None if document is None else record_status(document)
+
+
+async def owned_record(session: AsyncSession, owner: uuid.UUID, task_id: str) -> Document | None:
+    """The permanent record of the caller's task: its `documents` row, if it wrote one."""
     if "\x00" in task_id:  # no task id holds NUL, and PostgreSQL refuses it in a query
         return None
-    document = await session.scalar(
+    document: Document | None = await session.scalar(
         select(Document).where(Document.task_id == task_id, Document.owner_id == owner)
     )
-    if document is None:
-        return None
+    return document
+
+
+def record_status(document: Document) -> TaskStatus:
+    """The status of a task as its `documents` row tells it."""
     complete = document.status == Status.COMPLETE
     message = (
         f"Successfully processed {document.filename}"
@@ -237,7 +246,7 @@ async def status_from_record(
     )
     return to_public(
         TaskProgress(
-            task_id=task_id,
+            task_id=document.task_id,
             filename=document.filename,
             agent_id=str(document.agent_id),
             status=document.status,

@@ -84,6 +84,10 @@ class UploadBatch(Base):
     rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     # The files answered as already stored for the agent: no task of this batch, an answer.
     duplicates: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    # The ids of the files that became tasks of this batch: its status lists them from their
+    # documents rows once Temporal's retention has dropped their workflows. Empty in batches
+    # made before this column.
+    task_ids: Mapped[list[str]] = mapped_column(JSONB, default=list)
     created_at: Mapped[datetime] = _created_at()
 
 

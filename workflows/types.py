@@ -59,6 +59,8 @@ class FailureType:
     DOCUMENT_TOO_SLOW = "DocumentTooSlow"
     STAGING_MISSING = "StagingMissing"
     AGENT_DELETED = "AgentDeleted"
+    # The task id's row holds another file (an idempotency key reused after retention).
+    ANOTHER_FILE_STORED = "AnotherFileStored"
 
     PERMANENT = frozenset(
         {
@@ -68,6 +70,7 @@ class FailureType:
             EMPTY_DOCUMENT,
             DOCUMENT_TOO_LARGE,
             DOCUMENT_TOO_SLOW,
+            ANOTHER_FILE_STORED,
         }
     )
     # Retrying these can never help; STAGING_MISSING ends as `error` (the system lost input).

@@ -5,6 +5,8 @@ import uuid
 from collections import Counter
 
 from fastapi import APIRouter, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import (
     ChangesTasks,
@@ -30,14 +32,15 @@ from api.schemas import (
     BatchAccepted,
     BatchStatus,
     ErrorBody,
+    TaskStatus,
     UploadAccepted,
     UploadRejected,
 )
-from api.task_status import list_tasks
+from api.task_status import list_tasks, record_status
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, receive_files
 from core.errors import DocingestError
-from core.models import UploadBatch
+from core.models import Document, UploadBatch
 from core.staging import ORIGINAL
 from core.temporal import BATCH_ID, OWNER_ID
 from workflows.types import WORKFLOW_NAME
@@ -110,6 +113,11 @@ async def upload_batch(
                 files=len(received),
                 rejected=[entry.model_dump() for entry in rejected],
                 duplicates=[entry.model_dump() for entry in duplicates],
+                task_ids=[
+                    entry.task_id
+                    for entry in entries
+                    if isinstance(entry, UploadAccepted) and not entry.duplicate
+                ],
             )
         )
     return BatchAccepted(batch_id=batch_id, tasks=list(entries))
@@ -140,6 +148,7 @@ async def batch_status(
     )
     with temporal_unavailable_as_503("Cannot list the batch's tasks"):
         tasks = await list_tasks(temporal, owner, query, batch.files)
+    tasks += await _recorded(session, owner, batch, {task.task_id for task in tasks})
     tasks.sort(key=lambda task: task.started_at or "")
     rejected = [UploadRejected.model_validate(entry) for entry in batch.rejected]
     duplicates = [UploadAccepted.model_validate(entry) for entry in batch.duplicates]
@@ -158,3 +167,18 @@ async def batch_status(
         duplicates=duplicates,
         summary=dict(summary),
     )
+
+
+async def _recorded(
+    session: AsyncSession, owner: uuid.UUID, batch: UploadBatch, listed: set[str]
+) -> list[TaskStatus]:
+    """The batch's tasks that Temporal no longer lists (its retention dropped their workflows),
+    as their documents rows tell them. A task that wrote no row (it ended as a duplicate of a
+    document stored by another task) cannot be told, and is left out."""
+    missing = [task_id for task_id in batch.task_ids if task_id not in listed]
+    if not missing:
+        return []
+    documents = await session.scalars(
+        select(Document).where(Document.owner_id == owner, Document.task_id.in_(missing))
+    )
+    return [record_status(document) for document in documents]

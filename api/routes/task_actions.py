@@ -5,12 +5,20 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from api.deps import ChangesTasks, OwnerDep, SettingsDep, StagingDep, TemporalDep
+from api.deps import (
+    ChangesTasks,
+    OwnerDep,
+    SessionDep,
+    SettingsDep,
+    StagingDep,
+    TemporalDep,
+)
 from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
-from api.task_status import describe_owned, render
+from api.task_status import describe_owned, owned_record, record_status, render
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import Conflict, NotFound
 from workflows.types import Status
@@ -25,13 +33,19 @@ RETRY_MESSAGE = "Document retry started, processing in background"
 
 
 async def _owned_status(
-    temporal: Client, owner: uuid.UUID, task_id: str
-) -> tuple[TaskStatus, dict[str, Any]]:
+    temporal: Client, session: AsyncSession, owner: uuid.UUID, task_id: str
+) -> tuple[TaskStatus, dict[str, Any] | None]:
+    """The caller's task and its workflow's memo; 404 when there is no such task. Once
+    Temporal's retention dropped the workflow (it ended), its documents row tells the status,
+    and there is no memo."""
     found = await describe_owned(temporal, owner, task_id)
-    if found is None:
+    if found is not None:
+        description, memo = found
+        return render(description, memo), memo
+    document = await owned_record(session, owner, task_id)
+    if document is None:
         raise NotFound(f"Task {task_id[:100]!r} not found")
-    description, memo = found
-    return render(description, memo), memo
+    return record_status(document), None
 
 
 @router.post("/{task_id}/retry", status_code=202, dependencies=[ChangesTasks])
@@ -41,13 +55,20 @@ async def retry_task(
     settings: SettingsDep,
     staging: StagingDep,
     temporal: TemporalDep,
+    session: SessionDep,
 ) -> UploadAccepted:
     """Re-run a task that ended `error` or `failed`, from its staged original; same task id."""
-    status, memo = await _owned_status(temporal, owner, task_id)
+    status, memo = await _owned_status(temporal, session, owner, task_id)
     if status.status not in (Status.ERROR, Status.FAILED):
         raise Conflict(
             f"Task {task_id} is {status.status}; only a task that ended error or failed "
             "can be retried"
+        )
+    if memo is None:
+        raise Conflict(
+            f"Task {task_id} ended {status.status} at {status.completed_at}, and Temporal no "
+            "longer keeps its workflow (its retention passed), so it cannot be retried; "
+            "upload the file again"
         )
     task = task_from_memo(memo)
     if task is None:
@@ -71,9 +92,11 @@ async def retry_task(
 
 
 @router.post("/{task_id}/cancel", status_code=202, dependencies=[ChangesTasks])
-async def cancel_task(task_id: str, owner: OwnerDep, temporal: TemporalDep) -> TaskStatus:
+async def cancel_task(
+    task_id: str, owner: OwnerDep, temporal: TemporalDep, session: SessionDep
+) -> TaskStatus:
     """Cancel a queued or running task; it ends `cancelled` with nothing left behind."""
-    status, _ = await _owned_status(temporal, owner, task_id)
+    status, _ = await _owned_status(temporal, session, owner, task_id)
     if status.status in Status.TERMINAL:
         raise Conflict(f"Task {task_id} already ended {status.status}")
     handle = temporal.get_workflow_handle(task_id)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import (
     ChangesTasks,
@@ -25,9 +26,17 @@ from api.ingest_start import (
     task_from_memo,
 )
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
-from api.task_status import describe_owned, get_task_status, render, status_from_record
+from api.task_status import (
+    describe_owned,
+    get_task_status,
+    owned_record,
+    record_status,
+    render,
+    status_from_record,
+)
 from api.upload_stream import ReceivedFile, receive_files, request_limit
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
+from core.models import Document
 from core.staging import ORIGINAL, StagingStore
 from workflows.types import IngestTask
 
@@ -127,7 +136,7 @@ async def upload_document(
             )  # fmt: skip
             if idempotency_key is not None:
                 repeat = Repeat(idempotency_key, ingest, received[0], (chunk_size, chunk_overlap))
-                replay = await replayed_upload(temporal, repeat, response)
+                replay = await replayed_upload(temporal, reads, repeat, response)
                 if replay is not None:
                     await discard(staging, received)
                     return replay
@@ -135,7 +144,9 @@ async def upload_document(
         except AlreadyStarted:
             # The same key at the same moment: the other request started the workflow.
             await discard(staging, received)
-            replay = None if repeat is None else await replayed_upload(temporal, repeat, response)
+            replay = (
+                None if repeat is None else await replayed_upload(temporal, reads, repeat, response)
+            )
             if replay is None:
                 raise
             return replay
@@ -148,6 +159,34 @@ async def upload_document(
 
 
 @dataclasses.dataclass(frozen=True)
+class FirstUpload:
+    """What is known of the upload a key was first sent with: the task its workflow keeps or,
+    after Temporal's retention dropped the workflow, its `documents` row (which does not keep
+    the chunking: None)."""
+
+    task_id: str
+    agent_id: str
+    sha256: str
+    filename: str
+    size_bytes: int
+    chunking: tuple[int, int] | None
+
+    @classmethod
+    def of_task(cls, task: IngestTask) -> FirstUpload:
+        chunking = (task.chunk_size, task.chunk_overlap)
+        return cls(
+            task.task_id, task.agent_id, task.sha256, task.filename, task.size_bytes, chunking
+        )
+
+    @classmethod
+    def of_record(cls, document: Document) -> FirstUpload:
+        return cls(
+            document.task_id, str(document.agent_id), document.sha256, document.filename,
+            document.size_bytes, None,
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class Repeat:
     """An upload sent with an Idempotency-Key, to be told apart from the key's first upload."""
 
@@ -156,24 +195,19 @@ class Repeat:
     received: ReceivedFile  # staged under the task id the key names
     chunking_sent: tuple[int | None, int | None]  # chunk_size, chunk_overlap as given
 
-    def check_same_as(self, first: IngestTask) -> None:
+    def check_same_as(self, first: FirstUpload) -> None:
         """IdempotencyKeyReused unless this request repeats `first`: same agent, same bytes,
-        same file name, and any chunking it gives equal to the first's (the defaults may have
-        changed since, which makes no retry another upload). Another upload must not be
-        answered with another task."""
+        same file name, and any chunking it gives equal to the first's where that is known
+        (the defaults may have changed since, which makes no retry another upload). Another
+        upload must not be answered with another task."""
         ingest, received = self.ingest, self.received
-        size, overlap = self.chunking_sent
         differences = [
             what
             for what, differs in (
                 ("agent", first.agent_id != str(ingest.agent_id)),
                 ("file content", first.sha256 != received.sha256),
                 ("file name", first.filename != received.filename),
-                (
-                    "chunking",
-                    (size is not None and size != first.chunk_size)
-                    or (overlap is not None and overlap != first.chunk_overlap),
-                ),
+                ("chunking", self._chunking_differs(first.chunking)),
             )
             if differs
         ]
@@ -184,29 +218,57 @@ class Repeat:
                 f"{', '.join(differences)}. Send a new key for a new upload."
             )
 
+    def _chunking_differs(self, first: tuple[int, int] | None) -> bool:
+        if first is None:
+            return False
+        return any(
+            sent is not None and sent != used
+            for sent, used in zip(self.chunking_sent, first, strict=True)
+        )
+
+    def replayed(self, response: Response, first: FirstUpload, status: str) -> UploadAccepted:
+        """The first upload's acknowledgment with its task's `status`, as a repeat of it is
+        answered."""
+        self.check_same_as(first)
+        response.headers["Idempotent-Replayed"] = "true"
+        return UploadAccepted(
+            filename=first.filename,
+            agent_id=first.agent_id,
+            task_id=first.task_id,
+            status=status,
+            size_bytes=first.size_bytes,
+        )
+
 
 async def replayed_upload(
-    temporal: TemporalDep, repeat: Repeat, response: Response
+    temporal: TemporalDep, reads: ReadsDep, repeat: Repeat, response: Response
 ) -> UploadAccepted | None:
-    """The answer to a repeated Idempotency-Key: the first request's task, as it is now;
-    None when the key names no task yet."""
+    """The answer to a repeated Idempotency-Key: the first request's task, as it is now (from
+    its workflow, or from its record once Temporal forgot that); None when the key names no
+    task yet."""
     found = await describe_owned(temporal, repeat.ingest.owner, repeat.received.task_id)
     if found is None:
-        return None
+        return await _replayed_from_record(reads, repeat, response)
     description, memo = found
     task = task_from_memo(memo)
     if task is None:
         return None
-    repeat.check_same_as(task)
-    status = render(description, memo)
-    response.headers["Idempotent-Replayed"] = "true"
-    return UploadAccepted(
-        filename=task.filename,
-        agent_id=task.agent_id,
-        task_id=task.task_id,
-        status=status.status,
-        size_bytes=task.size_bytes,
-    )
+    status = render(description, memo).status
+    return repeat.replayed(response, FirstUpload.of_task(task), status)
+
+
+async def _replayed_from_record(
+    reads: ReadsDep, repeat: Repeat, response: Response
+) -> UploadAccepted | None:
+    """Once Temporal's retention dropped the key's workflow, its `documents` row remembers
+    the upload: a new workflow under the same task id would store another file in its place."""
+    async with AsyncSession(reads) as session:
+        document = await owned_record(session, repeat.ingest.owner, repeat.received.task_id)
+        if document is None:
+            return None
+        return repeat.replayed(
+            response, FirstUpload.of_record(document), record_status(document).status
+        )
 
 
 @router.get("/status/{task_id}", responses={404: {"model": ErrorBody}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 
@@ -17,11 +18,11 @@ from activities.embed import EmbedActivities
 from activities.extract import ExtractActivities
 from activities.store import StoreActivities
 from core.formats import DocumentFormat
-from core.models import Chunk
+from core.models import Chunk, Document
 from core.staging import ORIGINAL
-from tests.documents import make_pdf
-from tests.support import FakeEmbedder, Stack, Tenant, documents_stored
-from workflows.types import EmbedBatch, IngestTask
+from tests.documents import lorem, make_pdf
+from tests.support import FakeEmbedder, Stack, Tenant, chunks_stored, documents_stored
+from workflows.types import EmbedBatch, IngestTask, Outcome, Status
 
 
 async def test_store_twice_leaves_one_copy_of_the_chunks(stack: Stack, tenant: Tenant) -> None:
@@ -87,3 +88,64 @@ async def test_store_without_staging_or_a_stored_copy_ends_staging_missing(
         await ActivityEnvironment().run(store, task)
     assert missing.value.type == "StagingMissing"
     assert missing.value.message == "the chunks or their vectors is no longer in the staging store"
+
+
+def _chunked_and_embedded(stack: Stack, task: IngestTask, data: bytes) -> None:
+    """Stage `data` as the task's original and run the steps before the store on it."""
+    stack.staging.write_bytes(task.task_id, ORIGINAL, data)
+    env = ActivityEnvironment()
+    env.run(ExtractActivities(stack.staging).extract, task)
+    total = env.run(ChunkActivities(stack.staging).chunk, task).chunks
+    env.run(
+        EmbedActivities(stack.staging, FakeEmbedder()).embed, EmbedBatch(task.task_id, 0, total)
+    )
+
+
+async def test_store_of_another_file_under_a_stored_task_id_fails_and_keeps_the_first(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A task id reused for another file (an idempotency key after Temporal's retention)
+    never replaces the document stored under it: the store fails at once, without retries,
+    and so does recording the outcome, which would delete the first document's chunks."""
+    january, february = lorem(8, seed=101).encode(), lorem(8, seed=202).encode()
+    first = IngestTask(
+        task_id=str(uuid.uuid4()), owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+        filename="jan.txt", format=DocumentFormat.TEXT.value, size_bytes=len(january),
+        sha256=hashlib.sha256(january).hexdigest(), chunk_size=200, chunk_overlap=20,
+        embed_task_queue="unused",
+    )  # fmt: skip
+    activities = StoreActivities(stack.staging, stack.sessionmaker)
+    env = ActivityEnvironment()
+    _chunked_and_embedded(stack, first, january)
+    stored = await env.run(activities.store, first)
+    env.run(CleanupActivities(stack.staging).cleanup, first.task_id)
+    other = dataclasses.replace(
+        first, filename="feb.txt", size_bytes=len(february),
+        sha256=hashlib.sha256(february).hexdigest(),
+    )  # fmt: skip
+    _chunked_and_embedded(stack, other, february)
+
+    with pytest.raises(ApplicationError) as refused:
+        await env.run(activities.store, other)
+    with pytest.raises(ApplicationError) as not_recorded:
+        await env.run(
+            activities.record_outcome,
+            Outcome(other, Status.FAILED, refused.value.type or "", refused.value.message),
+        )
+
+    for failure in (refused.value, not_recorded.value):
+        assert failure.type == "AnotherFileStored"
+        assert failure.non_retryable
+        assert failure.message == (
+            f"task {first.task_id} already stored another file (jan.txt), which is kept; "
+            "upload feb.txt with a new Idempotency-Key"
+        )
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == first.task_id))
+    assert document is not None
+    assert (str(document.id), document.filename, document.status) == (
+        stored.document_id, "jan.txt", Status.COMPLETE,
+    )  # fmt: skip
+    assert document.sha256 == first.sha256
+    assert await chunks_stored(stack, first.task_id) == stored.chunks > 0
+    assert await documents_stored(stack, first.task_id) == 1

@@ -20,6 +20,7 @@ from tests.documents import lorem, make_pdf
 from tests.support import (
     Stack,
     Tenant,
+    forget_workflow,
     new_tenant,
     running_workers,
     serve,
@@ -100,6 +101,49 @@ async def test_batch_accepts_good_files_and_reports_bad_ones(
         entries[2]["task_id"],
     }
     assert [item["filename"] for item in status["rejected"]] == ["noise.pdf"]
+
+
+async def test_a_batch_and_its_tasks_answer_from_their_records_once_temporal_forgot_them(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """Temporal's retention drops a closed workflow; the batch's tasks are then told by their
+    documents rows, so every file of the batch is still in one of its lists, and a retry or
+    cancel of such a task is refused with its reason."""
+    files = [
+        ("file", ("cut.pdf", make_pdf(["x"])[:300])),
+        ("file", ("good.txt", lorem(6, seed=78).encode())),
+    ]
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+    )
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batch_id"]
+    cut, good = (entry["task_id"] for entry in response.json()["tasks"])
+    assert (await wait_for_status(http, tenant, cut, Status.TERMINAL))["status"] == "failed"
+    assert (await wait_for_status(http, tenant, good, Status.TERMINAL))["status"] == "complete"
+    await forget_workflow(stack, cut)
+    await forget_workflow(stack, good)
+    async with asyncio.timeout(10):  # visibility forgets them a moment later
+        while await run_count(stack, cut) + await run_count(stack, good) > 0:
+            await asyncio.sleep(0.2)
+    batch = await http.get(f"/upload/batch/{batch_id}", headers=tenant.headers)
+    assert batch.status_code == 200, batch.text
+    body = batch.json()
+    assert {(task["task_id"], task["status"]) for task in body["tasks"]} == {
+        (cut, "failed"),
+        (good, "complete"),
+    }
+    assert body["summary"] == {"failed": 1, "complete": 1}
+    # Neither can be retried or cancelled any more, and each answer says why (not 404).
+    retry = await http.post(f"/upload/{cut}/retry", headers=tenant.headers)
+    assert retry.status_code == 409, retry.text
+    assert (
+        "retention passed), so it cannot be retried; upload the file again"
+        in (retry.json()["detail"])
+    )
+    cancel = await http.post(f"/upload/{good}/cancel", headers=tenant.headers)
+    assert cancel.status_code == 409, cancel.text
+    assert cancel.json()["detail"] == f"Task {good} already ended complete"
 
 
 async def test_batch_lists_a_file_the_agent_already_had_as_a_duplicate(

@@ -9,11 +9,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.embedded import free_port
-from tests.documents import make_pdf
-from tests.support import Stack, Tenant, new_tenant, serve, stack_settings
-from workflows.types import MEMO_TASK
+from tests.documents import lorem, make_pdf
+from tests.support import (
+    Stack,
+    Tenant,
+    chunks_stored,
+    documents_stored,
+    forget_workflow,
+    new_tenant,
+    serve,
+    stack_settings,
+    wait_for_status,
+)
+from workflows.types import MEMO_TASK, Status
 
 UPLOAD_KEYS = {"message", "filename", "agent_id", "task_id", "status", "size_bytes"}
 STATUS_KEYS = {
@@ -382,3 +393,87 @@ async def test_status_of_unknown_or_foreign_task_is_404(
         "detail": f"Task {upload.json()['task_id']!r} not found",
         "code": "not_found",
     }
+
+
+@pytest.mark.usefixtures("worker")
+async def test_upload_with_a_key_reused_after_retention_keeps_the_first_document(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """Temporal's retention dropped the key's workflow; the document row it left still binds
+    the key: another file is refused (and never stored in the first one's place), the same
+    file is answered as a replay, and neither starts a workflow."""
+    headers = {**tenant.headers, "Idempotency-Key": "invoice-2026-001"}
+    january = lorem(6, seed=101).encode()
+    first = await http.post(
+        upload_url(tenant), headers=headers, files={"file": ("jan.txt", january)}
+    )
+    assert first.status_code == 202, first.text
+    task_id = first.json()["task_id"]
+    done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert done["status"] == "complete", done
+    chunks = await chunks_stored(stack, task_id)
+    assert chunks > 0
+    await forget_workflow(stack, task_id)
+    staged_before = staged_tasks(stack)
+
+    february = lorem(6, seed=202).encode()
+    refused = await http.post(
+        upload_url(tenant), headers=headers, files={"file": ("feb.txt", february)}
+    )
+    assert refused.status_code == 422, refused.text
+    body = refused.json()
+    assert body["code"] == "idempotency_key_reused"
+    assert task_id in body["detail"] and "'jan.txt'" in body["detail"]
+    assert "differs in file content, file name." in body["detail"]
+    assert "idempotent-replayed" not in refused.headers
+
+    replayed = await http.post(
+        upload_url(tenant), headers=headers, files={"file": ("jan.txt", january)}
+    )
+    assert replayed.status_code == 202, replayed.text
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json() == {**first.json(), "status": "complete"}
+
+    with pytest.raises(RPCError) as missing:
+        await stack.client.get_workflow_handle(task_id).describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
+    status = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
+    assert (status["filename"], status["status"]) == ("jan.txt", "complete")
+    assert status["document_id"] == done["document_id"]
+    assert await documents_stored(stack, task_id) == 1
+    assert await chunks_stored(stack, task_id) == chunks
+    assert staged_tasks(stack) <= staged_before  # neither repeat left a staged file
+
+
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        (
+            {"chunk_size": 10_000, "chunk_overlap": 9_999},
+            "chunk_overlap (9999) must be at most half of chunk_size (10000), so at most 5000",
+        ),
+        (
+            {"chunk_size": 101, "chunk_overlap": 51},
+            "chunk_overlap (51) must be at most half of chunk_size (101), so at most 50",
+        ),
+        (
+            {"chunk_overlap": 501},
+            "chunk_overlap (501) must be at most half of chunk_size (1000), so at most 500",
+        ),
+    ],
+)
+async def test_upload_with_overlap_over_half_the_chunk_size_is_422_and_leaves_nothing(
+    http: httpx.AsyncClient,
+    stack: Stack,
+    tenant: Tenant,
+    params: dict[str, object],
+    detail: str,
+) -> None:
+    """Each chunk would start barely a word after the one before: refused up front."""
+    before = staged_tasks(stack)
+    response = await http.post(
+        upload_url(tenant, **params), headers=tenant.headers, files={"file": ("a.txt", b"hi")}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json() == {"detail": detail, "code": "invalid_request"}
+    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
