@@ -144,6 +144,7 @@ class StoreActivities:
             async with self.sessionmaker.begin() as session:
                 existing = await find_stored_copy(session, task)
                 if existing is not None:
+                    await _drop_unstored_row(session, task)
                     return existing
                 document_id = await upsert_document(
                     session,
@@ -179,6 +180,8 @@ class StoreActivities:
         """Another task stored the same bytes for this agent first, or the agent is gone."""
         async with self.sessionmaker.begin() as session:
             existing = await find_stored_copy(session, task)
+            if existing is not None:
+                await _drop_unstored_row(session, task)
         if existing is not None:
             return existing
         if _violates(exc, "fk"):
@@ -210,12 +213,29 @@ class StoreActivities:
                     outcome.status,
                     error_type=outcome.error_type,
                     error_message=outcome.error_message,
+                    chunk_count=0,  # a store that committed before a cancel counted its chunks
+                    page_count=None,
                 )
                 await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
         except IntegrityError as exc:
             if not _violates(exc, "fk"):
                 raise
             # The agent was deleted meanwhile: its documents are gone, nothing to record.
+
+
+async def _drop_unstored_row(session: AsyncSession, task: IngestTask) -> None:
+    """The task ends as a duplicate of another task's document: the row an earlier run of it
+    left (`error`, `failed` or `cancelled`, with no chunks) would list it as that, and
+    tell its status so once Temporal forgot the workflow. A task answered as a duplicate keeps
+    no row of its own, as an upload answered as one does."""
+    await session.execute(
+        delete(Document).where(
+            Document.task_id == task.task_id,
+            Document.status != Status.COMPLETE,
+            Document.sha256 == task.sha256,
+            Document.agent_id == uuid.UUID(task.agent_id),
+        )
+    )
 
 
 async def find_stored_copy(session: AsyncSession, task: IngestTask) -> StoreResult | None:

@@ -149,3 +149,63 @@ async def test_store_of_another_file_under_a_stored_task_id_fails_and_keeps_the_
     assert document.sha256 == first.sha256
     assert await chunks_stored(stack, first.task_id) == stored.chunks > 0
     assert await documents_stored(stack, first.task_id) == 1
+
+
+def _task(tenant: Tenant, data: bytes, filename: str) -> IngestTask:
+    return IngestTask(
+        task_id=str(uuid.uuid4()), owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+        filename=filename, format=DocumentFormat.TEXT.value, size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), chunk_size=200, chunk_overlap=20,
+        embed_task_queue="unused",
+    )  # fmt: skip
+
+
+async def test_a_retry_that_finds_a_stored_copy_drops_the_row_of_its_failed_run(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Task B ended `error`; task C stored the same bytes since; B's retry ends as a duplicate
+    of C's document. B's `error` row must not stay behind to list B as failed (in the
+    documents list, and as its status once Temporal forgot the workflow)."""
+    data = lorem(6, seed=303).encode()
+    b, c = _task(tenant, data, "b.txt"), _task(tenant, data, "c.txt")
+    activities = StoreActivities(stack.staging, stack.sessionmaker)
+    env = ActivityEnvironment()
+    await env.run(
+        activities.record_outcome, Outcome(b, Status.ERROR, "Timeout", "the store timed out")
+    )
+    assert await documents_stored(stack, b.task_id) == 1
+    _chunked_and_embedded(stack, c, data)
+    stored = await env.run(activities.store, c)
+    _chunked_and_embedded(stack, b, data)
+
+    retried = await env.run(activities.store, b)
+
+    assert (retried.document_id, retried.duplicate) == (stored.document_id, True)
+    assert await documents_stored(stack, b.task_id) == 0
+    assert await chunks_stored(stack, c.task_id) == stored.chunks
+
+
+async def test_an_outcome_recorded_after_a_store_counts_no_chunks(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A cancel that lands after the store committed: the outcome deletes the chunks, and the
+    row says so (it kept the stored count before)."""
+    data = lorem(6, seed=404).encode()
+    task = _task(tenant, data, "late.txt")
+    activities = StoreActivities(stack.staging, stack.sessionmaker)
+    env = ActivityEnvironment()
+    _chunked_and_embedded(stack, task, data)
+    assert (await env.run(activities.store, task)).chunks > 0
+
+    await env.run(
+        activities.record_outcome,
+        Outcome(task, Status.CANCELLED, "Cancelled", "cancelled on request"),
+    )
+
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert (document.status, document.chunk_count, document.page_count) == (
+        Status.CANCELLED, 0, None,
+    )  # fmt: skip
+    assert await chunks_stored(stack, task.task_id) == 0
