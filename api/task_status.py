@@ -237,22 +237,19 @@ async def owned_record(session: AsyncSession, owner: uuid.UUID, task_id: str) ->
 
 
 def record_status(document: Document) -> TaskStatus:
-    """The status of a task as its `documents` row tells it."""
+    """The status of a task as its `documents` row tells it, in the workflow's words. The row
+    is written when the task ends: its stage is `done`, and when the task started is not
+    known (`started_at` is null)."""
     complete = document.status == Status.COMPLETE
-    message = (
-        f"Successfully processed {document.filename}"
-        if complete
-        else f"Processing {document.filename} ended {document.status}: {document.error_message}"
-    )
-    return to_public(
+    status = to_public(
         TaskProgress(
             task_id=document.task_id,
             filename=document.filename,
             agent_id=str(document.agent_id),
             status=document.status,
-            message=message,
-            stage=Stage.DONE if complete else Stage.QUEUED,
-            started_at=iso_utc(document.created_at),
+            message=_recorded_message(document),
+            stage=Stage.DONE,
+            started_at="",
             completed_at=iso_utc(document.updated_at),
             document_id=str(document.id) if complete else None,
             chunks_total=document.chunk_count,
@@ -261,3 +258,15 @@ def record_status(document: Document) -> TaskStatus:
             error_message=document.error_message,
         )
     )
+    return status.model_copy(update={"started_at": None})
+
+
+def _recorded_message(document: Document) -> str:
+    name, reason = document.filename, document.error_message
+    if document.status == Status.COMPLETE:
+        return f"Successfully processed {name}"
+    if document.status == Status.FAILED:
+        return f"Failed to process {name}: {reason}"
+    if document.status == Status.CANCELLED:
+        return f"Processing of {name} was cancelled"
+    return f"Processing {name} stopped: {reason}"

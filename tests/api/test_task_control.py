@@ -134,6 +134,19 @@ async def test_a_batch_and_its_tasks_answer_from_their_records_once_temporal_for
         (good, "complete"),
     }
     assert body["summary"] == {"failed": 1, "complete": 1}
+    # Each task's status is its row's, in the workflow's words.
+    failed = await http.get(f"/upload/status/{cut}", headers=tenant.headers)
+    assert failed.status_code == 200, failed.text
+    assert failed.json()["message"].startswith("Failed to process cut.pdf: the PDF is damaged")
+    assert (failed.json()["stage"], failed.json()["started_at"]) == ("done", None)
+    assert failed.json()["error"]["type"] == "CorruptDocument"
+    complete = (await http.get(f"/upload/status/{good}", headers=tenant.headers)).json()
+    assert (complete["status"], complete["message"]) == (
+        "complete",
+        "Successfully processed good.txt",
+    )
+    assert complete["document_id"] is not None
+    assert complete["progress"]["percent"] == 100.0
     # Neither can be retried or cancelled any more, and each answer says why (not 404).
     retry = await http.post(f"/upload/{cut}/retry", headers=tenant.headers)
     assert retry.status_code == 409, retry.text
