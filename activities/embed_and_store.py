@@ -26,14 +26,11 @@ from temporalio import activity
 from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
-from activities.store import Shard, StoreActivities
+from activities.store import Shard, StoreActivities, heartbeat_interval_s
 from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, StoreResult
 
 log = logging.getLogger(__name__)
 
-# While the store runs on the worker's event loop, the activity's thread heartbeats this often
-# (or more often, with a short heartbeat timeout).
-HEARTBEAT_WHILE_STORING_S = 5.0
 # A store of one batch takes well under a second; one stuck longer (a lock, a half-open
 # connection) is given up, rolled back, and left to the `store` step, so it never holds an
 # embed slot for long.
@@ -76,10 +73,7 @@ class EmbedAndStoreActivities:
         """The store's result, or None when it failed (logged). A cancel that arrives meanwhile
         waits for the store's transaction to end, so nothing is written after the activity
         reported back (the workflow's cleanup follows that report)."""
-        timeout = activity.info().heartbeat_timeout
-        every = HEARTBEAT_WHILE_STORING_S
-        if timeout is not None and timeout.total_seconds() > 0:
-            every = min(every, timeout.total_seconds() / 3)
+        every = heartbeat_interval_s()  # while the store runs on the worker's event loop
         with activity.shield_thread_cancel_exception():
             running = asyncio.run_coroutine_threadsafe(
                 self._save(task, manifest, shards), self.loop

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from pgvector.psycopg.vector import register_vector_info
@@ -47,6 +47,10 @@ _COPY_CHUNKS = (
     "FROM STDIN WITH (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
+# While a store runs, its activity heartbeats this often (or more often, with a short
+# heartbeat timeout).
+HEARTBEAT_WHILE_STORING_S = 5.0
+T = TypeVar("T")
 
 
 async def upsert_document(
@@ -123,7 +127,11 @@ class StoreActivities:
 
     @activity.defn(name=STORE)
     async def store(self, task: IngestTask) -> StoreResult:
-        """Make the document searchable; running it twice leaves one copy of each chunk."""
+        """Make the document searchable; running it twice leaves one copy of each chunk.
+        It heartbeats while it runs (see `heartbeating`)."""
+        return await heartbeating(self._store(task))
+
+    async def _store(self, task: IngestTask) -> StoreResult:
         try:
             manifest, shards = await asyncio.to_thread(self._load, task.task_id)
         except ApplicationError:
@@ -221,6 +229,38 @@ class StoreActivities:
             if not _violates(exc, "fk"):
                 raise
             # The agent was deleted meanwhile: its documents are gone, nothing to record.
+
+
+def heartbeat_interval_s() -> float:
+    """How often an activity that stores heartbeats: every `HEARTBEAT_WHILE_STORING_S`, or
+    three times per heartbeat timeout when that is shorter."""
+    every = HEARTBEAT_WHILE_STORING_S
+    timeout = activity.info().heartbeat_timeout
+    if timeout is not None and timeout.total_seconds() > 0:
+        every = min(every, timeout.total_seconds() / 3)
+    return every
+
+
+async def heartbeating(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` (a store), heartbeating meanwhile, so that a worker lost in the middle of a
+    large document's store is noticed within the heartbeat timeout, not the step's ten
+    minutes. A cancel that arrives meanwhile waits for the store's transaction to end
+    (committed or rolled back), then stops the step: nothing is written after it reported
+    back, when the workflow's cleanup may already run."""
+    running = asyncio.ensure_future(work)
+    every = heartbeat_interval_s()
+    cancel: asyncio.CancelledError | None = None
+    while not running.done():
+        try:
+            await asyncio.wait({running}, timeout=every)
+        except asyncio.CancelledError as exc:
+            cancel = exc
+            continue
+        if not running.done():
+            activity.heartbeat("storing")
+    if cancel is not None:
+        raise cancel
+    return running.result()
 
 
 async def _drop_unstored_row(session: AsyncSession, task: IngestTask) -> None:

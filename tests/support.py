@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.embed import TextEmbedder
+from activities.store import StoreActivities
 from activities.vectors import Vectors
 from api.app import HTTP_PARSER, create_app
 from core.embedded import free_port
@@ -39,6 +41,7 @@ from core.models import EMBEDDING_DIMENSION, Agent, Chunk, Document
 from core.settings import Settings
 from core.staging import StagingStore
 from worker.main import EXECUTOR_THREADS, Role, build_workers
+from workflows.types import StoreResult
 
 
 class FakeEmbedder:
@@ -338,3 +341,18 @@ def private_home(prefix: str) -> Path:
     0700 whenever a session starts, which locks out PostgreSQL's own user (`pgserver` when
     running as root) of any other pytest session running at the same time."""
     return Path(tempfile.mkdtemp(prefix=f"docingest-{prefix}-"))
+
+
+class DelayedStore(StoreActivities):
+    """A store that waits `delay_s` (for a lock, say) before storing, and says when it has
+    begun."""
+
+    def __init__(self, stack: Stack, delay_s: float) -> None:
+        super().__init__(stack.staging, stack.sessionmaker)
+        self.delay_s = delay_s
+        self.begun = threading.Event()
+
+    async def save(self, *args: Any, **kwargs: Any) -> StoreResult:
+        self.begun.set()
+        await asyncio.sleep(self.delay_s)
+        return await super().save(*args, **kwargs)

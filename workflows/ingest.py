@@ -218,6 +218,8 @@ class IngestDocument:
             task,
             result_type=StoreResult,
             start_to_close_timeout=timedelta(minutes=10),
+            # It heartbeats: a worker lost mid-store is retried after this, not ten minutes.
+            heartbeat_timeout=timedelta(seconds=task.heartbeat_timeout_s),
             retry_policy=_database_retry(task),
             cancellation_type=_WAIT,
         )

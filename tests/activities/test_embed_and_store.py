@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import threading
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +25,7 @@ from core.models import Chunk
 from core.staging import ORIGINAL
 from tests.documents import lorem
 from tests.support import (
+    DelayedStore,
     FakeEmbedder,
     Stack,
     Tenant,
@@ -127,21 +126,6 @@ async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_st
     rows = await stored_rows(stack, stored)
     expected = FakeEmbedder().encode([text for _, text, _ in rows])
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
-
-
-class DelayedStore(StoreActivities):
-    """A store that waits `delay_s` (for a lock, say) before storing, and says when it has
-    begun."""
-
-    def __init__(self, stack: Stack, delay_s: float) -> None:
-        super().__init__(stack.staging, stack.sessionmaker)
-        self.delay_s = delay_s
-        self.begun = threading.Event()
-
-    async def save(self, *args: Any, **kwargs: Any) -> StoreResult:
-        self.begun.set()
-        await asyncio.sleep(self.delay_s)
-        return await super().save(*args, **kwargs)
 
 
 async def test_a_store_stuck_past_its_limit_is_given_up_and_left_to_the_store_step(

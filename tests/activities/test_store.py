@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import uuid
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.chunk import ChunkActivities
+from activities.chunk import MANIFEST, ChunkActivities
 from activities.cleanup import CleanupActivities
 from activities.embed import EmbedActivities
 from activities.extract import ExtractActivities
@@ -21,7 +24,14 @@ from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
-from tests.support import FakeEmbedder, Stack, Tenant, chunks_stored, documents_stored
+from tests.support import (
+    DelayedStore,
+    FakeEmbedder,
+    Stack,
+    Tenant,
+    chunks_stored,
+    documents_stored,
+)
 from workflows.types import EmbedBatch, IngestTask, Outcome, Status
 
 
@@ -209,3 +219,30 @@ async def test_an_outcome_recorded_after_a_store_counts_no_chunks(
         Status.CANCELLED, 0, None,
     )  # fmt: skip
     assert await chunks_stored(stack, task.task_id) == 0
+
+
+async def test_the_store_heartbeats_while_it_stores_and_a_cancel_waits_for_the_store(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A worker lost in the middle of a large document's store is noticed within the
+    heartbeat timeout (the step's own is ten minutes). A cancel that arrives meanwhile stops
+    the step only once the store's transaction ended: the workflow's cleanup follows the
+    step's report, and a store still writing then would leave the chunks behind."""
+    data = lorem(6, seed=505).encode()
+    task = _task(tenant, data, "slow.txt")
+    _chunked_and_embedded(stack, task, data)
+    store = DelayedStore(stack, delay_s=0.5)
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=0.09))
+    beats: list[tuple[Any, ...]] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    running = asyncio.ensure_future(env.run(store.store, task))
+    assert await asyncio.to_thread(store.begun.wait, 30)
+    await asyncio.sleep(0.1)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert len(beats) >= 3  # every 30 ms while the store waited
+    assert await documents_stored(stack, task.task_id) == 1
+    manifest = stack.staging.read_json(task.task_id, MANIFEST)
+    assert await chunks_stored(stack, task.task_id) == manifest["chunks"]
