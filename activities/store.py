@@ -87,10 +87,18 @@ async def upsert_document(
 
 
 async def _another_file_stored(session: AsyncSession, task: IngestTask) -> ApplicationError:
-    stored = await session.scalar(select(Document.filename).where(Document.task_id == task.task_id))
+    row = (
+        await session.execute(
+            select(Document.filename, Document.status).where(Document.task_id == task.task_id)
+        )
+    ).one()
+    held = (
+        f"already stored another file ({row.filename}), which is kept"
+        if row.status == Status.COMPLETE
+        else f"already holds the record of another upload ({row.filename}, {row.status})"
+    )
     return ApplicationError(
-        f"task {task.task_id} already stored another file ({stored}), which is kept; "
-        f"upload {task.filename} with a new Idempotency-Key",
+        f"task {task.task_id} {held}; upload {task.filename} with a new Idempotency-Key",
         type=FailureType.ANOTHER_FILE_STORED,
         non_retryable=True,
     )
@@ -176,7 +184,9 @@ class StoreActivities:
                     select(Document.id, Document.chunk_count).where(
                         Document.task_id == task.task_id,
                         Document.status == Status.COMPLETE,
-                        Document.sha256 == task.sha256,  # not another file under this task id
+                        # not another file, or another agent's, under this task id
+                        Document.sha256 == task.sha256,
+                        Document.agent_id == uuid.UUID(task.agent_id),
                     )
                 )
             ).first()

@@ -57,13 +57,18 @@ async def describe_owned(
     return description, dict(await description.memo())
 
 
-async def get_task_status(client: Client, owner_id: uuid.UUID, task_id: str) -> TaskStatus | None:
-    """The caller's task, or None when it does not exist or belongs to another owner."""
+async def find_task(
+    client: Client, session: AsyncSession, owner_id: uuid.UUID, task_id: str
+) -> tuple[TaskStatus, dict[str, Any] | None] | None:
+    """The caller's task and its workflow's memo; once Temporal's retention dropped the
+    workflow, as its documents row tells it (no memo). None when neither knows it, or it is
+    another owner's."""
     found = await describe_owned(client, owner_id, task_id)
-    if found is None:
-        return None
-    description, memo = found
-    return render(description, memo)
+    if found is not None:
+        description, memo = found
+        return render(description, memo), memo
+    document = await owned_record(session, owner_id, task_id)
+    return None if document is None else (record_status(document), None)
 
 
 def _owned_by(execution: WorkflowExecution, owner_id: uuid.UUID) -> bool:
@@ -84,7 +89,12 @@ async def list_tasks(
     failed task completed): closed runs are checked against the task's latest run, and a
     superseded one is left out.
     """
-    runs = client.list_workflows(query, page_size=min(limit, 1000), rpc_timeout=LIST_DEADLINE)
+    runs = client.list_workflows(
+        query,
+        page_size=min(limit, 1000),
+        limit=limit + SUPERSEDED_SCAN_MAX,  # runs read at most, however many were superseded
+        rpc_timeout=LIST_DEADLINE,
+    )
     latest: dict[str, WorkflowExecution] = {}
     seen: set[str] = set()  # a task's later runs come first: its other runs are skipped
     exhausted = False
@@ -105,6 +115,9 @@ async def list_tasks(
 
 
 LIST_DEADLINE = timedelta(seconds=5)
+# How many runs beyond `limit` a listing reads to skip earlier runs of retried tasks: a page
+# may come short when more were retried than this.
+SUPERSEDED_SCAN_MAX = 1000
 # Task ids per visibility query that looks for later runs; the ids it can quote (a task's id
 # is a UUID; a workflow started by hand under another id is listed as it is).
 _IDS_PER_QUERY = 100
@@ -216,14 +229,6 @@ def to_public(progress: TaskProgress) -> TaskStatus:
         progress=TaskProgressCounts(chunks_total=total, chunks_embedded=embedded, percent=percent),
         error=TaskError.recorded(progress.error_type, progress.error_message),
     )
-
-
-async def status_from_record(
-    session: AsyncSession, owner: uuid.UUID, task_id: str
-) -> TaskStatus | None:
-    """After Temporal's retention removed the workflow, the document row still answers."""
-    document = await owned_record(session, owner, task_id)
-    return None if document is None else record_status(document)
 
 
 async def owned_record(session: AsyncSession, owner: uuid.UUID, task_id: str) -> Document | None:

@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketState
 
 from api.deps import Resources
 from api.schemas import TaskStatus
-from api.task_status import get_task_status, status_from_record
+from api.task_status import find_task
 from core.errors import ServiceUnavailable
 from core.keys import owner_for_key
 from workflows.types import Status
@@ -114,11 +114,9 @@ async def _follow(
 
 async def current_status(resources: Resources, owner: uuid.UUID, task_id: str) -> TaskStatus | None:
     """What `GET /upload/status/{task_id}` answers, or None where it answers 404."""
-    status = await get_task_status(resources.temporal, owner, task_id)
-    if status is None:
-        async with resources.sessionmaker() as session:
-            status = await status_from_record(session, owner, task_id)
-    return status
+    async with resources.sessionmaker() as session:  # it connects only to read a record
+        found = await find_task(resources.temporal, session, owner, task_id)
+    return None if found is None else found[0]
 
 
 async def _cancel_on_disconnect(websocket: WebSocket, scope: anyio.CancelScope) -> None:

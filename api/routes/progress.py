@@ -72,8 +72,7 @@ async def newest_tasks(
         tasks = await list_tasks(temporal, owner, query, limit + 1, filtered=filtered)
         if len(tasks) > limit:
             tasks = await _newest_of_many(temporal, owner, query, limit, filtered)
-    tasks.sort(key=lambda task: task.started_at or "", reverse=True)
-    return tasks[:limit]
+    return _newest_first(tasks)[:limit]
 
 
 # How many tasks that started at or after the page's oldest start time are read to sort them.
@@ -94,20 +93,26 @@ async def _newest_of_many(
     found = await asyncio.gather(
         *(list_tasks(temporal, owner, group, limit, filtered=filtered) for group in groups)
     )
-    candidates = sorted(
-        (task for group in found for task in group),
-        key=lambda task: task.started_at or "",
-        reverse=True,
-    )[:limit]
+    # A retried task whose new run is running has its earlier run in the closed group.
+    candidates = _newest_first(_latest_runs([task for group in found for task in group]))[:limit]
     oldest = candidates[-1].started_at if len(candidates) == limit else None
     if oldest is None:
         return candidates
     since = await list_tasks(
         temporal, owner, f"{query} AND StartTime >= '{oldest}'", NEWEST_SCAN_MAX, filtered=filtered
     )
+    return _latest_runs([*candidates, *since])
+
+
+def _latest_runs(tasks: list[TaskStatus]) -> list[TaskStatus]:
+    """Each task once, as its latest run (the one that started last) shows it."""
     latest: dict[str, TaskStatus] = {}
-    for task in [*candidates, *since]:  # a task's run listed in two groups: its latest
+    for task in tasks:
         known = latest.get(task.task_id)
         if known is None or (task.started_at or "") > (known.started_at or ""):
             latest[task.task_id] = task
     return list(latest.values())
+
+
+def _newest_first(tasks: list[TaskStatus]) -> list[TaskStatus]:
+    return sorted(tasks, key=lambda task: task.started_at or "", reverse=True)

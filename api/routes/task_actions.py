@@ -18,10 +18,10 @@ from api.deps import (
 )
 from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
-from api.task_status import describe_owned, owned_record, record_status, render
+from api.task_status import find_task
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import Conflict, NotFound
-from workflows.types import Status
+from workflows.types import FailureType, Status
 
 router = APIRouter(
     prefix="/upload",
@@ -35,17 +35,12 @@ RETRY_MESSAGE = "Document retry started, processing in background"
 async def _owned_status(
     temporal: Client, session: AsyncSession, owner: uuid.UUID, task_id: str
 ) -> tuple[TaskStatus, dict[str, Any] | None]:
-    """The caller's task and its workflow's memo; 404 when there is no such task. Once
-    Temporal's retention dropped the workflow (it ended), its documents row tells the status,
-    and there is no memo."""
-    found = await describe_owned(temporal, owner, task_id)
-    if found is not None:
-        description, memo = found
-        return render(description, memo), memo
-    document = await owned_record(session, owner, task_id)
-    if document is None:
+    """The caller's task and its workflow's memo (None once only its documents row is left);
+    404 when there is no such task."""
+    found = await find_task(temporal, session, owner, task_id)
+    if found is None:
         raise NotFound(f"Task {task_id[:100]!r} not found")
-    return record_status(document), None
+    return found
 
 
 @router.post("/{task_id}/retry", status_code=202, dependencies=[ChangesTasks])
@@ -64,6 +59,8 @@ async def retry_task(
             f"Task {task_id} is {status.status}; only a task that ended error or failed "
             "can be retried"
         )
+    if status.error is not None and status.error.type == FailureType.ANOTHER_FILE_STORED:
+        raise Conflict(f"Task {task_id} cannot be retried: {status.error.message}")
     if memo is None:
         raise Conflict(
             f"Task {task_id} ended {status.status} at {status.completed_at}, and Temporal no "

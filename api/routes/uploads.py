@@ -28,11 +28,10 @@ from api.ingest_start import (
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import (
     describe_owned,
-    get_task_status,
+    find_task,
     owned_record,
     record_status,
     render,
-    status_from_record,
 )
 from api.upload_stream import ReceivedFile, receive_files, request_limit
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
@@ -275,10 +274,9 @@ async def _replayed_from_record(
 async def upload_status(
     task_id: str, owner: OwnerDep, temporal: TemporalDep, session: SessionDep
 ) -> TaskStatus:
-    """The status of one upload task, answered from its workflow."""
-    status = await get_task_status(temporal, owner, task_id)
-    if status is None:
-        status = await status_from_record(session, owner, task_id)
-    if status is None:
+    """The status of one upload task, answered from its workflow (or its documents row once
+    Temporal's retention dropped the workflow)."""
+    found = await find_task(temporal, session, owner, task_id)
+    if found is None:
         raise NotFound(f"Task {task_id[:100]!r} not found")
-    return status
+    return found[0]

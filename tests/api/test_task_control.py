@@ -14,8 +14,11 @@ import pytest
 from sqlalchemy import func, select
 
 from activities.embed import TextEmbedder
+from api.ingest_start import start_ingest
+from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
+from core.staging import ORIGINAL
 from tests.documents import lorem, make_pdf
 from tests.support import (
     Stack,
@@ -27,7 +30,7 @@ from tests.support import (
     stack_settings,
     wait_for_status,
 )
-from workflows.types import Status
+from workflows.types import IngestTask, Status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -411,6 +414,78 @@ async def listed_ids(
     response = await http.get("/api/progress", params=query, headers=tenant.headers)
     assert response.status_code == 200, response.text
     return [task["task_id"] for task in response.json()["tasks"]]
+
+
+async def test_a_page_of_tasks_with_a_retry_running_keeps_the_tasks_that_belong_on_it(
+    idle_api: tuple[str, Settings], stack: Stack
+) -> None:
+    """More tasks than the page: running and closed runs are listed apart, and a retry that
+    is running has its earlier run among the closed ones. The page holds the newest tasks,
+    each once: the retried one and the task that started before it, not the retried one
+    alone."""
+    url, _ = idle_api  # no worker: an upload stays queued, a running workflow
+    tenant = await new_tenant(stack, "page")
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+        async def upload_one(name: str, seed: int) -> str:
+            response = await upload(http, tenant, name, lorem(2, seed=seed).encode())
+            assert response.status_code == 202, response.text
+            return str(response.json()["task_id"])
+
+        await upload_one("a.txt", 31)  # running, the oldest
+        closed = await upload_one("b.txt", 32)
+        await stack.client.get_workflow_handle(closed).terminate("test")  # `error`
+        retried = await upload_one("x.txt", 33)
+        await stack.client.get_workflow_handle(retried).terminate("test")
+        await wait_for_status(http, tenant, retried, {Status.ERROR})
+        response = await http.post(f"/upload/{retried}/retry", headers=tenant.headers)
+        assert response.status_code == 202, response.text
+        page: list[str] = []
+        async with asyncio.timeout(10):  # visibility is eventually consistent
+            while page != [retried, closed]:
+                response = await http.get(
+                    "/api/progress", params={"limit": 2}, headers=tenant.headers
+                )
+                assert response.status_code == 200, response.text
+                page = [task["task_id"] for task in response.json()["tasks"]]
+                await asyncio.sleep(0.2)
+
+
+async def test_a_task_that_found_another_file_under_its_id_cannot_be_retried(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """An idempotency key's task id, run again with another file once Temporal forgot the
+    first workflow (which the API refuses; here started by hand): the task ends `failed`
+    (AnotherFileStored) and the first document stays. A retry would fail the same way, so it
+    is refused with the reason."""
+    january = lorem(4, seed=61).encode()
+    first = await upload(http, tenant, "jan.txt", january, **{"Idempotency-Key": "k-61"})
+    assert first.status_code == 202, first.text
+    task_id = first.json()["task_id"]
+    assert (await wait_for_status(http, tenant, task_id, Status.TERMINAL))["status"] == "complete"
+    await forget_workflow(stack, task_id)
+    february = lorem(4, seed=62).encode()
+    stack.staging.write_bytes(task_id, ORIGINAL, february)
+    task = IngestTask(
+        task_id=task_id, owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+        filename="feb.txt", format=DocumentFormat.TEXT.value, size_bytes=len(february),
+        sha256=hashlib.sha256(february).hexdigest(), chunk_size=1000, chunk_overlap=100,
+        embed_task_queue=stack.settings.embed_task_queue,
+    )  # fmt: skip
+    await start_ingest(stack.client, stack.settings, task, tenant.owner_id, rerun=True)
+
+    ended = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert (ended["status"], ended["error"]["type"]) == ("failed", "AnotherFileStored")
+    reason = (
+        f"task {task_id} already stored another file (jan.txt), which is kept; "
+        "upload feb.txt with a new Idempotency-Key"
+    )
+    assert ended["message"] == f"Failed to process feb.txt: {reason}"
+    retry = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["detail"] == f"Task {task_id} cannot be retried: {reason}"
+    documents = await documents_with(stack, january)
+    assert [document.filename for document in documents] == ["jan.txt"]
 
 
 async def test_a_retried_task_is_listed_once_and_its_batch_keeps_every_file(
