@@ -106,24 +106,32 @@ async def test_batch_accepts_good_files_and_reports_bad_ones(
     assert [item["filename"] for item in status["rejected"]] == ["noise.pdf"]
 
 
+async def a_failed_and_a_complete_task(
+    http: httpx.AsyncClient, tenant: Tenant, seed: int
+) -> tuple[str, str, str]:
+    """A batch of a cut PDF and a text file, once both ended: its id, the PDF's task (`failed`)
+    and the text's (`complete`)."""
+    files = [
+        ("file", ("cut.pdf", make_pdf(["x"])[:300])),
+        ("file", ("good.txt", lorem(6, seed=seed).encode())),
+    ]
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+    )
+    assert response.status_code == 202, response.text
+    cut, good = (entry["task_id"] for entry in response.json()["tasks"])
+    assert (await wait_for_status(http, tenant, cut, Status.TERMINAL))["status"] == "failed"
+    assert (await wait_for_status(http, tenant, good, Status.TERMINAL))["status"] == "complete"
+    return response.json()["batch_id"], cut, good
+
+
 async def test_a_batch_and_its_tasks_answer_from_their_records_once_temporal_forgot_them(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
     """Temporal's retention drops a closed workflow; the batch's tasks are then told by their
     documents rows, so every file of the batch is still in one of its lists, and a retry or
     cancel of such a task is refused with its reason."""
-    files = [
-        ("file", ("cut.pdf", make_pdf(["x"])[:300])),
-        ("file", ("good.txt", lorem(6, seed=78).encode())),
-    ]
-    response = await http.post(
-        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
-    )
-    assert response.status_code == 202, response.text
-    batch_id = response.json()["batch_id"]
-    cut, good = (entry["task_id"] for entry in response.json()["tasks"])
-    assert (await wait_for_status(http, tenant, cut, Status.TERMINAL))["status"] == "failed"
-    assert (await wait_for_status(http, tenant, good, Status.TERMINAL))["status"] == "complete"
+    batch_id, cut, good = await a_failed_and_a_complete_task(http, tenant, seed=78)
     await forget_workflow(stack, cut)
     await forget_workflow(stack, good)
     async with asyncio.timeout(10):  # visibility forgets them a moment later
@@ -493,18 +501,7 @@ async def test_a_retried_task_is_listed_once_and_its_batch_keeps_every_file(
 ) -> None:
     """Each retry is a new run under the task's id, and visibility lists every run: the task
     list and the batch show the task once, as its latest run, beside the batch's other file."""
-    files = [
-        ("file", ("cut.pdf", make_pdf(["x"])[:300])),
-        ("file", ("good.txt", lorem(6, seed=77).encode())),
-    ]
-    response = await http.post(
-        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
-    )
-    assert response.status_code == 202, response.text
-    batch_id = response.json()["batch_id"]
-    cut, good = (entry["task_id"] for entry in response.json()["tasks"])
-    assert (await wait_for_status(http, tenant, good, Status.TERMINAL))["status"] == "complete"
-    assert (await wait_for_status(http, tenant, cut, Status.TERMINAL))["status"] == "failed"
+    batch_id, cut, good = await a_failed_and_a_complete_task(http, tenant, seed=77)
     for _ in range(2):
         retried = await http.post(f"/upload/{cut}/retry", headers=tenant.headers)
         assert retried.status_code == 202, retried.text

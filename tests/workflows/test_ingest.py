@@ -231,6 +231,34 @@ async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_
     assert replay.replay_failure is None
 
 
+async def cancelled_while_its_step_fails(
+    stack: Stack, settings: Settings, task: IngestTask, began: asyncio.Event, fail: asyncio.Event
+) -> WorkflowHandle[IngestDocument, TaskProgress]:
+    """Run the task's workflow; once its step has `began`, cancel the task, wait until the
+    workflow has asked the step to stop, then let the step `fail`. The task must then end
+    `cancelled`, as the user was told; returns its handle."""
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+    )
+    async with asyncio.timeout(120):
+        await began.wait()
+        await handle.cancel()
+        while EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED not in {
+            event.event_type async for event in handle.fetch_history_events()
+        }:
+            await asyncio.sleep(0.05)
+        fail.set()
+        with pytest.raises(WorkflowFailureError) as ended:
+            await handle.result()
+        progress = await handle.query(IngestDocument.progress)
+    assert isinstance(ended.value.cause, CancelledError)
+    assert (progress.status, progress.message) == (
+        Status.CANCELLED,
+        f"Processing of {task.filename} was cancelled",
+    )
+    return handle
+
+
 async def test_a_cancel_that_came_while_an_embed_worker_without_the_step_failed_it_cancels(
     stack: Stack, tenant: Tenant
 ) -> None:
@@ -254,26 +282,7 @@ async def test_a_cancel_that_came_while_an_embed_worker_without_the_step_failed_
 
     async with main_workers_beside(stack, settings, [embed.embed, lacking]):
         task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
-        handle = await stack.client.start_workflow(
-            IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
-        )
-        async with asyncio.timeout(120):
-            await began.wait()
-            await handle.cancel()
-            # The workflow has seen the cancel (and asked the step to stop) before the step fails.
-            while EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED not in {
-                event.event_type async for event in handle.fetch_history_events()
-            }:
-                await asyncio.sleep(0.05)
-            fail.set()
-            with pytest.raises(WorkflowFailureError) as ended:
-                await handle.result()
-            progress = await handle.query(IngestDocument.progress)
-    assert isinstance(ended.value.cause, CancelledError)
-    assert (progress.status, progress.message) == (
-        Status.CANCELLED,
-        "Processing of a.txt was cancelled",
-    )
+        handle = await cancelled_while_its_step_fails(stack, settings, task, began, fail)
     history = await handle.fetch_history()
     assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
     assert await chunks_stored(stack, task.task_id) == 0
@@ -321,26 +330,7 @@ async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_fa
         task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
         # A lost worker is noticed after 2 s without a heartbeat.
         task = dataclasses.replace(task, heartbeat_timeout_s=2)
-        handle = await stack.client.start_workflow(
-            IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
-        )
-        async with asyncio.timeout(120):
-            await began.wait()
-            await handle.cancel()
-            # The workflow has seen the cancel (and asked the step to stop) before the step fails.
-            while EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED not in {
-                event.event_type async for event in handle.fetch_history_events()
-            }:
-                await asyncio.sleep(0.05)
-            fail.set()
-            with pytest.raises(WorkflowFailureError) as ended:
-                await handle.result()
-            progress = await handle.query(IngestDocument.progress)
-    assert isinstance(ended.value.cause, CancelledError)
-    assert (progress.status, progress.message) == (
-        Status.CANCELLED,
-        "Processing of a.txt was cancelled",
-    )
+        handle = await cancelled_while_its_step_fails(stack, settings, task, began, fail)
     history = await handle.fetch_history()
     ending = "timed out" if worker_dies else "failed"
     assert step_endings(history) == [(ending, RetryState.CANCEL_REQUESTED)]  # one attempt
