@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlalchemy import delete
+import logging
+import uuid
 
-from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep
+from fastapi import APIRouter
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
 from api.ownership import owned_row, parse_id
 from api.schemas import DocumentPublic, ErrorBody, TaskError
-from core.errors import NotFound
+from api.task_status import RPC_DEADLINE
+from core.errors import Conflict, NotFound
 from core.models import Document
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/documents",
@@ -46,10 +55,19 @@ async def get_document(document_id: str, owner: OwnerDep, session: SessionDep) -
     return document_public(await owned_row(session, Document, owner, document_id, "Document"))
 
 
-@router.delete("/{document_id}", status_code=204, dependencies=[ChangesTasks])
-async def delete_document(document_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep) -> None:
-    """Delete one of the caller's documents with all its chunks."""
+@router.delete(
+    "/{document_id}",
+    status_code=204,
+    dependencies=[ChangesTasks],
+    responses={409: {"model": ErrorBody}},
+)
+async def delete_document(
+    document_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep, temporal: TemporalDep
+) -> None:
+    """Delete one of the caller's documents with all its chunks; 409 while its task runs."""
     parsed = parse_id(document_id)
+    if parsed is not None:
+        await _refuse_while_its_task_runs(sessionmaker, temporal, owner, parsed)
     deleted = None
     # Its own transaction, committed before the 204 is sent: a search made once the caller
     # has the answer never finds the chunks. The chunks go in the same statement (ON DELETE
@@ -63,3 +81,41 @@ async def delete_document(document_id: str, owner: OwnerDep, sessionmaker: Sessi
             )
     if deleted is None:
         raise _not_found(document_id)
+
+
+async def _refuse_while_its_task_runs(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    temporal: Client,
+    owner: uuid.UUID,
+    document_id: uuid.UUID,
+) -> None:
+    """409 when the document's task runs again (a retry): its store or its outcome would write
+    the row back, and the delete would be undone. With Temporal out of reach the delete goes
+    ahead (a retry running at that moment is rare; the delete should not wait for Temporal)."""
+    async with sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(Document.task_id, Document.filename).where(
+                    Document.id == document_id, Document.owner_id == owner
+                )
+            )
+        ).first()
+    if row is None:
+        return
+    try:
+        description = await temporal.get_workflow_handle(row.task_id).describe(
+            rpc_timeout=RPC_DEADLINE
+        )
+    except RPCError as exc:
+        if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            log.warning("could not ask Temporal whether task %s runs", row.task_id, exc_info=exc)
+        return
+    except RuntimeError:  # a lazy client that cannot reach the server
+        log.warning("could not ask Temporal whether task %s runs", row.task_id)
+        return
+    if description.status is WorkflowExecutionStatus.RUNNING:
+        raise Conflict(
+            f"Document {document_id} ({row.filename}) is being processed again by task "
+            f"{row.task_id}; cancel the task (POST /upload/{row.task_id}/cancel) or wait for it "
+            "to end, then delete the document"
+        )

@@ -5,6 +5,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
 
@@ -21,6 +22,7 @@ from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import find_task
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import Conflict, NotFound
+from core.models import Agent
 from workflows.types import FailureType, Status
 
 router = APIRouter(
@@ -70,6 +72,10 @@ async def retry_task(
     task = task_from_memo(memo)
     if task is None:
         raise Conflict(f"Task {task_id} was started by an older version and cannot be retried")
+    if await session.scalar(select(Agent.id).where(Agent.id == uuid.UUID(task.agent_id))) is None:
+        raise Conflict(
+            f"The agent {task.agent_id} of task {task_id} was deleted; it cannot be retried"
+        )
     if not await anyio.to_thread.run_sync(staging.exists, task.task_id, task.original):
         raise Conflict(
             f"The staged original of {task.filename} was removed "

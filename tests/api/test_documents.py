@@ -175,6 +175,43 @@ async def test_documents_delete_removes_the_document_and_its_chunks(
     assert await chunk_count(stack, kept_id) == kept_chunks
 
 
+async def test_documents_delete_is_refused_while_the_documents_task_runs_again(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, idle_api: str
+) -> None:
+    """A retry's store (or its outcome) would write the row back and undo the delete: 409,
+    naming the task to cancel, until the task ended. A delete still works with Temporal out of
+    reach."""
+    failed = await ingest(http, tenant, "cut.pdf", make_pdf(["x"])[:300])
+    assert failed["status"] == "failed"
+    listed = await http.get(f"/agents/{tenant.agent_id}/documents", headers=tenant.headers)
+    (document,) = listed.json()["documents"]
+    task_id = failed["task_id"]
+    async with httpx.AsyncClient(base_url=idle_api) as idle:  # no worker: the retry waits
+        retried = await idle.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 202, retried.text
+
+    refused = await http.delete(f"/documents/{document['id']}", headers=tenant.headers)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"] == (
+        f"Document {document['id']} (cut.pdf) is being processed again by task {task_id}; "
+        f"cancel the task (POST /upload/{task_id}/cancel) or wait for it to end, then delete "
+        "the document"
+    )
+    await stack.client.get_workflow_handle(task_id).terminate("test")
+    deleted = await http.delete(f"/documents/{document['id']}", headers=tenant.headers)
+    assert deleted.status_code == 204
+
+
+async def test_documents_delete_succeeds_when_temporal_is_down(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    done = await ingest(http, tenant, "kept.txt", lorem(3, seed=9).encode())
+    settings = stack_settings(stack, temporal_address=f"127.0.0.1:{free_port()}")
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as down:
+        deleted = await down.delete(f"/documents/{done['document_id']}", headers=tenant.headers)
+    assert deleted.status_code == 204, deleted.text
+
+
 async def test_agents_delete_removes_its_documents_and_chunks(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:

@@ -528,6 +528,22 @@ async def run_count(stack: Stack, task_id: str) -> int:
     return len([execution async for execution in stack.client.list_workflows(query)])
 
 
+async def test_retry_of_a_task_whose_agent_was_deleted_is_refused(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    """It could only run its steps again and fail at the store (AgentDeleted)."""
+    tenant = await new_tenant(stack, "orphan")
+    task_id = (await upload(http, tenant, "cut.pdf", make_pdf(["x"])[:300])).json()["task_id"]
+    assert (await wait_for_status(http, tenant, task_id, Status.TERMINAL))["status"] == "failed"
+    deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 409, retried.text
+    assert retried.json()["detail"] == (
+        f"The agent {tenant.agent_id} of task {task_id} was deleted; it cannot be retried"
+    )
+
+
 async def test_retry_of_a_failed_file_runs_again_and_fails_again(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
