@@ -74,6 +74,9 @@ def modified_at(info: Mapping[str, Any]) -> datetime | None:
 def task_folders(staging: StagingStore) -> list[str]:
     """Names of the task folders in the store, sorted; anything not named by a task id is
     not ours to judge."""
+    # An object store's filesystem (s3fs) caches listings with no expiry, and the API writes
+    # from another machine: each sweep lists afresh.
+    staging.fs.invalidate_cache()
     names = []
     for entry in staging.fs.ls(staging.root, detail=True):
         name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
