@@ -57,6 +57,14 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ConfigurationError(
+                f"DOCINGEST_EMBEDDING_DEVICE={device}, but torch sees "
+                f"{torch.cuda.device_count()} CUDA device(s) (torch {torch.__version__}); "
+                "use cpu or auto, or a CUDA build of torch on a machine with that GPU"
+            )
     return device
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# What torch is given as a device: `auto` is resolved at model load (activities.embed).
+EMBEDDING_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.ASCII)
 
 
 class Settings(BaseSettings):
@@ -37,10 +40,13 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=500 * MIB, gt=0, description="Whole batch request.")
     staging_ttl: timedelta = Field(
         default=timedelta(days=7),
+        ge=timedelta(minutes=1),
         description="Staging of finished (or vanished) tasks is removed after this long.",
     )
     upload_orphan_grace: timedelta = Field(
         default=timedelta(hours=1),
+        # Shorter, the sweep could take the folder of an upload still streaming in.
+        ge=timedelta(minutes=1),
         description="Staging of an upload that never started its workflow goes after this.",
     )
     key_cache_ttl: timedelta = Field(
@@ -104,7 +110,9 @@ class Settings(BaseSettings):
         ),
     )
     activity_heartbeat_timeout: timedelta = Field(
-        default=timedelta(minutes=1), description="How soon a lost worker's activity is retried."
+        default=timedelta(minutes=1),
+        ge=timedelta(seconds=1),  # steps take it in whole seconds (IngestTask.heartbeat_timeout_s)
+        description="How soon a lost worker's activity is retried.",
     )
     database_attempts: int = Field(
         default=10, ge=1, le=100, description="Attempts of store/record before `error`."
@@ -137,6 +145,27 @@ class Settings(BaseSettings):
         """Durations also read as plain seconds (`DOCINGEST_STAGING_TTL=3600`)."""
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
+        return value
+
+    @field_validator("embedding_device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        """Refused here rather than by torch at the first model load (the API's first search)."""
+        if not EMBEDDING_DEVICE.fullmatch(value):
+            raise ValueError(
+                f"DOCINGEST_EMBEDDING_DEVICE ({value!r}) must be auto, cpu, cuda or cuda:N"
+            )
+        return value
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _model_folder_exists(cls, value: str | None) -> str | None:
+        """Refused here rather than at the first model load (the API's first search)."""
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise ValueError(
+                f"DOCINGEST_EMBEDDING_MODEL ({value!r}) is not a folder: give the path of a "
+                "local sentence-transformers model, or unset it for the bundled one"
+            )
         return value
 
     @model_validator(mode="after")

@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -52,6 +54,10 @@ EXECUTOR_THREADS = MAIN_ACTIVITIES + LOCAL_STEPS + EMBED_BATCHES + 1  # + one sp
 # each well under a millisecond; while the event loop runs Python (workflow activations, the
 # SDK, a store), each of those waits could last the whole 5 ms.
 GIL_SWITCH_INTERVAL_S = 0.001
+# How long a stopping worker (SIGTERM, a rolling restart) lets its running activities finish
+# before it cancels them; a cancelled one is retried elsewhere from scratch, using one of its
+# step's attempts. Under the 15 s `docingest dev` waits after its SIGTERM (cli/dev.py).
+SHUTDOWN_GRACE = timedelta(seconds=10)
 
 
 class Role(enum.StrEnum):
@@ -64,6 +70,13 @@ def reader_limits(settings: Settings) -> ReaderLimits:
     return ReaderLimits(
         time_s=settings.extract_time_limit.total_seconds(),
         memory_mib=settings.extract_memory_limit_mib,
+    )
+
+
+def make_worker(client: Client, task_queue: str, **options: Any) -> Worker:
+    """A worker whose shutdown lets running activities finish for up to `SHUTDOWN_GRACE`."""
+    return Worker(
+        client, task_queue=task_queue, graceful_shutdown_timeout=SHUTDOWN_GRACE, **options
     )
 
 
@@ -82,9 +95,9 @@ def build_workers(
         extract = ExtractActivities(staging, reader_limits(settings))
         chunk = ChunkActivities(staging)
         workers.append(
-            Worker(
+            make_worker(
                 client,
-                task_queue=settings.task_queue,
+                settings.task_queue,
                 workflows=[IngestDocument, CleanStaging],
                 activities=[
                     extract.extract,
@@ -114,9 +127,9 @@ def build_workers(
             embed, StoreActivities(staging, sessionmaker), asyncio.get_running_loop()
         )
         workers.append(
-            Worker(
+            make_worker(
                 client,
-                task_queue=settings.embed_task_queue,
+                settings.embed_task_queue,
                 activities=[embed.embed, embed_and_store.embed_and_store],
                 activity_executor=executor,
                 max_concurrent_activities=EMBED_BATCHES,
@@ -146,7 +159,8 @@ async def check_embedding_dimension(engine: AsyncEngine, dimension: int) -> None
 
 
 async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
-    """Run until SIGINT/SIGTERM; in-flight activities get their heartbeat timeout to finish."""
+    """Run until SIGINT/SIGTERM; running activities then get `SHUTDOWN_GRACE` to finish, after
+    which they are cancelled and retried on another worker."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -188,8 +202,8 @@ async def _run_until(workers: list[Worker], stop: asyncio.Event) -> None:
     runs = [asyncio.create_task(worker.run()) for worker in workers]
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([*runs, waiter], return_when=asyncio.FIRST_COMPLETED)
-    for worker in workers:
-        await worker.shutdown()
+    # Together, so that stopping both queues' workers takes one grace, not one each.
+    await asyncio.gather(*(worker.shutdown() for worker in workers))
     waiter.cancel()
     for run in runs:
         if run.done() and run.exception() is not None:

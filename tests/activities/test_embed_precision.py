@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from activities.chunk import split_text
-from activities.embed import SentenceTransformerEmbedder
+from activities.embed import SentenceTransformerEmbedder, resolve_device
+from core.errors import ConfigurationError
 from tests.support import FIGURES
 
 pytestmark = pytest.mark.slow
@@ -49,3 +51,13 @@ def test_embed_bfloat16_agrees_with_float32_on_top5_neighbours() -> None:
         f"bfloat16 vs float32 on the bundled model: {len(chunks)} chunks, cosine min "
         f"{cosine.min():.5f}, top-{TOP_K} agreement {agreement:.1%} over {len(queries)} queries"
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_device_torch_does_not_see_is_refused_naming_the_setting(device: str) -> None:
+    """Not torch's own "Torch not compiled with CUDA enabled" at the first batch (or, for the
+    API, at the first search)."""
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigurationError, match=f"DOCINGEST_EMBEDDING_DEVICE={device}, but"):
+        resolve_device(device)

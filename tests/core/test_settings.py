@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -62,3 +63,56 @@ def test_chunk_overlap_may_be_at_most_half_the_chunk_size(
         return
     with pytest.raises(ValidationError, match=f"DOCINGEST_CHUNK_OVERLAP \\({overlap}\\) must be"):
         Settings()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_embedding_device_accepts_what_the_readme_lists(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    monkeypatch.setenv("DOCINGEST_EMBEDDING_DEVICE", device)
+    assert Settings().embedding_device == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:", "cuda:x", "mps", "cpu\n", ""])
+def test_embedding_device_refuses_others_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    """Else torch refuses it at the first model load: the API's first search."""
+    monkeypatch.setenv("DOCINGEST_EMBEDDING_DEVICE", device)
+    with pytest.raises(ValidationError, match=r"DOCINGEST_EMBEDDING_DEVICE .* must be auto, cpu"):
+        Settings()
+
+
+def test_embedding_model_must_be_an_existing_folder_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Else the model load fails with a FileNotFoundError naming no setting."""
+    (tmp_path / "model.bin").write_bytes(b"")  # a file is not a sentence-transformers model
+    monkeypatch.setenv("DOCINGEST_EMBEDDING_MODEL", str(tmp_path))
+    assert Settings().embedding_model == str(tmp_path)
+    for not_a_model in ("no-such-model", "model.bin"):
+        monkeypatch.setenv("DOCINGEST_EMBEDDING_MODEL", str(tmp_path / not_a_model))
+        with pytest.raises(ValidationError, match=r"DOCINGEST_EMBEDDING_MODEL .* is not a folder"):
+            Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "shortest"),
+    [
+        ("DOCINGEST_ACTIVITY_HEARTBEAT_TIMEOUT", timedelta(seconds=1)),
+        ("DOCINGEST_UPLOAD_ORPHAN_GRACE", timedelta(minutes=1)),
+        ("DOCINGEST_STAGING_TTL", timedelta(minutes=1)),
+    ],
+)
+def test_durations_refuse_less_than_their_shortest_useful_value(
+    monkeypatch: pytest.MonkeyPatch, variable: str, shortest: timedelta
+) -> None:
+    """A zero orphan grace let the sweep remove uploads still streaming in; a heartbeat
+    timeout under a second was quietly made one (steps take it in whole seconds)."""
+    seconds = int(shortest.total_seconds())
+    monkeypatch.setenv(variable, str(seconds))
+    assert getattr(Settings(), variable.removeprefix("DOCINGEST_").lower()) == shortest
+    for too_short in ("0", str(seconds - 1) if seconds > 1 else "0.5"):
+        monkeypatch.setenv(variable, too_short)
+        with pytest.raises(ValidationError, match=variable.removeprefix("DOCINGEST_").lower()):
+            Settings()
