@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,24 +13,19 @@ from contextlib import contextmanager, suppress
 import httpx
 
 from cli.bootstrap import DevCredentials, dev_credentials
+from cli.processes import interrupt_on_sigterm, refuse_busy_port
 from core.db import resolve_database_url
-from core.embedded import start_temporal_dev_server, wait_for_port
+from core.embedded import start_temporal_dev_server, stop_process, wait_for_port
 from core.migrate import upgrade_to_head
 from core.settings import Settings
 from core.temporal import connect, register_search_attributes
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_dev(settings: Settings) -> int:
-    # SIGTERM (a supervisor, `kill`) stops everything the same way as Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    interrupt_on_sigterm()
     home = settings.resolved_home
     home.mkdir(parents=True, exist_ok=True)
-    _refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT")
+    refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT")
     print(f"docingest dev: state in {home}", file=sys.stderr)
     database_url = resolve_database_url(settings)
     env = {
@@ -57,19 +50,13 @@ async def _prepare(settings: Settings, temporal_address: str, database_url: str)
     return await dev_credentials(settings, database_url)
 
 
-def _refuse_busy_port(port: int, variable: str) -> None:
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
-
-
 @contextmanager
 def _temporal(settings: Settings) -> Iterator[str]:
     if settings.temporal_address:
         yield settings.temporal_address
         return
-    _refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
-    _refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
+    refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
+    refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
     server = start_temporal_dev_server(
         settings.resolved_home,
         port=settings.temporal_port,
@@ -79,7 +66,7 @@ def _temporal(settings: Settings) -> Iterator[str]:
     try:
         yield f"127.0.0.1:{settings.temporal_port}"
     finally:
-        _stop(server)
+        stop_process(server)
 
 
 @contextmanager
@@ -88,17 +75,7 @@ def _child(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes
     try:
         yield process
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _wait_healthy(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:

@@ -27,8 +27,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from core.db import resolve_database_url
+
+    # Before the nice: an embedded PostgreSQL started here would inherit it for its whole
+    # life, and it serves the API as well as this worker.
+    settings = settings.model_copy(update={"database_url": resolve_database_url(settings)})
     if settings.worker_nice:
-        # First, before any thread exists: on Linux the nice value is per thread, and the
+        # Then, before any thread exists: on Linux the nice value is per thread, and the
         # threads started later (torch's, gRPC's, the activity pool) inherit it.
         os.nice(settings.worker_nice)
     from worker.main import Role, run_worker
@@ -60,7 +65,25 @@ def cmd_models_build(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:
-    from core.embedded import start_temporal_dev_server
+    from cli.processes import interrupt_on_sigterm, refuse_busy_port
+
+    interrupt_on_sigterm()
+    refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
+    refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
+    log_file = settings.resolved_home / "temporal.log"
+    try:
+        code = _run_temporal(settings)
+    except KeyboardInterrupt:
+        return  # Ctrl-C or SIGTERM: the server is stopped
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"the Temporal dev server did not start ({exc}): see {log_file}") from exc
+    if code != 0:
+        sys.exit(f"the Temporal dev server exited with code {code}: see {log_file}")
+
+
+def _run_temporal(settings: Settings) -> int:
+    """Run the dev server until it exits (its exit code) or until interrupted."""
+    from core.embedded import start_temporal_dev_server, stop_process
 
     server = start_temporal_dev_server(
         settings.resolved_home,
@@ -68,16 +91,15 @@ def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:
         ui_port=settings.temporal_ui_port,
         namespace=settings.temporal_namespace,
     )
-    print(
-        f"Temporal on 127.0.0.1:{settings.temporal_port}, UI http://127.0.0.1:"
-        f"{settings.temporal_ui_port}",
-        file=sys.stderr,
-    )
     try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.terminate()
-        server.wait()
+        print(
+            f"Temporal on 127.0.0.1:{settings.temporal_port}, UI http://127.0.0.1:"
+            f"{settings.temporal_ui_port}",
+            file=sys.stderr,
+        )
+        return server.wait()
+    finally:
+        stop_process(server)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:

@@ -115,24 +115,58 @@ def start_temporal_dev_server(
     try:
         wait_for_port("127.0.0.1", port, timeout=60, process=process)
     except BaseException:
-        process.terminate()
+        stop_process(process)
         raise
     return process
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_for_port(
     host: str, port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None
 ) -> None:
+    """Wait until HOST:PORT answers; with PROCESS, until that process itself listens there.
+
+    Another server already on the port answers too: the process started for it then fails to
+    bind and exits, which raises here instead of passing for a successful start."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with code {process.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
+        if _answers(host, port) and (process is None or _listens(process, port)):
+            return
+        time.sleep(0.2)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _listens(process: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether PROCESS, or a process it started, holds a listening socket on PORT."""
+    try:
+        parent = psutil.Process(process.pid)
+        return any(
+            connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+            for owner in [parent, *parent.children(recursive=True)]
+            for connection in owner.net_connections(kind="inet")
+        )
+    except psutil.Error:
+        return False
 
 
 FIXED_PORTS_FROM = 15000  # free_port's range starts here and ends below the ephemeral range

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,3 +133,53 @@ def test_cli_dev_prints_a_curl_that_works_and_keeps_state() -> None:
         assert [task["status"] for task in listed.json()["tasks"]] == ["complete"]
     finally:
         stop_dev(process, tmp_path)
+
+
+def temporal_env(home: Path, port: int, ui_port: int) -> dict[str, str]:
+    return {
+        "DOCINGEST_HOME": str(home),
+        "DOCINGEST_TEMPORAL_PORT": str(port),
+        "DOCINGEST_TEMPORAL_UI_PORT": str(ui_port),
+    }
+
+
+def test_cli_temporal_refuses_a_busy_port(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        result = run_cli("temporal", env=temporal_env(tmp_path, port, free_port()))
+    assert result.returncode != 0
+    assert f"port {port} is in use" in result.stderr
+    assert "DOCINGEST_TEMPORAL_PORT" in result.stderr
+
+
+def test_cli_temporal_stops_its_server_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    with subprocess.Popen(
+        [DOCINGEST, "temporal"],
+        env={**os.environ, **temporal_env(tmp_path, port, free_port())},
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        _stop_temporal_with_sigterm(process, port)
+
+
+def _stop_temporal_with_sigterm(process: subprocess.Popen[str], port: int) -> None:
+    assert process.stderr is not None
+    children: list[psutil.Process] = []
+    try:
+        for line in process.stderr:
+            if line.startswith(f"Temporal on 127.0.0.1:{port}"):
+                break
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert children, "docingest temporal started no server"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+    finally:
+        process.kill()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

@@ -1,0 +1,26 @@
+"""What the commands that run servers in the foreground (`dev`, `temporal`) share: a busy port
+refused before anything starts, and SIGTERM stopping them the way Ctrl-C does."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+
+def refuse_busy_port(port: int, variable: str) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a supervisor, `kill`) raise KeyboardInterrupt, as Ctrl-C does, so the
+    `finally` blocks stop the child processes instead of leaving them to PID 1.
+
+    SIGINT is set too: a shell starts background jobs with SIGINT ignored."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
