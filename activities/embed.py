@@ -224,7 +224,8 @@ def make_embedder(
     int8 ONNX export of the same model (built under `models_dir` at first use)."""
     if precision != "int8":
         return SentenceTransformerEmbedder(model_path, batch_size, device, precision, models_dir)
-    if resolve_device(device) != "cpu":
+    # A GPU asked for by name is refused for int8 first, whether or not torch sees it.
+    if device.startswith("cuda") or resolve_device(device) != "cpu":
         raise ConfigurationError(
             "DOCINGEST_EMBEDDING_PRECISION=int8 runs on the CPU only: "
             "set DOCINGEST_EMBEDDING_DEVICE=cpu, or use bfloat16 on a GPU"
