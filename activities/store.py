@@ -18,6 +18,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -182,11 +183,7 @@ class StoreActivities:
             row = (
                 await session.execute(
                     select(Document.id, Document.chunk_count).where(
-                        Document.task_id == task.task_id,
-                        Document.status == Status.COMPLETE,
-                        # not another file, or another agent's, under this task id
-                        Document.sha256 == task.sha256,
-                        Document.agent_id == uuid.UUID(task.agent_id),
+                        *_row_of_this_file(task), Document.status == Status.COMPLETE
                     )
                 )
             ).first()
@@ -279,12 +276,17 @@ async def _drop_unstored_row(session: AsyncSession, task: IngestTask) -> None:
     tell its status so once Temporal forgot the workflow. A task answered as a duplicate keeps
     no row of its own, as an upload answered as one does."""
     await session.execute(
-        delete(Document).where(
-            Document.task_id == task.task_id,
-            Document.status != Status.COMPLETE,
-            Document.sha256 == task.sha256,
-            Document.agent_id == uuid.UUID(task.agent_id),
-        )
+        delete(Document).where(*_row_of_this_file(task), Document.status != Status.COMPLETE)
+    )
+
+
+def _row_of_this_file(task: IngestTask) -> tuple[ColumnElement[bool], ...]:
+    """The row of `task`'s id when it holds this task's file for its agent, not another's
+    (the upsert's own condition: see `upsert_document`)."""
+    return (
+        Document.task_id == task.task_id,
+        Document.sha256 == task.sha256,
+        Document.agent_id == uuid.UUID(task.agent_id),
     )
 
 

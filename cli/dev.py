@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 import httpx
 
 from cli.bootstrap import DevCredentials, dev_credentials
-from cli.processes import interrupt_on_sigterm, refuse_busy_port
+from cli.processes import interrupt_on_sigterm, refuse_busy_port, refuse_busy_temporal_ports
 from core.db import resolve_database_url
 from core.embedded import start_temporal_dev_server, stop_process, wait_for_port
 from core.migrate import upgrade_to_head
@@ -55,8 +55,7 @@ def _temporal(settings: Settings) -> Iterator[str]:
     if settings.temporal_address:
         yield settings.temporal_address
         return
-    refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
-    refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
+    refuse_busy_temporal_ports(settings)
     server = start_temporal_dev_server(
         settings.resolved_home,
         port=settings.temporal_port,

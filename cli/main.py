@@ -65,11 +65,10 @@ def cmd_models_build(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:
-    from cli.processes import interrupt_on_sigterm, refuse_busy_port
+    from cli.processes import interrupt_on_sigterm, refuse_busy_temporal_ports
 
     interrupt_on_sigterm()
-    refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
-    refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
+    refuse_busy_temporal_ports(settings)
     log_file = settings.resolved_home / "temporal.log"
     try:
         code = _run_temporal(settings)

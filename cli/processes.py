@@ -6,11 +6,19 @@ from __future__ import annotations
 import signal
 import socket
 
+from core.settings import Settings
+
 
 def refuse_busy_port(port: int, variable: str) -> None:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+
+
+def refuse_busy_temporal_ports(settings: Settings) -> None:
+    """Before a Temporal dev server starts: one on a busy port fails to bind, in its log."""
+    refuse_busy_port(settings.temporal_port, "DOCINGEST_TEMPORAL_PORT")
+    refuse_busy_port(settings.temporal_ui_port, "DOCINGEST_TEMPORAL_UI_PORT")
 
 
 def interrupt_on_sigterm() -> None:

@@ -9,13 +9,12 @@ from fastapi import APIRouter
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
 from api.ownership import owned_row, parse_id
 from api.schemas import DocumentPublic, ErrorBody, TaskError
-from api.task_status import RPC_DEADLINE
-from core.errors import Conflict, NotFound
+from api.task_status import describe_owned
+from core.errors import Conflict, NotFound, ServiceUnavailable
 from core.models import Document
 
 log = logging.getLogger(__name__)
@@ -103,16 +102,13 @@ async def _refuse_while_its_task_runs(
     if row is None:
         return
     try:
-        description = await temporal.get_workflow_handle(row.task_id).describe(
-            rpc_timeout=RPC_DEADLINE
-        )
-    except RPCError as exc:
-        if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-            log.warning("could not ask Temporal whether task %s runs", row.task_id, exc_info=exc)
+        found = await describe_owned(temporal, owner, row.task_id)
+    except ServiceUnavailable:
+        log.warning("could not ask Temporal whether task %s runs", row.task_id, exc_info=True)
         return
-    except RuntimeError:  # a lazy client that cannot reach the server
-        log.warning("could not ask Temporal whether task %s runs", row.task_id)
+    if found is None:
         return
+    description, _ = found
     if description.status is WorkflowExecutionStatus.RUNNING:
         raise Conflict(
             f"Document {document_id} ({row.filename}) is being processed again by task "

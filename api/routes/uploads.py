@@ -30,7 +30,6 @@ from api.task_status import (
     describe_owned,
     find_task,
     owned_record,
-    record_status,
     render,
 )
 from api.upload_stream import ReceivedFile, receive_files, request_limit
@@ -265,9 +264,7 @@ async def _replayed_from_record(
         document = await owned_record(session, repeat.ingest.owner, repeat.received.task_id)
         if document is None:
             return None
-        return repeat.replayed(
-            response, FirstUpload.of_record(document), record_status(document).status
-        )
+        return repeat.replayed(response, FirstUpload.of_record(document), document.status)
 
 
 @router.get("/status/{task_id}", responses={404: {"model": ErrorBody}})
