@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,13 +20,14 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.ownership import owned_id
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
 from core.dedup import StoredCopy, stored_copy
-from core.errors import InvalidRequest, UnsupportedMediaType
+from core.errors import InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, is_zip, sniff_format, sniff_head
 from core.models import Agent
 from core.settings import Settings
@@ -38,6 +39,16 @@ from workflows.types import MEMO_PROGRESS, MEMO_TASK, IngestTask, Status, TaskPr
 
 class AlreadyStarted(Exception):
     """A workflow with this task id exists already (a repeated idempotency key)."""
+
+
+class StartUnconfirmed(ServiceUnavailable):
+    """Temporal answered neither start of a task: its workflow may exist. The staged file
+    stays for the staging sweep to judge (kept while a workflow of the task exists, removed
+    past the orphan grace when none does), so a task that did start still finds it."""
+
+
+# How long a workflow start may wait for Temporal's answer; one unanswered is sent again.
+START_TIMEOUT = timedelta(seconds=5)
 
 
 async def find_agent(reads: AsyncEngine, owner: uuid.UUID, agent_id: str) -> uuid.UUID:
@@ -229,6 +240,10 @@ async def start_ingest(
 
     A repeated idempotency key must never start a second run, even after the first closed
     (REJECT_DUPLICATE); a retry (`rerun`) starts a new run of a closed task (ALLOW_DUPLICATE).
+
+    A start whose answer did not come within its deadline may still have reached the server,
+    so it is sent once more (`_start_again`) rather than answered "nothing was stored" while
+    the task runs; when that one goes unanswered too, `StartUnconfirmed` says so.
     """
     queued = TaskProgress.queued(task, iso_utc(datetime.now(UTC)))
     attributes = [
@@ -241,26 +256,74 @@ async def start_ingest(
     reuse = WorkflowIDReusePolicy.ALLOW_DUPLICATE
     if idempotent and not rerun:
         reuse = WorkflowIDReusePolicy.REJECT_DUPLICATE
+
+    async def start(reuse: WorkflowIDReusePolicy, conflict: WorkflowIDConflictPolicy) -> None:
+        await temporal.start_workflow(
+            IngestDocument.run,
+            task,
+            id=task.task_id,
+            task_queue=settings.task_queue,
+            id_reuse_policy=reuse,
+            id_conflict_policy=conflict,
+            memo={MEMO_PROGRESS: dataclasses.asdict(queued), MEMO_TASK: dataclasses.asdict(task)},
+            search_attributes=TypedSearchAttributes(attributes),
+            static_summary=f"{task.filename} → agent {task.agent_id}",
+            static_details=_details(task, owner),
+            rpc_timeout=START_TIMEOUT,
+        )
+
     try:
         with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):
-            await temporal.start_workflow(
-                IngestDocument.run,
-                task,
-                id=task.task_id,
-                task_queue=settings.task_queue,
-                id_reuse_policy=reuse,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                memo={
-                    MEMO_PROGRESS: dataclasses.asdict(queued),
-                    MEMO_TASK: dataclasses.asdict(task),
-                },
-                search_attributes=TypedSearchAttributes(attributes),
-                static_summary=f"{task.filename} → agent {task.agent_id}",
-                static_details=_details(task, owner),
-                rpc_timeout=timedelta(seconds=5),
-            )
+            try:
+                await start(reuse, WorkflowIDConflictPolicy.FAIL)
+            except RPCError as exc:
+                if exc.status is not RPCStatusCode.DEADLINE_EXCEEDED:
+                    raise
+                await _start_again(start, temporal, task, idempotent=idempotent, rerun=rerun)
     except WorkflowAlreadyStartedError as exc:
         raise AlreadyStarted(task.task_id) from exc
+
+
+async def _start_again(
+    start: Callable[[WorkflowIDReusePolicy, WorkflowIDConflictPolicy], Awaitable[None]],
+    temporal: Client,
+    task: IngestTask,
+    *,
+    idempotent: bool,
+    rerun: bool,
+) -> None:
+    """The second start of a task whose first start went unanswered: a workflow of this id
+    found running, or closed since it was started, is the one the first start made.
+
+    A new upload's id is new, so any run of it is ours (REJECT_DUPLICATE, USE_EXISTING); an
+    idempotent upload's id is its key's, so a run found is ours only when it reads the file
+    this request staged (else AlreadyStarted: the caller answers it as a repeat). A retry
+    takes its running run, or one that completed meanwhile (a task is retried only after it
+    failed, so a completed run is the retry's).
+    """
+    reuse = WorkflowIDReusePolicy.REJECT_DUPLICATE
+    if rerun:
+        reuse = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+    try:
+        with contextlib.suppress(WorkflowAlreadyStartedError):  # closed since: still ours
+            await start(reuse, WorkflowIDConflictPolicy.USE_EXISTING)
+        if idempotent and not rerun and not await _reads_this_upload(temporal, task):
+            raise AlreadyStarted(task.task_id)
+    except RPCError as exc:
+        raise StartUnconfirmed(
+            f"Temporal did not confirm the start of task {task.task_id} ({exc.message}): it "
+            f"may have started. GET /upload/status/{task.task_id} tells: 404 means it did "
+            "not, and the file can be sent again"
+        ) from exc
+
+
+async def _reads_this_upload(temporal: Client, task: IngestTask) -> bool:
+    """Whether the workflow of `task.task_id` was started for this very staged file."""
+    description = await temporal.get_workflow_handle(task.task_id).describe(
+        rpc_timeout=START_TIMEOUT
+    )
+    started = task_from_memo(await description.memo())
+    return started is not None and started.original == task.original
 
 
 def _details(task: IngestTask, owner: uuid.UUID) -> str:
@@ -274,7 +337,7 @@ def _details(task: IngestTask, owner: uuid.UUID) -> str:
     return "\n\n".join(lines)
 
 
-def task_from_memo(memo: dict[str, Any]) -> IngestTask | None:
+def task_from_memo(memo: Mapping[str, Any]) -> IngestTask | None:
     """The IngestTask a workflow was started with, as its memo keeps it."""
     raw = memo.get(MEMO_TASK)
     if not isinstance(raw, dict):

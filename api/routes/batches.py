@@ -18,7 +18,13 @@ from api.deps import (
     StagingDep,
     TemporalDep,
 )
-from api.ingest_start import AgentLookup, IngestRequest, accept_file, chunking
+from api.ingest_start import (
+    AgentLookup,
+    IngestRequest,
+    StartUnconfirmed,
+    accept_file,
+    chunking,
+)
 from api.ownership import owned_row
 from api.routes.uploads import (
     MULTIPART_BODY,
@@ -128,6 +134,8 @@ async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> UploadAccept
         if item.error is not None:
             raise item.error
         return await accept_file(ingest, item)
+    except StartUnconfirmed as error:
+        return _rejected(item, error)  # its workflow may have started: the file stays
     except DocingestError as error:
         await discard(ingest.staging, [item])
         return _rejected(item, error)

@@ -21,6 +21,7 @@ from api.ingest_start import (
     AgentLookup,
     AlreadyStarted,
     IngestRequest,
+    StartUnconfirmed,
     accept_file,
     chunking,
     task_from_memo,
@@ -148,6 +149,8 @@ async def upload_document(
             if replay is None:
                 raise
             return replay
+        except StartUnconfirmed:
+            raise  # its workflow may have started and need the file: the staging sweep judges
         except BaseException:
             await discard(staging, received)
             raise

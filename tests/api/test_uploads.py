@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from temporalio.bridge.services_generated import WorkflowService
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.embedded import free_port
@@ -358,6 +362,128 @@ async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
     assert health.status_code == 503
     assert health.json()["temporal"] == "unavailable"
     assert health.json()["database"] == "ok"
+
+
+@contextlib.contextmanager
+def unanswered_starts(
+    monkeypatch: pytest.MonkeyPatch, times: int, *, delivered: bool = True
+) -> Iterator[list[str]]:
+    """The next `times` workflow starts get no answer in time (DEADLINE_EXCEEDED): the
+    network lost the answer of a start the server `delivered`, or lost the start itself.
+    Yields the workflow ids of the starts sent, answered or not."""
+    real = WorkflowService.start_workflow_execution
+    sent: list[str] = []
+
+    async def start(self: WorkflowService, req: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(req.workflow_id)
+        if len(sent) > times:
+            return await real(self, req, *args, **kwargs)
+        if delivered:
+            await real(self, req, *args, **kwargs)
+        raise RPCError("Deadline Exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WorkflowService, "start_workflow_execution", start)
+        yield sent
+
+
+async def runs_of(stack: Stack, task_id: str) -> int:
+    return len([run async for run in stack.client.list_workflows(f"WorkflowId = '{task_id}'")])
+
+
+@pytest.mark.usefixtures("worker")
+async def test_upload_whose_start_was_answered_too_late_is_202_and_runs_once(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with unanswered_starts(monkeypatch, times=1) as sent:
+        response = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("late.txt", lorem(3))}
+        )
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    assert sent == [task_id, task_id]  # asked again, and the first start's run was taken
+    done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
+    assert done["status"] == Status.COMPLETE, done
+    assert await runs_of(stack, task_id) == 1
+    assert await documents_stored(stack, task_id) == 1
+
+
+@pytest.mark.usefixtures("worker")
+async def test_idempotent_upload_whose_start_was_answered_too_late_keeps_its_file(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = {**tenant.headers, "Idempotency-Key": "late-start"}
+    with unanswered_starts(monkeypatch, times=1) as sent:
+        response = await http.post(
+            upload_url(tenant), headers=headers, files={"file": ("late.txt", lorem(3))}
+        )
+    assert response.status_code == 202, response.text
+    assert "idempotent-replayed" not in response.headers  # the first upload, not a repeat
+    task_id = response.json()["task_id"]
+    assert sent == [task_id, task_id]
+    done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
+    assert done["status"] == Status.COMPLETE, done  # its staged file was not taken for a repeat's
+    assert await runs_of(stack, task_id) == 1
+
+
+@pytest.mark.usefixtures("worker")
+async def test_upload_whose_start_is_never_confirmed_is_503_naming_the_task_it_may_be(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with unanswered_starts(monkeypatch, times=2) as sent:
+        response = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("lost.txt", lorem(3))}
+        )
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "service_unavailable"
+    task_id = sent[0]
+    assert f"GET /upload/status/{task_id} tells" in response.json()["detail"]
+    # The server did start it: the task finds its staged file and completes.
+    done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
+    assert done["status"] == Status.COMPLETE, done
+    assert await runs_of(stack, task_id) == 1
+
+
+async def test_upload_whose_start_never_reached_temporal_is_503_and_its_status_404(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with unanswered_starts(monkeypatch, times=2, delivered=False) as sent:
+        response = await http.post(
+            upload_url(tenant), headers=tenant.headers, files={"file": ("gone.txt", b"hello")}
+        )
+    assert response.status_code == 503, response.text
+    detail = response.json()["detail"]
+    assert re.search(r"404 means it did not, and the file can be sent again$", detail), detail
+    status = await http.get(f"/upload/status/{sent[0]}", headers=tenant.headers)
+    assert status.status_code == 404
+    # The staged file waits for the staging sweep's orphan grace (tests/core/test_staging.py).
+    assert sent[0] in staged_tasks(stack)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_batch_files_whose_starts_are_never_confirmed_are_rejected_503_and_still_run(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with unanswered_starts(monkeypatch, times=4) as sent:
+        response = await http.post(
+            "/upload/agent/batch",
+            params={"agent_id": tenant.agent_id},
+            headers=tenant.headers,
+            files=[("file", ("one.txt", lorem(2))), ("file", ("two.txt", lorem(4)))],
+        )
+    assert response.status_code == 202, response.text
+    entries = response.json()["tasks"]
+    assert [(entry["status"], entry["status_code"]) for entry in entries] == [
+        ("rejected", 503), ("rejected", 503)
+    ]  # fmt: skip
+    assert sorted(set(sent)) == sorted(
+        re.findall(
+            r"GET /upload/status/([0-9a-f-]{36}) tells", " ".join(e["detail"] for e in entries)
+        )
+    )
+    for task_id in set(sent):  # the server did start them: their staged files were kept
+        done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
+        assert done["status"] == Status.COMPLETE, done
 
 
 async def test_status_answers_within_3s_when_no_worker_runs(stack: Stack, tenant: Tenant) -> None:
