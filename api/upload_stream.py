@@ -6,10 +6,14 @@ the event loop never blocks on the staging store, local or remote.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import unicodedata
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, BinaryIO
 
 import anyio
@@ -22,6 +26,8 @@ from core.formats import SNIFF_BYTES
 from core.staging import StagingStore
 
 FILE_FIELD = "file"
+# Rewritten in each folder of a batch's received files while the request lasts (`kept_fresh`).
+RECEIVING = "receiving"
 _FLUSH_BYTES = 1024 * 1024
 _MAX_OTHER_FIELD_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024
@@ -288,6 +294,46 @@ async def _drain(events: _PartEvents, receiver: _Receiver) -> None:
     queued, events.events = events.events, []
     for kind, value in queued:
         await receiver.handle(kind, value)
+
+
+@asynccontextmanager
+async def kept_fresh(
+    staging: StagingStore, received: list[ReceivedFile], every: timedelta
+) -> AsyncIterator[None]:
+    """Keep the folders of `received` files young while the block runs.
+
+    A batch's files are staged as they arrive, and their tasks start once the whole request is
+    in; the staging sweep takes a folder with no workflow whose newest file is older than the
+    orphan grace for an abandoned upload. So while a long batch streams, a small `RECEIVING`
+    marker is rewritten in each received file's folder `every` (a quarter of the grace), and
+    removed at the end, with the folder if nothing else is left in it.
+    """
+
+    def freshen(items: list[ReceivedFile]) -> None:
+        for item in items:
+            # A folder removed meanwhile (a rejected file's, or a finished task's) is no error.
+            with contextlib.suppress(OSError), staging.open_write(item.task_id, RECEIVING) as f:
+                f.write(b"")
+
+    def unmark(items: list[ReceivedFile]) -> None:
+        for item in items:
+            with contextlib.suppress(OSError):
+                staging.remove(item.task_id, RECEIVING)
+
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(every.total_seconds())
+            await anyio.to_thread.run_sync(freshen, [i for i in received if i.error is None])
+
+    refresher = asyncio.create_task(refresh())
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await anyio.to_thread.run_sync(unmark, list(received))
 
 
 def request_limit(max_file_bytes: int) -> int:

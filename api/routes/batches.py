@@ -44,7 +44,7 @@ from api.schemas import (
 )
 from api.task_status import list_tasks, record_status
 from api.temporal_errors import temporal_unavailable_as_503
-from api.upload_stream import ReceivedFile, receive_files
+from api.upload_stream import ReceivedFile, kept_fresh, receive_files
 from core.errors import DocingestError
 from core.models import Document, UploadBatch
 from core.staging import ORIGINAL
@@ -87,25 +87,27 @@ async def upload_batch(
     size, overlap = chunking(settings, chunk_size, chunk_overlap)
     batch_id = str(uuid.uuid4())
     received: list[ReceivedFile] = []
-    async with AgentLookup(reads, owner, agent_id) as lookup:
-        try:
-            await lookup.stream(
-                receive_files(
-                    request, staging, received,
-                    next_target=lambda: (str(uuid.uuid4()), ORIGINAL),
-                    max_file_bytes=settings.max_upload_bytes,
-                    max_files=settings.max_batch_files,
-                    max_request_bytes=settings.max_batch_bytes,
-                )
-            )  # fmt: skip
-            agent = await lookup.agent_id()
-        except BaseException:
-            await discard(staging, received)
-            raise
-    ingest = IngestRequest(
-        temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id
-    )
-    entries = await asyncio.gather(*(_accept_one(ingest, item) for item in received))
+    # A long batch: its first files must outlive the staging sweep's orphan grace.
+    async with kept_fresh(staging, received, settings.upload_orphan_grace / 4):
+        async with AgentLookup(reads, owner, agent_id) as lookup:
+            try:
+                await lookup.stream(
+                    receive_files(
+                        request, staging, received,
+                        next_target=lambda: (str(uuid.uuid4()), ORIGINAL),
+                        max_file_bytes=settings.max_upload_bytes,
+                        max_files=settings.max_batch_files,
+                        max_request_bytes=settings.max_batch_bytes,
+                    )
+                )  # fmt: skip
+                agent = await lookup.agent_id()
+            except BaseException:
+                await discard(staging, received)
+                raise
+        ingest = IngestRequest(
+            temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id
+        )
+        entries = await asyncio.gather(*(_accept_one(ingest, item) for item in received))
     rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
     duplicates = [
         entry for entry in entries if isinstance(entry, UploadAccepted) and entry.duplicate

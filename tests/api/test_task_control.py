@@ -6,19 +6,22 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
+from temporalio.testing import ActivityEnvironment
 
 from activities.embed import TextEmbedder
+from activities.staging_cleanup import StagingCleanupActivities
 from api.ingest_start import start_ingest
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
-from core.staging import ORIGINAL
+from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_pdf
 from tests.support import (
     Stack,
@@ -30,6 +33,7 @@ from tests.support import (
     stack_settings,
     wait_for_status,
 )
+from workflows.staging_cleanup import StagingCleanupResult
 from workflows.types import IngestTask, Status
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -230,6 +234,45 @@ async def test_batch_with_a_file_over_the_limit_rejects_only_that_file(
     entries = response.json()["tasks"]
     assert [entry["status"] for entry in entries] == ["rejected", "queued"]
     assert entries[0]["status_code"] == 413
+
+
+async def test_a_batch_streaming_longer_than_the_orphan_grace_keeps_its_first_files(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    """The staging sweep takes a folder with no workflow, untouched past the orphan grace, for
+    an abandoned upload; a batch's tasks start only once its last file is in."""
+    grace = timedelta(seconds=2)  # 1 hour by default; the settings refuse under a minute
+    settings = stack_settings(stack, staging_url=str(tmp_path / "staging")).model_copy(
+        update={"upload_orphan_grace": grace}
+    )
+    staging = StagingStore(settings.resolved_staging_url)
+    sweeper = StagingCleanupActivities(staging, stack.client, timedelta(hours=1), grace)
+    boundary = "a-slow-batch"
+    sweeps: list[StagingCleanupResult] = []
+
+    def part(name: str, data: str) -> bytes:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"'
+        return f"{head}\r\nContent-Type: text/plain\r\n\r\n{data}\r\n".encode()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield part("first.txt", lorem(2, seed=1)) + part("second.txt", lorem(2, seed=2))
+        await asyncio.sleep(grace.total_seconds() * 1.5)  # the client is slow to send the rest
+        sweeps.append(await ActivityEnvironment().run(sweeper.clean_staging))
+        yield part("third.txt", lorem(2, seed=3)) + f"--{boundary}--\r\n".encode()
+
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/upload/agent/batch",
+            params=params(tenant),
+            headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body(),
+        )
+    assert response.status_code == 202, response.text
+    assert sweeps == [StagingCleanupResult(kept=2, removed=0)]  # first.txt and second.txt
+    entries = response.json()["tasks"]
+    assert [entry["status"] for entry in entries] == ["queued"] * 3
+    for entry in entries:  # every task will find its file; no marker is left behind
+        assert os.listdir(tmp_path / "staging" / entry["task_id"]) == [ORIGINAL]
 
 
 # --- dedup ---------------------------------------------------------------------------------
