@@ -170,11 +170,22 @@ class StoreActivities:
                     chunk_count=manifest["chunks"],
                     page_count=manifest["pages"],
                 )
+                await self._refuse_when_moved_on(task)
                 await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
                 await copy_chunks(session, _rows(document_id, shards))
         except IntegrityError as exc:
             return await self._settle_conflict(task, exc)
         return StoreResult(document_id=str(document_id), chunks=manifest["chunks"])
+
+    async def _refuse_when_moved_on(self, task: IngestTask) -> None:
+        """Roll back a run of this store whose task went on without it: an attempt that
+        stalled past its timeout (its heartbeats lost, say) while another attempt stored, the
+        workflow ended and its cleanup removed the staging. The document may have been deleted
+        since (DELETE /documents is allowed once the task ended): writing it now would bring
+        it back. Asked after the upsert took the row (or found none), so a delete that comes
+        later waits for this transaction, and one that came before is seen as missing staging."""
+        if not await asyncio.to_thread(self.staging.exists, task.task_id, MANIFEST):
+            raise staging_missing("the chunks or their vectors")
 
     async def _stored_by_this_task(self, task: IngestTask) -> StoreResult | None:
         """What an earlier run of this store left: this task's complete document, or the

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -72,6 +73,9 @@ async def retry_task(
     task = task_from_memo(memo)
     if task is None:
         raise Conflict(f"Task {task_id} was started by an older version and cannot be retried")
+    # Where its embed steps run is this deployment's, not the first run's: after a rename of
+    # DOCINGEST_EMBED_TASK_QUEUE no worker polls the old queue, and the retry would wait there.
+    task = dataclasses.replace(task, embed_task_queue=settings.embed_task_queue)
     if await session.scalar(select(Agent.id).where(Agent.id == uuid.UUID(task.agent_id))) is None:
         raise Conflict(
             f"The agent {task.agent_id} of task {task_id} was deleted; it cannot be retried"

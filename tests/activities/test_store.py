@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -246,3 +247,48 @@ async def test_the_store_heartbeats_while_it_stores_and_a_cancel_waits_for_the_s
     assert await documents_stored(stack, task.task_id) == 1
     manifest = stack.staging.read_json(task.task_id, MANIFEST)
     assert await chunks_stored(stack, task.task_id) == manifest["chunks"]
+
+
+class _StalledStore(StoreActivities):
+    """A store whose first run stalls after reading its staging, until released."""
+
+    def __init__(self, stack: Stack) -> None:
+        super().__init__(stack.staging, stack.sessionmaker)
+        self.stalled = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def save(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.stalled.is_set():
+            self.stalled.set()
+            await self.release.wait()
+        return await super().save(*args, **kwargs)
+
+
+async def test_a_stale_store_does_not_write_back_a_document_deleted_after_its_task_ended(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """An attempt that stalled past its heartbeat timeout (its heartbeats lost) while another
+    attempt stored: the task ended, its cleanup removed the staging, the user deleted the
+    document (allowed once the task ended). The stalled attempt must not write it back."""
+    data = lorem(6, seed=606).encode()
+    task = _task(tenant, data, "stale.txt")
+    _chunked_and_embedded(stack, task, data)
+    store = _StalledStore(stack)
+    env = ActivityEnvironment()
+    stale = asyncio.ensure_future(env.run(store.store, task))
+    await asyncio.wait_for(store.stalled.wait(), 30)
+    stored = await ActivityEnvironment().run(store.store, task)  # the attempt that counted
+    env_cleanup = ActivityEnvironment()
+    env_cleanup.run(CleanupActivities(stack.staging).cleanup, task.task_id)
+    async with stack.sessionmaker.begin() as session:  # DELETE /documents/{id}
+        await session.execute(
+            sa_delete(Document).where(Document.id == uuid.UUID(stored.document_id))
+        )
+
+    store.release.set()
+    with pytest.raises(ApplicationError) as refused:
+        await stale
+
+    assert refused.value.type == "StagingMissing"
+    assert await documents_stored(stack, task.task_id) == 0
+    assert await chunks_stored(stack, task.task_id) == 0

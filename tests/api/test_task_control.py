@@ -24,6 +24,7 @@ from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_pdf
 from tests.support import (
+    FakeEmbedder,
     Stack,
     Tenant,
     forget_workflow,
@@ -585,6 +586,30 @@ async def test_retry_of_a_task_whose_agent_was_deleted_is_refused(
     assert retried.json()["detail"] == (
         f"The agent {tenant.agent_id} of task {task_id} was deleted; it cannot be retried"
     )
+
+
+async def test_a_retry_after_the_embed_queue_was_renamed_embeds_on_the_new_queue(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """DOCINGEST_EMBED_TASK_QUEUE renamed between a task's run and its retry: no worker polls
+    the old queue, so the retry's embed steps go to the queue of today's settings."""
+    before = stack_settings(stack)
+    after = stack_settings(stack, task_queue=before.task_queue)  # only the embed queue renamed
+    async with serve(before) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        response = await upload(http, tenant, "renamed.txt", lorem(5, seed=91).encode())
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        await stack.client.get_workflow_handle(task_id).terminate("test")  # `error`
+        await wait_for_status(http, tenant, task_id, {Status.ERROR})
+    async with (
+        running_workers(stack, after, FakeEmbedder()),
+        serve(after) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert retried.status_code == 202, retried.text
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
+    assert final["status"] == "complete", final
 
 
 async def test_retry_of_a_failed_file_runs_again_and_fails_again(
