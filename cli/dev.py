@@ -15,7 +15,12 @@ import httpx
 from cli.bootstrap import DevCredentials, dev_credentials
 from cli.processes import interrupt_on_sigterm, refuse_busy_port, refuse_busy_temporal_ports
 from core.db import resolve_database_url
-from core.embedded import start_temporal_dev_server, stop_process, wait_for_port
+from core.embedded import (
+    dies_with_this_process,
+    start_temporal_dev_server,
+    stop_process,
+    wait_for_port,
+)
 from core.migrate import upgrade_to_head
 from core.settings import Settings
 from core.temporal import connect, register_search_attributes
@@ -70,7 +75,9 @@ def _temporal(settings: Settings) -> Iterator[str]:
 
 @contextmanager
 def _child(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, "-m", "cli.main", command], env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", command], env=env, preexec_fn=dies_with_this_process()
+    )
     try:
         yield process
     finally:

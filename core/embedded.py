@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -50,15 +53,23 @@ def embedded_postgres_url(home: Path, *, cleanup_mode: str | None = "stop") -> s
 
 def _forget_dead_handles(pgdata: Path) -> None:
     """pgserver stops the server when its last registered process exits; a process killed
-    with SIGKILL never unregisters, which would keep the server running forever after."""
+    with SIGKILL never unregisters, which would keep the server running forever after.
+
+    Under pgserver's own inter-process lock, as pgserver reads and writes the list: unlocked,
+    a process starting at the same time (the API beside a worker) could register between our
+    read and our write and be dropped from the list (the server is then stopped under it), or
+    read our half-written file."""
+    from pgserver.postgres_server import PostgresServer
+
     handles = pgdata / ".handle_pids.json"
-    try:
-        pids = json.loads(handles.read_text())
-    except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if psutil.pid_exists(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 def ensure_database(socket_dir: str, name: str) -> None:
@@ -79,9 +90,19 @@ def temporal_binary() -> str:
 
 
 def start_temporal_dev_server(
-    home: Path, *, port: int, ui_port: int, namespace: str = "default"
+    home: Path,
+    *,
+    port: int,
+    ui_port: int,
+    namespace: str = "default",
+    dies_with_caller: bool = True,
+    search_attributes: bool = True,
 ) -> subprocess.Popen[bytes]:
-    """Run `temporal server start-dev` with its SQLite file under HOME; wait until it listens."""
+    """Run `temporal server start-dev` with its SQLite file under HOME; wait until it listens.
+
+    The server is stopped when the calling process dies, even by SIGKILL
+    (`dies_with_this_process`); a caller on a thread that ends before the process does must
+    pass `dies_with_caller=False`, since Linux ties that signal to the starting thread."""
     home.mkdir(parents=True, exist_ok=True)
     args = [
         temporal_binary(),
@@ -108,16 +129,44 @@ def start_temporal_dev_server(
         "--log-level",
         "warn",
     ]
-    for key in SEARCH_ATTRIBUTES:
+    for key in SEARCH_ATTRIBUTES if search_attributes else ():
         args += ["--search-attribute", f"{key.name}=Keyword"]
     log_file = (home / "temporal.log").open("ab")
-    process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        args,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        preexec_fn=dies_with_this_process() if dies_with_caller else None,
+    )
     try:
         wait_for_port("127.0.0.1", port, timeout=60, process=process)
     except BaseException:
         stop_process(process)
         raise
     return process
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def dies_with_this_process() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child sent SIGTERM when this process dies, SIGKILL and
+    OOM kill included, which no `finally` sees (Linux; None elsewhere). Without it a killed
+    `docingest dev` or `docingest temporal` left its servers running under PID 1, holding
+    their ports, and the next start refused them as busy.
+
+    The kernel ties this to the thread that starts the child: call it from the main thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 15) -> None:

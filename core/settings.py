@@ -178,6 +178,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _two_task_queues(self) -> Settings:
+        """A worker polls both queues with different work on each: one queue for both made
+        `docingest worker` die at start-up on an SDK error (overlapping workers), and split
+        roles take each other's activities, which they cannot run."""
+        if self.task_queue == self.embed_task_queue:
+            raise ValueError(
+                f"DOCINGEST_EMBED_TASK_QUEUE must differ from DOCINGEST_TASK_QUEUE "
+                f"(both {self.task_queue!r})"
+            )
+        return self
+
     def as_environment(self) -> dict[str, str]:
         """The `DOCINGEST_*` variables that give another process exactly these settings."""
         env: dict[str, str] = {}

@@ -24,6 +24,7 @@ from core.settings import Settings
 from workflows.staging_cleanup import CleanStaging
 
 STAGING_SCHEDULE_ID = "docingest-staging-cleanup"
+DEFAULT_TASK_QUEUE = Settings.model_fields["task_queue"].default
 STAGING_SWEEP_EVERY = timedelta(hours=1)
 _RPC_TIMEOUT = timedelta(seconds=10)
 _PURPOSE = (
@@ -32,13 +33,22 @@ _PURPOSE = (
 )
 
 
+def staging_schedule_id(settings: Settings) -> str:
+    """One schedule per deployment, told apart by its main task queue: deployments sharing a
+    namespace (each its own staging store) must not take over each other's sweep. The default
+    queue keeps the id the README names."""
+    if settings.task_queue == DEFAULT_TASK_QUEUE:
+        return STAGING_SCHEDULE_ID
+    return f"{STAGING_SCHEDULE_ID}-{settings.task_queue}"
+
+
 def staging_schedule(settings: Settings) -> Schedule:
     """CleanStaging every hour on the main task queue; a sweep still running skips the next."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
             CleanStaging.run,
             # Each run's id is this one plus the time it was scheduled for.
-            id=STAGING_SCHEDULE_ID,
+            id=staging_schedule_id(settings),
             task_queue=settings.task_queue,
             static_summary="Staging sweep: remove the staging of long-finished uploads",
             static_details=_PURPOSE,
@@ -53,15 +63,16 @@ async def ensure_staging_schedule(client: Client, settings: Settings) -> Schedul
     """Create the staging sweep's schedule, or bring an existing one in line; every worker
     runs this at start-up, so it changes nothing when the schedule is already as wanted."""
     wanted = staging_schedule(settings)
+    schedule_id = staging_schedule_id(settings)
     try:
         return await client.create_schedule(
-            STAGING_SCHEDULE_ID,
+            schedule_id,
             wanted,
             memo={"purpose": _PURPOSE, "every": str(STAGING_SWEEP_EVERY)},
             rpc_timeout=_RPC_TIMEOUT,
         )
     except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(STAGING_SCHEDULE_ID)
+        handle = client.get_schedule_handle(schedule_id)
     await handle.update(lambda current: _update_towards(current, wanted), rpc_timeout=_RPC_TIMEOUT)
     return handle
 

@@ -135,6 +135,55 @@ def test_cli_dev_prints_a_curl_that_works_and_keeps_state() -> None:
         stop_dev(process, tmp_path)
 
 
+@pytest.mark.slow
+def test_cli_dev_killed_leaves_no_process_and_starts_again() -> None:
+    """SIGKILL (the OOM killer, `kill -9`) runs no `finally`: the children must go anyway,
+    else they keep the ports and the next `docingest dev` refuses to start."""
+    home = private_home("dev-kill")
+    ports = {
+        "DOCINGEST_API_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
+    }
+    process, _ = start_dev(home, ports)
+    children = psutil.Process(process.pid).children(recursive=True)
+    try:
+        process.kill()
+        process.wait()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+    finally:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    process, _ = start_dev(home, ports)  # PostgreSQL, still running, is joined
+    stop_dev(process, home)
+
+
+def test_cli_temporal_killed_takes_its_server_along(tmp_path: Path) -> None:
+    port = free_port()
+    with subprocess.Popen(
+        [DOCINGEST, "temporal"],
+        env={**os.environ, **temporal_env(tmp_path, port, free_port())},
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith(f"Temporal on 127.0.0.1:{port}"):
+                break
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert children, "docingest temporal started no server"
+        process.kill()
+        try:
+            _, alive = psutil.wait_procs(children, timeout=30)
+            assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+        finally:
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+
+
 def temporal_env(home: Path, port: int, ui_port: int) -> dict[str, str]:
     return {
         "DOCINGEST_HOME": str(home),

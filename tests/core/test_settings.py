@@ -116,3 +116,8 @@ def test_durations_refuse_less_than_their_shortest_useful_value(
         monkeypatch.setenv(variable, too_short)
         with pytest.raises(ValidationError, match=variable.removeprefix("DOCINGEST_").lower()):
             Settings()
+
+
+def test_embed_task_queue_must_differ_from_the_main_one() -> None:
+    with pytest.raises(ValidationError, match="DOCINGEST_EMBED_TASK_QUEUE must differ"):
+        Settings(task_queue="q", embed_task_queue="q")

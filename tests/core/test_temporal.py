@@ -34,7 +34,11 @@ async def test_connect_waits_for_a_server_that_starts_after_it(
             assert not connecting.done()
             await asyncio.sleep(0.05)
         server = await asyncio.to_thread(
-            start_temporal_dev_server, tmp_path, port=port, ui_port=free_port()
+            start_temporal_dev_server,
+            tmp_path,
+            port=port,
+            ui_port=free_port(),
+            dies_with_caller=False,  # started on a thread of the loop's executor
         )
         client = await asyncio.wait_for(connecting, timeout=60)
         namespaces = await client.workflow_service.list_namespaces(ListNamespacesRequest())

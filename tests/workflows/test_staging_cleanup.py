@@ -35,7 +35,12 @@ from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_pdf
 from tests.support import FakeEmbedder, Stack, Tenant, running_workers, stack_settings
-from worker.schedules import STAGING_SCHEDULE_ID, STAGING_SWEEP_EVERY, ensure_staging_schedule
+from worker.schedules import (
+    STAGING_SCHEDULE_ID,
+    STAGING_SWEEP_EVERY,
+    ensure_staging_schedule,
+    staging_schedule_id,
+)
 from workflows.ingest import IngestDocument
 from workflows.staging_cleanup import CleanStaging, StagingCleanupResult
 from workflows.types import IngestTask, Status
@@ -216,10 +221,15 @@ def test_modified_at_reads_local_and_object_store_entries() -> None:
     assert modified_at({"size": 3}) is None
 
 
+def test_staging_schedule_id_is_per_task_queue_and_the_documented_one_by_default() -> None:
+    assert staging_schedule_id(Settings()) == STAGING_SCHEDULE_ID == "docingest-staging-cleanup"
+    assert staging_schedule_id(Settings(task_queue="eu")) == "docingest-staging-cleanup-eu"
+
+
 async def test_ensure_staging_schedule_is_idempotent_and_trigger_runs_clean_staging(
     stack: Stack, sweeper: Sweeper
 ) -> None:
-    await delete_schedule(stack)
+    await delete_schedule(stack, sweeper.sweep)
     handle = await ensure_staging_schedule(stack.client, sweeper.sweep)
     created = await handle.describe()
     action = created.schedule.action
@@ -234,12 +244,20 @@ async def test_ensure_staging_schedule_is_idempotent_and_trigger_runs_clean_stag
     assert (await handle.describe()).info.last_updated_at is None  # nothing to change
 
     await handle.pause(note="maintenance")
-    await ensure_staging_schedule(stack.client, sweeper.ingest)  # another task queue
-    moved = await handle.describe()
-    assert isinstance(moved.schedule.action, ScheduleActionStartWorkflow)
-    assert moved.schedule.action.task_queue == sweeper.ingest.task_queue
-    assert moved.schedule.state.paused  # the operator's pause survives
-    await ensure_staging_schedule(stack.client, sweeper.sweep)
+    # Another deployment in the namespace (its own task queue and staging) gets its own
+    # schedule and leaves this one (task queue, the operator's pause) as it was.
+    other = await ensure_staging_schedule(stack.client, sweeper.ingest)
+    try:
+        assert other.id != handle.id
+        others = (await other.describe()).schedule.action
+        assert isinstance(others, ScheduleActionStartWorkflow)
+        assert others.task_queue == sweeper.ingest.task_queue
+        kept = await handle.describe()
+        assert isinstance(kept.schedule.action, ScheduleActionStartWorkflow)
+        assert kept.schedule.action.task_queue == sweeper.sweep.task_queue
+        assert kept.schedule.state.paused
+    finally:
+        await delete_schedule(stack, sweeper.ingest)
     await handle.unpause()
 
     vanished_old = leave_folder(sweeper, str(uuid.uuid4()), old=True)
@@ -247,7 +265,7 @@ async def test_ensure_staging_schedule_is_idempotent_and_trigger_runs_clean_stag
         await handle.trigger()
         result = await triggered_result(stack, handle.id)
     finally:
-        await delete_schedule(stack)
+        await delete_schedule(stack, sweeper.sweep)
     assert result.removed >= 1
     assert not vanished_old.exists()
 
@@ -268,9 +286,9 @@ async def triggered_result(stack: Stack, schedule_id: str) -> StagingCleanupResu
     return result
 
 
-async def delete_schedule(stack: Stack) -> None:
+async def delete_schedule(stack: Stack, settings: Settings) -> None:
     try:
-        await stack.client.get_schedule_handle(STAGING_SCHEDULE_ID).delete()
+        await stack.client.get_schedule_handle(staging_schedule_id(settings)).delete()
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
