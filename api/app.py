@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Resources
 from api.errors import install_error_handlers
@@ -27,6 +30,9 @@ from core.keys import OwnerCache
 from core.runtime import freeze_startup_objects
 from core.settings import Settings
 from core.staging import StagingStore
+from core.temporal import register_search_attributes
+
+log = logging.getLogger(__name__)
 
 # The HTTP parser uvicorn must serve the app with: h11, not httptools. httptools answers a header
 # it finds invalid (a DEL byte, say) with a plain-text 400 and drops the connection before the
@@ -34,10 +40,36 @@ from core.staging import StagingStore
 HTTP_PARSER = "h11"
 
 
+# A server that refuses the operator API (Temporal Cloud: attributes are added in its console).
+_NOT_ALLOWED = (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED)
+
+
+async def _register_search_attributes(temporal: Client) -> None:
+    """Register the search attributes that every upload sets, as the worker does, once Temporal
+    answers: an API started against a fresh Temporal before any worker refused every upload
+    (503) until a worker had started."""
+    delay = 0.5
+    while True:
+        try:
+            await register_search_attributes(temporal)
+            return
+        except RPCError as exc:
+            if exc.status in _NOT_ALLOWED:
+                log.warning("cannot register Temporal search attributes: %s", exc.message)
+                return
+            log.info("registering Temporal search attributes: %s; trying again", exc.message)
+        except RuntimeError as exc:  # a lazy client that cannot connect yet
+            log.info("registering Temporal search attributes: %s; trying again", exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(resolve_database_url(settings))
+        database_url = resolve_database_url(settings)
+        engine = create_engine(database_url)
+        probe = create_engine(database_url, pool_size=1, max_overflow=0)
         # Lazy: the API starts (and /health says why) while Temporal is still coming up.
         temporal = await Client.connect(
             settings.resolved_temporal_address,
@@ -48,17 +80,21 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings,
             engine=engine,
             reads=autocommit(engine),
+            probe=probe,
             sessionmaker=create_sessionmaker(engine),
             temporal=temporal,
             staging=StagingStore(settings.resolved_staging_url),
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
             listings=ListingCache(settings.progress_max_age.total_seconds()),
         )
+        registering = asyncio.create_task(_register_search_attributes(temporal))
         freeze_startup_objects()
         try:
             yield
         finally:
+            registering.cancel()
             await engine.dispose()
+            await probe.dispose()
 
     app = FastAPI(
         title="docingest",

@@ -26,6 +26,9 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     reads: AsyncEngine  # core.db.autocommit(engine)
+    # One connection of its own for /health: requests that hold every pooled connection make
+    # the API busy, not the database down (a load balancer would pull a healthy replica).
+    probe: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     temporal: Client
     staging: StagingStore

@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.errors import ServiceUnavailable
+
+_NO_ANSWER = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.UNKNOWN,
+    }
+)
 
 
 @contextmanager
@@ -15,7 +24,11 @@ def temporal_unavailable_as_503(what: str) -> Iterator[None]:
     try:
         yield
     except RPCError as exc:
-        raise ServiceUnavailable(f"{what}: Temporal did not answer ({exc.message})") from exc
+        # "did not answer" only when it did not: a refusal (an unknown search attribute, say)
+        # is named as one.
+        answered = exc.status not in _NO_ANSWER
+        verb = "refused the request" if answered else "did not answer"
+        raise ServiceUnavailable(f"{what}: Temporal {verb} ({exc.message})") from exc
     except RuntimeError as exc:
         # A lazy client that cannot reach the server raises "Failed client connect: ...".
         if "client connect" not in str(exc):

@@ -35,12 +35,16 @@ def normalize_url(url: str) -> str:
 CONNECT_TIMEOUT_S = 10
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     connect_args = (
         {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
     )
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True, connect_args=connect_args
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args=connect_args,
     )
 
 

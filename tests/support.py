@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.common.v1 import WorkflowExecution
@@ -204,12 +205,15 @@ async def workers_running(workers: list[Worker]) -> AsyncIterator[None]:
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[str]:
     """The real API under uvicorn on a free port; yields its base URL."""
+    async with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serve_app(app: FastAPI) -> AsyncIterator[str]:
+    """`app` under uvicorn on a free port (a test that reaches into `app.state`); its URL."""
     config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=free_port(),
-        log_level="warning",
-        http=HTTP_PARSER,
+        app, host="127.0.0.1", port=free_port(), log_level="warning", http=HTTP_PARSER
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

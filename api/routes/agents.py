@@ -66,6 +66,10 @@ async def list_documents(
     offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
 ) -> DocumentsPublic:
     """The agent's documents, newest first, one page at a time."""
+    # The count and the page from one snapshot: at READ COMMITTED each statement sees what was
+    # committed before it, so a document stored or deleted between the two made `total`
+    # disagree with the page. (A read-only REPEATABLE READ transaction never fails to commit.)
+    await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     agent = await owned_agent(session, owner, agent_id)
     scope = [Document.agent_id == agent.id, Document.owner_id == owner]
     if status is not None:

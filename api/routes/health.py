@@ -19,8 +19,10 @@ Health = Literal["ok", "unavailable"]
 
 
 async def _database(resources: ResourcesDep) -> Health:
+    # Its own connection (`probe`), not the requests' pool: a pool that busy requests hold
+    # whole is an API under load, not a database that is down.
     try:
-        async with asyncio.timeout(_DEADLINE), resources.engine.connect() as connection:
+        async with asyncio.timeout(_DEADLINE), resources.probe.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception:
         return "unavailable"

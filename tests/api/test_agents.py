@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
+from contextlib import AsyncExitStack
 
-from tests.support import Stack, Tenant, new_tenant
+import httpx
+from sqlalchemy import text
+
+from api.app import create_app
+from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
 
 
 async def test_agents_create_and_list_only_own(
@@ -38,4 +42,25 @@ async def test_agents_reject_bad_bodies_and_missing_keys(
 async def test_health_is_ok_when_everything_answers(http: httpx.AsyncClient) -> None:
     response = await http.get("/health")
     assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "temporal": "ok"}
+
+
+async def test_health_is_ok_while_busy_requests_hold_every_pooled_connection(
+    stack: Stack,
+) -> None:
+    """A pool held whole by slow requests is an API under load, not a database that is down:
+    /health said `database: unavailable` (503) after its 2 s deadline, and a load balancer
+    would have pulled a healthy replica."""
+    app = create_app(stack_settings(stack))
+    async with (
+        serve_app(app) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+        AsyncExitStack() as held,
+    ):
+        for _ in range(20):  # create_engine's pool: 10 connections + 10 overflow
+            engine = app.state.resources.engine  # made by the app's start-up
+            connection = await held.enter_async_context(engine.connect())
+            await connection.execute(text("SELECT 1"))
+        response = await http.get("/health")
+    assert response.status_code == 200, response.text
     assert response.json() == {"status": "ok", "database": "ok", "temporal": "ok"}
