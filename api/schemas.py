@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 TaskStatusValue = Literal["queued", "processing", "complete", "failed", "error", "cancelled"]
 
@@ -17,8 +17,14 @@ class ErrorBody(BaseModel):
 
 
 class AgentCreate(BaseModel):
-    # PostgreSQL text cannot hold NUL: refused here (422), not by the database (500).
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+    # Trimmed, and not blank. PostgreSQL text cannot hold NUL: refused here (422), not by the
+    # database (500).
+    name: Annotated[
+        str,
+        StringConstraints(
+            strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00]*$"
+        ),
+    ]
 
 
 class AgentPublic(BaseModel):

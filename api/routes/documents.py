@@ -111,7 +111,7 @@ async def _refuse_while_its_task_runs(
     description, _ = found
     if description.status is WorkflowExecutionStatus.RUNNING:
         raise Conflict(
-            f"Document {document_id} ({row.filename}) is being processed again by task "
+            f"Document {document_id} ({row.filename}) is still being processed by task "
             f"{row.task_id}; cancel the task (POST /upload/{row.task_id}/cancel) or wait for it "
             "to end, then delete the document"
         )

@@ -32,9 +32,13 @@ async def test_agents_reject_bad_bodies_and_missing_keys(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     empty = await http.post("/agents", json={"name": ""}, headers=tenant.headers)
+    blank = await http.post("/agents", json={"name": " \t "}, headers=tenant.headers)
+    padded = await http.post("/agents", json={"name": "  sales  "}, headers=tenant.headers)
     anonymous = await http.get("/agents")
     assert empty.status_code == 422
     assert empty.json()["code"] == "invalid_request"
+    assert blank.status_code == 422, blank.text
+    assert padded.json()["name"] == "sales"
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == "Bearer"
 

@@ -193,7 +193,7 @@ async def test_documents_delete_is_refused_while_the_documents_task_runs_again(
     refused = await http.delete(f"/documents/{document['id']}", headers=tenant.headers)
     assert refused.status_code == 409, refused.text
     assert refused.json()["detail"] == (
-        f"Document {document['id']} (cut.pdf) is being processed again by task {task_id}; "
+        f"Document {document['id']} (cut.pdf) is still being processed by task {task_id}; "
         f"cancel the task (POST /upload/{task_id}/cancel) or wait for it to end, then delete "
         "the document"
     )
