@@ -9,7 +9,13 @@ import os
 import sys
 import uuid
 
+import psycopg
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
+from core.errors import DocingestError
 from core.settings import Settings
+from core.temporal import TemporalUnreachable
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
@@ -147,14 +153,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.exit(f"docingest {args.command}: invalid settings\n{settings_errors(exc)}")
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    args.run(settings, args)
+    try:
+        args.run(settings, args)
+    except (DocingestError, TemporalUnreachable) as exc:
+        sys.exit(f"docingest {args.command}: {exc}")
+    except DBAPIError as exc:
+        if not isinstance(exc.orig, psycopg.OperationalError):
+            raise
+        reason = str(exc.orig).strip().splitlines()[0]
+        sys.exit(f"docingest {args.command}: the database cannot be reached: {reason}")
+
+
+def settings_errors(error: ValidationError) -> str:
+    """One line per refused setting, named as its environment variable."""
+    lines = []
+    for problem in error.errors():
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        names = [str(part) for part in problem["loc"]]
+        variable = f"DOCINGEST_{names[0].upper()}" if names else ""
+        lines.append(f"  {message}" if variable in message else f"  {variable}: {message}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

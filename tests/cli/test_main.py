@@ -19,7 +19,7 @@ import pytest
 
 from core.embedded import free_port
 from core.keys import owner_for_key
-from tests.support import Stack, private_home
+from tests.support import Stack, private_home, unreachable_database_url
 
 DOCINGEST = str(Path(sys.executable).parent / "docingest")
 
@@ -44,6 +44,22 @@ def test_cli_migrate_twice_is_harmless(database_url: str) -> None:
     for _ in range(2):
         result = run_cli("migrate", env={"DOCINGEST_DATABASE_URL": database_url})
         assert result.returncode == 0, result.stderr
+
+
+def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
+    """What an operator reads when a setting is wrong or a service is out of reach."""
+    refused = run_cli("migrate", env={"DOCINGEST_CHUNK_SIZE": "big"})
+    down = run_cli("migrate", env={"DOCINGEST_DATABASE_URL": unreachable_database_url()})
+    assert (refused.returncode, down.returncode) == (1, 1)
+    assert refused.stderr.splitlines() == [
+        "docingest migrate: invalid settings",
+        "  DOCINGEST_CHUNK_SIZE: Input should be a valid integer, unable to parse string as an "
+        "integer",
+    ]
+    assert down.stderr.splitlines()[-1].startswith(
+        "docingest migrate: the database cannot be reached: connection failed"
+    )
+    assert "Traceback" not in down.stderr
 
 
 def start_dev(home: Path, ports: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
