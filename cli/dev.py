@@ -30,7 +30,7 @@ def run_dev(settings: Settings) -> int:
     interrupt_on_sigterm()
     home = settings.resolved_home
     home.mkdir(parents=True, exist_ok=True)
-    refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT")
+    refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT", settings.api_host)
     print(f"docingest dev: state in {home}", file=sys.stderr)
     database_url = resolve_database_url(settings)
     env = {

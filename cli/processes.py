@@ -9,9 +9,11 @@ import socket
 from core.settings import Settings
 
 
-def refuse_busy_port(port: int, variable: str) -> None:
+def refuse_busy_port(port: int, variable: str, host: str = "127.0.0.1") -> None:
+    """Exit naming `variable` when something listens on `host`:`port` (0.0.0.0: any local
+    address answers)."""
     with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
+        if probe.connect_ex((host, port)) == 0:
             raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
 
 

@@ -28,10 +28,10 @@ class Settings(BaseSettings):
         default=None, description="host:port of an existing Temporal; unset means local dev."
     )
     temporal_namespace: str = "default"
-    temporal_port: int = 7233
-    temporal_ui_port: int = 8233
+    temporal_port: int = Field(default=7233, ge=1, le=65535)
+    temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_port: int = Field(default=8000, ge=1, le=65535)
     staging_url: str | None = Field(
         default=None, description="fsspec URL of the staging store; unset means HOME/staging."
     )

@@ -121,3 +121,13 @@ def test_durations_refuse_less_than_their_shortest_useful_value(
 def test_embed_task_queue_must_differ_from_the_main_one() -> None:
     with pytest.raises(ValidationError, match="DOCINGEST_EMBED_TASK_QUEUE must differ"):
         Settings(task_queue="q", embed_task_queue="q")
+
+
+@pytest.mark.parametrize("variable", ["api_port", "temporal_port", "temporal_ui_port"])
+def test_ports_are_refused_outside_1_to_65535(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for port in ("0", "70000"):
+        monkeypatch.setenv(f"DOCINGEST_{variable.upper()}", port)
+        with pytest.raises(ValidationError, match=variable):
+            Settings()
