@@ -31,10 +31,12 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from activities.errors import RejectedDocument
+from core.durations import describe_duration
 from core.formats import DocumentFormat
 from workflows.types import FailureType
 
@@ -241,9 +243,7 @@ def _where(read: int, pages: int | None) -> str:
 
 
 def _duration(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
+    return describe_duration(timedelta(seconds=seconds))
 
 
 def _read(sender: Connection, data: bytes, fmt: DocumentFormat, limits: ReaderLimits) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 
 from core.db import create_engine, create_sessionmaker, resolve_database_url
+from core.errors import NotFound
 from core.keys import NewKey, create_key, owner_for_key
-from core.models import Agent
+from core.models import Agent, ApiKey, Owner
 from core.settings import Settings
 
 
@@ -19,7 +21,33 @@ async def create_api_key(settings: Settings, name: str, owner: uuid.UUID | None)
     engine = create_engine(resolve_database_url(settings), pool_size=1)
     try:
         async with create_sessionmaker(engine).begin() as session:
+            if owner is not None and await session.get(Owner, owner) is None:
+                raise NotFound(f"no owner {owner}: `docingest keys list` shows the owners")
             return await create_key(session, name, owner)
+    finally:
+        await engine.dispose()
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    owner_id: uuid.UUID
+    owner_name: str
+    name: str
+    prefix: str
+    created_at: datetime
+
+
+async def list_api_keys(settings: Settings) -> list[KeyListing]:
+    """Every key (never the key itself: its name and lookup prefix), with its owner."""
+    engine = create_engine(resolve_database_url(settings), pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            rows = await session.execute(
+                select(Owner.id, Owner.name, ApiKey.name, ApiKey.prefix, ApiKey.created_at)
+                .join(ApiKey, ApiKey.owner_id == Owner.id)
+                .order_by(Owner.created_at, Owner.id, ApiKey.created_at)
+            )
+            return [KeyListing(*row) for row in rows]
     finally:
         await engine.dispose()
 

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import httpx
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from cli.bootstrap import DevCredentials, dev_credentials
 from cli.processes import interrupt_on_sigterm, refuse_busy_port, refuse_busy_temporal_ports
@@ -45,6 +48,7 @@ def run_dev(settings: Settings) -> int:
         credentials = asyncio.run(_prepare(settings, temporal_address, database_url))
         with _child("worker", env) as worker, _child("api", env) as api:
             _wait_healthy(settings, [worker, api])
+            asyncio.run(_wait_polling(settings, temporal_address, [worker, api]))
             _print_banner(settings, credentials)
             return _wait_for_exit([worker, api])
 
@@ -95,6 +99,35 @@ def _wait_healthy(settings: Settings, children: list[subprocess.Popen[bytes]]) -
                 return
         time.sleep(0.5)
     raise SystemExit("the API did not become healthy within 120 s")
+
+
+async def _wait_polling(
+    settings: Settings, temporal_address: str, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """Until the worker polls both task queues (its model loaded): an upload pasted from the
+    banner at once would otherwise sit `queued` for the ~20 s a first start takes."""
+    client = await connect(temporal_address, settings.temporal_namespace)
+    queues = [
+        (settings.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+        (settings.embed_task_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY),
+    ]
+    deadline = time.monotonic() + 300
+    for name, kind in queues:
+        while True:
+            described = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=settings.temporal_namespace,
+                    task_queue=TaskQueue(name=name),
+                    task_queue_type=kind,
+                )
+            )
+            if described.pollers:
+                break
+            if any(child.poll() is not None for child in children):
+                raise SystemExit("a docingest process exited during start-up; see the log above")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not poll task queue {name} within 300 s")
+            await asyncio.sleep(0.5)
 
 
 def _wait_for_exit(children: list[subprocess.Popen[bytes]]) -> int:

@@ -58,8 +58,26 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
     from cli.bootstrap import create_api_key
 
-    owner = uuid.UUID(args.owner) if args.owner else None
+    owner = None
+    if args.owner:
+        try:
+            owner = uuid.UUID(args.owner)
+        except ValueError:
+            sys.exit(f"docingest keys: --owner {args.owner!r} is not an owner id (a UUID)")
     print(asyncio.run(create_api_key(settings, args.name, owner)).key)
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> None:
+    from cli.bootstrap import list_api_keys
+    from core.keys import KEY_SCHEME
+
+    keys = asyncio.run(list_api_keys(settings))
+    print("OWNER_ID\tOWNER\tKEY_NAME\tKEY_PREFIX\tCREATED")
+    for key in keys:
+        created = key.created_at.strftime("%Y-%m-%d %H:%M")
+        print(
+            f"{key.owner_id}\t{key.owner_name}\t{key.name}\t{KEY_SCHEME}_{key.prefix}…\t{created}"
+        )
 
 
 def cmd_models_build(settings: Settings, args: argparse.Namespace) -> None:
@@ -135,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--owner", help="add the key to this owner id instead of a new owner")
     create.set_defaults(run=cmd_keys_create)
+    key_commands.add_parser(
+        "list", help="list the keys (name and prefix, never the key) with their owner ids"
+    ).set_defaults(run=cmd_keys_list)
     models = commands.add_parser("models", help="prepare model files")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     model_commands.add_parser(
@@ -168,6 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     except (DocingestError, TemporalUnreachable) as exc:
         sys.exit(f"docingest {args.command}: {exc}")
     except DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.errors.UndefinedTable):
+            sys.exit(
+                f"docingest {args.command}: the database has no schema yet: run `docingest migrate`"
+            )
         if not isinstance(exc.orig, psycopg.OperationalError):
             raise
         reason = str(exc.orig).strip().splitlines()[0]

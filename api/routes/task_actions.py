@@ -22,6 +22,7 @@ from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import find_task
 from api.temporal_errors import temporal_unavailable_as_503
+from core.durations import describe_duration
 from core.errors import Conflict, NotFound
 from core.models import Agent
 from workflows.types import FailureType, Status
@@ -46,7 +47,12 @@ async def _owned_status(
     return found
 
 
-@router.post("/{task_id}/retry", status_code=202, dependencies=[ChangesTasks])
+@router.post(
+    "/{task_id}/retry",
+    status_code=202,
+    dependencies=[ChangesTasks],
+    response_model_exclude_none=True,
+)
 async def retry_task(
     task_id: str,
     owner: OwnerDep,
@@ -82,8 +88,8 @@ async def retry_task(
         )
     if not await anyio.to_thread.run_sync(staging.exists, task.task_id, task.original):
         raise Conflict(
-            f"The staged original of {task.filename} was removed "
-            f"(staging is kept {settings.staging_ttl} after a task ends); upload it again"
+            f"The staged original of {task.filename} was removed (staging is kept "
+            f"{describe_duration(settings.staging_ttl)} after a task ends); upload it again"
         )
     try:
         await start_ingest(temporal, settings, task, owner, rerun=True)

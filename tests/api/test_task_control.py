@@ -445,6 +445,9 @@ async def test_retry_reruns_a_task_that_ended_error_under_the_same_id(
             retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
             assert retried.status_code == 202, retried.text
             assert retried.json()["task_id"] == task_id
+            assert set(retried.json()) == {  # an upload's acknowledgment, and nothing else
+                "message", "filename", "agent_id", "task_id", "status", "size_bytes"
+            }  # fmt: skip
             done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert done["status"] == "complete"
         again = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
@@ -456,6 +459,23 @@ async def test_retry_reruns_a_task_that_ended_error_under_the_same_id(
                 await asyncio.sleep(0.2)
         assert await listed_ids(http, tenant) == [task_id]
         assert await listed_ids(http, tenant, "error") == []
+
+
+async def test_retry_after_the_staged_original_was_removed_is_409_saying_how_long_it_is_kept(
+    idle_api: tuple[str, Settings], stack: Stack, tenant: Tenant
+) -> None:
+    url, _ = idle_api
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_id = (await upload(http, tenant, "gone.txt", b"short lived")).json()["task_id"]
+        await stack.client.get_workflow_handle(task_id).terminate("operator test")
+        await wait_for_status(http, tenant, task_id, {Status.ERROR})
+        stack.staging.remove_task(task_id)
+        refused = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        "The staged original of gone.txt was removed (staging is kept 7 days after a task "
+        "ends); upload it again"
+    )
 
 
 async def listed_ids(

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,33 @@ async def test_cli_keys_create_prints_only_a_working_key(stack: Stack, database_
     assert lines[0].startswith("dik_")
     async with stack.sessionmaker() as session:
         assert await owner_for_key(session, lines[0]) is not None
+
+
+async def test_cli_keys_list_names_the_owner_a_second_key_can_join(
+    stack: Stack, database_url: str
+) -> None:
+    env = {"DOCINGEST_DATABASE_URL": database_url}
+    first = run_cli("keys", "create", "--name", "team-a", env=env).stdout.strip()
+    listed = run_cli("keys", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert first not in listed.stdout  # never the key itself
+    row = next(line.split("\t") for line in listed.stdout.splitlines() if "\tteam-a\t" in line)
+    owner = row[0]
+    assert row[3] == first[: len(row[3]) - 1] + "…"  # its lookup prefix
+    second = run_cli("keys", "create", "--name", "team-a-2", "--owner", owner, env=env)
+    assert second.returncode == 0, second.stderr
+    async with stack.sessionmaker() as session:
+        assert str(await owner_for_key(session, second.stdout.strip())) == owner
+
+    malformed = run_cli("keys", "create", "--name", "x", "--owner", "garbage", env=env)
+    unknown = run_cli("keys", "create", "--name", "x", "--owner", str(uuid.UUID(int=7)), env=env)
+    assert malformed.returncode == unknown.returncode == 1
+    assert malformed.stderr.strip() == (
+        "docingest keys: --owner 'garbage' is not an owner id (a UUID)"
+    )
+    assert unknown.stderr.strip().endswith(
+        f"docingest keys: no owner {uuid.UUID(int=7)}: `docingest keys list` shows the owners"
+    )
 
 
 def test_cli_migrate_twice_is_harmless(database_url: str) -> None:
