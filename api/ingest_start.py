@@ -235,6 +235,7 @@ async def start_ingest(
     idempotent: bool = False,
     *,
     rerun: bool = False,
+    retried_run: str | None = None,
 ) -> None:
     """Start IngestDocument with id = task id; raise AlreadyStarted when the id is taken.
 
@@ -279,7 +280,10 @@ async def start_ingest(
             except RPCError as exc:
                 if exc.status is not RPCStatusCode.DEADLINE_EXCEEDED:
                     raise
-                await _start_again(start, temporal, task, idempotent=idempotent, rerun=rerun)
+                await _start_again(
+                    start, temporal, task, idempotent=idempotent, rerun=rerun,
+                    retried_run=retried_run,
+                )  # fmt: skip
     except WorkflowAlreadyStartedError as exc:
         raise AlreadyStarted(task.task_id) from exc
 
@@ -291,6 +295,7 @@ async def _start_again(
     *,
     idempotent: bool,
     rerun: bool,
+    retried_run: str | None = None,
 ) -> None:
     """The second start of a task whose first start went unanswered: a workflow of this id
     found running, or closed since it was started, is the one the first start made.
@@ -299,12 +304,20 @@ async def _start_again(
     idempotent upload's id is its key's, so a run found is ours only when it reads the file
     this request staged (else AlreadyStarted: the caller answers it as a repeat). A retry
     takes its running run, or one that completed meanwhile (a task is retried only after it
-    failed, so a completed run is the retry's).
+    failed, so a completed run is the retry's); a run other than `retried_run` (the run the
+    retry was asked for) is the retry's too, whatever its end: one that failed again before
+    the late answer must not be started a third time.
     """
     reuse = WorkflowIDReusePolicy.REJECT_DUPLICATE
     if rerun:
         reuse = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
     try:
+        if rerun and retried_run is not None:
+            latest = await temporal.get_workflow_handle(task.task_id).describe(
+                rpc_timeout=START_TIMEOUT
+            )
+            if latest.run_id != retried_run:
+                return  # the first start made it: running, or closed since
         with contextlib.suppress(WorkflowAlreadyStartedError):  # closed since: still ours
             await start(reuse, WorkflowIDConflictPolicy.USE_EXISTING)
         if idempotent and not rerun and not await _reads_this_upload(temporal, task):

@@ -135,6 +135,11 @@ async def chunks_stored(stack: Stack, task_id: str) -> int:
     return int(count or 0)
 
 
+async def runs_of(stack: Stack, task_id: str) -> int:
+    """How many runs of the workflow `task_id` Temporal lists (a retry is a run)."""
+    return len([run async for run in stack.client.list_workflows(f"WorkflowId = '{task_id}'")])
+
+
 async def forget_workflow(stack: Stack, task_id: str) -> None:
     """Delete the task's workflow, as Temporal's retention does a while after it closed;
     returns once the server no longer describes it. The dev server took up to about 30 s to

@@ -5,6 +5,7 @@ import uuid
 from collections import Counter
 
 from fastapi import APIRouter, Request
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,6 +64,13 @@ def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
     )
 
 
+class _Unconfirmed(UploadRejected):
+    """A rejected entry whose task may have started after all (`StartUnconfirmed`): the batch
+    keeps its task id, so the file is listed once, as a task, when its workflow turns up."""
+
+    task_id: str = Field(exclude=True)
+
+
 @router.post(
     "/agent/batch",
     dependencies=[ChangesTasks],
@@ -119,16 +127,23 @@ async def upload_batch(
                 owner_id=owner,
                 agent_id=agent,
                 files=len(received),
-                rejected=[entry.model_dump() for entry in rejected],
+                rejected=[_stored_rejection(entry) for entry in rejected],
                 duplicates=[entry.model_dump() for entry in duplicates],
                 task_ids=[
                     entry.task_id
                     for entry in entries
-                    if isinstance(entry, UploadAccepted) and not entry.duplicate
+                    if isinstance(entry, _Unconfirmed)
+                    or (isinstance(entry, UploadAccepted) and not entry.duplicate)
                 ],
             )
         )
     return BatchAccepted(batch_id=batch_id, tasks=list(entries))
+
+
+def _stored_rejection(entry: UploadRejected) -> dict[str, object]:
+    if isinstance(entry, _Unconfirmed):
+        return {**entry.model_dump(), "task_id": entry.task_id}
+    return entry.model_dump()
 
 
 async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> UploadAccepted | UploadRejected:
@@ -136,8 +151,8 @@ async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> UploadAccept
         if item.error is not None:
             raise item.error
         return await accept_file(ingest, item)
-    except StartUnconfirmed as error:
-        return _rejected(item, error)  # its workflow may have started: the file stays
+    except StartUnconfirmed as error:  # its workflow may have started: the file stays
+        return _Unconfirmed(**_rejected(item, error).model_dump(), task_id=item.task_id)
     except DocingestError as error:
         await discard(ingest.staging, [item])
         return _rejected(item, error)
@@ -160,7 +175,13 @@ async def batch_status(
         tasks = await list_tasks(temporal, owner, query, batch.files)
     tasks += await _recorded(session, owner, batch, {task.task_id for task in tasks})
     tasks.sort(key=lambda task: task.started_at or "")
-    rejected = [UploadRejected.model_validate(entry) for entry in batch.rejected]
+    # A file whose start went unconfirmed is a task once its workflow (or its row) turns up.
+    listed = {task.task_id for task in tasks}
+    rejected = [
+        UploadRejected.model_validate(entry)
+        for entry in batch.rejected
+        if entry.get("task_id") not in listed
+    ]
     duplicates = [UploadAccepted.model_validate(entry) for entry in batch.duplicates]
     summary: Counter[str] = Counter(str(task.status) for task in tasks)
     if rejected:

@@ -91,8 +91,10 @@ async def retry_task(
             f"The staged original of {task.filename} was removed (staging is kept "
             f"{describe_duration(settings.staging_ttl)} after a task ends); upload it again"
         )
+    with temporal_unavailable_as_503("Cannot retry the task"):
+        retried = await temporal.get_workflow_handle(task_id).describe()
     try:
-        await start_ingest(temporal, settings, task, owner, rerun=True)
+        await start_ingest(temporal, settings, task, owner, rerun=True, retried_run=retried.run_id)
     except AlreadyStarted as exc:
         raise Conflict(f"Task {task_id} is already running again") from exc
     return UploadAccepted(

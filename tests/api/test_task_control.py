@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from temporalio.bridge.services_generated import WorkflowService
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 from activities.embed import TextEmbedder
@@ -30,6 +33,7 @@ from tests.support import (
     forget_workflow,
     new_tenant,
     running_workers,
+    runs_of,
     serve,
     stack_settings,
     wait_for_status,
@@ -630,6 +634,41 @@ async def test_a_retry_after_the_embed_queue_was_renamed_embeds_on_the_new_queue
         assert retried.status_code == 202, retried.text
         final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
     assert final["status"] == "complete", final
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_retry_answered_too_late_whose_run_failed_meanwhile_runs_once(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry's first start reached Temporal, its run failed again (a corrupt file fails
+    in a second) before the late answer: the second start must take that run, not start a
+    third."""
+    upload = await http.post(
+        "/upload/agent", params={"agent_id": tenant.agent_id}, headers=tenant.headers,
+        files={"file": ("cut.pdf", make_pdf(["x"])[:300])},
+    )  # fmt: skip
+    task_id = upload.json()["task_id"]
+    assert (await wait_for_status(http, tenant, task_id, Status.TERMINAL))["status"] == "failed"
+    real = WorkflowService.start_workflow_execution
+    calls: list[str] = []
+
+    async def start(self: WorkflowService, req: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(req.workflow_id)
+        answer = await real(self, req, *args, **kwargs)
+        if len(calls) == 1:  # delivered; the answer comes after the new run failed
+            handle = stack.client.get_workflow_handle(task_id, run_id=answer.run_id)
+            while (await handle.describe()).status is WorkflowExecutionStatus.RUNNING:
+                await asyncio.sleep(0.1)
+            raise RPCError("Deadline Exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+        return answer
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WorkflowService, "start_workflow_execution", start)
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 202, retried.text
+    await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    await asyncio.sleep(3)  # a third run would have started by now
+    assert await runs_of(stack, task_id) == 2  # the upload's run and the retry's
 
 
 async def test_retry_of_a_failed_file_runs_again_and_fails_again(

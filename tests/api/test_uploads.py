@@ -24,6 +24,7 @@ from tests.support import (
     documents_stored,
     forget_workflow,
     new_tenant,
+    runs_of,
     serve,
     stack_settings,
     wait_for_status,
@@ -387,10 +388,6 @@ def unanswered_starts(
         yield sent
 
 
-async def runs_of(stack: Stack, task_id: str) -> int:
-    return len([run async for run in stack.client.list_workflows(f"WorkflowId = '{task_id}'")])
-
-
 @pytest.mark.usefixtures("worker")
 async def test_upload_whose_start_was_answered_too_late_is_202_and_runs_once(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
@@ -484,6 +481,30 @@ async def test_batch_files_whose_starts_are_never_confirmed_are_rejected_503_and
     for task_id in set(sent):  # the server did start them: their staged files were kept
         done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
         assert done["status"] == Status.COMPLETE, done
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_batch_file_whose_unconfirmed_start_did_run_is_listed_once_as_a_task(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file of a batch is in exactly one list: one answered `rejected` 503 (neither
+    start confirmed) whose task the server did start was listed as a task and as rejected."""
+    with unanswered_starts(monkeypatch, times=2) as sent:
+        response = await http.post(
+            "/upload/agent/batch",
+            params={"agent_id": tenant.agent_id},
+            headers=tenant.headers,
+            files=[("file", ("once.txt", lorem(2, seed=71)))],
+        )
+    assert response.status_code == 202, response.text
+    assert [entry["status"] for entry in response.json()["tasks"]] == ["rejected"]
+    assert "task_id" not in response.json()["tasks"][0]
+    done = await wait_for_status(http, tenant, sent[0], {Status.COMPLETE, Status.ERROR})
+    assert done["status"] == Status.COMPLETE, done
+    batch_id = response.json()["batch_id"]
+    batch = (await http.get(f"/upload/batch/{batch_id}", headers=tenant.headers)).json()
+    assert [task["task_id"] for task in batch["tasks"]] == [sent[0]], batch
+    assert batch["rejected"] == [] and batch["summary"] == {"complete": 1}, batch
 
 
 async def test_status_answers_within_3s_when_no_worker_runs(stack: Stack, tenant: Tenant) -> None:
