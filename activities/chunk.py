@@ -12,7 +12,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.errors import staging_missing
+from activities.errors import refusal, staging_missing
 from core.staging import TEXT, StagingStore
 from workflows.types import CHUNK, ChunkResult, FailureType, IngestTask
 
@@ -192,7 +192,7 @@ def _too_large(task: IngestTask, text: str, rest: Iterator[tuple[int, int]]) -> 
             f"the document makes {chunks} chunks of {size} characters, over the limit of "
             f"{limit}; split it or use a larger chunk_size"
         )
-    return ApplicationError(message, type=FailureType.DOCUMENT_TOO_LARGE, non_retryable=True)
+    return refusal(message, FailureType.DOCUMENT_TOO_LARGE)
 
 
 def _count_chunks(text: str, chunk_size: int, overlap: int, up_to: int) -> int:

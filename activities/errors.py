@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from temporalio.exceptions import ApplicationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from workflows.types import FailureType
 
@@ -17,7 +18,18 @@ class RejectedDocument(Exception):
 
 
 def rejected_to_failure(rejected: RejectedDocument) -> ApplicationError:
-    return ApplicationError(rejected.message, type=rejected.error_type, non_retryable=True)
+    return refusal(rejected.message, rejected.error_type)
+
+
+def refusal(message: str, error_type: str) -> ApplicationError:
+    """The task's file cannot be ingested (the task ends `failed`): never retried, and benign
+    to the SDK, which then logs it at DEBUG instead of a WARNING with a 30-line traceback,
+    read by an operator as a crash; one INFO line says what was refused and why."""
+    if activity.in_activity():
+        activity.logger.info("refused (%s): %s", error_type, message)
+    return ApplicationError(
+        message, type=error_type, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )
 
 
 def staging_missing(what: str) -> ApplicationError:

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.chunk import MANIFEST, shard_name, shard_starts
 from activities.embed import from_npy, vectors_name
-from activities.errors import staging_missing
+from activities.errors import refusal, staging_missing
 from activities.vectors import Vectors
 from core.dedup import stored_copy
 from core.formats import DocumentFormat
@@ -98,10 +98,9 @@ async def _another_file_stored(session: AsyncSession, task: IngestTask) -> Appli
         if row.status == Status.COMPLETE
         else f"already holds the record of another upload ({row.filename}, {row.status})"
     )
-    return ApplicationError(
+    return refusal(
         f"task {task.task_id} {held}; upload {task.filename} with a new Idempotency-Key",
-        type=FailureType.ANOTHER_FILE_STORED,
-        non_retryable=True,
+        FailureType.ANOTHER_FILE_STORED,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,7 @@ from tests.support import (
     runs_of,
     serve,
     stack_settings,
+    upload_file,
     wait_for_status,
 )
 from workflows.types import MEMO_TASK, Status
@@ -505,6 +507,24 @@ async def test_a_batch_file_whose_unconfirmed_start_did_run_is_listed_once_as_a_
     batch = (await http.get(f"/upload/batch/{batch_id}", headers=tenant.headers)).json()
     assert [task["task_id"] for task in batch["tasks"]] == [sent[0]], batch
     assert batch["rejected"] == [] and batch["summary"] == {"complete": 1}, batch
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_refused_file_is_logged_in_one_line_not_as_a_crash(
+    http: httpx.AsyncClient, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that cannot be ingested is the system doing its job: one INFO line naming why,
+    no WARNING with a traceback (which an operator reads as a crash)."""
+    caplog.set_level(logging.DEBUG, logger="temporalio")
+    task_id = await upload_file(http, tenant, "cut.pdf", make_pdf(["cut short"])[:300])
+    done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert done["status"] == Status.FAILED
+    ours = [record for record in caplog.records if task_id in record.getMessage()]
+    assert [r.getMessage() for r in ours if r.levelno >= logging.WARNING] == []
+    assert any(
+        r.levelno == logging.INFO and r.getMessage().startswith("refused (CorruptDocument): ")
+        for r in ours
+    ), [r.getMessage() for r in ours]
 
 
 async def test_status_answers_within_3s_when_no_worker_runs(stack: Stack, tenant: Tenant) -> None:
