@@ -137,6 +137,10 @@ def start_temporal_dev_server(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         preexec_fn=dies_with_this_process() if dies_with_caller else None,
+        # Out of the terminal's process group: Ctrl-C reaches the caller, which stops the
+        # server last. Stopped with the rest, it went while `docingest dev`'s worker was still
+        # shutting down, whose last call to it failed ("shutdown_worker rpc errored").
+        start_new_session=True,
     )
     try:
         wait_for_port("127.0.0.1", port, timeout=60, process=process)
