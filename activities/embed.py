@@ -14,6 +14,7 @@ from temporalio import activity
 
 from activities.chunk import shard_name
 from activities.errors import staging_missing
+from activities.heartbeats import heartbeating_thread
 from activities.lanes import Lanes, usable_cores
 from activities.onnx_int8 import OnnxInt8Embedder, model_key
 from activities.precision import (
@@ -270,12 +271,15 @@ class EmbedActivities:
         return shard
 
     def encode(self, texts: list[str]) -> Vectors:
-        """Encode in calls of `sub_batch` texts, heartbeating after each."""
+        """Encode in calls of `sub_batch` texts, heartbeating meanwhile: one call may take
+        longer than the heartbeat timeout (a large batch size, two batches sharing the lanes,
+        a slow CPU), and an attempt that stops heartbeating is timed out and retried."""
         parts: list[Vectors] = []
-        for offset in range(0, len(texts), self.sub_batch):
-            # Embed activities running at once share the embedder (its lanes, or its lock).
-            parts.append(self.embedder.encode(texts[offset : offset + self.sub_batch]))
-            activity.heartbeat(offset + self.sub_batch)
+        with heartbeating_thread():
+            for offset in range(0, len(texts), self.sub_batch):
+                # Embed activities running at once share the embedder (its lanes, or its lock).
+                parts.append(self.embedder.encode(texts[offset : offset + self.sub_batch]))
+                activity.heartbeat(offset + self.sub_batch)
         if not parts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.concatenate(parts)

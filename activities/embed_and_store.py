@@ -26,7 +26,8 @@ from temporalio import activity
 from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
-from activities.store import Shard, StoreActivities, heartbeat_interval_s
+from activities.heartbeats import heartbeat_interval_s
+from activities.store import Shard, StoreActivities
 from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, StoreResult
 
 log = logging.getLogger(__name__)

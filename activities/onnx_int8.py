@@ -34,6 +34,8 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MICRO_BATCH = 4
 FORMAT_VERSION = 1  # bump when the export or the quantization changes
 
+log = logging.getLogger(__name__)
+
 
 def _require_onnxruntime() -> None:
     try:
@@ -59,21 +61,41 @@ def model_key(model_path: str) -> str:
     return f"{root.name}-{digest.hexdigest()[:12]}"
 
 
-def int8_model_file(model_path: str, cache_dir: Path) -> Path:
-    """The quantized model of `model_path`, built under `cache_dir` when missing.
+def int8_model_file(
+    model_path: str, cache_dir: Path, damaged: os.stat_result | None = None
+) -> Path:
+    """The quantized model of `model_path`, built under `cache_dir` when missing, or again
+    when it is still the `damaged` file (one ONNX Runtime could not load).
 
     Several processes may ask at once (the worker and the API at first start): one builds
     under a file lock, into a temporary file renamed into place, and the others wait for it.
     """
     _require_onnxruntime()
     target = cache_dir / model_key(model_path) / "model-int8.onnx"
-    if target.exists():
+    if damaged is None and target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(target.parent / ".build.lock"):
-        if not target.exists():
-            _build(model_path, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(target.parent / ".build.lock"):
+            if not target.exists() or _same_file(target, damaged):
+                _build(model_path, target)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot build the int8 export of {model_path} in {cache_dir} ({exc}): make that "
+            "folder writable (DOCINGEST_HOME/models), or run `docingest models build` where it is"
+        ) from exc
     return target
+
+
+def _same_file(path: Path, seen: os.stat_result | None) -> bool:
+    if seen is None:
+        return False
+    now = path.stat()
+    return (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        seen.st_ino,
+        seen.st_size,
+        seen.st_mtime_ns,
+    )
 
 
 def _build(model_path: str, target: Path) -> None:
@@ -127,6 +149,10 @@ def _build(model_path: str, target: Path) -> None:
                 op_types_to_quantize=["MatMul"],
             )
         onnx.checker.check_model(str(partial))
+        # On disk before it is renamed into place: else a crash soon after can leave an empty
+        # file under the final name, which every later start would take as built.
+        with partial.open("rb") as built:
+            os.fsync(built.fileno())
         os.replace(partial, target)
 
 
@@ -180,9 +206,16 @@ class OnnxInt8Embedder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = lanes.threads_per_lane if self.lanes else usable_cores()
         options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            str(self.file), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.file), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ONNX Runtime's own errors: a cut or empty file
+            log.warning("int8 export %s cannot be loaded (%s); building it again", self.file, exc)
+            self.file = int8_model_file(model_path, cache_dir, damaged=self.file.stat())
+            self.session = onnxruntime.InferenceSession(
+                str(self.file), options, providers=["CPUExecutionProvider"]
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self._tokenizing = threading.Lock()
         self._whole_model = threading.Lock()  # without lanes, a batch uses every core

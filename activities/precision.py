@@ -211,6 +211,11 @@ def _write(path: Path, verdicts: dict[str, object]) -> None:
     """Replace the file whole (readers never see half of it); no temporary file left behind."""
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
         try:
+            # Readable by every user sharing the folder: a temporary file is private (0600),
+            # and an API running as another user than the worker could not read the verdict
+            # (it then measured for itself, and its queries could come out in the other
+            # precision than the worker's chunks).
+            os.fchmod(out.fileno(), 0o644)
             json.dump(verdicts, out, indent=2, sort_keys=True)
             out.close()
             os.replace(out.name, path)

@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from activities.chunk import MANIFEST, shard_name, shard_starts
 from activities.embed import from_npy, vectors_name
 from activities.errors import refusal, staging_missing
+from activities.heartbeats import heartbeat_interval_s
 from activities.vectors import Vectors
 from core.dedup import stored_copy
 from core.formats import DocumentFormat
@@ -48,9 +49,6 @@ _COPY_CHUNKS = (
     "FROM STDIN WITH (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
-# While a store runs, its activity heartbeats this often (or more often, with a short
-# heartbeat timeout).
-HEARTBEAT_WHILE_STORING_S = 5.0
 T = TypeVar("T")
 
 
@@ -246,16 +244,6 @@ class StoreActivities:
             if not _violates(exc, "fk"):
                 raise
             # The agent was deleted meanwhile: its documents are gone, nothing to record.
-
-
-def heartbeat_interval_s() -> float:
-    """How often an activity that stores heartbeats: every `HEARTBEAT_WHILE_STORING_S`, or
-    three times per heartbeat timeout when that is shorter."""
-    every = HEARTBEAT_WHILE_STORING_S
-    timeout = activity.info().heartbeat_timeout
-    if timeout is not None and timeout.total_seconds() > 0:
-        every = min(every, timeout.total_seconds() / 3)
-    return every
 
 
 async def heartbeating(work: Coroutine[Any, Any, T]) -> T:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from activities.embed import bundled_model_path, make_embedder, resolve_precision
-from activities.onnx_int8 import OnnxInt8Embedder, int8_model_file
+from activities.onnx_int8 import OnnxInt8Embedder, int8_model_file, model_key
 from core.errors import ConfigurationError
 from tests.activities.test_embed_precision import TOP_K, corpus, top_k
 from tests.support import (
@@ -54,6 +54,26 @@ def test_int8_export_is_built_once_even_when_asked_at_once(tmp_path: Path) -> No
     modified = built.stat().st_mtime_ns
     assert int8_model_file(bundled_model_path(), tmp_path) == built
     assert built.stat().st_mtime_ns == modified  # reused, not rebuilt
+
+
+def test_a_damaged_int8_export_is_built_again(tmp_path: Path) -> None:
+    """An export left empty or cut short (a crash right after it was renamed into place) is
+    rebuilt at the next start, not loaded by every start and refused by ONNX Runtime."""
+    target = tmp_path / model_key(bundled_model_path()) / "model-int8.onnx"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"")
+    embedder = OnnxInt8Embedder(bundled_model_path(), 32, tmp_path)
+    assert embedder.file == target and target.stat().st_size > 1_000_000
+    assert embedder.encode(["a chunk", "another"]).shape == (2, 384)
+
+
+def test_int8_where_the_export_cannot_be_built_is_refused_naming_the_folder(
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "models"
+    blocked.write_text("a file where the folder should be")  # as a read-only home, for root
+    with pytest.raises(ConfigurationError, match=r"cannot build the int8 export .* in .*models"):
+        make_embedder(None, 32, "cpu", "int8", blocked)
 
 
 def test_int8_vectors_agree_closely_with_float32(models_dir: Path) -> None:

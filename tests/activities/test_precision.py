@@ -97,6 +97,12 @@ def test_auto_cpu_precision_reads_a_saved_verdict_it_cannot_lock(tmp_path: Path)
     assert (verdict.precision, measured, len(calls)) == ("bfloat16", False, 0)
 
 
+def test_auto_cpu_precision_saves_a_verdict_other_users_can_read(tmp_path: Path) -> None:
+    """The verdict is for every process sharing the folder, whatever user it runs as."""
+    auto_cpu_precision(tmp_path, "cpu A", counting(TIMINGS)[1])
+    assert (tmp_path / VERDICTS_FILE).stat().st_mode & 0o044 == 0o044
+
+
 def test_auto_cpu_precision_without_a_folder_measures_every_time() -> None:
     calls, measure = counting(TIMINGS)
     auto_cpu_precision(None, "cpu A", measure)
