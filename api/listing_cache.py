@@ -86,6 +86,9 @@ class ListingCache(Generic[T]):
     def _store(self, key: tuple[uuid.UUID, Hashable], snapshot: _Snapshot[T]) -> None:
         if snapshot.generation != self._generations.get(key[0], 0):
             return  # a write happened while this was fetched: it may predate the write
+        current = self._snapshots.get(key)
+        if current is not None and current.taken > snapshot.taken:
+            return  # a fetch that began later answered first: this one may predate it
         self._snapshots[key] = snapshot
         self._snapshots.move_to_end(key)
         while len(self._snapshots) > self.max_entries:

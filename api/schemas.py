@@ -6,7 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, PlainSerializer, StringConstraints
+
+from core.temporal import iso_utc
+
+# Every timestamp of the API in one form, the tasks' (`iso_utc`): ISO-8601 UTC, milliseconds, `Z`.
+Timestamp = Annotated[datetime, PlainSerializer(iso_utc, return_type=str, when_used="json")]
 
 TaskStatusValue = Literal["queued", "processing", "complete", "failed", "error", "cancelled"]
 
@@ -30,7 +35,7 @@ class AgentCreate(BaseModel):
 class AgentPublic(BaseModel):
     id: uuid.UUID
     name: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AgentsPublic(BaseModel):
@@ -115,7 +120,7 @@ class HealthPublic(BaseModel):
 class BatchStatus(BaseModel):
     batch_id: str
     agent_id: str
-    created_at: datetime
+    created_at: Timestamp
     files: int
     tasks: list[TaskStatus]
     rejected: list[UploadRejected]
@@ -139,8 +144,8 @@ class DocumentPublic(BaseModel):
     status: DocumentStatusValue
     error: TaskError | None
     task_id: str = Field(description="The upload task that made this document")
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class DocumentsPublic(BaseModel):

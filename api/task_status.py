@@ -150,6 +150,10 @@ async def _unsuperseded(
 def render(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStatus:
     raw = memo.get(MEMO_PROGRESS)
     progress = _progress_from(raw) if isinstance(raw, dict) else _from_attributes(execution)
+    # When the run started, as Temporal (and `StartTime` in a visibility query) tells it: the
+    # memo's is the API's clock until the first step, then the worker's first workflow task
+    # (`workflow.info().start_time`), which comes later whenever the task waited for a worker.
+    progress = _replace(progress, started_at=iso_utc(execution.start_time))
     progress = _reconcile(progress, execution.status, execution.close_time)
     return to_public(progress)
 

@@ -22,11 +22,17 @@ router = APIRouter(prefix="/api", tags=["progress"], responses={401: {"model": E
 _STATUS_FILTERS = {
     Status.QUEUED: f"ExecutionStatus = 'Running' AND {INGEST_STATUS.name} = 'queued'",
     Status.PROCESSING: f"ExecutionStatus = 'Running' AND {INGEST_STATUS.name} = 'processing'",
-    Status.COMPLETE: "ExecutionStatus = 'Completed'",
+    # A workflow says `complete` before its staging cleanup, the last step: still running, or
+    # stopped during it, it is `complete` (as `/upload/status` answers), never `error`.
+    Status.COMPLETE: (
+        f"ExecutionStatus = 'Completed' OR (ExecutionStatus IN ('Running', 'Terminated', "
+        f"'TimedOut') AND {INGEST_STATUS.name} = 'complete')"
+    ),
     Status.FAILED: f"ExecutionStatus = 'Failed' AND {INGEST_STATUS.name} = 'failed'",
     Status.ERROR: (
-        f"(ExecutionStatus IN ('Terminated', 'TimedOut') OR (ExecutionStatus = 'Failed' "
-        f"AND {INGEST_STATUS.name} != 'failed'))"
+        f"(ExecutionStatus IN ('Terminated', 'TimedOut') AND ({INGEST_STATUS.name} IS NULL "
+        f"OR {INGEST_STATUS.name} != 'complete')) OR (ExecutionStatus = 'Failed' "
+        f"AND {INGEST_STATUS.name} != 'failed')"
     ),
     Status.CANCELLED: "ExecutionStatus = 'Canceled'",
 }

@@ -73,6 +73,25 @@ async def test_invalidation_drops_snapshots_and_late_fetches_from_before_it() ->
     assert await cache.get(OWNER, "other", source.fetch) == 3  # ...but nobody after the write
 
 
+async def test_a_slow_fetch_does_not_replace_a_newer_snapshot() -> None:
+    """Two requests without a snapshot fetch at once: the one that began first and answers
+    last must not replace what the later one read (a poller would see its list go back)."""
+    cache: ListingCache[str] = ListingCache(max_age=60)
+
+    async def slow_old() -> str:
+        await asyncio.sleep(0.3)
+        return "read first: task processing"
+
+    async def fast_new() -> str:
+        return "read later: task complete"
+
+    first = asyncio.create_task(cache.get(OWNER, "q", slow_old))
+    await asyncio.sleep(0.05)
+    assert await cache.get(OWNER, "q", fast_new) == "read later: task complete"
+    await first
+    assert await cache.get(OWNER, "q", fast_new) == "read later: task complete"
+
+
 async def test_owners_and_queries_have_their_own_snapshots_and_zero_turns_it_off() -> None:
     cache: ListingCache[int] = ListingCache(max_age=60)
     source = Source()
