@@ -205,27 +205,7 @@ def test_cli_dev_killed_leaves_no_process_and_starts_again() -> None:
 
 
 def test_cli_temporal_killed_takes_its_server_along(tmp_path: Path) -> None:
-    port = free_port()
-    with subprocess.Popen(
-        [DOCINGEST, "temporal"],
-        env={**os.environ, **temporal_env(tmp_path, port, free_port())},
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if line.startswith(f"Temporal on 127.0.0.1:{port}"):
-                break
-        children = psutil.Process(process.pid).children(recursive=True)
-        assert children, "docingest temporal started no server"
-        process.kill()
-        try:
-            _, alive = psutil.wait_procs(children, timeout=30)
-            assert not alive, f"left running: {[p.cmdline() for p in alive]}"
-        finally:
-            for child in children:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
+    _stop_temporal(tmp_path, signal.SIGKILL)
 
 
 def temporal_env(home: Path, port: int, ui_port: int) -> dict[str, str]:
@@ -246,17 +226,19 @@ def test_cli_temporal_refuses_a_busy_port(tmp_path: Path) -> None:
 
 
 def test_cli_temporal_stops_its_server_on_sigterm(tmp_path: Path) -> None:
+    _stop_temporal(tmp_path, signal.SIGTERM)
+
+
+def _stop_temporal(home: Path, signum: signal.Signals) -> None:
+    """Start `docingest temporal`, send it `signum` once its server answers, and check that
+    the server went too (SIGTERM: it stops it and exits 0; SIGKILL: its death signal)."""
     port = free_port()
-    with subprocess.Popen(
+    process = subprocess.Popen(
         [DOCINGEST, "temporal"],
-        env={**os.environ, **temporal_env(tmp_path, port, free_port())},
+        env={**os.environ, **temporal_env(home, port, free_port())},
         stderr=subprocess.PIPE,
         text=True,
-    ) as process:
-        _stop_temporal_with_sigterm(process, port)
-
-
-def _stop_temporal_with_sigterm(process: subprocess.Popen[str], port: int) -> None:
+    )
     assert process.stderr is not None
     children: list[psutil.Process] = []
     try:
@@ -265,14 +247,16 @@ def _stop_temporal_with_sigterm(process: subprocess.Popen[str], port: int) -> No
                 break
         children = psutil.Process(process.pid).children(recursive=True)
         assert children, "docingest temporal started no server"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        process.send_signal(signum)
+        code = process.wait(timeout=60)
+        assert code == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
         _, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, f"left running: {[p.cmdline() for p in alive]}"
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
     finally:
         process.kill()
+        process.stderr.close()
         for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
