@@ -94,6 +94,13 @@ EMBED_AND_STORE_FALLBACK_PATCH = "embed-and-store-falls-back"
 # step whose cancel was requested. The cancel was asked for, so the task is `cancelled`, not
 # `error`. Histories written before (where it became `error`) replay as they were.
 CANCEL_HIDDEN_BY_FAILURE_PATCH = "cancel-hidden-by-step-failure"
+# A step the workflow's cancel reached may still complete: its worker hears of the cancel only
+# in the answer to a heartbeat, and the SDK sends those at most every 0.8 x heartbeat timeout
+# (48 s by default), so an extract of a few seconds runs to its end and the SDK hands the
+# workflow its result, the cancel forgotten. The cancel was asked for: the task stops at the
+# next step, `cancelled`, instead of storing the document. Histories written before (where it
+# went on to `complete`) replay as they were.
+CANCEL_HIDDEN_BY_SUCCESS_PATCH = "cancel-hidden-by-step-success"
 # The formats `extract` only decodes (and parses, for HTML): core.formats.DocumentFormat values.
 QUICK_EXTRACT_FORMATS = frozenset({"text", "markdown", "html"})
 # What a failure message calls a step whose activity name is not the one people know.
@@ -103,6 +110,11 @@ STEP_NAMES = {EMBED_AND_STORE: "embed"}
 STEP_FAILURES = (ActivityError, ApplicationError, TimeoutError)
 StepFailure = ActivityError | ApplicationError | TimeoutError
 T = TypeVar("T")
+# The task's cancel (its agent deleted, or from the Temporal UI) that came while its last
+# step removed its staging stopped that removal and the task ended `complete` with its staging
+# left until the hourly sweep: the removal now runs once more (the cancel is spent). Histories
+# written before replay as they were.
+CLEANUP_AFTER_CANCEL_PATCH = "cleanup-runs-again-after-cancel"
 
 
 def _database_retry(task: IngestTask) -> RetryPolicy:
@@ -160,16 +172,19 @@ class IngestDocument:
                     retry_policy=_STEP_RETRY,
                     cancellation_type=_WAIT,
                 )
+            _stop_if_cancelled()
             self._update(Status.PROCESSING, Stage.CHUNKING)
             chunked = await _short_step(
                 CHUNK, task, ChunkResult, timedelta(minutes=5), local=release >= 1
             )
+        _stop_if_cancelled()
         self._update(Status.PROCESSING, Stage.EMBEDDING, chunks_total=chunked.chunks)
         if release >= 3 and chunked.chunks <= task.embed_activity_chunks:
             stored = await self._embed_and_store(task, chunked.chunks)
         else:
             await self._embed_all(task, chunked.chunks)
             stored = await self._store(task)
+        _stop_if_cancelled()
         message = f"Successfully processed {task.filename}"
         if stored.duplicate:
             message = f"{task.filename} is already stored for this agent; nothing new was stored"
@@ -212,6 +227,7 @@ class IngestDocument:
         return await self._store(task)
 
     async def _store(self, task: IngestTask) -> StoreResult:
+        _stop_if_cancelled()
         self._update(Status.PROCESSING, Stage.STORING)
         stored: StoreResult = await workflow.execute_activity(
             STORE,
@@ -321,15 +337,21 @@ class IngestDocument:
     async def _cleanup(self, task: IngestTask) -> None:
         local = self._steps_release() >= 1
         run_step = workflow.execute_local_activity if local else workflow.execute_activity
-        try:
-            await run_step(
-                CLEANUP,
-                task.task_id,
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=_CLEANUP_RETRY,
-            )
-        except STEP_FAILURES:
-            workflow.logger.warning("could not clean up staging of %s", task.task_id)
+        for _ in range(2):
+            try:
+                await run_step(
+                    CLEANUP,
+                    task.task_id,
+                    start_to_close_timeout=timedelta(minutes=2),
+                    retry_policy=_CLEANUP_RETRY,
+                )
+                return
+            except STEP_FAILURES as failure:
+                if not is_cancelled_exception(failure) or not workflow.patched(
+                    CLEANUP_AFTER_CANCEL_PATCH
+                ):
+                    break
+        workflow.logger.warning("could not clean up staging of %s", task.task_id)
 
     def _steps_release(self) -> int:
         """Which release's steps this workflow runs, from the patches its history records (a
@@ -418,6 +440,15 @@ def _cancel_hidden_by(failure: StepFailure) -> bool:
         and workflow.cancellation_reason() is not None
         and workflow.patched(CANCEL_HIDDEN_BY_FAILURE_PATCH)
     )
+
+
+def _stop_if_cancelled() -> None:
+    """Stop here, `cancelled`, when the task's cancel came while a step that then completed
+    ran (see `CANCEL_HIDDEN_BY_SUCCESS_PATCH`)."""
+    if workflow.cancellation_reason() is not None and workflow.patched(
+        CANCEL_HIDDEN_BY_SUCCESS_PATCH
+    ):
+        raise asyncio.CancelledError
 
 
 def _quick_to_extract(task: IngestTask) -> bool:

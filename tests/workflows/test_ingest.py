@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +30,15 @@ from temporalio.exceptions import (
 )
 from temporalio.worker import Replayer, Worker
 
+from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
+from activities.store import StoreActivities
 from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
-from core.staging import ORIGINAL
+from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_pdf
 from tests.support import (
     FakeEmbedder,
@@ -83,6 +87,14 @@ HISTORY_NOT_REGISTERED = (
 HISTORY_CANCEL_HIDDEN = (
     Path(__file__).parent / "histories/ingest-cancel-hidden-by-step-failure.json"
 )
+# The same, but the step then completed and stored the document: on the release before, the
+# task went on to `complete`, its cancel forgotten.
+HISTORY_CANCEL_HIDDEN_BY_SUCCESS = (
+    Path(__file__).parent / "histories/ingest-cancel-hidden-by-step-success.json"
+)
+# A complete task cancelled while it removed its staging: on the release before, the removal
+# stopped and was not run again.
+HISTORY_CLEANUP_CANCELLED = Path(__file__).parent / "histories/ingest-cleanup-cancelled.json"
 
 
 @pytest.fixture(scope="module")
@@ -231,12 +243,13 @@ async def test_a_one_batch_document_on_an_embed_worker_of_the_release_before_is_
     assert replay.replay_failure is None
 
 
-async def cancelled_while_its_step_fails(
-    stack: Stack, settings: Settings, task: IngestTask, began: asyncio.Event, fail: asyncio.Event
+async def cancelled_while_its_step_runs(
+    stack: Stack, settings: Settings, task: IngestTask, began: asyncio.Event, end: asyncio.Event
 ) -> WorkflowHandle[IngestDocument, TaskProgress]:
     """Run the task's workflow; once its step has `began`, cancel the task, wait until the
-    workflow has asked the step to stop, then let the step `fail`. The task must then end
-    `cancelled`, as the user was told; returns its handle."""
+    workflow has asked the step to stop, then let the step `end` (fail, or complete as if it
+    never heard of the cancel). The task must then end `cancelled`, as the user was told;
+    returns its handle."""
     handle = await stack.client.start_workflow(
         IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
     )
@@ -247,7 +260,7 @@ async def cancelled_while_its_step_fails(
             event.event_type async for event in handle.fetch_history_events()
         }:
             await asyncio.sleep(0.05)
-        fail.set()
+        end.set()
         with pytest.raises(WorkflowFailureError) as ended:
             await handle.result()
         progress = await handle.query(IngestDocument.progress)
@@ -282,7 +295,7 @@ async def test_a_cancel_that_came_while_an_embed_worker_without_the_step_failed_
 
     async with main_workers_beside(stack, settings, [embed.embed, lacking]):
         task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
-        handle = await cancelled_while_its_step_fails(stack, settings, task, began, fail)
+        handle = await cancelled_while_its_step_runs(stack, settings, task, began, fail)
     history = await handle.fetch_history()
     assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
     assert await chunks_stored(stack, task.task_id) == 0
@@ -330,7 +343,7 @@ async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_fa
         task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
         # A lost worker is noticed after 2 s without a heartbeat.
         task = dataclasses.replace(task, heartbeat_timeout_s=2)
-        handle = await cancelled_while_its_step_fails(stack, settings, task, began, fail)
+        handle = await cancelled_while_its_step_runs(stack, settings, task, began, fail)
     history = await handle.fetch_history()
     ending = "timed out" if worker_dies else "failed"
     assert step_endings(history) == [(ending, RetryState.CANCEL_REQUESTED)]  # one attempt
@@ -342,6 +355,105 @@ async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_fa
     assert document.status == Status.CANCELLED
     assert await chunks_stored(stack, task.task_id) == 0
     assert not stack.staging.exists(task.task_id, ORIGINAL)
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert replay.replay_failure is None
+
+
+async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_completes(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The task's cancel reaches the workflow while `embed_and_store` runs, but its worker
+    hears of it only at a heartbeat the SDK sends (throttled to 0.8 x the heartbeat timeout),
+    so the step completes and stores the document. The user was told "cancelling": the task
+    must end `cancelled` with nothing stored, not go on to `complete` (an extract that
+    completed so went on to embed and store the whole document)."""
+    settings = stack_settings(stack, embed_activity_chunks=64)
+    embedder = FakeEmbedder()
+    embed = EmbedActivities(stack.staging, embedder, settings.embedding_batch_size)
+    store = StoreActivities(stack.staging, stack.sessionmaker)
+    began, finish = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name=EMBED_AND_STORE)
+    async def completes_anyway(task: IngestTask) -> EmbeddedAndStored:
+        """Embeds and stores, once the test says so, as a step that never heard of the cancel."""
+        began.set()
+        await finish.wait()
+        manifest = stack.staging.read_json(task.task_id, MANIFEST)
+        shards = []
+        for start in shard_starts(manifest):
+            chunks = embed.read_shard(task.task_id, start)
+            shards.append((chunks, embedder.encode([chunk["text"] for chunk in chunks])))
+        stored = await store.save(task, manifest, shards)
+        return EmbeddedAndStored(embedded=stored.chunks, stored=stored)
+
+    async with main_workers_beside(stack, settings, [embed.embed, completes_anyway]):
+        task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+        handle = await cancelled_while_its_step_runs(stack, settings, task, began, finish)
+    history = await handle.fetch_history()
+    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
+    assert len(patch_markers(history)) == 2  # the release's, and the hidden cancel's
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert document.status == Status.CANCELLED
+    assert await chunks_stored(stack, task.task_id) == 0
+    assert not stack.staging.exists(task.task_id, ORIGINAL)
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert replay.replay_failure is None
+
+
+class FirstRemovalWaitsForACancel(StagingStore):
+    """A staging store whose first removal of a task is stopped by the task's cancel."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.began = threading.Event()
+        self.removals = 0
+
+    def remove_task(self, task_id: str) -> None:
+        self.removals += 1
+        if self.removals == 1:
+            self.began.set()
+            for _ in range(600):  # 30 s at most
+                if activity.is_cancelled():
+                    return  # stopped before it removed anything
+                time.sleep(0.05)
+        super().remove_task(task_id)
+
+
+async def test_a_cancel_that_came_while_a_complete_task_cleaned_up_still_cleans_up(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The task's cancel (its agent deleted, or from the Temporal UI) comes while the task,
+    already `complete`, removes its staging: it stays `complete`, and its staging still goes
+    now rather than at the sweep after the TTL."""
+    settings = stack_settings(stack, embed_activity_chunks=64)
+    staging = FirstRemovalWaitsForACancel(stack.settings.resolved_staging_url)
+    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
+        workers = [
+            *build_workers(
+                stack.client, settings, staging, stack.sessionmaker, None, executor, Role.MAIN
+            ),
+            *build_workers(
+                stack.client, settings, stack.staging, stack.sessionmaker, FakeEmbedder(),
+                executor, Role.EMBED,
+            ),
+        ]  # fmt: skip
+        async with workers_running(workers):
+            task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+            handle = await stack.client.start_workflow(
+                IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+            )
+            async with asyncio.timeout(120):
+                await asyncio.to_thread(staging.began.wait, 60)
+                await handle.cancel()
+                result = await handle.result()
+    assert result.status == Status.COMPLETE
+    assert staging.removals == 2
+    assert not stack.staging.exists(task.task_id, ORIGINAL)
+    assert await chunks_stored(stack, task.task_id) == result.chunks_total
+    history = await handle.fetch_history()
+    assert local_steps(history) == [EXTRACT_AND_CHUNK, CLEANUP, CLEANUP]
     replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert replay.replay_failure is None
 
@@ -560,6 +672,25 @@ async def test_a_task_whose_step_failure_hid_its_cancel_replays_as_it_ended() ->
     )
     assert step_endings(history) == [("failed", RetryState.CANCEL_REQUESTED)]
     assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_task_whose_completed_step_hid_its_cancel_replays_as_it_ended() -> None:
+    history = WorkflowHistory.from_json(
+        "ingest-cancel-hidden-by-step-success", HISTORY_CANCEL_HIDDEN_BY_SUCCESS.read_text()
+    )
+    assert scheduled_activities(history) == [EMBED_AND_STORE]
+    assert history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_task_whose_cleanup_was_cancelled_replays_as_it_ended() -> None:
+    history = WorkflowHistory.from_json(
+        "ingest-cleanup-cancelled", HISTORY_CLEANUP_CANCELLED.read_text()
+    )
+    assert local_steps(history) == [EXTRACT_AND_CHUNK, CLEANUP]
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
 
