@@ -15,6 +15,11 @@ MIB = 1024 * 1024
 EMBEDDING_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.ASCII)
 
 
+# Embed activities of one document at most (about six history events each: Temporal fails a
+# workflow past 51,200 events).
+MAX_EMBED_ACTIVITIES = 5_000
+
+
 class Settings(BaseSettings):
     """Every setting of docingest; each is overridable by a `DOCINGEST_<NAME>` variable."""
 
@@ -175,6 +180,21 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"DOCINGEST_CHUNK_OVERLAP ({self.chunk_overlap}) must be at most half of "
                 f"DOCINGEST_CHUNK_SIZE ({self.chunk_size})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _history_fits(self) -> Settings:
+        """Each embed activity adds about six events to the task's Temporal history, which
+        fails past 51,200: the largest document allowed must fit with room to spare."""
+        activities = -(-self.max_document_chunks // self.embed_activity_chunks)
+        if activities > MAX_EMBED_ACTIVITIES:
+            least = -(-self.max_document_chunks // MAX_EMBED_ACTIVITIES)
+            raise ValueError(
+                f"DOCINGEST_EMBED_ACTIVITY_CHUNKS ({self.embed_activity_chunks}) is too small "
+                f"for DOCINGEST_MAX_DOCUMENT_CHUNKS ({self.max_document_chunks}): a document "
+                f"would take {activities} embed activities, over {MAX_EMBED_ACTIVITIES} (its "
+                f"Temporal history would outgrow its limit); use at least {least}"
             )
         return self
 

@@ -131,3 +131,9 @@ def test_ports_are_refused_outside_1_to_65535(
         monkeypatch.setenv(f"DOCINGEST_{variable.upper()}", port)
         with pytest.raises(ValidationError, match=variable):
             Settings()
+
+
+def test_embed_batches_too_small_for_the_largest_document_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"use at least 4\b"):
+        Settings(embed_activity_chunks=3, max_document_chunks=20_000)
+    assert Settings(embed_activity_chunks=4, max_document_chunks=20_000).embed_activity_chunks == 4
