@@ -16,4 +16,5 @@ def describe_duration(delta: timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             count = int(seconds // size)
             return f"{count} {unit if count == 1 else plural}"
-    return f"{seconds:g} s"
+    # Exact, never in scientific notation ("1e+06 s"): `repr` of a float is its shortest form.
+    return f"{int(seconds) if seconds.is_integer() else seconds} s"
