@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -33,6 +34,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Texts per forward pass in a lane (activities/lanes.py): 4 measured best for the int8 graph.
 MICRO_BATCH = 4
 FORMAT_VERSION = 1  # bump when the export or the quantization changes
+_SCRATCH_PREFIX = ".build-"  # a build's scratch folder beside its export
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,11 @@ def _build(model_path: str, target: Path) -> None:
     sample = tokenizer(
         ["an example", "a second, longer example"], padding=True, return_tensors="pt"
     )
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+    # A build killed midway (a worker's OOM kill, say) left its scratch folder, ~90 MB: the
+    # build lock is held here, so any such folder is no other process's work in progress.
+    for stale in target.parent.glob(f"{_SCRATCH_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=_SCRATCH_PREFIX) as scratch:
         float_file = Path(scratch) / "model-float32.onnx"
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

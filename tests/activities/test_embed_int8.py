@@ -62,8 +62,14 @@ def test_a_damaged_int8_export_is_built_again(tmp_path: Path) -> None:
     target = tmp_path / model_key(bundled_model_path()) / "model-int8.onnx"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"")
+    killed_build = target.parent / ".build-abc123"  # the scratch of a build killed midway
+    killed_build.mkdir()
+    (killed_build / "model-float32.onnx").write_bytes(b"\0" * 1000)
     embedder = OnnxInt8Embedder(bundled_model_path(), 32, tmp_path)
     assert embedder.file == target and target.stat().st_size > 1_000_000
+    assert sorted(path.name for path in target.parent.iterdir()) == [
+        ".build.lock", "model-int8.onnx"
+    ]  # fmt: skip
     assert embedder.encode(["a chunk", "another"]).shape == (2, 384)
 
 
