@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import codecs
 import enum
+import posixpath
 import zipfile
 from pathlib import PurePosixPath
 from typing import BinaryIO
+from xml.etree import ElementTree
 
 SNIFF_BYTES = 8192
 _MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
@@ -19,6 +21,26 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+
+
+# A Word package's main part, as python-docx (the worker's reader) accepts it, and the Word
+# packages it refuses, named for the client.
+_WORD_MAIN = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+_WORD_OTHERS = {
+    "application/vnd.ms-word.document.macroEnabled.main+xml": (
+        "a macro-enabled Word document (.docm)"
+    ),
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml": (
+        "a Word template (.dotx)"
+    ),
+    "application/vnd.ms-word.template.macroEnabledTemplate.main+xml": (
+        "a macro-enabled Word template (.dotm)"
+    ),
+}
+_OFFICE_DOCUMENT = (
+    "http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+)
+_OPC_PART_LIMIT = 1024 * 1024  # [Content_Types].xml and _rels/.rels are a few KiB
 
 
 class DocumentFormat(enum.StrEnum):
@@ -92,11 +114,46 @@ def _sniff_zip(file: BinaryIO) -> DocumentFormat:
     try:
         with zipfile.ZipFile(file) as archive:
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            content_type = _main_part_type(archive, names)
+    except (zipfile.BadZipFile, OSError, ValueError, ElementTree.ParseError) as exc:
         raise UnreadableContent("the file looks like a ZIP archive but is damaged") from exc
-    if "word/document.xml" in names:
+    if content_type == _WORD_MAIN or (content_type is None and "word/document.xml" in names):
         return DocumentFormat.DOCX
+    if content_type in _WORD_OTHERS:
+        raise UnreadableContent(
+            f"it is {_WORD_OTHERS[content_type]}; save it as a Word document (.docx)"
+        )
     raise UnreadableContent("the ZIP archive is not a Word (.docx) document")
+
+
+def _main_part_type(archive: zipfile.ZipFile, names: set[str]) -> str | None:
+    """The content type of the package's main part (the officeDocument relationship's target,
+    wherever it lies: Word Online writes word/document2.xml), as python-docx resolves it;
+    None when the package does not say (the worker's reader then judges word/document.xml)."""
+    if "_rels/.rels" not in names or "[Content_Types].xml" not in names:
+        return None
+    target = None
+    for rel in _small_xml(archive, "_rels/.rels"):
+        if rel.get("Type") == _OFFICE_DOCUMENT and rel.get("TargetMode") != "External":
+            target = rel.get("Target")
+    if not target:
+        return None
+    part = posixpath.normpath("/" + target.lstrip("/"))
+    default = None
+    for entry in _small_xml(archive, "[Content_Types].xml"):
+        tag = str(entry.tag).rsplit("}", 1)[-1]
+        if tag == "Override" and (entry.get("PartName") or "").lower() == part.lower():
+            return entry.get("ContentType")
+        if tag == "Default" and part.lower().endswith("." + (entry.get("Extension") or "").lower()):
+            default = entry.get("ContentType")
+    return default
+
+
+def _small_xml(archive: zipfile.ZipFile, name: str) -> list[ElementTree.Element]:
+    if archive.getinfo(name).file_size > _OPC_PART_LIMIT:
+        raise ValueError(f"{name} is too large")
+    # ElementTree fetches no external entity, and expat >= 2.4.1 caps entity expansion.
+    return list(ElementTree.fromstring(archive.read(name)))  # noqa: S314
 
 
 def _looks_like_html(text: str) -> bool:

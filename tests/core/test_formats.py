@@ -6,9 +6,11 @@ import codecs
 import io
 import random
 import re
+import zipfile
 
 import pytest
 
+from activities.extract import extract_text
 from core.formats import (
     SNIFF_BYTES,
     DocumentFormat,
@@ -315,3 +317,46 @@ def test_is_probably_text_tolerates_one_suspicious_character_in_twenty() -> None
 
 def test_is_probably_text_rejects_control_heavy_text() -> None:
     assert not is_probably_text("".join(chr(c) for c in range(1, 32)) * 3)
+
+
+def _rewritten_docx(rename: dict[str, str], content_type: bytes | None = None) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(make_docx(["Hello"]))) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    out = {}
+    for name, body in members.items():
+        for old, new in rename.items():
+            body = body.replace(old.encode(), new.encode())
+        if content_type is not None and name == "[Content_Types].xml":
+            body = body.replace(WORD_MAIN, content_type)
+        out[rename.get(name, name)] = body
+    return make_zip(out)
+
+
+WORD_MAIN = b"application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+
+
+def test_sniff_format_docx_whose_main_part_is_not_word_document_xml_is_docx() -> None:
+    # Word Online / SharePoint save the body as word/document2.xml; the worker reads it.
+    data = _rewritten_docx({"word/document.xml": "word/document2.xml"})
+    assert extract_text(data, DocumentFormat.DOCX).text == "Hello"
+    assert sniff(data, "report.docx") is DocumentFormat.DOCX
+
+
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        (b"application/vnd.ms-word.document.macroEnabled.main+xml", ".docm"),
+        (
+            b"application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml",
+            ".dotx",
+        ),
+        (b"application/vnd.ms-word.template.macroEnabledTemplate.main+xml", ".dotm"),
+    ],
+)
+def test_sniff_format_word_package_the_worker_cannot_open_is_unreadable(
+    content_type: bytes, named: str
+) -> None:
+    # python-docx refuses these ("not a Word file"): accepted, they failed as "damaged".
+    data = _rewritten_docx({}, content_type)
+    with pytest.raises(UnreadableContent, match=re.escape(named)):
+        sniff(data, "macro" + named)
