@@ -126,12 +126,13 @@ async def nearest_chunks(
     distance = Chunk.embedding.cosine_distance(query).label("distance")
     if plan.exact:
         # `+ 0`: an order the HNSW index cannot give, so every chunk of the agent is compared.
-        order: Any = distance + literal_column("0")
+        # Ties (the same text in several documents) by chunk id: the same answer every time.
+        order: tuple[Any, ...] = (distance + literal_column("0"), Chunk.id)
     else:
         # Iterative scan: the index keeps walking until `top_k` rows pass the agent filter or
         # the budget is spent. set_config's `true` (SET LOCAL) ends with the transaction,
         # never leaking into the pooled connection. One statement for the four settings.
-        order = distance
+        order = (distance,)
         await session.execute(
             select(
                 *(
@@ -162,15 +163,22 @@ async def nearest_chunks(
             Document.agent_id == agent_id,
             Document.status == Status.COMPLETE,
         )
-        .order_by(order)
+        .order_by(*order)
         .limit(top_k)
         .cte("nearest")
         .prefix_with("MATERIALIZED")
     )
     # relaxed_order may yield rows slightly out of order, so sort the few found again; the
     # `+ 0` stops PostgreSQL from taking the CTE's ORDER BY as already satisfying this one.
-    statement = select(nearest).order_by(nearest.c.distance + literal_column("0"))
-    return (await session.execute(statement)).all()
+    statement = select(nearest).order_by(nearest.c.distance + literal_column("0"), nearest.c.id)
+    rows = (await session.execute(statement)).all()
+    if not plan.exact and len(rows) < top_k:
+        # The scan spent its budget on other agents' nearer chunks before it found `top_k` of
+        # this agent's (which holds more than the budget): compare the agent's chunks instead.
+        return await nearest_chunks(
+            session, settings, owner, agent_id, query, top_k, SearchPlan(exact=True)
+        )
+    return rows
 
 
 @router.post("/{agent_id}/search")

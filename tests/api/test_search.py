@@ -12,12 +12,26 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text
 
+import api.routes.search as search_module
 from activities.embed import TextEmbedder
 from api.query_embedder import QueryEmbedder
-from api.routes.search import HNSW_SCAN_TUPLES, SearchPlan, nearest_chunks, plan_search
+from api.routes.search import (
+    HNSW_SCAN_TUPLES,
+    SearchPlan,
+    choose_plan,
+    nearest_chunks,
+    plan_search,
+)
 from core.errors import ConfigurationError
 from core.models import EMBEDDING_DIMENSION, Chunk, Document
-from tests.support import FakeEmbedder, Stack, Tenant, new_tenant, wait_for_status
+from tests.support import (
+    FakeEmbedder,
+    Stack,
+    Tenant,
+    new_tenant,
+    stack_settings,
+    wait_for_status,
+)
 from workflows.types import Status
 
 HIT_KEYS = {
@@ -327,3 +341,54 @@ async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_it
     assert await search_with(None) == (expected, "10")  # exact: the budget plays no part
     index_plan = SearchPlan(exact=False, max_scan_tuples=20_000, scan_mem_multiplier=1)
     assert await search_with(index_plan) == (expected, "20000")
+
+
+async def test_search_orders_tied_chunks_by_chunk_id(stack: Stack, tenant: Tenant) -> None:
+    """Chunks of equal score (the same paragraph in several documents) come in chunk order,
+    not in whatever order PostgreSQL's top-N sort left them (it gave 2, 3, 4, 5, 1)."""
+    vector = np.random.default_rng(3).standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    agent_id = uuid.UUID(tenant.agent_id)
+    await store_vectors(stack, tenant.owner_id, agent_id, "tie", np.tile(vector, (12, 1)))
+
+    async def top(k: int) -> list[int]:
+        async with stack.sessionmaker.begin() as session:
+            rows = await nearest_chunks(
+                session, stack.settings, tenant.owner_id, agent_id, vector, k
+            )
+        return [row.id for row in rows]
+
+    everything = await top(12)
+    assert everything == sorted(everything)
+    assert await top(5) == everything[:5]
+
+
+async def test_search_of_a_large_agent_behind_more_nearer_chunks_than_its_budget_finds_top_k(
+    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the exact threshold and its budget an agent goes through the index. When more
+    chunks of other agents than the budget lie nearer, the scan ended with 2 of 5 results
+    (at full scale: an agent of 25,000 chunks beside 25,000 nearer ones gets a 20,000-tuple
+    budget, and none). Scaled down: pgvector's 20,000 floor is 10, the exact limit 10, and
+    sorting off (the planner prefers the index on a big table)."""
+    monkeypatch.setattr(search_module, "HNSW_SCAN_TUPLES", 10)
+    settings = stack_settings(stack, search_exact_max_chunks=10, search_ef_search=10)
+    rng = np.random.default_rng(11)
+    query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
+    query /= np.linalg.norm(query)
+    crowd = query + 0.02 * rng.standard_normal((1500, EMBEDDING_DIMENSION)).astype(np.float32)
+    own = rng.standard_normal((300, EMBEDDING_DIMENSION)).astype(np.float32)
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    other = await new_tenant(stack, "crowd")
+    await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", crowd)
+    agent_id = uuid.UUID(tenant.agent_id)
+    await store_vectors(stack, tenant.owner_id, agent_id, "own", own)
+    async with stack.sessionmaker.begin() as session:
+        await session.execute(text("ANALYZE chunks"))
+    nearest = sorted(range(300), key=lambda i: -float(own[i] @ query))[:5]
+    async with stack.sessionmaker.begin() as session:
+        plan = await choose_plan(session, settings, tenant.owner_id, agent_id, 5)
+        await session.execute(text("SET LOCAL enable_sort = off"))
+        rows = await nearest_chunks(session, settings, tenant.owner_id, agent_id, query, 5)
+    assert not plan.exact and plan.max_scan_tuples < len(crowd)
+    assert [row.text for row in rows] == [f"own {index}" for index in nearest]
