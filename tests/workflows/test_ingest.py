@@ -317,6 +317,23 @@ def step_endings(history: WorkflowHistory) -> list[tuple[str, RetryState]]:
     return endings
 
 
+async def ended_cancelled_and_replays(
+    stack: Stack, task: IngestTask, history: WorkflowHistory
+) -> None:
+    """A one-batch task whose cancel a step's end hid: cancelled, nothing stored or staged,
+    one patch marker besides the release's, and its history replays."""
+    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
+    assert len(patch_markers(history)) == 2  # the release's, and the hidden cancel's
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert document.status == Status.CANCELLED
+    assert await chunks_stored(stack, task.task_id) == 0
+    assert not stack.staging.exists(task.task_id, ORIGINAL)
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert replay.replay_failure is None
+
+
 @pytest.mark.parametrize("worker_dies", [False, True], ids=["step-raises", "worker-dies"])
 async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_fails(
     stack: Stack, tenant: Tenant, worker_dies: bool
@@ -347,16 +364,7 @@ async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_fa
     history = await handle.fetch_history()
     ending = "timed out" if worker_dies else "failed"
     assert step_endings(history) == [(ending, RetryState.CANCEL_REQUESTED)]  # one attempt
-    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
-    assert len(patch_markers(history)) == 2  # the release's, and the hidden cancel's
-    async with stack.sessionmaker() as session:
-        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
-    assert document is not None
-    assert document.status == Status.CANCELLED
-    assert await chunks_stored(stack, task.task_id) == 0
-    assert not stack.staging.exists(task.task_id, ORIGINAL)
-    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
-    assert replay.replay_failure is None
+    await ended_cancelled_and_replays(stack, task, history)
 
 
 async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_completes(
@@ -390,16 +398,7 @@ async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_co
         task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
         handle = await cancelled_while_its_step_runs(stack, settings, task, began, finish)
     history = await handle.fetch_history()
-    assert scheduled_activities(history) == [EMBED_AND_STORE, RECORD_OUTCOME]
-    assert len(patch_markers(history)) == 2  # the release's, and the hidden cancel's
-    async with stack.sessionmaker() as session:
-        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
-    assert document is not None
-    assert document.status == Status.CANCELLED
-    assert await chunks_stored(stack, task.task_id) == 0
-    assert not stack.staging.exists(task.task_id, ORIGINAL)
-    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
-    assert replay.replay_failure is None
+    await ended_cancelled_and_replays(stack, task, history)
 
 
 class FirstRemovalWaitsForACancel(StagingStore):
