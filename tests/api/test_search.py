@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text
 
-import api.routes.search as search_module
 from activities.embed import TextEmbedder
 from api.query_embedder import QueryEmbedder
 from api.routes.search import (
     HNSW_SCAN_TUPLES,
     SearchPlan,
-    choose_plan,
     nearest_chunks,
     plan_search,
 )
@@ -364,15 +362,15 @@ async def test_search_orders_tied_chunks_by_chunk_id(stack: Stack, tenant: Tenan
 
 
 async def test_search_of_a_large_agent_behind_more_nearer_chunks_than_its_budget_finds_top_k(
-    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tenant: Tenant
 ) -> None:
-    """Above the exact threshold and its budget an agent goes through the index. When more
-    chunks of other agents than the budget lie nearer, the scan ended with 2 of 5 results
-    (at full scale: an agent of 25,000 chunks beside 25,000 nearer ones gets a 20,000-tuple
-    budget, and none). Scaled down: pgvector's 20,000 floor is 10, the exact limit 10, and
-    sorting off (the planner prefers the index on a big table)."""
-    monkeypatch.setattr(search_module, "HNSW_SCAN_TUPLES", 10)
-    settings = stack_settings(stack, search_exact_max_chunks=10, search_ef_search=10)
+    """An agent large enough for the index (above the exact threshold and its budget) whose
+    query is crowded by more nearer chunks of other agents than the scan's budget: the scan
+    ended with 2 of 5 results (at full scale: an agent of 25,000 chunks beside 25,000 nearer
+    ones gets a 20,000-tuple budget, and none). Scaled down: an index plan with a budget of
+    10 tuples and `ef_search` 10, 1,500 nearer chunks, and sorting off (else the planner may
+    sort a small table itself). The plan is given, not chosen: the choice depends on the
+    whole table's size, which the other tests of the session change."""
     rng = np.random.default_rng(11)
     query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
     query /= np.linalg.norm(query)
@@ -383,12 +381,12 @@ async def test_search_of_a_large_agent_behind_more_nearer_chunks_than_its_budget
     await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", crowd)
     agent_id = uuid.UUID(tenant.agent_id)
     await store_vectors(stack, tenant.owner_id, agent_id, "own", own)
-    async with stack.sessionmaker.begin() as session:
-        await session.execute(text("ANALYZE chunks"))
     nearest = sorted(range(300), key=lambda i: -float(own[i] @ query))[:5]
+    index_plan = SearchPlan(exact=False, max_scan_tuples=10)
+    settings = stack_settings(stack, search_ef_search=10)
     async with stack.sessionmaker.begin() as session:
-        plan = await choose_plan(session, settings, tenant.owner_id, agent_id, 5)
         await session.execute(text("SET LOCAL enable_sort = off"))
-        rows = await nearest_chunks(session, settings, tenant.owner_id, agent_id, query, 5)
-    assert not plan.exact and plan.max_scan_tuples < len(crowd)
+        rows = await nearest_chunks(
+            session, settings, tenant.owner_id, agent_id, query, 5, index_plan
+        )
     assert [row.text for row in rows] == [f"own {index}" for index in nearest]
