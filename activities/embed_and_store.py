@@ -17,7 +17,6 @@ chunk once, as `store` does.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from typing import Any
 
@@ -26,7 +25,7 @@ from temporalio import activity
 from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
-from activities.heartbeats import heartbeat_interval_s
+from activities.heartbeats import heartbeating_thread
 from activities.store import Shard, StoreActivities
 from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, StoreResult
 
@@ -74,13 +73,11 @@ class EmbedAndStoreActivities:
         """The store's result, or None when it failed (logged). A cancel that arrives meanwhile
         waits for the store's transaction to end, so nothing is written after the activity
         reported back (the workflow's cleanup follows that report)."""
-        every = heartbeat_interval_s()  # while the store runs on the worker's event loop
-        with activity.shield_thread_cancel_exception():
+        # The store runs on the worker's event loop; this thread waits for it, heartbeating.
+        with activity.shield_thread_cancel_exception(), heartbeating_thread():
             running = asyncio.run_coroutine_threadsafe(
                 self._save(task, manifest, shards), self.loop
             )
-            while not concurrent.futures.wait([running], every).done:
-                activity.heartbeat("storing")
             try:
                 return running.result()
             except Exception as exc:  # the store step runs it again, and reports its failure

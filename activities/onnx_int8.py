@@ -212,16 +212,18 @@ class OnnxInt8Embedder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = lanes.threads_per_lane if self.lanes else usable_cores()
         options.inter_op_num_threads = 1
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(self.file), options, providers=["CPUExecutionProvider"]
+
+        def load(file: Path) -> Any:
+            return onnxruntime.InferenceSession(
+                str(file), options, providers=["CPUExecutionProvider"]
             )
+
+        try:
+            self.session = load(self.file)
         except Exception as exc:  # ONNX Runtime's own errors: a cut or empty file
             log.warning("int8 export %s cannot be loaded (%s); building it again", self.file, exc)
             self.file = int8_model_file(model_path, cache_dir, damaged=self.file.stat())
-            self.session = onnxruntime.InferenceSession(
-                str(self.file), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = load(self.file)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self._tokenizing = threading.Lock()
         self._whole_model = threading.Lock()  # without lanes, a batch uses every core
