@@ -16,14 +16,15 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from cli.bootstrap import DevCredentials, dev_credentials
-from cli.processes import interrupt_on_sigterm, refuse_busy_port, refuse_busy_temporal_ports
-from core.db import resolve_database_url
-from core.embedded import (
-    dies_with_this_process,
-    start_temporal_dev_server,
-    stop_process,
-    wait_for_port,
+from cli.processes import (
+    http_url,
+    interrupt_on_sigterm,
+    refuse_busy_port,
+    refuse_busy_temporal_ports,
+    temporal_dev_server,
 )
+from core.db import resolve_database_url
+from core.embedded import dies_with_this_process, stop_process, wait_for_port
 from core.migrate import upgrade_to_head
 from core.settings import Settings
 from core.temporal import connect, register_search_attributes
@@ -65,16 +66,8 @@ def _temporal(settings: Settings) -> Iterator[str]:
         yield settings.temporal_address
         return
     refuse_busy_temporal_ports(settings)
-    server = start_temporal_dev_server(
-        settings.resolved_home,
-        port=settings.temporal_port,
-        ui_port=settings.temporal_ui_port,
-        namespace=settings.temporal_namespace,
-    )
-    try:
+    with temporal_dev_server(settings):
         yield f"127.0.0.1:{settings.temporal_port}"
-    finally:
-        stop_process(server)
 
 
 @contextmanager
@@ -95,7 +88,7 @@ def _wait_healthy(settings: Settings, children: list[subprocess.Popen[bytes]]) -
         if any(child.poll() is not None for child in children):
             raise SystemExit("a docingest process exited during start-up; see the log above")
         with suppress(httpx.HTTPError):
-            if httpx.get(f"http://{settings.api_host}:{settings.api_port}/health").is_success:
+            if httpx.get(f"{http_url(settings.api_host, settings.api_port)}/health").is_success:
                 return
         time.sleep(0.5)
     raise SystemExit("the API did not become healthy within 120 s")
@@ -142,7 +135,7 @@ def _wait_for_exit(children: list[subprocess.Popen[bytes]]) -> int:
 
 
 def _print_banner(settings: Settings, credentials: DevCredentials) -> None:
-    api = f"http://{settings.api_host}:{settings.api_port}"
+    api = http_url(settings.api_host, settings.api_port)
     ui = (
         f"http://127.0.0.1:{settings.temporal_ui_port}"
         if not settings.temporal_address

@@ -106,23 +106,15 @@ def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:
 
 def _run_temporal(settings: Settings) -> int:
     """Run the dev server until it exits (its exit code) or until interrupted."""
-    from core.embedded import start_temporal_dev_server, stop_process
+    from cli.processes import temporal_dev_server
 
-    server = start_temporal_dev_server(
-        settings.resolved_home,
-        port=settings.temporal_port,
-        ui_port=settings.temporal_ui_port,
-        namespace=settings.temporal_namespace,
-    )
-    try:
+    with temporal_dev_server(settings) as server:
         print(
             f"Temporal on 127.0.0.1:{settings.temporal_port}, UI http://127.0.0.1:"
             f"{settings.temporal_ui_port}",
             file=sys.stderr,
         )
         return server.wait()
-    finally:
-        stop_process(server)
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:

@@ -1,20 +1,50 @@
 """What the commands that run servers in the foreground (`dev`, `temporal`) share: a busy port
-refused before anything starts, and SIGTERM stopping them the way Ctrl-C does."""
+refused before anything starts, the Temporal dev server they own, and SIGTERM stopping them
+the way Ctrl-C does."""
 
 from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from core.settings import Settings
 
 
 def refuse_busy_port(port: int, variable: str, host: str = "127.0.0.1") -> None:
-    """Exit naming `variable` when something listens on `host`:`port` (0.0.0.0: any local
-    address answers)."""
-    with socket.socket() as probe:
-        if probe.connect_ex((host, port)) == 0:
-            raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+    """Exit naming `variable` when something listens on `host`:`port` (0.0.0.0 or ::: any
+    local address answers; an IPv6 address such as ::1 is probed over IPv6)."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            pass
+    except OSError:
+        return
+    raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, with an IPv6 address in brackets as URLs need it."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextmanager
+def temporal_dev_server(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """A Temporal dev server on the settings' ports and namespace, its state under
+    DOCINGEST_HOME, stopped on leaving (and when this process dies)."""
+    from core.embedded import start_temporal_dev_server, stop_process
+
+    server = start_temporal_dev_server(
+        settings.resolved_home,
+        port=settings.temporal_port,
+        ui_port=settings.temporal_ui_port,
+        namespace=settings.temporal_namespace,
+    )
+    try:
+        yield server
+    finally:
+        stop_process(server)
 
 
 def refuse_busy_temporal_ports(settings: Settings) -> None:

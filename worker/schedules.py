@@ -19,6 +19,7 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.settings import Settings
 from workflows.staging_cleanup import CleanStaging
@@ -64,6 +65,8 @@ async def ensure_staging_schedule(client: Client, settings: Settings) -> Schedul
     runs this at start-up, so it changes nothing when the schedule is already as wanted."""
     wanted = staging_schedule(settings)
     schedule_id = staging_schedule_id(settings)
+    if schedule_id != STAGING_SCHEDULE_ID:
+        await _retire_shared_schedule(client, settings)
     try:
         return await client.create_schedule(
             schedule_id,
@@ -75,6 +78,23 @@ async def ensure_staging_schedule(client: Client, settings: Settings) -> Schedul
         handle = client.get_schedule_handle(schedule_id)
     await handle.update(lambda current: _update_towards(current, wanted), rpc_timeout=_RPC_TIMEOUT)
     return handle
+
+
+async def _retire_shared_schedule(client: Client, settings: Settings) -> None:
+    """Delete the schedule that releases before per-queue ids kept under the shared id for
+    this deployment (its sweep starts on this task queue): left in place, it swept beside the
+    new one. A schedule under that id for another task queue is another deployment's."""
+    handle = client.get_schedule_handle(STAGING_SCHEDULE_ID)
+    try:
+        action = (await handle.describe(rpc_timeout=_RPC_TIMEOUT)).schedule.action
+        if (
+            isinstance(action, ScheduleActionStartWorkflow)
+            and action.task_queue == settings.task_queue
+        ):
+            await handle.delete(rpc_timeout=_RPC_TIMEOUT)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:  # none, or another worker deleted it first
+            raise
 
 
 def _update_towards(current: ScheduleUpdateInput, wanted: Schedule) -> ScheduleUpdate | None:

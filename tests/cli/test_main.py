@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from cli.processes import http_url
 from core.embedded import free_port
 from core.keys import owner_for_key
 from tests.support import Stack, private_home, unreachable_database_url
@@ -223,6 +224,31 @@ def test_cli_temporal_refuses_a_busy_port(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert f"port {port} is in use" in result.stderr
     assert "DOCINGEST_TEMPORAL_PORT" in result.stderr
+
+
+def test_cli_dev_refuses_a_busy_ipv6_api_port(tmp_path: Path) -> None:
+    """DOCINGEST_API_HOST may be an IPv6 address: its port is probed over IPv6 (the probe
+    raised a traceback before) and URLs put it in brackets."""
+    port = free_port()
+    try:
+        listener = socket.create_server(("::1", port), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with listener:
+        result = run_cli(
+            "dev",
+            env={
+                "DOCINGEST_HOME": str(tmp_path),
+                "DOCINGEST_API_HOST": "::1",
+                "DOCINGEST_API_PORT": str(port),
+            },
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"port {port} is in use: stop what runs there or set DOCINGEST_API_PORT"
+    )
+    assert http_url("::1", 8000) == "http://[::1]:8000"
+    assert http_url("0.0.0.0", 8000) == "http://0.0.0.0:8000"
 
 
 def test_cli_temporal_stops_its_server_on_sigterm(tmp_path: Path) -> None:

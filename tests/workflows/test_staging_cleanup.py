@@ -39,6 +39,7 @@ from worker.schedules import (
     STAGING_SCHEDULE_ID,
     STAGING_SWEEP_EVERY,
     ensure_staging_schedule,
+    staging_schedule,
     staging_schedule_id,
 )
 from workflows.ingest import IngestDocument
@@ -292,3 +293,29 @@ async def delete_schedule(stack: Stack, settings: Settings) -> None:
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
+
+
+async def test_a_worker_on_its_own_queue_retires_the_shared_schedule_it_used_to_keep(
+    stack: Stack, sweeper: Sweeper
+) -> None:
+    """Releases before per-queue ids kept a deployment's sweep under the shared id whatever
+    its task queue; upgraded, it must not sweep twice. Another deployment's is left alone."""
+    shared = Settings(task_queue=Settings.model_fields["task_queue"].default)
+    assert sweeper.sweep.task_queue != shared.task_queue
+    await delete_schedule(stack, shared)
+    old = staging_schedule(sweeper.sweep)
+    await stack.client.create_schedule(STAGING_SCHEDULE_ID, old)  # as the release before made it
+    try:
+        await ensure_staging_schedule(stack.client, sweeper.sweep)
+        with pytest.raises(RPCError) as missing:
+            await stack.client.get_schedule_handle(STAGING_SCHEDULE_ID).describe()
+        assert missing.value.status == RPCStatusCode.NOT_FOUND
+
+        await ensure_staging_schedule(stack.client, shared)  # a deployment on the default queue
+        await ensure_staging_schedule(stack.client, sweeper.sweep)
+        kept = (await stack.client.get_schedule_handle(STAGING_SCHEDULE_ID).describe()).schedule
+        assert isinstance(kept.action, ScheduleActionStartWorkflow)
+        assert kept.action.task_queue == shared.task_queue
+    finally:
+        await delete_schedule(stack, shared)
+        await delete_schedule(stack, sweeper.sweep)
