@@ -31,6 +31,10 @@ RECEIVING = "receiving"
 _FLUSH_BYTES = 1024 * 1024
 _MAX_OTHER_FIELD_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024
+# Names of other form fields kept to say what came instead of a file: a body of many fields
+# (a batch may be 500 MiB) was otherwise kept whole in memory and echoed back in its 422.
+_NAMED_FIELDS = 10
+_MAX_FIELD_NAME = 100
 _MAX_FILENAME = 255
 _MAX_SUFFIX = 16
 # Control characters, and line/paragraph separators that would break a one-line display.
@@ -84,7 +88,8 @@ class _PartEvents:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
-        self.field_names: list[str] = []
+        self.field_names: list[str] = []  # the first _NAMED_FIELDS
+        self.fields = 0
         self._headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
@@ -118,7 +123,10 @@ class _PartEvents:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
-        self.field_names.append(name.decode("utf-8", "replace") if name is not None else "")
+        self.fields += 1
+        if len(self.field_names) < _NAMED_FIELDS:
+            shown = name.decode("utf-8", "replace") if name is not None else ""
+            self.field_names.append(shown[:_MAX_FIELD_NAME])
         self._in_file = name == FILE_FIELD.encode()
         if self._in_file:
             filename = options.get(b"filename") or b""
@@ -287,6 +295,8 @@ async def receive_files(
         await receiver.close_all()
     if not received:
         seen = ", ".join(repr(name) for name in events.field_names) or "none"
+        if events.fields > len(events.field_names):
+            seen += f" and {events.fields - len(events.field_names)} more"
         raise InvalidRequest(f"no file in the `file` field (form fields received: {seen})")
 
 

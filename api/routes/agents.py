@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select
 from temporalio.client import Client
 
 from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
+from api.json_body import JsonBodyRoute
 from api.ownership import owned_agent, parse_id
 from api.routes.documents import document_public
 from api.schemas import (
@@ -28,7 +29,12 @@ from workflows.types import WORKFLOW_NAME
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/agents", tags=["agents"], responses={401: {"model": ErrorBody}})
+router = APIRouter(
+    prefix="/agents",
+    tags=["agents"],
+    responses={401: {"model": ErrorBody}},
+    route_class=JsonBodyRoute,
+)
 
 # PostgreSQL's OFFSET is a bigint: past it the query fails, so the API refuses (422) instead.
 _MAX_OFFSET = 2**63 - 1

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from activities.vectors import Vectors
 from api.deps import OwnerDep, SessionmakerDep, SettingsDep
+from api.json_body import JsonBodyRoute
 from api.ownership import owned_agent
 from api.query_embedder import QueryEmbedder
 from api.schemas import ErrorBody, SearchHit, SearchRequest, SearchResults
@@ -25,6 +26,7 @@ router = APIRouter(
     prefix="/agents",
     tags=["search"],
     responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    route_class=JsonBodyRoute,
 )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from api.app import create_app
+from api.json_body import MAX_JSON_BODY_BYTES
 from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
 
 
@@ -41,6 +45,64 @@ async def test_agents_reject_bad_bodies_and_missing_keys(
     assert padded.json()["name"] == "sales"
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"] == "Bearer"
+
+
+async def _post_json_head(
+    api_url: str, path: str, framing: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection that has sent the head of a JSON POST with no key."""
+    url = urlsplit(api_url)
+    assert url.hostname is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"{framing}\r\n\r\n".encode()
+    )
+    return reader, writer
+
+
+@pytest.mark.parametrize("route", ["/agents", "/agents/{agent}/search"])
+async def test_agents_json_body_past_its_limit_is_413_before_it_is_read(
+    api_url: str, tenant: Tenant, route: str
+) -> None:
+    """FastAPI reads a JSON body whole before the key is checked: a client with no key made
+    the API wait for a declared 8 GiB body, and hold a 32 MiB one until it ended, then 401."""
+    path = route.format(agent=tenant.agent_id)
+    reader, writer = await _post_json_head(api_url, path, "Content-Length: 8589934592")
+    try:
+        answered = await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+    assert answered.split()[1] == b"413", answered
+
+    reader, writer = await _post_json_head(api_url, path, "Transfer-Encoding: chunked")
+    chunk, sent, total = b"a" * (256 * 1024), 0, 32 * 1024 * 1024
+    try:
+        answer = asyncio.ensure_future(reader.readline())
+        while sent < total and not answer.done():
+            writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+        answered = await asyncio.wait_for(answer, timeout=10)
+    finally:
+        writer.close()
+    assert answered.split()[1] == b"413", answered
+    assert sent < total  # answered while the body was still coming
+
+
+async def test_agents_json_body_at_its_limit_is_read(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    padded = b'{"name": "padded"' + b" " * (MAX_JSON_BODY_BYTES - 18) + b"}"
+    assert len(padded) == MAX_JSON_BODY_BYTES
+    created = await http.post(
+        "/agents", content=padded, headers={**tenant.headers, "Content-Type": "application/json"}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "padded"
 
 
 async def test_health_is_ok_when_everything_answers(http: httpx.AsyncClient) -> None:

@@ -331,6 +331,24 @@ async def test_upload_that_is_not_multipart_is_422(http: httpx.AsyncClient, tena
     assert "multipart/form-data" in response.json()["detail"]
 
 
+async def test_batch_of_many_fields_and_no_file_is_a_short_422(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """The 422 named every field received: 8 MB of field names came back as an 8 MB answer
+    (a batch may send 500 MiB, all of it kept in memory to say so)."""
+    part = b'--b\r\nContent-Disposition: form-data; name="' + b"n" * 4000 + b'"\r\n\r\n\r\n'
+    response = await http.post(
+        "/upload/agent/batch",
+        params={"agent_id": tenant.agent_id},
+        headers={**tenant.headers, "Content-Type": "multipart/form-data; boundary=b"},
+        content=part * 2000 + b"--b--\r\n",
+    )
+    assert response.status_code == 422, response.text[:500]
+    detail = response.json()["detail"]
+    assert "no file" in detail and "and 1990 more" in detail
+    assert len(response.content) < 4096
+
+
 async def test_upload_filename_is_cleaned_for_display(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
