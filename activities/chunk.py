@@ -21,8 +21,9 @@ MANIFEST = "chunks/manifest.json"
 _SENTENCE_END = re.compile(
     r"[.!?][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s*"
 )
-_PARAGRAPH = re.compile(r"\n[ \t]*\n\s*")
-_LINE = re.compile(r"\n\s*")
+# Line ends as a text file may have them: "\n", Windows' "\r\n", or a lone "\r" (classic Mac).
+_PARAGRAPH = re.compile(r"(?:\r\n?|\n)[ \t]*(?:\r\n?|\n)\s*")
+_LINE = re.compile(r"[\r\n]\s*")
 _SPACE = re.compile(r"\s+")
 # Cut no earlier than this fraction of chunk_size when a boundary of the level exists.
 _MIN_FILL = 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import enum
 import posixpath
+import re
 import zipfile
 from pathlib import PurePosixPath
 from typing import BinaryIO
@@ -91,6 +92,11 @@ def sniff_head(head: bytes, filename: str) -> DocumentFormat:
         return DocumentFormat.PDF
     if is_zip(head):
         raise ValueError("a ZIP archive is sniffed from the whole file: use sniff_format")
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{\\rtf"):
+        # Text bytes, but markup: read as text, its chunks would be control words.
+        raise UnreadableContent(
+            "it is an RTF document; save it as a Word document (.docx), a PDF or plain text"
+        )
     text = decode_head(head)
     if text is None:
         raise UnreadableContent("the content is binary data of a format we cannot read")
@@ -104,10 +110,14 @@ def sniff_head(head: bytes, filename: str) -> DocumentFormat:
 
 def _is_pdf(head: bytes) -> bool:
     """PDF readers accept the header anywhere in the first KiB, after junk bytes; text that
-    merely mentions `%PDF-` stays text."""
+    merely mentions `%PDF-`, even on its first line, stays text."""
     if head.lstrip(b"\x00\t\n\r\xef\xbb\xbf ").startswith(b"%PDF-"):
-        return True
+        return _PDF_OBJECT.search(head) is not None or decode_head(head) is None
     return b"%PDF-" in head[:1024] and decode_head(head) is None
+
+
+# A PDF's first object ("1 0 obj") follows its header within a few hundred bytes.
+_PDF_OBJECT = re.compile(rb"\d+\s+\d+\s+obj\b")
 
 
 def _sniff_zip(file: BinaryIO) -> DocumentFormat:
@@ -194,9 +204,65 @@ def decode_text(data: bytes) -> str:
         try:
             return data[skip:].decode("utf-8")
         except UnicodeDecodeError:
-            # The first KiBs looked like UTF-8 but a later byte is not: a legacy encoding.
+            text = data[skip:].decode("utf-8", errors="replace")
+            if _mostly_utf8(text):  # a UTF-8 file with a damaged byte or two
+                return text
+            # The first KiBs looked like UTF-8 but later bytes are not: a legacy encoding.
             codec = "cp1252"
     return data[skip:].decode(codec, errors="replace")
+
+
+def _mostly_utf8(text: str) -> bool:
+    """Whether more of the non-ASCII characters decoded as UTF-8 than failed to."""
+    invalid = text.count("\ufffd")
+    non_ascii = len(text) - len(text.encode("ascii", errors="ignore"))
+    return non_ascii - invalid > invalid
+
+
+# Where an HTML page names its encoding: <meta charset>, <meta http-equiv="Content-Type"
+# content="...; charset=...">, or an XHTML page's XML declaration. Browsers look in the first KiB.
+_HTML_CHARSET = re.compile(
+    rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([a-z0-9_.:-]+)"
+    rb"|<\?xml[^>]*?encoding\s*=\s*[\"']([a-z0-9_.:-]+)",
+    re.IGNORECASE,
+)
+_HTML_CHARSET_PRESCAN = 1024
+# Labels that browsers decode as a superset (the WHATWG Encoding Standard): a page labelled
+# ISO-8859-1 holds windows-1252's curly quotes, one labelled GB2312 holds GBK's characters.
+_CHARSET_SUPERSETS = {
+    "ascii": "cp1252",
+    "iso8859-1": "cp1252",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "shift_jis": "cp932",
+    "euc_kr": "cp949",
+}
+
+
+def decode_html(data: bytes) -> str:
+    """Decode an HTML file: as `decode_text`, except that a page which is not UTF-8 and names
+    its encoding (windows-1251, Shift_JIS, ...) is read in that encoding, not as cp1252."""
+    declared = _declared_charset(data[:_HTML_CHARSET_PRESCAN])
+    if declared is None or any(data.startswith(bom) for bom, _ in _BOMS):
+        return decode_text(data)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode(declared, errors="replace")
+
+
+def _declared_charset(head: bytes) -> str | None:
+    match = _HTML_CHARSET.search(head)
+    if match is None:
+        return None
+    label = (match.group(1) or match.group(2)).decode("ascii")
+    try:
+        codec = codecs.lookup(label).name
+    except LookupError:
+        return None
+    if codec.startswith(("utf-16", "utf-32")):  # the bytes matched as ASCII: they are not
+        return None
+    return _CHARSET_SUPERSETS.get(codec, codec)
 
 
 def decode_head(head: bytes) -> str | None:

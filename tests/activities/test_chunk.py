@@ -135,6 +135,15 @@ def test_split_text_prefers_a_paragraph_break() -> None:
     assert chunks[1].start == len(first) + 2
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["windows", "classic-mac"])
+def test_split_text_finds_paragraphs_whatever_the_line_ends(line_end: str) -> None:
+    text = lorem(60, seed=3)
+    assert "\n\n" in text
+    unix = [chunk.text for chunk in split_text(text, 400, 0)]
+    other = split_text(text.replace("\n", line_end), 400, 0)
+    assert [chunk.text.replace(line_end, "\n") for chunk in other] == unix
+
+
 def test_split_text_prefers_a_sentence_end_over_spaces() -> None:
     first = "This sentence ends in the middle of the window and then."
     text = first + " More words follow without any full stop for quite a while longer"

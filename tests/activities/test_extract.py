@@ -26,6 +26,7 @@ from core.formats import DocumentFormat
 from core.staging import ORIGINAL, StagingStore
 from core.staging import TEXT as TEXT_JSON
 from tests.documents import (
+    docx_with_body,
     make_docx,
     make_docx_blocks,
     make_encrypted_pdf,
@@ -157,6 +158,73 @@ def test_extract_docx_keeps_unicode() -> None:
     assert extract_docx(make_docx([text])) == text
 
 
+WORD_BODY = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    ' xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006">'
+    "<w:body>{}<w:sectPr/></w:body></w:document>"
+)
+
+
+def word_paragraph(text: str) -> str:
+    return f'<w:p><w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p>'
+
+
+def word_cell(text: str) -> str:
+    return f"<w:tc>{word_paragraph(text)}</w:tc>"
+
+
+def test_extract_docx_reads_tracked_insertions_fields_and_smart_tags_not_deletions() -> None:
+    body = (
+        '<w:p><w:r><w:t xml:space="preserve">The fee is </w:t></w:r>'
+        '<w:ins w:id="1" w:author="a"><w:r><w:t>payable in 30 days</w:t></w:r></w:ins>'
+        '<w:del w:id="2" w:author="a"><w:r><w:delText>waived</w:delText></w:r></w:del>'
+        '<w:r><w:t xml:space="preserve">. See </w:t></w:r>'
+        '<w:fldSimple w:instr="REF x"><w:r><w:t>Clause 7</w:t></w:r></w:fldSimple>'
+        '<w:r><w:t xml:space="preserve"> in </w:t></w:r>'
+        '<w:smartTag w:uri="u" w:element="City"><w:r><w:t>Paris</w:t></w:r></w:smartTag></w:p>'
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "The fee is payable in 30 days. See Clause 7 in Paris"
+
+
+def test_extract_docx_reads_content_controls_in_order() -> None:
+    body = (
+        word_paragraph("Before.")
+        + "<w:sdt><w:sdtPr/><w:sdtContent>"
+        + word_paragraph("Inside a content control.")
+        + "</w:sdtContent></w:sdt>"
+        + '<w:p><w:r><w:t xml:space="preserve">Name: </w:t></w:r>'
+        + "<w:sdt><w:sdtContent><w:r><w:t>Ann Lee</w:t></w:r></w:sdtContent></w:sdt></w:p>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "Before.\n\nInside a content control.\n\nName: Ann Lee"
+
+
+def test_extract_docx_reads_a_text_box_once() -> None:
+    box = "<w:txbxContent>" + word_paragraph("Boxed words.") + "</w:txbxContent>"
+    body = (
+        '<w:p><w:r><w:t xml:space="preserve">Body.</w:t></w:r><w:r><mc:AlternateContent>'
+        f"<mc:Choice Requires='wps'><w:drawing>{box}</w:drawing></mc:Choice>"
+        f"<mc:Fallback><w:pict>{box}</w:pict></mc:Fallback></mc:AlternateContent></w:r></w:p>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "Body.\nBoxed words."
+
+
+def test_extract_docx_keeps_equal_neighbour_cells_and_nested_tables() -> None:
+    nested = "<w:tbl><w:tr>" + word_cell("Ten users") + "</w:tr></w:tbl>"
+    body = (
+        "<w:tbl><w:tblGrid><w:gridCol/><w:gridCol/><w:gridCol/></w:tblGrid>"
+        "<w:tr>" + word_cell("Backups") + word_cell("Yes") + word_cell("Yes") + "</w:tr>"
+        "<w:tr><w:tc>" + word_paragraph("Limits") + nested + word_paragraph("") + "</w:tc>"
+        '<w:tc><w:tcPr><w:gridSpan w:val="2"/></w:tcPr>' + word_paragraph("none") + "</w:tc>"
+        "</w:tr></w:tbl>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "Backups | Yes | Yes\nLimits Ten users | none"
+
+
 def test_extract_text_docx_without_text_is_empty() -> None:
     error = rejected(make_docx([]), DocumentFormat.DOCX)
     assert error.error_type == FailureType.EMPTY_DOCUMENT
@@ -227,6 +295,19 @@ def test_extract_text_markdown_is_kept_verbatim() -> None:
     assert extract_text(source.encode(), DocumentFormat.MARKDOWN).text == source
 
 
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        ("The \ufb01nancial \ufb01les, \ufb02agged.".encode(), DocumentFormat.TEXT),
+        ("<p>The \ufb01nancial \ufb01les, \ufb02agged.</p>".encode(), DocumentFormat.HTML),
+        (make_docx(["The \ufb01nancial \ufb01les, \ufb02agged."]), DocumentFormat.DOCX),
+    ],
+    ids=["text", "html", "docx"],
+)
+def test_extract_text_spells_out_ligatures(data: bytes, fmt: DocumentFormat) -> None:
+    assert extract_text(data, fmt).text == "The financial files, flagged."
+
+
 def test_extract_text_removes_nul_characters() -> None:
     assert extract_text(b"abc\x00def\x00", DocumentFormat.TEXT).text == "abcdef"
 
@@ -287,6 +368,17 @@ def test_html_to_text_keeps_table_cells_apart() -> None:
     assert html_to_text(html) == "Name Age\n\nAnn 42"
 
 
+def test_html_to_text_keeps_words_of_neighbouring_blocks_apart() -> None:
+    html = (
+        "<nav>Home</nav><main><dl><dt>Latency</dt><dd>Time to first byte</dd></dl></main>"
+        "<aside>Related</aside><figure><figcaption>Figure one</figcaption></figure>"
+        "<details><summary>More</summary>Hidden part</details>"
+    )
+    assert [line for line in html_to_text(html).splitlines() if line] == [
+        "Home", "Latency", "Time to first byte", "Related", "Figure one", "More", "Hidden part"
+    ]  # fmt: skip
+
+
 def test_html_to_text_reads_body_when_head_is_not_closed() -> None:
     html = "<html><head><title>Title</title><body><p>Body text</p></body></html>"
     assert html_to_text(html) == "Body text"
@@ -310,6 +402,32 @@ def test_extract_text_html_bytes(data: bytes) -> None:
     result = extract_text(data, DocumentFormat.HTML)
     assert result.text == "Café & bar"
     assert result.page_starts is None
+
+
+@pytest.mark.parametrize(
+    ("declaration", "codec", "words"),
+    [
+        ('<meta charset="windows-1251">', "cp1251", "Привет, мир"),
+        (
+            '<meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS">',
+            "cp932",
+            "日本語のテキスト",
+        ),
+        ('<meta charset="gb2312">', "gb18030", "中文文本"),
+        ("<meta charset=iso-8859-1>", "cp1252", "\u201csmart\u201d café"),
+    ],
+    ids=["cp1251", "shift-jis-http-equiv", "gb2312", "latin1-is-cp1252"],
+)
+def test_extract_text_html_in_its_declared_charset(
+    declaration: str, codec: str, words: str
+) -> None:
+    page = f"<html><head>{declaration}</head><body><p>{words}</p></body></html>"
+    assert extract_text(page.encode(codec), DocumentFormat.HTML).text == words
+
+
+def test_extract_text_html_in_utf8_wins_over_a_wrong_declaration() -> None:
+    page = '<html><head><meta charset="iso-8859-1"></head><body><p>Café 日本</p></body></html>'
+    assert extract_text(page.encode(), DocumentFormat.HTML).text == "Café 日本"
 
 
 def test_extract_text_html_with_only_scripts_is_empty() -> None:

@@ -102,6 +102,13 @@ def test_sniff_format_binary_headers_are_unreadable(data: bytes) -> None:
         sniff(data, "document.txt")
 
 
+@pytest.mark.parametrize("filename", ["letter.rtf", "letter.txt", "letter.doc"])
+def test_sniff_format_rtf_is_unreadable_whatever_the_name(filename: str) -> None:
+    data = rb"{\rtf1\ansi\deff0{\fonttbl{\f0 Times New Roman;}}\f0\fs24 Dear Ann,\par}"
+    with pytest.raises(UnreadableContent, match=r"RTF document; save it as a Word document"):
+        sniff(data, filename)
+
+
 def test_sniff_format_empty_file_is_unreadable() -> None:
     with pytest.raises(UnreadableContent, match="empty"):
         sniff(b"", "empty.txt")
@@ -258,9 +265,19 @@ def test_decode_text_legacy_bytes_after_the_sniffed_head_fall_back_to_cp1252() -
     assert text == "a" * (SNIFF_BYTES + 10) + "caf\u00e9 tail"
 
 
+def test_decode_text_utf8_with_a_stray_byte_stays_utf8() -> None:
+    data = ("Grüße aus Köln. " * 600).encode() + b"\xff Ende."
+    assert decode_text(data) == "Grüße aus Köln. " * 600 + "\ufffd Ende."
+
+
 def test_sniff_text_that_mentions_the_pdf_header_stays_text() -> None:
     data = b"Notes on file formats.\nA PDF starts with %PDF-1.7 and ends with %%EOF.\n"
     assert sniff_format(io.BytesIO(data), "notes.txt") is DocumentFormat.TEXT
+
+
+def test_sniff_text_that_starts_with_the_pdf_header_stays_text() -> None:
+    data = b"%PDF-1.7 opens every PDF file.\nThis note explains the header.\n"
+    assert sniff(data, "notes.txt") is DocumentFormat.TEXT
 
 
 def test_decode_text_empty() -> None:
