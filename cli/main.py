@@ -12,10 +12,24 @@ import uuid
 import psycopg
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
+from temporalio.service import RPCError
 
 from core.errors import DocingestError
 from core.settings import Settings
 from core.temporal import TemporalUnreachable
+
+KEY_NAME_MAX = 200  # the `api_keys.name` and `owners.name` columns
+
+
+def port_number(value: str) -> int:
+    """An `--port` argument: refused as the DOCINGEST_*_PORT settings are."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (1-65535)")
+    return port
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
@@ -58,13 +72,19 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
     from cli.bootstrap import create_api_key
 
+    name = args.name.strip()
+    if not 1 <= len(name) <= KEY_NAME_MAX or not name.isprintable():
+        sys.exit(
+            f"docingest keys: --name must be 1-{KEY_NAME_MAX} printable characters "
+            "(no tab or line break: `docingest keys list` prints one key a line)"
+        )
     owner = None
     if args.owner:
         try:
             owner = uuid.UUID(args.owner)
         except ValueError:
             sys.exit(f"docingest keys: --owner {args.owner!r} is not an owner id (a UUID)")
-    print(asyncio.run(create_api_key(settings, args.name, owner)).key)
+    print(asyncio.run(create_api_key(settings, name, owner)).key)
 
 
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> None:
@@ -128,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     api = commands.add_parser("api", help="run the HTTP API")
     api.add_argument("--host")
-    api.add_argument("--port", type=int)
+    api.add_argument("--port", type=port_number)
     api.set_defaults(run=cmd_api)
     worker = commands.add_parser("worker", help="run a Temporal worker")
     worker.add_argument(
@@ -176,19 +196,33 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    problem = run_command(settings, args)
+    # Outside the `except`: an exit raised there keeps the failure's frames, and with them a
+    # Temporal client, alive until the interpreter finalizes, where the SDK's threads crashed
+    # it (SIGSEGV or SIGABRT instead of exit status 1).
+    if problem is not None:
+        sys.exit(f"docingest {args.command}: {problem}")
+
+
+def run_command(settings: Settings, args: argparse.Namespace) -> str | None:
+    """Run the command; why it could not run, in one line, or None when it ran."""
     try:
         args.run(settings, args)
     except (DocingestError, TemporalUnreachable) as exc:
-        sys.exit(f"docingest {args.command}: {exc}")
+        return str(exc)
+    except RPCError as exc:  # e.g. a DOCINGEST_TEMPORAL_NAMESPACE the server does not have
+        return f"Temporal refused the request: {exc.message}"
     except DBAPIError as exc:
         if isinstance(exc.orig, psycopg.errors.UndefinedTable):
-            sys.exit(
-                f"docingest {args.command}: the database has no schema yet: run `docingest migrate`"
-            )
+            return "the database has no schema yet: run `docingest migrate`"
         if not isinstance(exc.orig, psycopg.OperationalError):
             raise
         reason = str(exc.orig).strip().splitlines()[0]
-        sys.exit(f"docingest {args.command}: the database cannot be reached: {reason}")
+        return f"the database cannot be reached: {reason}"
+    return None
+
+
+DURATION_FORMS = "give whole seconds (3600), HH:MM:SS (1:00:00) or ISO 8601 (PT1H, P7D)"
 
 
 def settings_errors(error: ValidationError) -> str:
@@ -196,6 +230,8 @@ def settings_errors(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] == "time_delta_parsing":  # pydantic's words: '"day" identifier…'
+            message = f"{problem['input']!r} is not a duration: {DURATION_FORMS}"
         names = [str(part) for part in problem["loc"]]
         variable = f"DOCINGEST_{names[0].upper()}" if names else ""
         lines.append(f"  {message}" if variable in message else f"  {variable}: {message}")

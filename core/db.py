@@ -35,16 +35,20 @@ def normalize_url(url: str) -> str:
 CONNECT_TIMEOUT_S = 10
 
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
-    connect_args = (
+def connect_args(url: str) -> dict[str, int]:
+    """What every connection to `url` is opened with, migrations' included."""
+    return (
         {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
     )
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=True,
-        connect_args=connect_args,
+        connect_args=connect_args(url),
     )
 
 

@@ -9,10 +9,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 MIB = 1024 * 1024
 # What torch is given as a device: `auto` is resolved at model load (activities.embed).
 EMBEDDING_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.ASCII)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 one (the SDK's form).
+TEMPORAL_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$", re.ASCII)
 
 
 # Embed activities of one document at most (about six history events each: Temporal fails a
@@ -159,6 +164,47 @@ class Settings(BaseSettings):
         if not EMBEDDING_DEVICE.fullmatch(value):
             raise ValueError(
                 f"DOCINGEST_EMBEDDING_DEVICE ({value!r}) must be auto, cpu, cuda or cuda:N"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        """Refused here rather than by `logging` with a traceback, once the command runs."""
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"DOCINGEST_LOG_LEVEL ({value!r}) must be one of {', '.join(LOG_LEVELS)}"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        """Refused here rather than with a SQLAlchemy traceback at the first connection; the
+        message never repeats the URL, which may hold a password."""
+        if value is None:
+            return None
+        try:
+            scheme = make_url(value).get_backend_name()
+        except (ArgumentError, ValueError):  # no URL at all, or a port that is no number
+            scheme = None
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError(
+                "DOCINGEST_DATABASE_URL must be a PostgreSQL URL, "
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            )
+        return value
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        """Refused here rather than by the Temporal SDK with a traceback."""
+        if value is None:
+            return None
+        found = TEMPORAL_ADDRESS.fullmatch(value)
+        if found is None or not 1 <= int(found.group(2)) <= 65535:
+            raise ValueError(
+                f"DOCINGEST_TEMPORAL_ADDRESS ({value!r}) must be HOST:PORT, e.g. temporal:7233"
             )
         return value
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
+from core.db import connect_args
 from core.models import Base
 
 # Concurrent `docingest migrate` runs (several replicas starting at once) take turns.
@@ -15,7 +16,9 @@ def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     if url is None:
         raise RuntimeError("sqlalchemy.url is not set")
-    engine = create_engine(url, poolclass=pool.NullPool)
+    # Gives up as every other connection does: `docingest migrate` (a deployment's first step)
+    # waited without end for a database host that accepted the connection and never answered.
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args=connect_args(url))
     with engine.connect() as connection:
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
         connection.commit()

@@ -75,6 +75,20 @@ def test_cli_migrate_twice_is_harmless(database_url: str) -> None:
         assert result.returncode == 0, result.stderr
 
 
+def test_cli_migrate_gives_up_on_a_database_that_never_answers() -> None:
+    """A host that takes the connection and says nothing (a stuck server, a proxy whose
+    database is gone): the migration's connection gives up as every other one does."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"postgresql://docingest@127.0.0.1:{silent.getsockname()[1]}/docingest"
+        started = time.monotonic()
+        result = run_cli("migrate", env={"DOCINGEST_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "docingest migrate: the database cannot be reached: connection timeout expired"
+    )
+    assert time.monotonic() - started < 60
+
+
 def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
     """What an operator reads when a setting is wrong or a service is out of reach."""
     refused = run_cli("migrate", env={"DOCINGEST_CHUNK_SIZE": "big"})
@@ -89,6 +103,83 @@ def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
         "docingest migrate: the database cannot be reached: connection failed"
     )
     assert "Traceback" not in down.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        (
+            {"DOCINGEST_LOG_LEVEL": "verbose"},
+            "  DOCINGEST_LOG_LEVEL ('verbose') must be one of DEBUG, INFO, WARNING, ERROR, "
+            "CRITICAL",
+        ),
+        (
+            {"DOCINGEST_DATABASE_URL": "db.example.com:5432"},
+            "  DOCINGEST_DATABASE_URL must be a PostgreSQL URL, "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+        ),
+        (
+            {"DOCINGEST_DATABASE_URL": "mysql://docingest:secret@db/docingest"},
+            "  DOCINGEST_DATABASE_URL must be a PostgreSQL URL, "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+        ),
+        (
+            {"DOCINGEST_TEMPORAL_ADDRESS": "http://temporal 7233"},
+            "  DOCINGEST_TEMPORAL_ADDRESS ('http://temporal 7233') must be HOST:PORT, "
+            "e.g. temporal:7233",
+        ),
+        (
+            {"DOCINGEST_KEY_CACHE_TTL": "10s"},
+            "  DOCINGEST_KEY_CACHE_TTL: '10s' is not a duration: give whole seconds (3600), "
+            "HH:MM:SS (1:00:00) or ISO 8601 (PT1H, P7D)",
+        ),
+    ],
+)
+def test_cli_invalid_settings_are_named_not_a_traceback(env: dict[str, str], error: str) -> None:
+    result = run_cli("migrate", env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["docingest migrate: invalid settings", error]
+
+
+def test_cli_worker_of_a_namespace_temporal_lacks_says_so_in_one_line(
+    temporal_address: str,
+) -> None:
+    result = run_cli(
+        "worker",
+        env={
+            "DOCINGEST_DATABASE_URL": unreachable_database_url(),
+            "DOCINGEST_TEMPORAL_ADDRESS": temporal_address,
+            "DOCINGEST_TEMPORAL_NAMESPACE": "no-such-namespace",
+        },
+    )
+    assert result.returncode == 1, result.stderr  # not a crash of the SDK at exit
+    assert result.stderr.splitlines()[-1] == (
+        "docingest worker: Temporal refused the request: Namespace no-such-namespace is not found."
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "team\tb"])
+def test_cli_keys_create_refuses_a_name_it_cannot_store_or_list(
+    stack: Stack, database_url: str, name: str
+) -> None:
+    result = run_cli("keys", "create", "--name", name, env={"DOCINGEST_DATABASE_URL": database_url})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "docingest keys: --name must be 1-200 printable characters (no tab or line break: "
+        "`docingest keys list` prints one key a line)"
+    ]
+
+
+def test_cli_api_refuses_a_port_out_of_range() -> None:
+    # Refused before anything starts; were it not, no embedded database is started here.
+    result = run_cli(
+        "api", "--port", "99999", env={"DOCINGEST_DATABASE_URL": unreachable_database_url()}
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "docingest api: error: argument --port: '99999' is not a port (1-65535)"
+    )
 
 
 def start_dev(home: Path, ports: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
