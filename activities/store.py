@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.chunk import MANIFEST, shard_name, shard_starts
@@ -27,7 +28,7 @@ from activities.embed import from_npy, vectors_name
 from activities.errors import refusal, staging_missing
 from activities.heartbeats import heartbeat_interval_s
 from activities.vectors import Vectors
-from core.dedup import stored_copy
+from core.dedup import StoredCopy, settled, stored_copy
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.staging import StagingStore
@@ -49,6 +50,8 @@ _COPY_CHUNKS = (
     "FROM STDIN WITH (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
+# A retryable failure: another task's copy of the same bytes is stored, but that task runs on.
+COPY_NOT_SETTLED = "CopyNotSettled"
 T = TypeVar("T")
 
 
@@ -126,10 +129,16 @@ async def _know_vector(driver: psycopg.AsyncConnection[Any]) -> None:
 
 class StoreActivities:
     def __init__(
-        self, staging: StagingStore, sessionmaker: async_sessionmaker[AsyncSession]
+        self,
+        staging: StagingStore,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        temporal: Client | None = None,
     ) -> None:
         self.staging = staging
         self.sessionmaker = sessionmaker
+        # Asked whether the task of a stored copy has ended (core/dedup.py); None (a store
+        # used alone, in tests and benchmarks) takes every copy found as settled.
+        self.temporal = temporal
 
     @activity.defn(name=STORE)
     async def store(self, task: IngestTask) -> StoreResult:
@@ -156,7 +165,7 @@ class StoreActivities:
         vectors, in one transaction (or find the copy another task stored first)."""
         try:
             async with self.sessionmaker.begin() as session:
-                existing = await find_stored_copy(session, task)
+                existing = await self._settled_copy(session, task)
                 if existing is not None:
                     await _drop_unstored_row(session, task)
                     return existing
@@ -184,6 +193,23 @@ class StoreActivities:
         if not await asyncio.to_thread(self.staging.exists, task.task_id, MANIFEST):
             raise staging_missing("the chunks or their vectors")
 
+    async def _settled_copy(self, session: AsyncSession, task: IngestTask) -> StoreResult | None:
+        """Another task's copy of the same bytes (`find_stored_copy`), once that task ended.
+        While it runs, its cancel may still delete the copy, and this task, answered with it,
+        would say `complete` with nothing stored: the step fails, and its retry looks again."""
+        found = await stored_copy(
+            session, uuid.UUID(task.agent_id), task.sha256, other_than_task=task.task_id
+        )
+        if found is None:
+            return None
+        if self.temporal is not None and not await settled(self.temporal, found):
+            raise ApplicationError(
+                f"task {found.task_id} stored the same file for this agent and has not ended "
+                "yet; this task joins its document, or stores its own, once it has",
+                type=COPY_NOT_SETTLED,
+            )
+        return _duplicate_of(found)
+
     async def _stored_by_this_task(self, task: IngestTask) -> StoreResult | None:
         """What an earlier run of this store left: this task's complete document, or the
         other task's copy it found."""
@@ -202,7 +228,7 @@ class StoreActivities:
     async def _settle_conflict(self, task: IngestTask, exc: IntegrityError) -> StoreResult:
         """Another task stored the same bytes for this agent first, or the agent is gone."""
         async with self.sessionmaker.begin() as session:
-            existing = await find_stored_copy(session, task)
+            existing = await self._settled_copy(session, task)
             if existing is not None:
                 await _drop_unstored_row(session, task)
         if existing is not None:
@@ -293,8 +319,10 @@ async def find_stored_copy(session: AsyncSession, task: IngestTask) -> StoreResu
     found = await stored_copy(
         session, uuid.UUID(task.agent_id), task.sha256, other_than_task=task.task_id
     )
-    if found is None:
-        return None
+    return None if found is None else _duplicate_of(found)
+
+
+def _duplicate_of(found: StoredCopy) -> StoreResult:
     return StoreResult(document_id=str(found.document_id), chunks=found.chunk_count, duplicate=True)
 
 

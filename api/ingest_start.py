@@ -26,7 +26,7 @@ from api.ownership import owned_id
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile
-from core.dedup import StoredCopy, stored_copy
+from core.dedup import StoredCopy, settled, stored_copy
 from core.errors import InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, is_zip, sniff_format, sniff_head
 from core.models import Agent
@@ -200,8 +200,15 @@ async def _sniff(staging: StagingStore, received: ReceivedFile) -> DocumentForma
 
 
 async def _stored_copy(request: IngestRequest, sha256: str) -> StoredCopy | None:
+    """The agent's stored copy of these bytes, once its task ended: while that task runs, its
+    cancel may still delete the copy, so the upload starts a task of its own (whose store
+    joins the copy, or stores its own, once the other task ended)."""
     async with request.reads.connect() as connection:
-        return await stored_copy(connection, request.agent_id, sha256)
+        found = await stored_copy(connection, request.agent_id, sha256)
+    if found is None:
+        return None
+    with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):
+        return found if await settled(request.temporal, found) else None
 
 
 def _ingest_task(request: IngestRequest, received: ReceivedFile, fmt: DocumentFormat) -> IngestTask:

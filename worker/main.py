@@ -91,7 +91,7 @@ def build_workers(
 ) -> list[Worker]:
     workers: list[Worker] = []
     if role in (Role.ALL, Role.MAIN):
-        store = StoreActivities(staging, sessionmaker)
+        store = StoreActivities(staging, sessionmaker, client)
         extract = ExtractActivities(staging, reader_limits(settings))
         chunk = ChunkActivities(staging)
         workers.append(
@@ -124,7 +124,7 @@ def build_workers(
             raise ConfigurationError("an embed worker needs an embedding model")
         embed = EmbedActivities(staging, embedder, settings.embedding_batch_size)
         embed_and_store = EmbedAndStoreActivities(
-            embed, StoreActivities(staging, sessionmaker), asyncio.get_running_loop()
+            embed, StoreActivities(staging, sessionmaker, client), asyncio.get_running_loop()
         )
         workers.append(
             make_worker(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
 from temporalio.bridge.services_generated import WorkflowService
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -20,6 +24,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.embed import TextEmbedder
 from activities.staging_cleanup import StagingCleanupActivities
+from activities.vectors import Vectors
 from api.ingest_start import start_ingest
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -37,7 +42,9 @@ from tests.support import (
     serve,
     stack_settings,
     wait_for_status,
+    workers_running,
 )
+from worker.main import EXECUTOR_THREADS, Role, build_workers
 from workflows.staging_cleanup import StagingCleanupResult
 from workflows.types import IngestTask, Status
 
@@ -322,6 +329,110 @@ async def test_dedup_two_identical_uploads_racing_end_with_one_document(
     documents = await documents_with(stack, data)
     assert [doc.status for doc in documents] == ["complete"]
     assert await chunk_count(stack, str(documents[0].id)) == documents[0].chunk_count
+
+
+class HeldEmbedder(FakeEmbedder):
+    """A model that holds each task's encode until the test lets it go (a slow model)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[threading.Event, threading.Event]] = {}
+        self.lock = threading.Lock()
+
+    def events(self, task_id: str) -> tuple[threading.Event, threading.Event]:
+        """(its encode began, let it go) for the task."""
+        with self.lock:
+            return self.held.setdefault(task_id, (threading.Event(), threading.Event()))
+
+    def encode(self, texts: list[str]) -> Vectors:
+        task_id = activity.info().workflow_id
+        assert task_id is not None
+        began, release = self.events(task_id)
+        began.set()
+        release.wait(120)
+        return super().encode(texts)
+
+
+async def history_has(stack: Stack, task_id: str, event_type: EventType.ValueType) -> None:
+    handle = stack.client.get_workflow_handle(task_id)
+    async with asyncio.timeout(60):
+        while event_type not in {event.event_type async for event in handle.fetch_history_events()}:
+            await asyncio.sleep(0.05)
+
+
+async def first_heartbeat_sent(stack: Stack, task_id: str) -> None:
+    handle = stack.client.get_workflow_handle(task_id)
+    async with asyncio.timeout(60):
+        while not any(
+            pending.HasField("last_heartbeat_time")
+            for pending in (await handle.describe()).raw_description.pending_activities
+        ):
+            await asyncio.sleep(0.1)
+
+
+async def test_dedup_onto_a_copy_whose_task_is_then_cancelled_keeps_the_upload(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """The same file uploaded twice at once, and the first cancelled while it embeds: its worker
+    hears of the cancel only at a heartbeat, so its store commits, and the task then ends
+    `cancelled` with that copy's chunks deleted. Neither the second task (whose store found the
+    copy meanwhile) nor an upload answered meanwhile may end `complete` on that deleted copy
+    (they did: `complete`, "already stored", and a document `cancelled` with no chunks). The
+    main worker is away for that while (restarted, or busy), which the natural race shortens
+    to a fraction of a second."""
+    # After its first heartbeat the SDK sends one at most every 0.8 x this: a cancel that came
+    # later is heard after the store.
+    settings = stack_settings(stack, activity_heartbeat_timeout=timedelta(minutes=5))
+    embedder = HeldEmbedder()
+    data = lorem(6, seed=13).encode()
+    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
+
+        def workers(role: Role) -> list[Any]:
+            return build_workers(
+                stack.client, settings, stack.staging, stack.sessionmaker,
+                embedder if role is Role.EMBED else None, executor, role,
+            )  # fmt: skip
+
+        async with (
+            serve(settings) as url,
+            httpx.AsyncClient(base_url=url, timeout=30) as api,
+            workers_running(workers(Role.EMBED)),
+        ):
+            async with workers_running(workers(Role.MAIN)):
+                first, second = [
+                    response.json()["task_id"]
+                    for response in await asyncio.gather(
+                        upload(api, tenant, "a.txt", data),
+                        upload(api, tenant, "a (1).txt", data),
+                    )
+                ]
+                for task_id in (first, second):
+                    await asyncio.to_thread(embedder.events(task_id)[0].wait, 60)
+                await first_heartbeat_sent(stack, first)
+                cancel = await api.post(f"/upload/{first}/cancel", headers=tenant.headers)
+                assert cancel.status_code == 202, cancel.text
+                await history_has(stack, first, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+            embedder.events(first)[1].set()  # its store commits: a `complete` copy
+            await history_has(stack, first, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+            embedder.events(second)[1].set()
+            await history_has(stack, second, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+            third = await upload(api, tenant, "a (2).txt", data)
+            assert third.status_code in (200, 202), third.text
+            embedder.events(third.json()["task_id"])[1].set()  # not held: only the race is
+            async with workers_running(workers(Role.MAIN)):
+                finals = [
+                    await wait_for_status(api, tenant, task_id, Status.TERMINAL)
+                    for task_id in (first, second, third.json()["task_id"])
+                ]
+    assert [final["status"] for final in finals] == ["cancelled", "complete", "complete"]
+    documents = {str(document.id): document for document in await documents_with(stack, data)}
+    for final in finals[1:]:
+        document = documents[final["document_id"]]
+        assert document.status == Status.COMPLETE
+        assert await chunk_count(stack, str(document.id)) == document.chunk_count > 0
+    assert sorted(document.status for document in documents.values()) == [
+        Status.CANCELLED,
+        Status.COMPLETE,
+    ]
 
 
 # --- idempotency keys ----------------------------------------------------------------------
