@@ -153,6 +153,10 @@ class DocumentsPublic(BaseModel):
     total: int = Field(description="Matching documents across all pages")
     limit: int
     offset: int
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page (null after the last page): no "
+        "document is skipped or listed twice while others are stored or deleted"
+    )
 
 
 class SearchRequest(BaseModel):

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select, tuple_
 from temporalio.client import Client
 
 from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
@@ -22,7 +24,7 @@ from api.schemas import (
     DocumentStatusValue,
     ErrorBody,
 )
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.models import Agent, Document
 from core.temporal import AGENT_ID, OWNER_ID
 from workflows.types import WORKFLOW_NAME
@@ -70,8 +72,9 @@ async def list_documents(
     status: DocumentStatusValue | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DocumentsPublic:
-    """The agent's documents, newest first, one page at a time."""
+    """The agent's documents, newest first, one page at a time (`cursor`: after a page)."""
     # The count and the page from one snapshot: at READ COMMITTED each statement sees what was
     # committed before it, so a document stored or deleted between the two made `total`
     # disagree with the page. (A read-only REPEATABLE READ transaction never fails to commit.)
@@ -81,19 +84,41 @@ async def list_documents(
     if status is not None:
         scope.append(Document.status == status)
     total = await session.scalar(select(func.count()).select_from(Document).where(*scope))
-    rows = await session.scalars(
-        select(Document)
-        .where(*scope)
-        .order_by(Document.created_at.desc(), Document.id.desc())
-        .limit(limit)
-        .offset(offset)
+    # An offset counts from the top, which moves as uploads finish and documents are deleted
+    # (a page repeated or skipped a document); a cursor says where the last page ended.
+    after = [] if cursor is None else [_before(cursor)]
+    rows = list(
+        await session.scalars(
+            select(Document)
+            .where(*scope, *after)
+            .order_by(Document.created_at.desc(), Document.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
     )
     return DocumentsPublic(
         documents=[document_public(document) for document in rows],
         total=total or 0,
         limit=limit,
         offset=offset,
+        next_cursor=_cursor(rows[-1]) if len(rows) == limit else None,
     )
+
+
+def _cursor(document: Document) -> str:
+    """Where a page ended: its last document's place in the order (created_at, id)."""
+    place = f"{document.created_at.isoformat()}|{document.id}"
+    return base64.urlsafe_b64encode(place.encode()).decode()
+
+
+def _before(cursor: str) -> ColumnElement[bool]:
+    """The documents after `cursor`'s place in the newest-first order; 422 for a bad cursor."""
+    try:
+        created, _, document_id = base64.urlsafe_b64decode(cursor).decode().partition("|")
+        place = (datetime.fromisoformat(created), uuid.UUID(document_id))
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list") from exc
+    return tuple_(Document.created_at, Document.id) < place
 
 
 @router.delete(

@@ -81,7 +81,8 @@ async def newest_tasks(
     return _newest_first(tasks)[:limit]
 
 
-# How many tasks that started at or after the page's oldest start time are read to sort them.
+# How many tasks beyond `limit` one read of those started since a threshold holds; a read
+# that fills it raises the threshold and reads again.
 NEWEST_SCAN_MAX = 1000
 
 
@@ -91,7 +92,10 @@ async def _newest_of_many(
     """More than a page: visibility lists running workflows first, then closed ones by close
     time, and SQL visibility refuses ORDER BY. The first `limit` of each group give a start
     time that the newest `limit` all reach; every task started since then is read and sorted
-    (a closed one that started later may have closed earlier than those listed first)."""
+    (a closed one that started later may have closed earlier than those listed first). When
+    more started since than one read holds, the newest `limit` of those read give a later
+    start time, and the tasks started since that one are read again: a read that stopped
+    short would leave out the newest tasks that closed first."""
     groups = [
         f"{query} AND ExecutionStatus = 'Running'",
         f"{query} AND ExecutionStatus != 'Running'",
@@ -101,13 +105,17 @@ async def _newest_of_many(
     )
     # A retried task whose new run is running has its earlier run in the closed group.
     candidates = _newest_first(_latest_runs([task for group in found for task in group]))[:limit]
-    oldest = candidates[-1].started_at if len(candidates) == limit else None
-    if oldest is None:
-        return candidates
-    since = await list_tasks(
-        temporal, owner, f"{query} AND StartTime >= '{oldest}'", NEWEST_SCAN_MAX, filtered=filtered
-    )
-    return _latest_runs([*candidates, *since])
+    while len(candidates) == limit:
+        oldest = candidates[-1].started_at
+        read = limit + NEWEST_SCAN_MAX
+        since = await list_tasks(
+            temporal, owner, f"{query} AND StartTime >= '{oldest}'", read, filtered=filtered
+        )
+        newest = _newest_first(_latest_runs([*candidates, *since]))[:limit]
+        if len(since) < read or newest[-1].started_at == oldest:  # all read, or all tied
+            return newest
+        candidates = newest
+    return candidates
 
 
 def _latest_runs(tasks: list[TaskStatus]) -> list[TaskStatus]:
@@ -121,4 +129,6 @@ def _latest_runs(tasks: list[TaskStatus]) -> list[TaskStatus]:
 
 
 def _newest_first(tasks: list[TaskStatus]) -> list[TaskStatus]:
-    return sorted(tasks, key=lambda task: task.started_at or "", reverse=True)
+    """Newest start first; tasks started in the same millisecond (a batch) by task id, so a
+    page lists them in the same order every time."""
+    return sorted(tasks, key=lambda task: (task.started_at or "", task.task_id), reverse=True)

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, event, text
 
 from api.app import create_app
 from core.models import Document
-from tests.support import Stack, new_tenant, serve_app, stack_settings
+from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
 
 
 async def test_documents_total_agrees_with_the_page_when_a_delete_lands_in_between(
@@ -62,3 +62,55 @@ async def test_documents_total_agrees_with_the_page_when_a_delete_lands_in_betwe
     assert page.status_code == 200, page.text
     body = page.json()
     assert body["total"] == len(body["documents"]), body
+
+
+async def test_documents_cursor_pages_neither_repeat_nor_skip_while_documents_come_and_go(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """An upload that finishes between two pages goes on top and shifted every offset by one
+    (the next page repeated the last document of the page before), and a delete shifted them
+    back (a document was skipped). Pages read by `next_cursor` list each document once."""
+    tenant = await new_tenant(stack)
+    async with stack.sessionmaker.begin() as session:
+        rows = [_document(tenant, number) for number in range(7)]
+        session.add_all(rows)
+        await session.flush()
+        listed_first = sorted(rows, key=lambda row: (row.created_at, row.id), reverse=True)[0]
+    url = f"/agents/{tenant.agent_id}/documents"
+    first = (await http.get(url, params={"limit": 3}, headers=tenant.headers)).json()
+    async with stack.sessionmaker.begin() as session:  # an upload finishes meanwhile
+        session.add(_document(tenant, 7))
+    by_offset = await http.get(url, params={"limit": 3, "offset": 3}, headers=tenant.headers)
+    assert {row["id"] for row in by_offset.json()["documents"]} & {
+        row["id"] for row in first["documents"]
+    }, "the offset page no longer repeats one: update this docstring"
+    second = await http.get(
+        url, params={"limit": 3, "cursor": first["next_cursor"]}, headers=tenant.headers
+    )
+    async with stack.sessionmaker.begin() as session:  # and one already listed is deleted
+        await session.execute(text("DELETE FROM documents WHERE id = :id"), {"id": listed_first.id})
+    third = await http.get(
+        url, params={"limit": 3, "cursor": second.json()["next_cursor"]}, headers=tenant.headers
+    )
+    assert (second.status_code, third.status_code) == (200, 200), (second.text, third.text)
+    pages = [first, second.json(), third.json()]
+    listed = [row["filename"] for page in pages for row in page["documents"]]
+    assert sorted(listed) == [f"f{number}.txt" for number in range(7)]
+    assert third.json()["next_cursor"] is None
+    assert [page["total"] for page in pages] == [7, 8, 7]
+    bad = await http.get(url, params={"cursor": "not-a-cursor"}, headers=tenant.headers)
+    assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
+
+
+def _document(tenant: Tenant, number: int) -> Document:
+    return Document(
+        owner_id=tenant.owner_id,
+        agent_id=uuid.UUID(tenant.agent_id),
+        task_id=str(uuid.uuid4()),
+        filename=f"f{number}.txt",
+        content_type="text/plain",
+        size_bytes=1,
+        sha256=f"{number:064x}",
+        chunk_count=1,
+        status="complete",
+    )

@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from api.listing_cache import ListingCache
+from api.routes import progress
+from api.schemas import TaskProgressCounts, TaskStatus
 from tests.documents import make_pdf
 from tests.support import Stack, Tenant, serve, stack_settings, upload_file
 
@@ -187,3 +189,56 @@ async def test_progress_past_one_page_lists_the_newest_started_first_whatever_cl
         page = await http.get("/api/progress", params={"limit": 2}, headers=tenant.headers)
     assert [task["task_id"] for task in page.json()["tasks"]] == [started[2], started[1]]
     assert [task["task_id"] for task in everything.json()["tasks"]] == started[::-1]
+
+
+async def test_progress_lists_the_newest_tasks_when_more_started_since_than_one_read_holds(
+    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two older tasks close after four newer ones (an old upload still ran while new small
+    ones went through): past one page, more tasks started since the page's oldest than one
+    read holds (1,000 beyond the limit; 2 here). The page still holds the newest: the read
+    stopped at the older tasks, which close last, and the page listed them instead."""
+    monkeypatch.setattr(progress, "NEWEST_SCAN_MAX", 2)
+    settings = stack_settings(stack)  # fresh task queues that no worker polls: they stay queued
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        started = [
+            await upload_file(http, tenant, f"{n}.txt", f"document number {n}".encode())
+            for n in range(6)
+        ]
+        older, newer = started[:2], started[2:]
+        for task_id in [*reversed(newer), *older]:  # the newest closes first, the oldest last
+            await stack.client.get_workflow_handle(task_id).terminate("test over")
+        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
+            while True:
+                everything = await http.get(
+                    "/api/progress", params={"status": "error"}, headers=tenant.headers
+                )
+                if len(everything.json()["tasks"]) == 6:
+                    break
+                await asyncio.sleep(0.05)
+        page = await http.get("/api/progress", params={"limit": 2}, headers=tenant.headers)
+    assert [task["task_id"] for task in page.json()["tasks"]] == [started[5], started[4]]
+
+
+def test_progress_orders_tasks_started_in_the_same_millisecond_by_task_id() -> None:
+    """A batch's tasks can start in the same millisecond: sorted by start time alone, their
+    order on a page followed the order visibility happened to list them in."""
+    same, later = "2026-11-30T10:00:00.123Z", "2026-11-30T10:00:00.124Z"
+    tasks = [
+        TaskStatus(
+            task_id=task_id,
+            filename=f"{task_id}.txt",
+            agent_id="agent",
+            status="queued",
+            message="Queued",
+            document_id=None,
+            started_at=started,
+            completed_at=None,
+            stage="queued",
+            progress=TaskProgressCounts(chunks_total=0, chunks_embedded=0, percent=0),
+            error=None,
+        )
+        for task_id, started in [("b", same), ("c", same), ("d", later), ("a", same)]
+    ]
+    for order in (tasks, list(reversed(tasks))):
+        assert [task.task_id for task in progress._newest_first(order)] == ["d", "c", "b", "a"]
