@@ -14,7 +14,9 @@ from html.parser import HTMLParser
 import docx
 import pypdfium2 as pdfium
 from docx.document import Document
+from docx.opc.constants import RELATIONSHIP_TYPE
 from docx.oxml.ns import qn
+from docx.oxml.parser import parse_xml
 from docx.oxml.xmlchemy import BaseOxmlElement
 from docx.table import Table
 from temporalio import activity
@@ -165,7 +167,7 @@ def extract_docx(data: bytes) -> str:
     _check_docx_archive(data)
     try:
         document = docx.Document(io.BytesIO(data))
-        blocks = list(_docx_blocks(document.element.body, document))
+        blocks = [*_docx_blocks(document.element.body, document), *_docx_notes(document)]
     except MemoryError:  # past the reader's memory limit: the reader says so
         raise
     except Exception as exc:  # python-docx and lxml raise many types on damaged files
@@ -231,6 +233,27 @@ def _docx_blocks(container: BaseOxmlElement, document: Document) -> Iterator[str
                 yield from _docx_blocks(content, document)
         elif child.tag == _W_CUSTOM_XML:
             yield from _docx_blocks(child, document)
+
+
+# Footnotes, then endnotes: their parts hold one w:footnote / w:endnote each, besides the
+# separator lines Word keeps there (w:type="separator" and the like), which hold no text.
+_NOTE_PARTS = (RELATIONSHIP_TYPE.FOOTNOTES, RELATIONSHIP_TYPE.ENDNOTES)
+_W_TYPE = qn("w:type")
+_NOT_NOTES = {"separator", "continuationSeparator", "continuationNotice"}
+
+
+def _docx_notes(document: Document) -> Iterator[str]:
+    """The text of each footnote and endnote, after the body: a note (a source, a caveat) is
+    the document's text too, though not where its mark stands."""
+    relationships = list(document.part.rels.values())
+    for kind in _NOTE_PARTS:
+        for relationship in relationships:
+            if relationship.reltype != kind or relationship.is_external:
+                continue
+            for note in parse_xml(relationship.target_part.blob):
+                if note.get(_W_TYPE) not in _NOT_NOTES:
+                    # Without its mark, a note's text starts with the space Word puts after it.
+                    yield from (block.strip() for block in _docx_blocks(note, document))
 
 
 def _paragraph_text(element: BaseOxmlElement) -> Iterator[str]:

@@ -174,6 +174,37 @@ def pdf_of_content(content: bytes, pages: int = 1, media_box: bytes = b"[0 0 612
     )
 
 
+def docx_with_notes(document_xml: bytes, footnotes_xml: bytes, endnotes_xml: bytes) -> bytes:
+    """A real DOCX with `document_xml` as its body and footnote and endnote parts, as Word
+    writes them (related from the document, with their content types)."""
+    source = zipfile.ZipFile(io.BytesIO(docx_with_body(document_xml)))
+    word = "application/vnd.openxmlformats-officedocument.wordprocessingml"
+    relationships = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member in source.infolist():
+            content = source.read(member.filename)
+            if member.filename == "[Content_Types].xml":
+                content = content.replace(
+                    b"</Types>",
+                    f'<Override PartName="/word/footnotes.xml" ContentType="{word}.footnotes+xml"/>'
+                    f'<Override PartName="/word/endnotes.xml" ContentType="{word}.endnotes+xml"/>'
+                    "</Types>".encode(),
+                )
+            elif member.filename == "word/_rels/document.xml.rels":
+                content = content.replace(
+                    b"</Relationships>",
+                    f'<Relationship Id="rIdNotes1" Type="{relationships}/footnotes" '
+                    'Target="footnotes.xml"/>'
+                    f'<Relationship Id="rIdNotes2" Type="{relationships}/endnotes" '
+                    'Target="endnotes.xml"/></Relationships>'.encode(),
+                )
+            archive.writestr(member.filename, content)
+        archive.writestr("word/footnotes.xml", footnotes_xml)
+        archive.writestr("word/endnotes.xml", endnotes_xml)
+    return out.getvalue()
+
+
 def docx_with_body(document_xml: bytes) -> bytes:
     """A real DOCX whose word/document.xml is replaced by `document_xml`."""
     source = zipfile.ZipFile(io.BytesIO(make_docx(["placeholder"])))

@@ -27,6 +27,7 @@ from core.staging import ORIGINAL, StagingStore
 from core.staging import TEXT as TEXT_JSON
 from tests.documents import (
     docx_with_body,
+    docx_with_notes,
     make_docx,
     make_docx_blocks,
     make_encrypted_pdf,
@@ -199,6 +200,39 @@ def test_extract_docx_reads_content_controls_in_order() -> None:
     )
     data = docx_with_body(WORD_BODY.format(body).encode())
     assert extract_docx(data) == "Before.\n\nInside a content control.\n\nName: Ann Lee"
+
+
+def word_notes(kind: str, *notes: str) -> bytes:
+    """A footnotes or endnotes part as Word writes it: two separators, then the notes."""
+    w = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    separators = (
+        f'<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}>'
+        f'<w:{kind} w:type="continuationSeparator" w:id="0"><w:p><w:r><w:continuationSeparator/>'
+        f"</w:r></w:p></w:{kind}>"
+    )
+    body = "".join(
+        f'<w:{kind} w:id="{number}"><w:p><w:r><w:{kind}Ref/></w:r>'
+        f'<w:r><w:t xml:space="preserve"> {text}</w:t></w:r></w:p></w:{kind}>'
+        for number, text in enumerate(notes, start=1)
+    )
+    return f'<w:{kind}s xmlns:w="{w}">{separators}{body}</w:{kind}s>'.encode()
+
+
+def test_extract_docx_reads_footnotes_and_endnotes_after_the_body() -> None:
+    """A note is the document's text (a source, a caveat): it was never read, so a search for
+    it found nothing."""
+    body = (
+        "<w:p><w:r><w:t>Revenue grew 12 %.</w:t></w:r>"
+        '<w:r><w:footnoteReference w:id="1"/></w:r></w:p>'
+    )
+    data = docx_with_notes(
+        WORD_BODY.format(body).encode(),
+        word_notes("footnote", "Audited figures, see the 2025 annual report."),
+        word_notes("endnote", "Figures in euros."),
+    )
+    assert extract_docx(data) == (
+        "Revenue grew 12 %.\n\nAudited figures, see the 2025 annual report.\n\nFigures in euros."
+    )
 
 
 def test_extract_docx_reads_a_text_box_once() -> None:
