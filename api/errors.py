@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 
 from api.schemas import ErrorBody
 from core.errors import DocingestError
@@ -61,19 +63,35 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body("; ".join(problems), "invalid_request"), status_code=422)
 
 
-async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(
-        _body("The database is unavailable; try again shortly", "service_unavailable"),
-        status_code=503,
-    )
+async def _database_error(request: Request, exc: Exception) -> Any:  # a Response, or None
+    log.warning("database unavailable on %s %s: %s", _method(request), request.url.path, exc)
+    detail = "The database is unavailable; try again shortly"
+    if await _closed_websocket(request, detail):
+        return None
+    return JSONResponse(_body(detail, "service_unavailable"), status_code=503)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # HTTP only: Starlette leaves a WebSocket route's other errors to the server (logged, 1006).
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
         _body("Internal error; it has been logged", "internal_error"), status_code=500
     )
+
+
+def _method(connection: HTTPConnection) -> str:
+    return str(connection.scope.get("method", "WEBSOCKET"))
+
+
+async def _closed_websocket(connection: HTTPConnection, reason: str) -> bool:
+    """Starlette hands a WebSocket route's errors of the handled types to these handlers too,
+    with the WebSocket (no method, no response to send): it is closed with 1011 and `reason`.
+    Before, the handler failed on `request.method` and the client saw a bare 1006."""
+    if not isinstance(connection, WebSocket):
+        return False
+    with suppress(RuntimeError):  # already closed, or never accepted (uvicorn answers 403)
+        await connection.close(code=status.WS_1011_INTERNAL_ERROR, reason=reason)
+    return True
 
 
 def _document_error_bodies(schema: dict[str, Any]) -> None:

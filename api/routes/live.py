@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.websockets import WebSocketState
 
 from api.deps import Resources
@@ -25,6 +26,8 @@ from workflows.types import Status
 router = APIRouter(prefix="/ws", tags=["live"])
 
 POLL_INTERVAL_S = 0.25
+# What the HTTP routes answer with their 503 (api/errors.py), said here with close code 1011.
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
 # RFC 6455 allows 123 bytes of close reason.
 _MAX_REASON_BYTES = 123
 
@@ -58,8 +61,11 @@ async def websocket_owner(websocket: WebSocket, resources: Resources) -> uuid.UU
     key = presented_key(websocket)
     if key is None:
         return None
-    async with resources.sessionmaker() as session:
-        return await owner_for_key(session, key)
+    try:
+        async with resources.sessionmaker() as session:
+            return await owner_for_key(session, key)
+    except (OperationalError, InterfaceError) as exc:
+        raise ServiceUnavailable(DATABASE_UNAVAILABLE) from exc
 
 
 @router.websocket("/upload/{task_id}")
@@ -69,7 +75,12 @@ async def upload_progress(websocket: WebSocket, task_id: str) -> None:
     # Accept first: a close before the handshake reaches the client as a bare HTTP 403,
     # without the 4401/4404 code that tells it why.
     await websocket.accept()
-    owner = await websocket_owner(websocket, resources)
+    try:
+        owner = await websocket_owner(websocket, resources)
+    except ServiceUnavailable as exc:
+        # The app's exception handlers answer HTTP only: raised, it was a bare 1006.
+        await _close(websocket, Close(CloseCode.SERVER_ERROR, exc.detail))
+        return
     if owner is None:
         await _close(
             websocket,
@@ -114,8 +125,11 @@ async def _follow(
 
 async def current_status(resources: Resources, owner: uuid.UUID, task_id: str) -> TaskStatus | None:
     """What `GET /upload/status/{task_id}` answers, or None where it answers 404."""
-    async with resources.sessionmaker() as session:  # it connects only to read a record
-        found = await find_task(resources.temporal, session, owner, task_id)
+    try:
+        async with resources.sessionmaker() as session:  # it connects only to read a record
+            found = await find_task(resources.temporal, session, owner, task_id)
+    except (OperationalError, InterfaceError) as exc:
+        raise ServiceUnavailable(DATABASE_UNAVAILABLE) from exc
     return None if found is None else found[0]
 
 

@@ -17,11 +17,14 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from fastapi import WebSocket
+from sqlalchemy.exc import OperationalError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from activities.vectors import Vectors
+from api.app import create_app
 from core.embedded import free_port
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
 from tests.documents import lorem
@@ -31,7 +34,9 @@ from tests.support import (
     Tenant,
     new_tenant,
     serve,
+    serve_app,
     stack_settings,
+    unreachable_database_url,
     upload_file,
 )
 from tests.support import running_workers as workers_for
@@ -280,3 +285,49 @@ async def test_live_when_temporal_is_unreachable_closes_1011(stack: Stack, tenan
         seen = await watch(ws_url(url, str(uuid.uuid4())), tenant.headers)
     assert (seen.messages, seen.code) == ([], 1011)
     assert "Temporal" in seen.reason
+
+
+async def test_live_when_the_database_is_unreachable_closes_1011(
+    stack: Stack, tenant: Tenant
+) -> None:
+    settings = stack_settings(stack, database_url=unreachable_database_url())
+    async with serve(settings) as url:
+        seen = await watch(ws_url(url, str(uuid.uuid4())), tenant.headers)
+    assert (seen.messages, seen.code) == ([], 1011)  # was 1006, with no reason
+    assert "database is unavailable" in seen.reason
+
+
+async def test_live_api_shutting_down_closes_1012(stack: Stack, tenant: Tenant) -> None:
+    task_id = await start_queued_forever(stack, tenant)
+    seen = Watched()
+    async with asyncio.timeout(30):
+        async with serve(stack_settings(stack)) as url:
+            socket = await connect(ws_url(url, task_id), additional_headers=tenant.headers)
+            seen.messages.append(json.loads(await socket.recv()))
+        await receive_all(socket, seen)  # the API stopped while the task stays queued
+    assert [m["status"] for m in seen.messages] == ["queued"]
+    assert seen.code == 1012  # Service Restart: README tells clients to reconnect
+    await stack.client.get_workflow_handle(task_id).terminate("test over")
+
+
+async def test_live_database_error_in_any_websocket_route_closes_1011(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app's database-error handler also gets a WebSocket route's errors, with the
+    WebSocket: it read `request.method` and raised in turn (an AttributeError in the log, a
+    bare 1006 for the client)."""
+    app = create_app(stack_settings(stack))
+
+    @app.websocket("/ws/broken")
+    async def broken(websocket: WebSocket) -> None:
+        await websocket.accept()
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("the database is down"))
+
+    async with serve_app(app) as url:
+        seen = await watch(url.replace("http://", "ws://", 1) + "/ws/broken")
+    assert (seen.code, seen.reason) == (1011, "The database is unavailable; try again shortly")
+    assert [record.getMessage() for record in caplog.records if record.exc_info] == []
+    assert any(
+        record.getMessage().startswith("database unavailable on WEBSOCKET /ws/broken")
+        for record in caplog.records
+    )
