@@ -47,11 +47,14 @@ class Close:
 
 def presented_key(websocket: WebSocket) -> str | None:
     """The key of `Authorization: Bearer <key>`, else of `?token=<key>` (browsers cannot set
-    headers on a WebSocket); None when neither is usable."""
+    headers on a WebSocket); None when neither is usable. Another scheme's header (the Basic
+    credentials a browser sends by itself behind a password-protected proxy) is not ours: it
+    hid the token, and the query form could not work there."""
     header = websocket.headers.get("authorization")
     if header is not None:
         scheme, _, key = header.partition(" ")
-        return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+        if scheme.lower() == "bearer":
+            return key.strip() or None
     token = websocket.query_params.get("token", "").strip()
     return token or None
 

@@ -200,6 +200,19 @@ async def test_live_without_a_valid_key_closes_4401(
     assert "API key" in seen.reason
 
 
+async def test_live_token_works_beside_a_proxys_basic_credentials(
+    api_url: str, tenant: Tenant
+) -> None:
+    """Behind a password-protected proxy a browser sends `Authorization: Basic` by itself,
+    and cannot set a Bearer header: the `?token=` must still be read (it was 4401)."""
+    basic = {"Authorization": "Basic dXNlcjpwYXNzd29yZA=="}
+    seen = await watch(ws_url(api_url, str(uuid.uuid4()), token=tenant.key), basic)
+    assert seen.code == 4404  # the key was taken: the task is unknown
+    bearer_wins = {"Authorization": "Bearer dik_wrongwrongwrongwrongwrongwrongwrongwrongwro"}
+    seen = await watch(ws_url(api_url, str(uuid.uuid4()), token=tenant.key), bearer_wins)
+    assert seen.code == 4401
+
+
 async def test_live_of_an_unknown_or_foreign_task_closes_4404(
     api_url: str, stack: Stack, tenant: Tenant
 ) -> None:
