@@ -191,9 +191,11 @@ class _Receiver:
         task_id, original = self.next_target()
         self.current = ReceivedFile(filename=filename, task_id=task_id, original=original)
         self.received.append(self.current)
-        self.current._sink = await anyio.to_thread.run_sync(
-            self.staging.open_write, task_id, original
-        )
+        await _to_thread_to_the_end(self._open_sink, self.current)
+
+    def _open_sink(self, current: ReceivedFile) -> None:
+        """In a worker thread: the file is the receiver's (to close) as soon as it exists."""
+        current._sink = self.staging.open_write(current.task_id, current.original)
 
     async def _data(self, piece: bytes) -> None:
         current = self.current
@@ -227,18 +229,31 @@ class _Receiver:
         self.pending.clear()
         self.pending_bytes = 0
         if current._sink is not None and data:
-            await anyio.to_thread.run_sync(_hash_and_write, current._hasher, current._sink, data)
+            await _to_thread_to_the_end(_hash_and_write, current._hasher, current._sink, data)
 
     async def _close(self, current: ReceivedFile) -> None:
         self.pending.clear()
         self.pending_bytes = 0
         if current._sink is not None:
             sink, current._sink = current._sink, None
-            await anyio.to_thread.run_sync(sink.close)
+            await _to_thread_to_the_end(sink.close)
 
     async def close_all(self) -> None:
         for received in self.received:
             await self._close(received)
+
+
+async def _to_thread_to_the_end(function: Callable[..., None], *args: Any) -> None:
+    """`function(*args)` in a worker thread, waited for to its end even when this task is
+    cancelled meanwhile (an unknown agent cancels the body's reception). asyncio's cancel
+    does not wait for the thread, anyio's shield notwithstanding: the request discarded its
+    staged file, then the thread created it, and an empty `original` stayed in staging."""
+    running = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait({running})
+        raise
 
 
 def _hash_and_write(hasher: Any, sink: BinaryIO, data: bytes) -> None:
