@@ -109,6 +109,11 @@ class TaskStatus(BaseModel):
 
 class TasksPublic(BaseModel):
     tasks: list[TaskStatus]
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass as `cursor` for the next page (null after the last page): tasks "
+        "started meanwhile (or retried) come on top, for the next walk, not in it",
+    )
 
 
 class HealthPublic(BaseModel):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import uuid
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -12,7 +15,7 @@ from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
 from api.task_status import list_tasks
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import InvalidRequest
-from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
+from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
 from workflows.types import WORKFLOW_NAME, Status
 
 router = APIRouter(prefix="/api", tags=["progress"], responses={401: {"model": ErrorBody}})
@@ -58,15 +61,54 @@ async def list_progress(
     agent_id: Annotated[str | None, Query(max_length=200)] = None,
     status: TaskStatusValue | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=300, description="The `next_cursor` of the page before")
+    ] = None,
 ) -> TasksPublic:
     """The caller's upload tasks, newest first, from Temporal visibility (a snapshot at most
-    DOCINGEST_PROGRESS_MAX_AGE old: see api/listing_cache.py)."""
+    DOCINGEST_PROGRESS_MAX_AGE old: see api/listing_cache.py); `cursor`: the page after."""
     query = visibility_query(owner, agent_id, status)
-    filtered = status is not None
+    after = None if cursor is None else _place(cursor)
+    # Past a cursor, tasks of its millisecond that the page before listed are read again and
+    # dropped: room for them, and a check on later runs (a task retried since the walk began
+    # is at the top now, and its earlier run no longer stands for it).
+    read = limit if after is None else limit + _TIE_ROOM
+    if after is not None:
+        until = datetime.fromisoformat(after[0]) + timedelta(milliseconds=1)
+        query = f"{query} AND StartTime < '{iso_utc(until)}'"
+    filtered = status is not None or after is not None
     tasks = await resources.listings.get(
-        owner, (query, limit), lambda: newest_tasks(temporal, owner, query, limit, filtered)
+        owner, (query, read), lambda: newest_tasks(temporal, owner, query, read, filtered)
     )
-    return TasksPublic(tasks=tasks)
+    listed = [task for task in tasks if after is None or _place_of(task) < after]
+    page = listed[:limit]
+    more = len(tasks) == read or len(listed) > limit
+    return TasksPublic(tasks=page, next_cursor=_cursor(page[-1]) if page and more else None)
+
+
+# Tasks that can start in one millisecond: a batch starts up to 100.
+_TIE_ROOM = 100
+
+
+def _place_of(task: TaskStatus) -> tuple[str, str]:
+    """Where a task stands in the newest-first order (`_newest_first`)."""
+    return task.started_at or "", task.task_id
+
+
+def _cursor(task: TaskStatus) -> str:
+    return base64.urlsafe_b64encode("|".join(_place_of(task)).encode()).decode()
+
+
+def _place(cursor: str) -> tuple[str, str]:
+    """The place a `next_cursor` names; 422 for anything else."""
+    try:
+        started_at, _, task_id = base64.urlsafe_b64decode(cursor).decode().partition("|")
+        datetime.fromisoformat(started_at)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list") from exc
+    if not task_id:
+        raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list")
+    return started_at, task_id
 
 
 async def newest_tasks(

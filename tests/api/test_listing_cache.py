@@ -242,3 +242,52 @@ def test_progress_orders_tasks_started_in_the_same_millisecond_by_task_id() -> N
     ]
     for order in (tasks, list(reversed(tasks))):
         assert [task.task_id for task in progress._newest_first(order)] == ["d", "c", "b", "a"]
+
+
+async def test_progress_pages_by_cursor_list_each_task_once_while_uploads_go_on(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Past 1,000 tasks (the largest page) older ones could not be seen at all; pages read by
+    `next_cursor` list every task once, newest first, and an upload made during the walk is
+    on top, for the next one. A batch's tasks start within a few milliseconds, several in the
+    same one: pages of one end inside each such tie."""
+    settings = stack_settings(stack)  # fresh task queues that no worker polls: they stay queued
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for number in range(5):
+            await upload_file(http, tenant, f"{number}.txt", f"document number {number}".encode())
+        batch = await http.post(
+            "/upload/agent/batch",
+            params={"agent_id": tenant.agent_id},
+            headers=tenant.headers,
+            files=[("file", (f"b{n}.txt", f"batch file {n}".encode())) for n in range(30)],
+        )
+        assert batch.status_code == 202, batch.text
+        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
+            while len((everything := await http.get("/api/progress", headers=tenant.headers))
+                      .json()["tasks"]) < 35:  # fmt: skip
+                await asyncio.sleep(0.05)
+        expected = [task["task_id"] for task in everything.json()["tasks"]]
+        assert everything.json()["next_cursor"] is None
+
+        async def walk(limit: int) -> list[str]:
+            """The tasks a walk of pages of `limit` lists, less those listed before it began."""
+            listed = await http.get("/api/progress", headers=tenant.headers)
+            before = [task["task_id"] for task in listed.json()["tasks"]]
+            walked: list[str] = []
+            params: dict[str, str | int] = {"limit": limit}
+            while True:
+                page = await http.get("/api/progress", params=params, headers=tenant.headers)
+                walked += [task["task_id"] for task in page.json()["tasks"]]
+                if len(walked) == limit:  # an upload during the walk
+                    await upload_file(http, tenant, f"late{limit}.txt", b"a late document")
+                if page.json()["next_cursor"] is None:
+                    assert walked == before
+                    return walked
+                params = {"limit": limit, "cursor": page.json()["next_cursor"]}
+
+        # A page of one ends inside every tie.
+        walks = {limit: await walk(limit) for limit in (1, 2, 3)}
+        bad = await http.get("/api/progress", params={"cursor": "x"}, headers=tenant.headers)
+    assert walks[1] == expected
+    assert [len(walked) for walked in walks.values()] == [35, 36, 37]  # the late ones on top
+    assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
