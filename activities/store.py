@@ -51,7 +51,7 @@ _COPY_CHUNKS = (
 )
 _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
 # A retryable failure: another task's copy of the same bytes is stored, but that task runs on.
-COPY_NOT_SETTLED = "CopyNotSettled"
+COPY_NOT_SETTLED = FailureType.COPY_NOT_SETTLED
 T = TypeVar("T")
 
 

@@ -280,7 +280,7 @@ async def receive_files(
     """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_request_bytes:
-        raise PayloadTooLarge(f"the request is larger than the {max_request_bytes}-byte limit")
+        raise _too_large(max_request_bytes, max_file_bytes)
     events = _PartEvents()
     parser = MultipartParser(_boundary(request), events.callbacks())  # type: ignore[arg-type]
     receiver = _Receiver(staging, received, next_target, max_file_bytes, max_files)
@@ -289,9 +289,7 @@ async def receive_files(
         async for data in request.stream():
             total += len(data)
             if total > max_request_bytes:
-                raise PayloadTooLarge(
-                    f"the request is larger than the {max_request_bytes}-byte limit"
-                )
+                raise _too_large(max_request_bytes, max_file_bytes)
             parser.write(data)
             await _drain(events, receiver)
         parser.finalize()
@@ -359,6 +357,16 @@ async def kept_fresh(
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
             await anyio.to_thread.run_sync(unmark, list(received))
+
+
+def _too_large(max_request_bytes: int, max_file_bytes: int) -> PayloadTooLarge:
+    """The 413 of a request past its limit. A single-file upload's limit is its file's
+    (DOCINGEST_MAX_UPLOAD_BYTES), the one its client knows: the request's adds the framing."""
+    if max_request_bytes == request_limit(max_file_bytes):
+        return PayloadTooLarge(
+            f"the upload is larger than the {max_file_bytes}-byte limit for a file"
+        )
+    return PayloadTooLarge(f"the request is larger than the {max_request_bytes}-byte limit")
 
 
 def request_limit(max_file_bytes: int) -> int:

@@ -461,14 +461,31 @@ def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:
     (named by its activity, or else by the stage it failed in)."""
     cause = failure.cause if isinstance(failure, ActivityError) else failure
     if isinstance(cause, ApplicationError):
-        return cause.type or "ActivityError", cause.message
+        error_type = cause.type or "ActivityError"
+        if error_type in FailureType.WORDED:
+            return error_type, cause.message
+        return error_type, _unexpected(stage)
     if isinstance(cause, TimeoutError):
         if isinstance(failure, ActivityError):
             step = STEP_NAMES.get(failure.activity_type, failure.activity_type)
             return "Timeout", f"the {step} step timed out (a worker may have died)"
         # A local step: a dead worker's is run again elsewhere, so this one ran too long.
         return "Timeout", f"the {stage} step ran past its time limit"
-    return "ActivityError", str(cause or failure)
+    return "ActivityError", _unexpected(stage)
+
+
+# What failed, for a step that raised an exception no code of ours worded for people. Its own
+# text stays in the failure's cause chain (the Temporal UI, the worker's log) for operators.
+UNEXPECTED_FAILURES = {
+    Stage.EXTRACTING: "reading the file failed with an internal error",
+    Stage.CHUNKING: "cutting the text into chunks failed with an internal error",
+    Stage.EMBEDDING: "the embedding model failed",
+    Stage.STORING: "the database could not store the document (it may be unavailable)",
+}
+
+
+def _unexpected(stage: str) -> str:
+    return UNEXPECTED_FAILURES.get(stage, f"the {stage} step failed with an internal error")
 
 
 def _staging_missing_message(task: IngestTask, reason: str, stage: str) -> str:

@@ -75,6 +75,14 @@ class FailureType:
     )
     # Retrying these can never help; STAGING_MISSING ends as `error` (the system lost input).
     NON_RETRYABLE = (*sorted(PERMANENT), STAGING_MISSING, AGENT_DELETED, "ConfigurationError")
+    # Retryable failures of our own: the store waits for another task's copy of the file
+    # (activities/store.py), a reader process died (activities/reader_process.py).
+    COPY_NOT_SETTLED = "CopyNotSettled"
+    READER_DIED = "ReaderDied"
+    # Failures whose messages are written for the person who uploaded the file. Any other
+    # (an exception of the database driver or the model) can name the database's host, SQL or
+    # the server's files: the task's message says what failed in words of its own.
+    WORDED = frozenset({*NON_RETRYABLE, COPY_NOT_SETTLED, READER_DIED})
 
 
 @dataclass

@@ -525,6 +525,17 @@ async def test_hostile_one_byte_over_the_limit_is_413_and_stages_nothing(
     assert set(os.listdir(staged(stack))) <= before  # finished tasks may have been cleaned
 
 
+async def test_hostile_file_far_over_the_limit_is_413_naming_the_limit_of_a_file(
+    small_limit_api: str, tenant: Tenant
+) -> None:
+    """Refused by its Content-Length before it is read: the detail names the limit the client
+    set (DOCINGEST_MAX_UPLOAD_BYTES), not the request's, which adds the multipart framing."""
+    async with httpx.AsyncClient(base_url=small_limit_api, timeout=30) as http:
+        response = await post_upload(http, tenant, "big.txt", b"x" * 100_000)
+    assert_clear_4xx(response, 413, "payload_too_large")
+    assert response.json()["detail"] == "the upload is larger than the 1000-byte limit for a file"
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "says"),
     [

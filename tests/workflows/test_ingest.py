@@ -506,6 +506,70 @@ async def test_a_task_whose_chunked_text_left_staging_ends_error_and_can_be_retr
     assert stack.staging.exists(task.task_id, ORIGINAL)  # kept for the retry
 
 
+class FailingEmbedder(FakeEmbedder):
+    """A model that raises, with words of its own: a library's path, as CUDA's errors do."""
+
+    def encode(self, texts: list[str]) -> Any:
+        raise RuntimeError("CUDA error: out of memory (/opt/models/lib/libtorch_cuda.so)")
+
+
+async def test_a_task_whose_database_stays_down_says_so_without_the_drivers_words(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The user reads what failed and that a retry can help; the driver's text (the database's
+    host and port, SQLAlchemy's links) stays in the failure's cause chain for operators."""
+    settings = stack_settings(stack)
+    nowhere = create_engine(unreachable_database_url())
+    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
+    try:
+        async with running_workers(down, settings, FakeEmbedder()):
+            task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+            task = dataclasses.replace(task, database_attempts=2)
+            async with asyncio.timeout(120):
+                handle, cause = await run_to_failure(stack, settings, task)
+                progress = await handle.query(IngestDocument.progress)
+    finally:
+        await nowhere.dispose()
+    message = (
+        "Processing a.txt stopped after repeated errors: the database could not store the "
+        "document (it may be unavailable). The upload is kept and can be retried."
+    )
+    assert cause.message == message
+    assert (progress.status, progress.stage, progress.message) == (
+        Status.ERROR,
+        Stage.STORING,
+        message,
+    )
+    assert (
+        progress.error_message
+        == "the database could not store the document (it may be unavailable)"
+    )
+    step = cause.__cause__
+    assert isinstance(step, ActivityError) and isinstance(step.cause, ApplicationError)
+    assert "Connection refused" in step.cause.message  # for operators, in the Temporal UI
+
+
+async def test_a_task_whose_model_keeps_failing_says_so_without_the_models_words(
+    stack: Stack, tenant: Tenant
+) -> None:
+    settings = stack_settings(stack)
+    async with running_workers(stack, settings, FailingEmbedder()):
+        task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+        async with asyncio.timeout(120):
+            _, cause = await run_to_failure(stack, settings, task)
+    assert cause.message == (
+        "Processing a.txt stopped after repeated errors: the embedding model failed. "
+        "The upload is kept and can be retried."
+    )
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None  # the documents list and the status after retention
+    assert (document.status, document.error_message) == (
+        Status.ERROR,
+        "the embedding model failed",
+    )
+
+
 async def test_ingest_of_a_corrupt_pdf_fails_after_one_attempt(
     stack: Stack, fake_settings: Settings, tenant: Tenant
 ) -> None:
