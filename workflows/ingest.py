@@ -117,6 +117,21 @@ T = TypeVar("T")
 CLEANUP_AFTER_CANCEL_PATCH = "cleanup-runs-again-after-cancel"
 
 
+# A task that failed (`failed`, or `error`: often the database down past the steps' budget)
+# first says so, then writes its documents row, the record that outlives Temporal's retention,
+# trying until the database is back. Before, that write had the same budget as the step that
+# had just failed, failed with it, and the task was 404 once Temporal forgot it (and never in
+# the documents list). Histories written before record, then say, as they did.
+OUTCOME_RECORDED_UNTIL_DONE_PATCH = "outcome-recorded-until-done"
+OUTCOME_RECORD_FOR = timedelta(days=1)
+_OUTCOME_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=0,  # until OUTCOME_RECORD_FOR has passed
+)
+
+
 def _database_retry(task: IngestTask) -> RetryPolicy:
     """The database may be restarting: its steps keep trying for a few minutes by default."""
     return dataclasses.replace(_STEP_RETRY, maximum_attempts=max(1, task.database_attempts))
@@ -297,7 +312,9 @@ class IngestDocument:
                 f"Processing {task.filename} stopped after repeated errors: {reason}. "
                 "The upload is kept and can be retried."
             )
-        await self._record_outcome(task, status, error_type, reason)
+        say_it_first = workflow.patched(OUTCOME_RECORDED_UNTIL_DONE_PATCH)
+        if not say_it_first:
+            await self._record_outcome(task, status, error_type, reason)
         self._update(
             status,
             self._progress.stage,
@@ -306,6 +323,8 @@ class IngestDocument:
             error_message=reason,
             completed_at=iso_utc(workflow.now()),
         )
+        if say_it_first:
+            await self._record_outcome(task, status, error_type, reason, until_done=True)
         raise ApplicationError(message, type=error_type, non_retryable=True) from failure
 
     async def _cancelled(self, task: IngestTask) -> None:
@@ -320,14 +339,17 @@ class IngestDocument:
         )
 
     async def _record_outcome(
-        self, task: IngestTask, status: str, error_type: str, reason: str
+        self, task: IngestTask, status: str, error_type: str, reason: str, until_done: bool = False
     ) -> None:
+        """Write the task's end into its documents row; `until_done`: keep trying while the
+        database is down, for up to `OUTCOME_RECORD_FOR` (the task already says how it ended)."""
         try:
             await workflow.execute_activity(
                 RECORD_OUTCOME,
                 Outcome(task, status, error_type, reason),
                 start_to_close_timeout=timedelta(minutes=1),
-                retry_policy=_database_retry(task),
+                schedule_to_close_timeout=OUTCOME_RECORD_FOR if until_done else None,
+                retry_policy=_OUTCOME_RETRY if until_done else _database_retry(task),
             )
         except STEP_FAILURES:
             # The workflow's own failure remains the record in Temporal; the database row is

@@ -31,11 +31,17 @@ _STATUS_FILTERS = {
         f"ExecutionStatus = 'Completed' OR (ExecutionStatus IN ('Running', 'Terminated', "
         f"'TimedOut') AND {INGEST_STATUS.name} = 'complete')"
     ),
-    Status.FAILED: f"ExecutionStatus = 'Failed' AND {INGEST_STATUS.name} = 'failed'",
+    # A task that failed says so, then writes its record (until the database answers): still
+    # running meanwhile, or stopped then, it is `failed` or `error` already.
+    Status.FAILED: (
+        f"ExecutionStatus IN ('Failed', 'Running', 'Terminated', 'TimedOut') "
+        f"AND {INGEST_STATUS.name} = 'failed'"
+    ),
     Status.ERROR: (
         f"(ExecutionStatus IN ('Terminated', 'TimedOut') AND ({INGEST_STATUS.name} IS NULL "
-        f"OR {INGEST_STATUS.name} != 'complete')) OR (ExecutionStatus = 'Failed' "
-        f"AND {INGEST_STATUS.name} != 'failed')"
+        f"OR {INGEST_STATUS.name} NOT IN ('complete', 'failed'))) OR (ExecutionStatus = "
+        f"'Failed' AND {INGEST_STATUS.name} != 'failed') OR (ExecutionStatus = 'Running' "
+        f"AND {INGEST_STATUS.name} = 'error')"
     ),
     Status.CANCELLED: "ExecutionStatus = 'Canceled'",
 }

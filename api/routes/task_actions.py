@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
+from contextlib import suppress
 from typing import Any
 
 import anyio
 from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 
 from api.deps import (
     ChangesTasks,
@@ -34,6 +36,8 @@ router = APIRouter(
 )
 
 RETRY_MESSAGE = "Document retry started, processing in background"
+# How long a retry waits for a task that said how it ended to write its record and close.
+RECORD_WAIT_S = 5.0
 
 
 async def _owned_status(
@@ -91,8 +95,21 @@ async def retry_task(
             f"The staged original of {task.filename} was removed (staging is kept "
             f"{describe_duration(settings.staging_ttl)} after a task ends); upload it again"
         )
+    handle = temporal.get_workflow_handle(task_id)
     with temporal_unavailable_as_503("Cannot retry the task"):
-        retried = await temporal.get_workflow_handle(task_id).describe()
+        retried = await handle.describe()
+        if retried.status == WorkflowExecutionStatus.RUNNING:
+            # It said how it ended, and writes its record before it closes (workflows/
+            # ingest.py): milliseconds, unless the database is down.
+            with suppress(WorkflowFailureError, TimeoutError):
+                await asyncio.wait_for(handle.result(follow_runs=False), RECORD_WAIT_S)
+            retried = await handle.describe()
+    if retried.status == WorkflowExecutionStatus.RUNNING:
+        # A retry now would be refused by Temporal as a run already running.
+        raise Conflict(
+            f"Task {task_id} ended {status.status} but is still writing its record after "
+            f"{RECORD_WAIT_S:.0f} s (the database may be unavailable); retry it once it has"
+        )
     try:
         await start_ingest(temporal, settings, task, owner, rerun=True, retried_run=retried.run_id)
     except AlreadyStarted as exc:

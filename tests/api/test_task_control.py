@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import threading
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.bridge.services_generated import WorkflowService
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
@@ -26,6 +27,7 @@ from activities.embed import TextEmbedder
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.vectors import Vectors
 from api.ingest_start import start_ingest
+from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
@@ -41,6 +43,8 @@ from tests.support import (
     runs_of,
     serve,
     stack_settings,
+    unreachable_database_url,
+    upload_file,
     wait_for_status,
     workers_running,
 )
@@ -834,3 +838,49 @@ async def test_cancel_and_retry_of_another_owners_task_is_404(
     for action in ("cancel", "retry"):
         response = await http.post(f"/upload/{task_id}/{action}", headers=other.headers)
         assert response.status_code == 404
+
+
+async def test_a_task_failed_by_a_database_outage_says_so_then_keeps_its_record(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The record of a task's end (its documents row, what outlives Temporal's retention) was
+    written with the budget of the step that had just failed for want of the database, failed
+    with it, and was never written: the upload was missing from the documents list, and 404
+    once Temporal forgot it. The task now says `error` at once and writes its record once the
+    database answers; a retry meanwhile is told to wait."""
+    settings = stack_settings(stack, database_attempts=2)
+    nowhere = create_engine(unreachable_database_url())
+    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
+    documents = f"/agents/{tenant.agent_id}/documents"
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=3).encode())
+            async with running_workers(down, settings, FakeEmbedder()):
+                final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+                assert final["status"] == "error", final
+                early = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+                async with asyncio.timeout(10):  # visibility is eventually consistent
+                    while task_id not in await listed(http, tenant, {"status": "error"}):
+                        await asyncio.sleep(0.1)
+            assert (early.status_code, early.json()["code"]) == (409, "conflict")
+            assert "still writing its record" in early.json()["detail"]
+            assert (await http.get(documents, headers=tenant.headers)).json()["total"] == 0
+
+            async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
+                with pytest.raises(WorkflowFailureError):
+                    await asyncio.wait_for(
+                        stack.client.get_workflow_handle(task_id).result(), timeout=120
+                    )
+            rows = (await http.get(documents, headers=tenant.headers)).json()["documents"]
+            assert [(row["task_id"], row["status"]) for row in rows] == [(task_id, "error")]
+            assert rows[0]["error"]["message"] == final["error"]["message"]
+            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+            assert retried.status_code == 202, retried.text
+            await stack.client.get_workflow_handle(task_id).terminate("test over")
+    finally:
+        await nowhere.dispose()
+
+
+async def listed(http: httpx.AsyncClient, tenant: Tenant, params: dict[str, str]) -> list[str]:
+    response = await http.get("/api/progress", params=params, headers=tenant.headers)
+    return [task["task_id"] for task in response.json()["tasks"]]
