@@ -3,11 +3,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
 
 from api.deps import (
     ChangesTasks,
@@ -43,10 +45,10 @@ from api.schemas import (
     UploadAccepted,
     UploadRejected,
 )
-from api.task_status import list_tasks, record_status
+from api.task_status import describe_owned, list_tasks, record_status, render
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, kept_fresh, receive_files
-from core.errors import DocingestError
+from core.errors import DocingestError, InvalidRequest
 from core.models import Document, UploadBatch
 from core.staging import ORIGINAL
 from core.temporal import BATCH_ID, OWNER_ID
@@ -90,8 +92,15 @@ async def upload_batch(
     agent_id: AgentIdQuery,
     chunk_size: ChunkSize = None,
     chunk_overlap: ChunkOverlap = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> BatchAccepted:
     """Upload several documents (repeated `file` fields); a bad file does not sink the rest."""
+    if idempotency_key is not None:
+        # Ignored, it let a client that sent the batch again believe nothing ran twice.
+        raise InvalidRequest(
+            "Idempotency-Key is not supported on a batch upload, whose files each become a "
+            "task of their own; send each file to /upload/agent with a key of its own"
+        )
     size, overlap = chunking(settings, chunk_size, chunk_overlap)
     batch_id = str(uuid.uuid4())
     received: list[ReceivedFile] = []
@@ -174,6 +183,7 @@ async def batch_status(
     with temporal_unavailable_as_503("Cannot list the batch's tasks"):
         tasks = await list_tasks(temporal, owner, query, batch.files)
     tasks += await _recorded(session, owner, batch, {task.task_id for task in tasks})
+    tasks += await _described(temporal, owner, batch, {task.task_id for task in tasks})
     tasks.sort(key=lambda task: task.started_at or "")
     # A file whose start went unconfirmed is a task once its workflow (or its row) turns up.
     listed = {task.task_id for task in tasks}
@@ -213,3 +223,14 @@ async def _recorded(
         select(Document).where(Document.owner_id == owner, Document.task_id.in_(missing))
     )
     return [record_status(document) for document in documents]
+
+
+async def _described(
+    temporal: Client, owner: uuid.UUID, batch: UploadBatch, listed: set[str]
+) -> list[TaskStatus]:
+    """The batch's tasks that visibility does not list yet, as describe() tells them.
+    Visibility is eventually consistent: read just after the batch's answer, it missed tasks
+    that had started, and the batch listed those files nowhere."""
+    missing = [task_id for task_id in batch.task_ids if task_id not in listed]
+    found = await asyncio.gather(*(describe_owned(temporal, owner, task_id) for task_id in missing))
+    return [render(description, memo) for description, memo in filter(None, found)]

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from api.deps import (
     ChangesTasks,
@@ -44,6 +48,8 @@ router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model":
 # Task ids of idempotent uploads are uuid5(owner:key) in this namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("8f1d2c47-3f0e-4a53-9c55-2b7f4f0e9a11")
 _MAX_IDEMPOTENCY_KEY = 255
+# How long a request waits before it asks again for its Idempotency-Key's turn.
+KEY_TURN_POLL_S = 0.01
 
 MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
@@ -78,6 +84,27 @@ def idempotent_task_id(owner: uuid.UUID, key: str) -> str:
             f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters"
         )
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{owner}:{key}"))
+
+
+@contextlib.asynccontextmanager
+async def key_turn(reads: AsyncEngine, task_id: str) -> AsyncIterator[AsyncConnection]:
+    """The turn of one Idempotency-Key, from its replay check to its start: requests with the
+    key take turns. Between them the duplicate check could change its answer (another upload
+    of the same bytes ended), and requests sent at once were answered, some as a duplicate of
+    that upload's task, the others with the key's own. A PostgreSQL advisory lock, shared by
+    every API process, on the connection the turn's reads use; a request waiting for the turn
+    holds no connection meanwhile, so turns cannot exhaust the pool."""
+    lock = int.from_bytes(uuid.UUID(task_id).bytes[:8], "big", signed=True)
+    while True:
+        async with reads.connect() as connection:
+            if await connection.scalar(select(func.pg_try_advisory_lock(lock))):
+                try:
+                    yield connection
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await connection.execute(select(func.pg_advisory_unlock(lock)))
+                return
+        await asyncio.sleep(KEY_TURN_POLL_S)
 
 
 async def discard(staging: StagingStore, received: list[ReceivedFile]) -> None:
@@ -133,13 +160,19 @@ async def upload_document(
                 temporal, settings, reads, staging, owner, await lookup.agent_id(),
                 size, overlap, idempotent=idempotency_key is not None,
             )  # fmt: skip
-            if idempotency_key is not None:
+            if idempotency_key is None:
+                accepted = await accept_file(ingest, received[0])
+            else:
                 repeat = Repeat(idempotency_key, ingest, received[0], (chunk_size, chunk_overlap))
-                replay = await replayed_upload(temporal, reads, repeat, response)
+                async with key_turn(reads, task_id) as turn:
+                    replay = await replayed_upload(temporal, turn, repeat, response)
+                    if replay is None:
+                        accepted = await accept_file(
+                            dataclasses.replace(ingest, reads=turn), received[0]
+                        )
                 if replay is not None:
                     await discard(staging, received)
                     return replay
-            accepted = await accept_file(ingest, received[0])
         except AlreadyStarted:
             # The same key at the same moment: the other request started the workflow.
             await discard(staging, received)
@@ -242,7 +275,10 @@ class Repeat:
 
 
 async def replayed_upload(
-    temporal: TemporalDep, reads: ReadsDep, repeat: Repeat, response: Response
+    temporal: TemporalDep,
+    reads: AsyncEngine | AsyncConnection,
+    repeat: Repeat,
+    response: Response,
 ) -> UploadAccepted | None:
     """The answer to a repeated Idempotency-Key: the first request's task, as it is now (from
     its workflow, or from its record once Temporal forgot that); None when the key names no
@@ -259,7 +295,7 @@ async def replayed_upload(
 
 
 async def _replayed_from_record(
-    reads: ReadsDep, repeat: Repeat, response: Response
+    reads: AsyncEngine | AsyncConnection, repeat: Repeat, response: Response
 ) -> UploadAccepted | None:
     """Once Temporal's retention dropped the key's workflow, its `documents` row remembers
     the upload: a new workflow under the same task id would store another file in its place."""

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -124,6 +125,28 @@ async def test_batch_accepts_good_files_and_reports_bad_ones(
         entries[2]["task_id"],
     }
     assert [item["filename"] for item in status["rejected"]] == ["noise.pdf"]
+
+
+async def test_batch_lists_every_file_when_read_right_after_its_answer(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """Visibility is eventually consistent: the batch's own task ids, described, fill in what
+    it does not list yet, so no file of the batch is missing from every list."""
+    for attempt in range(15):
+        files = [
+            ("file", (f"b{attempt}-{i}.txt", lorem(3, seed=900 + 10 * attempt + i).encode()))
+            for i in range(5)
+        ]
+        response = await http.post(
+            "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+        )
+        assert response.status_code == 202, response.text
+        body = response.json()
+        batch = await http.get(f"/upload/batch/{body['batch_id']}", headers=tenant.headers)
+        assert batch.status_code == 200, batch.text
+        assert {task["task_id"] for task in batch.json()["tasks"]} == {
+            entry["task_id"] for entry in body["tasks"]
+        }, attempt
 
 
 async def a_failed_and_a_complete_task(
@@ -533,6 +556,68 @@ async def test_idempotency_key_sent_twice_at_once_starts_one_workflow(
     ]
     assert len(runs) == 1
     assert not Path(stack.settings.resolved_staging_url, task_id).exists()
+
+
+async def test_idempotency_key_sent_with_a_batch_is_422_and_starts_nothing(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """A batch takes no key: sent twice with one, it ran every file twice."""
+    files = [("file", ("x.txt", lorem(4, seed=95).encode())), ("file", ("y.txt", b"why"))]
+    staged_before = set(os.listdir(stack.settings.resolved_staging_url))
+    for _ in range(2):
+        response = await http.post(
+            "/upload/agent/batch", params=params(tenant), files=files,
+            headers={**tenant.headers, "Idempotency-Key": "batch-1"},
+        )  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "invalid_request"
+        assert "Idempotency-Key is not supported on a batch upload" in response.json()["detail"]
+    assert await listed_ids(http, tenant) == []
+    assert set(os.listdir(stack.settings.resolved_staging_url)) <= staged_before
+
+
+async def task_ends(stack: Stack, task_id: str, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await stack.client.get_workflow_handle(task_id).terminate("test")
+
+
+async def test_idempotency_key_sent_at_once_while_a_stored_copy_settles_names_one_task(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """The duplicate check answers otherwise once the task that stored the same bytes ended
+    (its copy counts from then on). Requests of one key sent at once while it ends all name
+    one task, the key's or the stored copy's; before, some were answered 200 with the copy's
+    task and the others 202 with the key's own, which then ran too."""
+    idle = stack_settings(stack)  # no worker polls its queues: the copy's task runs until ended
+    for attempt in range(40):
+        data = lorem(4, seed=1100 + attempt).encode()
+        sha256 = hashlib.sha256(data).hexdigest()
+        copy = IngestTask(
+            task_id=str(uuid.uuid4()), owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+            filename="copy.txt", format=DocumentFormat.TEXT.value, size_bytes=len(data),
+            sha256=sha256, chunk_size=1000, chunk_overlap=100,
+            embed_task_queue=idle.embed_task_queue,
+        )  # fmt: skip
+        await start_ingest(stack.client, idle, copy, tenant.owner_id)
+        async with stack.sessionmaker.begin() as session:  # what its store left
+            session.add(
+                Document(
+                    owner_id=tenant.owner_id, agent_id=uuid.UUID(tenant.agent_id),
+                    task_id=copy.task_id, filename="copy.txt", content_type="text/plain",
+                    size_bytes=len(data), sha256=sha256, chunk_count=1, status=Status.COMPLETE,
+                )
+            )  # fmt: skip
+
+        key = f"settling-{attempt}"
+        uploads = [
+            upload(http, tenant, "k.txt", data, **{"Idempotency-Key": key}) for _ in range(8)
+        ]
+        # The moment it ends sweeps across the requests' duplicate checks.
+        ends = asyncio.create_task(task_ends(stack, copy.task_id, 0.0075 * attempt))
+        responses = await asyncio.gather(*uploads)
+        await ends
+        answers = {(response.status_code, response.json()["task_id"]) for response in responses}
+        assert len(answers) == 1, (attempt, answers)
 
 
 # --- retry ---------------------------------------------------------------------------------
