@@ -63,12 +63,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body("; ".join(problems), "invalid_request"), status_code=422)
 
 
+# The 503 of a database out of reach; a WebSocket route closes 1011 with it (api/routes/live.py).
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
+
+
 async def _database_error(request: Request, exc: Exception) -> Any:  # a Response, or None
     log.warning("database unavailable on %s %s: %s", _method(request), request.url.path, exc)
-    detail = "The database is unavailable; try again shortly"
-    if await _closed_websocket(request, detail):
+    if await _closed_websocket(request, DATABASE_UNAVAILABLE):
         return None
-    return JSONResponse(_body(detail, "service_unavailable"), status_code=503)
+    return JSONResponse(_body(DATABASE_UNAVAILABLE, "service_unavailable"), status_code=503)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -243,7 +243,9 @@ def decode_html(data: bytes) -> str:
     """Decode an HTML file: as `decode_text`, except that a page which is not UTF-8 and names
     its encoding (windows-1251, Shift_JIS, ...) is read in that encoding, not as cp1252."""
     declared = _declared_charset(data[:_HTML_CHARSET_PRESCAN])
-    if declared is None or any(data.startswith(bom) for bom, _ in _BOMS):
+    # A page declared UTF-8 that is not is most often windows-1252 (an editor's default):
+    # `decode_text`'s fallback reads it, where decoding as declared replaced every accent.
+    if declared in (None, "utf-8") or any(data.startswith(bom) for bom, _ in _BOMS):
         return decode_text(data)
     try:
         return data.decode("utf-8")

@@ -1,17 +1,16 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import ColumnElement, delete, func, select, tuple_
 from temporalio.client import Client
 
+from api.cursors import decode_cursor, encode_cursor
 from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
 from api.json_body import JsonBodyRoute
 from api.ownership import owned_agent, parse_id
@@ -107,16 +106,15 @@ async def list_documents(
 
 def _cursor(document: Document) -> str:
     """Where a page ended: its last document's place in the order (created_at, id)."""
-    place = f"{document.created_at.isoformat()}|{document.id}"
-    return base64.urlsafe_b64encode(place.encode()).decode()
+    return encode_cursor(document.created_at.isoformat(), str(document.id))
 
 
 def _before(cursor: str) -> ColumnElement[bool]:
     """The documents after `cursor`'s place in the newest-first order; 422 for a bad cursor."""
+    created, document_id = decode_cursor(cursor)
     try:
-        created, _, document_id = base64.urlsafe_b64decode(cursor).decode().partition("|")
-        place = (datetime.fromisoformat(created), uuid.UUID(document_id))
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        place = (created, uuid.UUID(document_id))
+    except ValueError as exc:
         raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list") from exc
     return tuple_(Document.created_at, Document.id) < place
 

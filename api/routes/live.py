@@ -17,6 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.websockets import WebSocketState
 
 from api.deps import Resources
+from api.errors import DATABASE_UNAVAILABLE
 from api.schemas import TaskStatus
 from api.task_status import find_task
 from core.errors import ServiceUnavailable
@@ -26,8 +27,6 @@ from workflows.types import Status
 router = APIRouter(prefix="/ws", tags=["live"])
 
 POLL_INTERVAL_S = 0.25
-# What the HTTP routes answer with their 503 (api/errors.py), said here with close code 1011.
-DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
 # RFC 6455 allows 123 bytes of close reason.
 _MAX_REASON_BYTES = 123
 

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -10,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from temporalio.client import Client
 
+from api.cursors import decode_cursor, encode_cursor
 from api.deps import OwnerDep, ResourcesDep, TemporalDep
 from api.schemas import ErrorBody, TasksPublic, TaskStatus, TaskStatusValue
 from api.task_status import list_tasks
@@ -102,19 +101,13 @@ def _place_of(task: TaskStatus) -> tuple[str, str]:
 
 
 def _cursor(task: TaskStatus) -> str:
-    return base64.urlsafe_b64encode("|".join(_place_of(task)).encode()).decode()
+    return encode_cursor(*_place_of(task))
 
 
 def _place(cursor: str) -> tuple[str, str]:
-    """The place a `next_cursor` names; 422 for anything else."""
-    try:
-        started_at, _, task_id = base64.urlsafe_b64decode(cursor).decode().partition("|")
-        datetime.fromisoformat(started_at)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list") from exc
-    if not task_id:
-        raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list")
-    return started_at, task_id
+    """The place a `next_cursor` names, as `_place_of` gives it; 422 for anything else."""
+    started_at, task_id = decode_cursor(cursor)
+    return iso_utc(started_at), task_id
 
 
 async def newest_tasks(

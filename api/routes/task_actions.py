@@ -95,6 +95,7 @@ async def retry_task(
             f"The staged original of {task.filename} was removed (staging is kept "
             f"{describe_duration(settings.staging_ttl)} after a task ends); upload it again"
         )
+    await session.close()  # done with the database: no connection held while Temporal answers
     handle = temporal.get_workflow_handle(task_id)
     with temporal_unavailable_as_503("Cannot retry the task"):
         retried = await handle.describe()

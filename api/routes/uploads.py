@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -38,7 +39,7 @@ from api.task_status import (
     render,
 )
 from api.upload_stream import ReceivedFile, receive_files, request_limit
-from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
+from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound, ServiceUnavailable
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
 from workflows.types import IngestTask
@@ -50,6 +51,9 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("8f1d2c47-3f0e-4a53-9c55-2b7f4f0e9a11")
 _MAX_IDEMPOTENCY_KEY = 255
 # How long a request waits before it asks again for its Idempotency-Key's turn.
 KEY_TURN_POLL_S = 0.01
+# How long a request waits for its turn: a turn is a replay check and a workflow start, which
+# take under a second, and at most the start's deadline when Temporal is slow.
+KEY_TURN_PATIENCE_S = 60.0
 
 MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
@@ -93,18 +97,40 @@ async def key_turn(reads: AsyncEngine, task_id: str) -> AsyncIterator[AsyncConne
     of the same bytes ended), and requests sent at once were answered, some as a duplicate of
     that upload's task, the others with the key's own. A PostgreSQL advisory lock, shared by
     every API process, on the connection the turn's reads use; a request waiting for the turn
-    holds no connection meanwhile, so turns cannot exhaust the pool."""
+    holds no connection meanwhile, so turns cannot exhaust the pool, and one that waited
+    `KEY_TURN_PATIENCE_S` is answered 503."""
     lock = int.from_bytes(uuid.UUID(task_id).bytes[:8], "big", signed=True)
+    deadline = time.monotonic() + KEY_TURN_PATIENCE_S
     while True:
         async with reads.connect() as connection:
-            if await connection.scalar(select(func.pg_try_advisory_lock(lock))):
+            if await _took_lock(connection, lock):
                 try:
                     yield connection
                 finally:
                     with anyio.CancelScope(shield=True):
                         await connection.execute(select(func.pg_advisory_unlock(lock)))
                 return
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(
+                "Another request with this Idempotency-Key has been in progress for "
+                f"{KEY_TURN_PATIENCE_S:.0f} s; try again shortly"
+            )
         await asyncio.sleep(KEY_TURN_POLL_S)
+
+
+async def _took_lock(connection: AsyncConnection, lock: int) -> bool:
+    """Whether `pg_try_advisory_lock` took the lock on `connection`. A cancel that came while
+    the server answered must not leave that unknown: a lock held by a connection back in the
+    pool would keep every later request of the key waiting."""
+    attempt = asyncio.ensure_future(connection.scalar(select(func.pg_try_advisory_lock(lock))))
+    try:
+        return bool(await asyncio.shield(attempt))
+    except asyncio.CancelledError:
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({attempt})
+            if not attempt.cancelled() and attempt.exception() is None and attempt.result():
+                await connection.execute(select(func.pg_advisory_unlock(lock)))
+        raise
 
 
 async def discard(staging: StagingStore, received: list[ReceivedFile]) -> None:

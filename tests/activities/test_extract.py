@@ -464,6 +464,13 @@ def test_extract_text_html_in_utf8_wins_over_a_wrong_declaration() -> None:
     assert extract_text(page.encode(), DocumentFormat.HTML).text == "Café 日本"
 
 
+def test_extract_text_html_declared_utf8_but_written_in_windows_1252_keeps_its_accents() -> None:
+    page = (
+        '<html><head><meta charset="utf-8"></head><body><p>Caf\u00e9 cr\u00e8me</p></body></html>'
+    )
+    assert extract_text(page.encode("cp1252"), DocumentFormat.HTML).text == "Caf\u00e9 cr\u00e8me"
+
+
 def test_extract_text_html_with_only_scripts_is_empty() -> None:
     data = b"<html><head><script>x()</script></head><body><style>p{}</style></body></html>"
     error = rejected(data, DocumentFormat.HTML)

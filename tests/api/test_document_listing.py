@@ -21,14 +21,9 @@ async def test_documents_total_agrees_with_the_page_when_a_delete_lands_in_betwe
     tenant = await new_tenant(stack)
     async with stack.sessionmaker.begin() as session:
         rows = [
-            Document(
-                owner_id=tenant.owner_id,
-                agent_id=uuid.UUID(tenant.agent_id),
-                task_id=str(uuid.uuid4()),
-                filename=f"f{number}.txt",
-                content_type="text/plain",
-                size_bytes=1,
-                sha256=f"{number:064x}",
+            _document(
+                tenant,
+                number,
                 chunk_count=0,
                 status="failed",
                 error_type="EmptyDocument",
@@ -102,7 +97,8 @@ async def test_documents_cursor_pages_neither_repeat_nor_skip_while_documents_co
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
 
 
-def _document(tenant: Tenant, number: int) -> Document:
+def _document(tenant: Tenant, number: int, **fields: Any) -> Document:
+    """A documents row of the tenant's agent, `f{number}.txt`, complete unless `fields` say."""
     return Document(
         owner_id=tenant.owner_id,
         agent_id=uuid.UUID(tenant.agent_id),
@@ -111,6 +107,5 @@ def _document(tenant: Tenant, number: int) -> Document:
         content_type="text/plain",
         size_bytes=1,
         sha256=f"{number:064x}",
-        chunk_count=1,
-        status="complete",
+        **{"chunk_count": 1, "status": "complete", **fields},
     )

@@ -178,14 +178,7 @@ async def test_progress_past_one_page_lists_the_newest_started_first_whatever_cl
         ]
         for task_id in reversed(started):  # the newest closes first, the oldest last
             await stack.client.get_workflow_handle(task_id).terminate("test over")
-        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
-            while True:
-                everything = await http.get(
-                    "/api/progress", params={"status": "error"}, headers=tenant.headers
-                )
-                if len(everything.json()["tasks"]) == 3:
-                    break
-                await asyncio.sleep(0.05)
+        everything = await listed_at_least(http, tenant, 3, {"status": "error"})
         page = await http.get("/api/progress", params={"limit": 2}, headers=tenant.headers)
     assert [task["task_id"] for task in page.json()["tasks"]] == [started[2], started[1]]
     assert [task["task_id"] for task in everything.json()["tasks"]] == started[::-1]
@@ -208,14 +201,7 @@ async def test_progress_lists_the_newest_tasks_when_more_started_since_than_one_
         older, newer = started[:2], started[2:]
         for task_id in [*reversed(newer), *older]:  # the newest closes first, the oldest last
             await stack.client.get_workflow_handle(task_id).terminate("test over")
-        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
-            while True:
-                everything = await http.get(
-                    "/api/progress", params={"status": "error"}, headers=tenant.headers
-                )
-                if len(everything.json()["tasks"]) == 6:
-                    break
-                await asyncio.sleep(0.05)
+        await listed_at_least(http, tenant, 6, {"status": "error"})
         page = await http.get("/api/progress", params={"limit": 2}, headers=tenant.headers)
     assert [task["task_id"] for task in page.json()["tasks"]] == [started[5], started[4]]
 
@@ -262,10 +248,7 @@ async def test_progress_pages_by_cursor_list_each_task_once_while_uploads_go_on(
             files=[("file", (f"b{n}.txt", f"batch file {n}".encode())) for n in range(30)],
         )
         assert batch.status_code == 202, batch.text
-        async with asyncio.timeout(10):  # visibility is eventually consistent (ms here)
-            while len((everything := await http.get("/api/progress", headers=tenant.headers))
-                      .json()["tasks"]) < 35:  # fmt: skip
-                await asyncio.sleep(0.05)
+        everything = await listed_at_least(http, tenant, 35)
         expected = [task["task_id"] for task in everything.json()["tasks"]]
         assert everything.json()["next_cursor"] is None
 
@@ -291,3 +274,15 @@ async def test_progress_pages_by_cursor_list_each_task_once_while_uploads_go_on(
     assert walks[1] == expected
     assert [len(walked) for walked in walks.values()] == [35, 36, 37]  # the late ones on top
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
+
+
+async def listed_at_least(
+    http: httpx.AsyncClient, tenant: Tenant, count: int, params: dict[str, str] | None = None
+) -> httpx.Response:
+    """`/api/progress` once it lists `count` tasks: visibility is eventually consistent (ms)."""
+    async with asyncio.timeout(10):
+        while True:
+            response = await http.get("/api/progress", params=params, headers=tenant.headers)
+            if len(response.json()["tasks"]) >= count:
+                return response
+            await asyncio.sleep(0.05)

@@ -28,6 +28,7 @@ from activities.embed import TextEmbedder
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.vectors import Vectors
 from api.ingest_start import start_ingest
+from api.routes import uploads
 from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -969,3 +970,21 @@ async def test_a_task_failed_by_a_database_outage_says_so_then_keeps_its_record(
 async def listed(http: httpx.AsyncClient, tenant: Tenant, params: dict[str, str]) -> list[str]:
     response = await http.get("/api/progress", params=params, headers=tenant.headers)
     return [task["task_id"] for task in response.json()["tasks"]]
+
+
+async def test_a_key_whose_turn_does_not_come_is_503_not_a_wait_without_end(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request of a key waits while another holds the key's turn (its advisory lock), but
+    not for ever: a turn left held (a connection that kept its lock) answered nothing."""
+    monkeypatch.setattr(uploads, "KEY_TURN_PATIENCE_S", 0.5)
+    task_id = uploads.idempotent_task_id(tenant.owner_id, "held-key")
+    lock = int.from_bytes(uuid.UUID(task_id).bytes[:8], "big", signed=True)
+    async with stack.sessionmaker() as holder:
+        await holder.execute(select(func.pg_advisory_lock(lock)))
+        response = await upload(http, tenant, "k.txt", b"held", **{"Idempotency-Key": "held-key"})
+        await holder.execute(select(func.pg_advisory_unlock(lock)))
+    assert (response.status_code, response.json()["code"]) == (503, "service_unavailable")
+    assert "Idempotency-Key has been in progress" in response.json()["detail"]
+    again = await upload(http, tenant, "k.txt", b"held", **{"Idempotency-Key": "held-key"})
+    assert again.status_code == 202, again.text

@@ -517,19 +517,28 @@ async def test_a_task_whose_database_stays_down_says_so_without_the_drivers_word
     stack: Stack, tenant: Tenant
 ) -> None:
     """The user reads what failed and that a retry can help; the driver's text (the database's
-    host and port, SQLAlchemy's links) stays in the failure's cause chain for operators."""
+    host and port, SQLAlchemy's links) stays in the failure's cause chain for operators. The
+    task says so at once; its workflow ends once its record is written, the database back."""
     settings = stack_settings(stack)
     nowhere = create_engine(unreachable_database_url())
     down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
+    task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+    task = dataclasses.replace(task, database_attempts=2)
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=settings.task_queue
+    )
     try:
-        async with running_workers(down, settings, FakeEmbedder()):
-            task = stage(stack, settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
-            task = dataclasses.replace(task, database_attempts=2)
-            async with asyncio.timeout(120):
-                handle, cause = await run_to_failure(stack, settings, task)
-                progress = await handle.query(IngestDocument.progress)
+        async with running_workers(down, settings, FakeEmbedder()), asyncio.timeout(120):
+            while (await handle.query(IngestDocument.progress)).status != Status.ERROR:
+                await asyncio.sleep(0.1)
     finally:
         await nowhere.dispose()
+    async with running_workers(stack, settings, FakeEmbedder()):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=120)
+        progress = await handle.query(IngestDocument.progress)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
     message = (
         "Processing a.txt stopped after repeated errors: the database could not store the "
         "document (it may be unavailable). The upload is kept and can be retried."
