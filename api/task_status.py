@@ -29,7 +29,14 @@ from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.models import Document
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
-from workflows.types import MEMO_PROGRESS, WORKFLOW_NAME, Stage, Status, TaskProgress
+from workflows.types import (
+    MEMO_PROGRESS,
+    WORKFLOW_NAME,
+    Stage,
+    Status,
+    TaskProgress,
+    cancelled_message,
+)
 
 RPC_DEADLINE = timedelta(seconds=2)
 _MISSING = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
@@ -277,5 +284,5 @@ def _recorded_message(document: Document) -> str:
     if document.status == Status.FAILED:
         return f"Failed to process {name}: {reason}"
     if document.status == Status.CANCELLED:
-        return f"Processing of {name} was cancelled"
+        return cancelled_message(name, reason or "")
     return f"Processing {name} stopped: {reason}"

@@ -20,6 +20,7 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from core.temporal import INGEST_STATUS, iso_utc
     from workflows.types import (
+        CANCELLED_ON_REQUEST,
         CHUNK,
         CLEANUP,
         EMBED,
@@ -44,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         Status,
         StoreResult,
         TaskProgress,
+        cancelled_message,
     )
 
 _STEP_RETRY = RetryPolicy(
@@ -328,13 +330,18 @@ class IngestDocument:
         raise ApplicationError(message, type=error_type, non_retryable=True) from failure
 
     async def _cancelled(self, task: IngestTask) -> None:
-        """Remove what the task wrote, then say `cancelled`: the status is the last word."""
-        await self._record_outcome(task, Status.CANCELLED, "Cancelled", "cancelled on request")
+        """Remove what the task wrote, then say `cancelled`: the status is the last word. The
+        reason the cancel came with (its agent deleted; an operator's, typed in the Web UI) is
+        said too; the API's cancel route sends none."""
+        reason = workflow.cancellation_reason() or ""
+        await self._record_outcome(
+            task, Status.CANCELLED, "Cancelled", reason or CANCELLED_ON_REQUEST
+        )
         await self._cleanup(task)
         self._update(
             Status.CANCELLED,
             self._progress.stage,
-            f"Processing of {task.filename} was cancelled",
+            cancelled_message(task.filename, reason),
             completed_at=iso_utc(workflow.now()),
         )
 

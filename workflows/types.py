@@ -39,6 +39,19 @@ class Status:
     TERMINAL = frozenset({COMPLETE, FAILED, ERROR, CANCELLED})
 
 
+# Why a task was cancelled, as the cancel request says it: the API's cancel route sends no
+# reason, deleting its agent sends AGENT_DELETED, an operator may type one in the Web UI.
+CANCELLED_ON_REQUEST = "cancelled on request"
+AGENT_DELETED = "its agent was deleted"
+
+
+def cancelled_message(filename: str, reason: str) -> str:
+    """What a cancelled task says, in the workflow and from its record after retention."""
+    if not reason or reason == CANCELLED_ON_REQUEST:
+        return f"Processing of {filename} was cancelled"
+    return f"Processing of {filename} was cancelled: {reason}"
+
+
 class Stage:
     QUEUED = "queued"
     EXTRACTING = "extracting"

@@ -26,7 +26,7 @@ from api.schemas import (
 from core.errors import InvalidRequest, NotFound
 from core.models import Agent, Document
 from core.temporal import AGENT_ID, OWNER_ID
-from workflows.types import WORKFLOW_NAME
+from workflows.types import AGENT_DELETED, WORKFLOW_NAME
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: u
             results = await asyncio.gather(
                 *(
                     temporal.get_workflow_handle(execution.id, run_id=execution.run_id).cancel(
-                        rpc_timeout=_CANCEL_DEADLINE
+                        reason=AGENT_DELETED, rpc_timeout=_CANCEL_DEADLINE
                     )
                     for execution in executions
                 ),

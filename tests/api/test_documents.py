@@ -281,6 +281,7 @@ async def test_agents_delete_cancels_its_running_uploads(
     async with running_workers(stack, idle_settings, FakeEmbedder()):
         status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=30)
     assert status["status"] == "cancelled", status
+    assert status["message"] == "Processing of waiting.txt was cancelled: its agent was deleted"
     assert await document_rows(stack, tenant.agent_id) == 0
 
 
