@@ -42,7 +42,7 @@ from tests.support import (
     upload_file,
     wait_for_status,
 )
-from workflows.types import RECORD_OUTCOME, STORE, Status
+from workflows.types import MEMO_PROGRESS, RECORD_OUTCOME, STORE, Status
 
 pytestmark = pytest.mark.slow
 
@@ -276,11 +276,19 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
         database.stop()
         handle = stack.client.get_workflow_handle(task_id)
         async with asyncio.timeout(120):  # the API itself needs the database: ask Temporal
-            while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            while (await said(handle))["status"] != Status.ERROR:
                 await asyncio.sleep(0.2)
+        # It says `error` at once, and writes its record once the database is back.
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         unavailable = await http.get("/agents", headers=tenant.headers)
         assert unavailable.status_code == 503
         database.start()
+        async with asyncio.timeout(120):
+            while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await asyncio.sleep(0.2)
+        async with db_stack.sessionmaker() as session:
+            recorded = await session.scalar(select(Document).where(Document.task_id == task_id))
+        assert recorded is not None and recorded.status == Status.ERROR
         final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
         assert final["status"] == "error"
         assert final["message"].startswith("Processing long.txt stopped after repeated errors")
@@ -289,6 +297,12 @@ async def test_fault_database_down_past_the_retry_budget_ends_error_then_retry_c
         assert retried.status_code == 202, retried.text
         final = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=120)
     await assert_stored_once(db_stack, final)
+
+
+async def said(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    """The progress a task's workflow last mirrored into its memo."""
+    progress: dict[str, Any] = (await (await handle.describe()).memo())[MEMO_PROGRESS]
+    return progress
 
 
 @pytest.mark.parametrize("run", range(2))
