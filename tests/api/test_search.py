@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select, text
 
 from activities.embed import TextEmbedder
+from activities.vectors import Vectors
 from api.query_embedder import QueryEmbedder
 from api.routes.search import (
     HNSW_SCAN_TUPLES,
@@ -291,6 +292,23 @@ async def store_vectors(
         )
 
 
+async def crowd_the_agent(
+    stack: Stack, tenant: Tenant, *, seed: int, crowd: int, own: int
+) -> tuple[Vectors, Vectors]:
+    """A random unit query, `crowd` chunks near it for another owner's agent, and `own` random
+    unit chunks for the tenant's agent ("own 0", ...): the query and the agent's vectors."""
+    rng = np.random.default_rng(seed)
+    query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
+    query /= np.linalg.norm(query)
+    nearer = query + 0.02 * rng.standard_normal((crowd, EMBEDDING_DIMENSION)).astype(np.float32)
+    mine = rng.standard_normal((own, EMBEDDING_DIMENSION)).astype(np.float32)
+    mine /= np.linalg.norm(mine, axis=1, keepdims=True)
+    other = await new_tenant(stack, "crowd")
+    await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", nearer)
+    await store_vectors(stack, tenant.owner_id, uuid.UUID(tenant.agent_id), "own", mine)
+    return query, mine
+
+
 async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_its_own(
     stack: Stack, tenant: Tenant
 ) -> None:
@@ -301,15 +319,7 @@ async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_it
     off (the planner prefers the index on a big table): the plain iterative scan misses some
     of the agent's 3 chunks; search compares them exactly and finds all 3, in order; and when
     it does take the index, it runs with its plan's budget, not the session's."""
-    rng = np.random.default_rng(7)
-    query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
-    query /= np.linalg.norm(query)
-    crowd = query + 0.02 * rng.standard_normal((400, EMBEDDING_DIMENSION)).astype(np.float32)
-    own = rng.standard_normal((3, EMBEDDING_DIMENSION)).astype(np.float32)
-    own /= np.linalg.norm(own, axis=1, keepdims=True)
-    other = await new_tenant(stack, "crowd")
-    await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", crowd)
-    await store_vectors(stack, tenant.owner_id, uuid.UUID(tenant.agent_id), "own", own)
+    query, own = await crowd_the_agent(stack, tenant, seed=7, crowd=400, own=3)
     agent_id = uuid.UUID(tenant.agent_id)
     expected = [f"own {index}" for index in sorted(range(3), key=lambda i: -float(own[i] @ query))]
 
@@ -371,16 +381,8 @@ async def test_search_of_a_large_agent_behind_more_nearer_chunks_than_its_budget
     10 tuples and `ef_search` 10, 1,500 nearer chunks, and sorting off (else the planner may
     sort a small table itself). The plan is given, not chosen: the choice depends on the
     whole table's size, which the other tests of the session change."""
-    rng = np.random.default_rng(11)
-    query = rng.standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
-    query /= np.linalg.norm(query)
-    crowd = query + 0.02 * rng.standard_normal((1500, EMBEDDING_DIMENSION)).astype(np.float32)
-    own = rng.standard_normal((300, EMBEDDING_DIMENSION)).astype(np.float32)
-    own /= np.linalg.norm(own, axis=1, keepdims=True)
-    other = await new_tenant(stack, "crowd")
-    await store_vectors(stack, other.owner_id, uuid.UUID(other.agent_id), "crowd", crowd)
+    query, own = await crowd_the_agent(stack, tenant, seed=11, crowd=1500, own=300)
     agent_id = uuid.UUID(tenant.agent_id)
-    await store_vectors(stack, tenant.owner_id, agent_id, "own", own)
     nearest = sorted(range(300), key=lambda i: -float(own[i] @ query))[:5]
     index_plan = SearchPlan(exact=False, max_scan_tuples=10)
     settings = stack_settings(stack, search_ef_search=10)
