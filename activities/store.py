@@ -197,9 +197,7 @@ class StoreActivities:
         """Another task's copy of the same bytes (`find_stored_copy`), once that task ended.
         While it runs, its cancel may still delete the copy, and this task, answered with it,
         would say `complete` with nothing stored: the step fails, and its retry looks again."""
-        found = await stored_copy(
-            session, uuid.UUID(task.agent_id), task.sha256, other_than_task=task.task_id
-        )
+        found = await _other_copy(session, task)
         if found is None:
             return None
         if self.temporal is not None and not await settled(self.temporal, found):
@@ -316,10 +314,14 @@ def _row_of_this_file(task: IngestTask) -> tuple[ColumnElement[bool], ...]:
 
 async def find_stored_copy(session: AsyncSession, task: IngestTask) -> StoreResult | None:
     """A complete document of another task with the same bytes for the same agent."""
-    found = await stored_copy(
+    found = await _other_copy(session, task)
+    return None if found is None else _duplicate_of(found)
+
+
+async def _other_copy(session: AsyncSession, task: IngestTask) -> StoredCopy | None:
+    return await stored_copy(
         session, uuid.UUID(task.agent_id), task.sha256, other_than_task=task.task_id
     )
-    return None if found is None else _duplicate_of(found)
 
 
 def _duplicate_of(found: StoredCopy) -> StoreResult:

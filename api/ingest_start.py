@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributePair,
@@ -203,11 +203,8 @@ async def _stored_copy(request: IngestRequest, sha256: str) -> StoredCopy | None
     """The agent's stored copy of these bytes, once its task ended: while that task runs, its
     cancel may still delete the copy, so the upload starts a task of its own (whose store
     joins the copy, or stores its own, once the other task ended)."""
-    if isinstance(request.reads, AsyncConnection):
-        found = await stored_copy(request.reads, request.agent_id, sha256)
-    else:
-        async with request.reads.connect() as connection:
-            found = await stored_copy(connection, request.agent_id, sha256)
+    async with AsyncSession(request.reads) as session:  # an engine's, or the turn's connection
+        found = await stored_copy(session, request.agent_id, sha256)
     if found is None:
         return None
     with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import hashlib
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import anyio
 from python_multipart.exceptions import FormParserError
@@ -28,6 +28,7 @@ from core.staging import StagingStore
 FILE_FIELD = "file"
 # Rewritten in each folder of a batch's received files while the request lasts (`kept_fresh`).
 RECEIVING = "receiving"
+T = TypeVar("T")
 _FLUSH_BYTES = 1024 * 1024
 _MAX_OTHER_FIELD_BYTES = 64 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024
@@ -243,17 +244,26 @@ class _Receiver:
             await self._close(received)
 
 
-async def _to_thread_to_the_end(function: Callable[..., None], *args: Any) -> None:
-    """`function(*args)` in a worker thread, waited for to its end even when this task is
-    cancelled meanwhile (an unknown agent cancels the body's reception). asyncio's cancel
-    does not wait for the thread, anyio's shield notwithstanding: the request discarded its
-    staged file, then the thread created it, and an empty `original` stayed in staging."""
-    running = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args))
+async def to_the_end(work: Awaitable[T], undo: Callable[[T], Awaitable[None]] | None = None) -> T:
+    """`work`'s result, waited for to its end even when this task is cancelled meanwhile; then
+    the cancel goes on, after `undo` of what the work did. asyncio's cancel does not wait for a
+    thread, anyio's shield notwithstanding: a request discarded its staged file, then the
+    thread created it, and an empty `original` stayed in staging (an unknown agent cancels the
+    body's reception)."""
+    running = asyncio.ensure_future(work)
     try:
-        await asyncio.shield(running)
+        return await asyncio.shield(running)
     except asyncio.CancelledError:
-        await asyncio.wait({running})
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({running})
+            if undo is not None and not running.cancelled() and running.exception() is None:
+                await undo(running.result())
         raise
+
+
+async def _to_thread_to_the_end(function: Callable[..., None], *args: Any) -> None:
+    """`function(*args)` in a worker thread, to its end (`to_the_end`)."""
+    await to_the_end(anyio.to_thread.run_sync(function, *args))
 
 
 def _hash_and_write(hasher: Any, sink: BinaryIO, data: bytes) -> None:

@@ -8,6 +8,8 @@ without holding anything in this process but the open socket.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +65,17 @@ async def websocket_owner(websocket: WebSocket, resources: Resources) -> uuid.UU
     key = presented_key(websocket)
     if key is None:
         return None
-    try:
+    with _database_unavailable():
         async with resources.sessionmaker() as session:
             return await owner_for_key(session, key)
+
+
+@contextmanager
+def _database_unavailable() -> Iterator[None]:
+    """A database out of reach as ServiceUnavailable, which the route closes 1011 with: the
+    app's handler of those errors answers HTTP."""
+    try:
+        yield
     except (OperationalError, InterfaceError) as exc:
         raise ServiceUnavailable(DATABASE_UNAVAILABLE) from exc
 
@@ -127,11 +137,9 @@ async def _follow(
 
 async def current_status(resources: Resources, owner: uuid.UUID, task_id: str) -> TaskStatus | None:
     """What `GET /upload/status/{task_id}` answers, or None where it answers 404."""
-    try:
+    with _database_unavailable():
         async with resources.sessionmaker() as session:  # it connects only to read a record
             found = await find_task(resources.temporal, session, owner, task_id)
-    except (OperationalError, InterfaceError) as exc:
-        raise ServiceUnavailable(DATABASE_UNAVAILABLE) from exc
     return None if found is None else found[0]
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -73,14 +73,15 @@ async def list_progress(
     """The caller's upload tasks, newest first, from Temporal visibility (a snapshot at most
     DOCINGEST_PROGRESS_MAX_AGE old: see api/listing_cache.py); `cursor`: the page after."""
     query = visibility_query(owner, agent_id, status)
-    after = None if cursor is None else _place(cursor)
-    # Past a cursor, tasks of its millisecond that the page before listed are read again and
-    # dropped: room for them, and a check on later runs (a task retried since the walk began
-    # is at the top now, and its earlier run no longer stands for it).
+    after: tuple[str, str] | None = None  # the place of the page before's last task
+    if cursor is not None:
+        # Past a cursor, tasks of its millisecond that the page before listed are read again
+        # and dropped: room for them, and a check on later runs (a task retried since the walk
+        # began is at the top now, and its earlier run no longer stands for it).
+        started, task_id = decode_cursor(cursor)
+        after = (iso_utc(started), task_id)
+        query = f"{query} AND StartTime < '{iso_utc(started + timedelta(milliseconds=1))}'"
     read = limit if after is None else limit + _TIE_ROOM
-    if after is not None:
-        until = datetime.fromisoformat(after[0]) + timedelta(milliseconds=1)
-        query = f"{query} AND StartTime < '{iso_utc(until)}'"
     filtered = status is not None or after is not None
     tasks = await resources.listings.get(
         owner, (query, read), lambda: newest_tasks(temporal, owner, query, read, filtered)
@@ -102,12 +103,6 @@ def _place_of(task: TaskStatus) -> tuple[str, str]:
 
 def _cursor(task: TaskStatus) -> str:
     return encode_cursor(*_place_of(task))
-
-
-def _place(cursor: str) -> tuple[str, str]:
-    """The place a `next_cursor` names, as `_place_of` gives it; 422 for anything else."""
-    started_at, task_id = decode_cursor(cursor)
-    return iso_utc(started_at), task_id
 
 
 async def newest_tasks(

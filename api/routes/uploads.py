@@ -38,7 +38,7 @@ from api.task_status import (
     owned_record,
     render,
 )
-from api.upload_stream import ReceivedFile, receive_files, request_limit
+from api.upload_stream import ReceivedFile, receive_files, request_limit, to_the_end
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound, ServiceUnavailable
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
@@ -122,15 +122,13 @@ async def _took_lock(connection: AsyncConnection, lock: int) -> bool:
     """Whether `pg_try_advisory_lock` took the lock on `connection`. A cancel that came while
     the server answered must not leave that unknown: a lock held by a connection back in the
     pool would keep every later request of the key waiting."""
-    attempt = asyncio.ensure_future(connection.scalar(select(func.pg_try_advisory_lock(lock))))
-    try:
-        return bool(await asyncio.shield(attempt))
-    except asyncio.CancelledError:
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait({attempt})
-            if not attempt.cancelled() and attempt.exception() is None and attempt.result():
-                await connection.execute(select(func.pg_advisory_unlock(lock)))
-        raise
+
+    async def release(taken: Any) -> None:
+        if taken:
+            await connection.execute(select(func.pg_advisory_unlock(lock)))
+
+    taken = await to_the_end(connection.scalar(select(func.pg_try_advisory_lock(lock))), release)
+    return bool(taken)
 
 
 async def discard(staging: StagingStore, received: list[ReceivedFile]) -> None:
