@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from temporalio.service import RPCError
 
 from core.errors import DocingestError
-from core.settings import Settings
+from core.settings import MAX_PORT, Settings
 from core.temporal import TemporalUnreachable
 
 KEY_NAME_MAX = 200  # the `api_keys.name` and `owners.name` columns
@@ -27,8 +27,8 @@ def port_number(value: str) -> int:
         port = int(value)
     except ValueError:
         port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port (1-65535)")
+    if not 1 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (1-{MAX_PORT})")
     return port
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 MIB = 1024 * 1024
 # What torch is given as a device: `auto` is resolved at model load (activities.embed).
 EMBEDDING_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.ASCII)
+MAX_PORT = 65535  # TCP
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # host:port, the host a name, an IPv4 address or a bracketed IPv6 one (the SDK's form).
 TEMPORAL_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$", re.ASCII)
@@ -38,10 +39,10 @@ class Settings(BaseSettings):
         default=None, description="host:port of an existing Temporal; unset means local dev."
     )
     temporal_namespace: str = "default"
-    temporal_port: int = Field(default=7233, ge=1, le=65535)
-    temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
+    temporal_port: int = Field(default=7233, ge=1, le=MAX_PORT)
+    temporal_ui_port: int = Field(default=8233, ge=1, le=MAX_PORT)
     api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_port: int = Field(default=8000, ge=1, le=MAX_PORT)
     staging_url: str | None = Field(
         default=None, description="fsspec URL of the staging store; unset means HOME/staging."
     )
@@ -202,7 +203,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         found = TEMPORAL_ADDRESS.fullmatch(value)
-        if found is None or not 1 <= int(found.group(2)) <= 65535:
+        if found is None or not 1 <= int(found.group(2)) <= MAX_PORT:
             raise ValueError(
                 f"DOCINGEST_TEMPORAL_ADDRESS ({value!r}) must be HOST:PORT, e.g. temporal:7233"
             )
