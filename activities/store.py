@@ -50,8 +50,6 @@ _COPY_CHUNKS = (
     "FROM STDIN WITH (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
-# A retryable failure: another task's copy of the same bytes is stored, but that task runs on.
-COPY_NOT_SETTLED = FailureType.COPY_NOT_SETTLED
 T = TypeVar("T")
 
 
@@ -204,7 +202,7 @@ class StoreActivities:
             raise ApplicationError(
                 f"task {found.task_id} stored the same file for this agent and has not ended "
                 "yet; this task joins its document, or stores its own, once it has",
-                type=COPY_NOT_SETTLED,
+                type=FailureType.COPY_NOT_SETTLED,
             )
         return _duplicate_of(found)
 
