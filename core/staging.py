@@ -32,7 +32,12 @@ class StagingStore:
     def open_write(self, task_id: str, name: str) -> BinaryIO:
         path = self.path(task_id, name)
         folder = path.rsplit("/", 1)[0]
-        self.fs.makedirs(folder, exist_ok=True)
+        try:
+            self.fs.makedirs(folder, exist_ok=True)
+        except FileExistsError:
+            # The same race as below, earlier: os.makedirs saw the folder, then the cleanup
+            # removed it before its own check that it is a folder. Make it again, once.
+            self.fs.makedirs(folder, exist_ok=True)
         try:
             return cast(BinaryIO, self.fs.open(path, "wb"))
         except FileNotFoundError:
