@@ -31,18 +31,19 @@ from api.ingest_start import (
     chunking,
     task_from_memo,
 )
-from api.schemas import ErrorBody, TaskStatus, UploadAccepted
+from api.schemas import UPLOAD_MESSAGE, ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import (
     describe_owned,
     find_task,
     owned_record,
+    record_status,
     render,
 )
 from api.upload_stream import ReceivedFile, receive_files, request_limit, to_the_end
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound, ServiceUnavailable
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
-from workflows.types import IngestTask
+from workflows.types import IngestTask, Status
 
 router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model": ErrorBody}})
 
@@ -284,17 +285,21 @@ class Repeat:
             for sent, used in zip(self.chunking_sent, first, strict=True)
         )
 
-    def replayed(self, response: Response, first: FirstUpload, status: str) -> UploadAccepted:
-        """The first upload's acknowledgment with its task's `status`, as a repeat of it is
-        answered."""
+    def replayed(self, response: Response, first: FirstUpload, task: TaskStatus) -> UploadAccepted:
+        """The first upload's acknowledgment as its task is now, as a repeat of it is
+        answered: once the task ended, its status message (not "processing in background")
+        and, when it is complete, its document."""
         self.check_same_as(first)
         response.headers["Idempotent-Replayed"] = "true"
+        ended = task.status in Status.TERMINAL
         return UploadAccepted(
+            message=task.message if ended and task.message else UPLOAD_MESSAGE,
             filename=first.filename,
             agent_id=first.agent_id,
             task_id=first.task_id,
-            status=status,
+            status=task.status,
             size_bytes=first.size_bytes,
+            document_id=task.document_id if task.status == Status.COMPLETE else None,
         )
 
 
@@ -314,8 +319,7 @@ async def replayed_upload(
     task = task_from_memo(memo)
     if task is None:
         return None
-    status = render(description, memo).status
-    return repeat.replayed(response, FirstUpload.of_task(task), status)
+    return repeat.replayed(response, FirstUpload.of_task(task), render(description, memo))
 
 
 async def _replayed_from_record(
@@ -327,7 +331,7 @@ async def _replayed_from_record(
         document = await owned_record(session, repeat.ingest.owner, repeat.received.task_id)
         if document is None:
             return None
-        return repeat.replayed(response, FirstUpload.of_record(document), document.status)
+        return repeat.replayed(response, FirstUpload.of_record(document), record_status(document))
 
 
 @router.get("/status/{task_id}", responses={404: {"model": ErrorBody}})

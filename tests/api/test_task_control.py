@@ -484,6 +484,37 @@ async def test_idempotency_key_repeated_returns_the_same_task(
     assert bad.status_code == 422
 
 
+async def test_idempotency_key_repeated_after_the_task_ended_answers_how_it_ended(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A repeat of a key whose task has ended says how it ended, not "processing in
+    background": the task's own message, and the document of a complete one."""
+    cut = make_pdf(["x"])[:300]
+    failed = await upload(http, tenant, "cut.pdf", cut, **{"Idempotency-Key": "cut-1"})
+    assert failed.status_code == 202, failed.text
+    ended = await wait_for_status(http, tenant, failed.json()["task_id"], Status.TERMINAL)
+    assert ended["status"] == "failed", ended
+    again = await upload(http, tenant, "cut.pdf", cut, **{"Idempotency-Key": "cut-1"})
+    assert again.status_code == 202, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["status"] == "failed"
+    assert again.json()["message"] == ended["message"]
+    assert again.json()["message"].startswith("Failed to process cut.pdf: ")
+    assert "document_id" not in again.json()
+
+    good = lorem(3, seed=31).encode()
+    first = await upload(http, tenant, "good.txt", good, **{"Idempotency-Key": "good-1"})
+    done = await wait_for_status(http, tenant, first.json()["task_id"], Status.TERMINAL)
+    assert done["status"] == "complete", done
+    repeat = await upload(http, tenant, "good.txt", good, **{"Idempotency-Key": "good-1"})
+    assert repeat.json() == {
+        **first.json(),
+        "status": "complete",
+        "message": "Successfully processed good.txt",
+        "document_id": done["document_id"],
+    }
+
+
 async def test_idempotency_key_sent_with_another_upload_is_422_naming_the_first(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:

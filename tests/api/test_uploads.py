@@ -630,7 +630,12 @@ async def test_upload_with_a_key_reused_after_retention_keeps_the_first_document
     )
     assert replayed.status_code == 202, replayed.text
     assert replayed.headers["idempotent-replayed"] == "true"
-    assert replayed.json() == {**first.json(), "status": "complete"}
+    assert replayed.json() == {
+        **first.json(),
+        "status": "complete",
+        "message": "Successfully processed jan.txt",
+        "document_id": done["document_id"],
+    }
 
     with pytest.raises(RPCError) as missing:
         await stack.client.get_workflow_handle(task_id).describe()
