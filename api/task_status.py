@@ -7,6 +7,7 @@ query would, and list results carry the same object for `/api/progress`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import uuid
@@ -21,6 +22,7 @@ from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowHistoryEventFilterType,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -40,10 +42,16 @@ from workflows.types import (
 
 RPC_DEADLINE = timedelta(seconds=2)
 _MISSING = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
+# An execution status the memo cannot know of: how the message and the error say it.
 _STOPPED = {
-    WorkflowExecutionStatus.TERMINATED: "was stopped by an operator (terminated)",
-    WorkflowExecutionStatus.TIMED_OUT: "timed out",
+    WorkflowExecutionStatus.TERMINATED: (
+        "was stopped by an operator (terminated)",
+        "Stopped by an operator (terminated)",
+    ),
+    WorkflowExecutionStatus.TIMED_OUT: ("timed out", "Timed out"),
 }
+_REASON_MAX = 500  # characters of an operator's terminate reason quoted to the user
+_NO_REASON = "terminated by user via frontend"  # what the server records when none was given
 
 
 async def describe_owned(
@@ -73,7 +81,7 @@ async def find_task(
     found = await describe_owned(client, owner_id, task_id)
     if found is not None:
         description, memo = found
-        return render(description, memo), memo
+        return await render_with_reason(client, description, memo), memo
     document = await owned_record(session, owner_id, task_id)
     return None if document is None else (record_status(document), None)
 
@@ -118,7 +126,15 @@ async def list_tasks(
         if filtered:
             found = await _unsuperseded(client, owner_id, found)
         latest.update(found)
-    return [render(execution, dict(await execution.memo())) for execution in latest.values()]
+    memos = [dict(await execution.memo()) for execution in latest.values()]
+    return list(
+        await asyncio.gather(
+            *(
+                render_with_reason(client, execution, memo)
+                for execution, memo in zip(latest.values(), memos, strict=True)
+            )
+        )
+    )
 
 
 LIST_DEADLINE = timedelta(seconds=5)
@@ -154,14 +170,44 @@ async def _unsuperseded(
     return {task_id: run for task_id, run in runs.items() if task_id not in superseded}
 
 
-def render(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStatus:
+async def render_with_reason(
+    client: Client, execution: WorkflowExecution, memo: Mapping[str, Any]
+) -> TaskStatus:
+    """`render`, with the reason an operator gave when terminating the task (read from its
+    history's close event: neither the memo nor visibility has it)."""
+    reason = ""
+    if execution.status is WorkflowExecutionStatus.TERMINATED:
+        reason = await _termination_reason(client, execution)
+    return render(execution, memo, stop_reason=reason)
+
+
+async def _termination_reason(client: Client, execution: WorkflowExecution) -> str:
+    """The reason given with the terminate request; "" when none was given or the history
+    cannot be read (the task then says it was terminated, without a reason)."""
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    try:
+        async for event in handle.fetch_history_events(
+            event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT,
+            rpc_timeout=RPC_DEADLINE,
+        ):
+            if event.HasField("workflow_execution_terminated_event_attributes"):
+                reason = event.workflow_execution_terminated_event_attributes.reason
+                return "" if reason == _NO_REASON else " ".join(reason.split())[:_REASON_MAX]
+    except RPCError:
+        return ""
+    return ""
+
+
+def render(
+    execution: WorkflowExecution, memo: Mapping[str, Any], *, stop_reason: str = ""
+) -> TaskStatus:
     raw = memo.get(MEMO_PROGRESS)
     progress = _progress_from(raw) if isinstance(raw, dict) else _from_attributes(execution)
     # When the run started, as Temporal (and `StartTime` in a visibility query) tells it: the
     # memo's is the API's clock until the first step, then the worker's first workflow task
     # (`workflow.info().start_time`), which comes later whenever the task waited for a worker.
     progress = _replace(progress, started_at=iso_utc(execution.start_time))
-    progress = _reconcile(progress, execution.status, execution.close_time)
+    progress = _reconcile(progress, execution.status, execution.close_time, stop_reason)
     return to_public(progress)
 
 
@@ -186,18 +232,22 @@ def _from_attributes(execution: WorkflowExecution) -> TaskProgress:
 
 
 def _reconcile(
-    progress: TaskProgress, status: WorkflowExecutionStatus | None, closed: datetime | None
+    progress: TaskProgress,
+    status: WorkflowExecutionStatus | None,
+    closed: datetime | None,
+    stop_reason: str = "",
 ) -> TaskProgress:
     """The memo cannot know of a terminate or timeout: the execution status decides then."""
     completed_at = progress.completed_at or (iso_utc(closed) if closed else None)
     if status in _STOPPED and progress.status not in Status.TERMINAL:
-        reason = _STOPPED[status]
+        happened, error = _STOPPED[status]
+        reason = f": {stop_reason}" if stop_reason else ""
         return _replace(
             progress,
             status=Status.ERROR,
-            message=f"Processing {progress.filename} {reason}; the upload can be retried",
+            message=f"Processing {progress.filename} {happened}{reason}; the upload can be retried",
             error_type="Terminated" if status is WorkflowExecutionStatus.TERMINATED else "Timeout",
-            error_message=reason,
+            error_message=error + reason,
             completed_at=completed_at,
         )
     if status is WorkflowExecutionStatus.CANCELED and progress.status != Status.CANCELLED:

@@ -45,7 +45,7 @@ from api.schemas import (
     UploadAccepted,
     UploadRejected,
 )
-from api.task_status import describe_owned, list_tasks, record_status, render
+from api.task_status import describe_owned, list_tasks, record_status, render_with_reason
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, kept_fresh, receive_files
 from core.errors import DocingestError, InvalidRequest
@@ -233,4 +233,11 @@ async def _described(
     that had started, and the batch listed those files nowhere."""
     missing = [task_id for task_id in batch.task_ids if task_id not in listed]
     found = await asyncio.gather(*(describe_owned(temporal, owner, task_id) for task_id in missing))
-    return [render(description, memo) for description, memo in filter(None, found)]
+    return list(
+        await asyncio.gather(
+            *(
+                render_with_reason(temporal, description, memo)
+                for description, memo in filter(None, found)
+            )
+        )
+    )

@@ -37,7 +37,7 @@ from api.task_status import (
     find_task,
     owned_record,
     record_status,
-    render,
+    render_with_reason,
 )
 from api.upload_stream import ReceivedFile, receive_files, request_limit, to_the_end
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound, ServiceUnavailable
@@ -319,7 +319,8 @@ async def replayed_upload(
     task = task_from_memo(memo)
     if task is None:
         return None
-    return repeat.replayed(response, FirstUpload.of_task(task), render(description, memo))
+    task_status = await render_with_reason(temporal, description, memo)
+    return repeat.replayed(response, FirstUpload.of_task(task), task_status)
 
 
 async def _replayed_from_record(

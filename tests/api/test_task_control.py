@@ -1019,3 +1019,43 @@ async def test_a_key_whose_turn_does_not_come_is_503_not_a_wait_without_end(
     assert "Idempotency-Key has been in progress" in response.json()["detail"]
     again = await upload(http, tenant, "k.txt", b"held", **{"Idempotency-Key": "held-key"})
     assert again.status_code == 202, again.text
+
+
+# --- terminated in Temporal ----------------------------------------------------------------
+
+
+async def test_task_terminated_by_an_operator_says_so_with_the_reason_given(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A task an operator terminated (Web UI or CLI) is `error`, and its status quotes the
+    reason the operator typed, in the task's own status, the list and a key's replay."""
+    settings = stack_settings(stack)  # fresh task queues that no worker polls: it stays queued
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        key = {"Idempotency-Key": "stopped-1"}
+        task_id = (await upload(http, tenant, "stopped.txt", b"stop me", **key)).json()["task_id"]
+        handle = stack.client.get_workflow_handle(task_id)
+        await handle.terminate(reason="disk full on\nhost 3")
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+        assert status["status"] == "error"
+        assert status["message"] == (
+            "Processing stopped.txt was stopped by an operator (terminated): disk full on "
+            "host 3; the upload can be retried"
+        )
+        assert status["error"] == {
+            "type": "Terminated",
+            "message": "Stopped by an operator (terminated): disk full on host 3",
+        }
+        async with asyncio.timeout(10):
+            while True:  # visibility lags the terminate a little
+                listed = await http.get("/api/progress?status=error", headers=tenant.headers)
+                if listed.json()["tasks"]:
+                    break
+                await asyncio.sleep(0.05)
+        assert listed.json()["tasks"] == [status]
+        replay = await upload(http, tenant, "stopped.txt", b"stop me", **key)
+        assert (replay.json()["status"], replay.json()["message"]) == ("error", status["message"])
+
+        quiet = await upload_file(http, tenant, "quiet.txt", b"no reason given")
+        await stack.client.get_workflow_handle(quiet).terminate()
+        stopped = await wait_for_status(http, tenant, quiet, Status.TERMINAL)
+        assert stopped["error"]["message"] == "Stopped by an operator (terminated)"
