@@ -10,7 +10,12 @@ import anyio
 from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 
 from api.deps import (
     ChangesTasks,
@@ -27,6 +32,7 @@ from api.temporal_errors import temporal_unavailable_as_503
 from core.durations import describe_duration
 from core.errors import Conflict, NotFound
 from core.models import Agent
+from core.temporal import iso_utc
 from workflows.types import FailureType, Status
 
 router = APIRouter(
@@ -98,13 +104,13 @@ async def retry_task(
     await session.close()  # done with the database: no connection held while Temporal answers
     handle = temporal.get_workflow_handle(task_id)
     with temporal_unavailable_as_503("Cannot retry the task"):
-        retried = await handle.describe()
+        retried = _the_run_that_ended(task_id, status, await handle.describe())
         if retried.status == WorkflowExecutionStatus.RUNNING:
             # It said how it ended, and writes its record before it closes (workflows/
             # ingest.py): milliseconds, unless the database is down.
             with suppress(WorkflowFailureError, TimeoutError):
                 await asyncio.wait_for(handle.result(follow_runs=False), RECORD_WAIT_S)
-            retried = await handle.describe()
+            retried = _the_run_that_ended(task_id, status, await handle.describe())
     if retried.status == WorkflowExecutionStatus.RUNNING:
         # A retry now would be refused by Temporal as a run already running.
         raise Conflict(
@@ -122,6 +128,17 @@ async def retry_task(
         task_id=task.task_id,
         size_bytes=task.size_bytes,
     )
+
+
+def _the_run_that_ended(
+    task_id: str, status: TaskStatus, latest: WorkflowExecutionDescription
+) -> WorkflowExecutionDescription:
+    """`latest`, when it is the run whose end `status` tells; 409 when another request retried
+    the task since (its run, running or ended, is the retry: a second one would run the task
+    twice, or wait for that run as if it were writing its record)."""
+    if iso_utc(latest.start_time) != status.started_at:
+        raise Conflict(f"Task {task_id} is already running again (retried by another request)")
+    return latest
 
 
 @router.post("/{task_id}/cancel", status_code=202, dependencies=[ChangesTasks])

@@ -915,6 +915,28 @@ async def test_retry_of_a_failed_file_runs_again_and_fails_again(
     assert final["error"]["type"] == "CorruptDocument"
 
 
+async def test_two_retries_of_a_task_at_once_run_it_once(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """Retry pressed twice (two clients, a double click): the first starts the task again; the
+    second is 409, naming the retry. Before, the second waited 5 s for the first's run as if
+    it were writing its record, then started the task once more when that run had failed
+    meanwhile (a corrupt file fails in a second): two 202s, and the task ran twice."""
+    task_id = (await upload(http, tenant, "cut.pdf", make_pdf(["x"])[:300])).json()["task_id"]
+    assert (await wait_for_status(http, tenant, task_id, Status.TERMINAL))["status"] == "failed"
+    answers = await asyncio.gather(
+        *(http.post(f"/upload/{task_id}/retry", headers=tenant.headers) for _ in range(2))
+    )
+    assert sorted(answer.status_code for answer in answers) == [202, 409], answers
+    (refused,) = [answer for answer in answers if answer.status_code == 409]
+    assert refused.json()["detail"] == (
+        f"Task {task_id} is already running again (retried by another request)"
+    )
+    await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    await asyncio.sleep(3)  # a third run would have started by now
+    assert await runs_of(stack, task_id) == 2  # the upload's run and one retry's
+
+
 # --- cancel --------------------------------------------------------------------------------
 
 
