@@ -13,6 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import refusal, staging_missing
+from activities.token_budget import TokenBudget
 from core.staging import TEXT, StagingStore
 from workflows.types import CHUNK, ChunkResult, FailureType, IngestTask
 
@@ -25,8 +26,15 @@ _SENTENCE_END = re.compile(
 _PARAGRAPH = re.compile(r"(?:\r\n?|\n)[ \t]*(?:\r\n?|\n)\s*")
 _LINE = re.compile(r"[\r\n]\s*")
 _SPACE = re.compile(r"\s+")
+# Where a word starts: after whitespace, or at a CJK character (ideographs, kana, CJK and
+# full-width punctuation), which is written without spaces between words.
+_CJK = "\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_WORD_START = re.compile(rf"(?<=[\s{_CJK}])\S|[{_CJK}]")
 # Cut no earlier than this fraction of chunk_size when a boundary of the level exists.
 _MIN_FILL = 0.5
+# How far past the limit a boundary is looked for: the separator's whitespace ("\r\n\r\n"
+# between paragraphs) is dropped, so the text before it may end right at the limit.
+_LOOKAHEAD = 8
 # A document past the chunk limit has its chunks counted up to this many times the limit (an
 # exact count for one a little too large); past that it "makes more than" that many.
 _COUNT_UP_TO = 2
@@ -50,23 +58,43 @@ def split_text(text: str, chunk_size: int, overlap: int) -> list[TextChunk]:
     return [TextChunk(text[start:end], start, end) for start, end in spans]
 
 
-def chunk_spans(text: str, chunk_size: int, overlap: int) -> Iterator[tuple[int, int]]:
+def chunk_spans(
+    text: str, chunk_size: int, overlap: int, budget: TokenBudget | None = None
+) -> Iterator[tuple[int, int]]:
     """`(start, end)` of each chunk of `split_text`, one at a time: a caller that stops early
     pays for the chunks it took, not for all the text makes (with a large overlap, about one
-    a word)."""
+    a word). With a `budget`, a chunk the model would read only in part is cut shorter (and
+    shares at most half its length with the next)."""
     if chunk_size <= 0 or not 0 <= overlap < chunk_size:
         raise ValueError("need chunk_size > 0 and 0 <= overlap < chunk_size")
-    return _spans(text, chunk_size, overlap)
+    return _spans(text, chunk_size, overlap, budget)
 
 
-def _spans(text: str, chunk_size: int, overlap: int) -> Iterator[tuple[int, int]]:
+def _spans(
+    text: str, chunk_size: int, overlap: int, budget: TokenBudget | None
+) -> Iterator[tuple[int, int]]:
     start = _skip_space(text, 0)
     while start < len(text):
         end = _cut(text, start, chunk_size)
+        shared = overlap
+        if budget is not None:
+            fitted = _fit(text, start, end, budget)
+            if fitted < end:
+                end, shared = fitted, min(overlap, (fitted - start) // 2)
         yield start, _strip_end(text, start, end)
         if end >= len(text):
             return
-        start = _skip_space(text, _next_start(text, start, end, overlap))
+        start = _skip_space(text, _next_start(text, start, end, shared))
+
+
+def _fit(text: str, start: int, end: int, budget: TokenBudget) -> int:
+    """`end`, or the end of a shorter chunk whose tokens all fit in the model's window."""
+    while end - start > 1:
+        tokens = budget.count(text[start:end])
+        if tokens <= budget.limit:
+            break
+        end = _cut(text, start, min(end - start - 1, (end - start) * budget.limit // tokens))
+    return end
 
 
 def _skip_space(text: str, index: int) -> int:
@@ -87,13 +115,17 @@ def _cut(text: str, start: int, chunk_size: int) -> int:
     if limit >= len(text):
         return len(text)
     earliest = start + int(chunk_size * _MIN_FILL)
-    window = text[earliest:limit]
+    # A boundary whose dropped whitespace begins at `limit` keeps the chunk within the limit.
+    window_end = min(limit + _LOOKAHEAD, len(text))
     for pattern in (_PARAGRAPH, _SENTENCE_END, _LINE, _SPACE):
         last = None
-        for last in pattern.finditer(window):  # noqa: B007
-            pass
+        for match in pattern.finditer(text, earliest, window_end):
+            end = match.start() + _boundary_keep(match.group())
+            if end > limit:
+                break
+            last = end
         if last is not None:
-            return earliest + last.start() + _boundary_keep(last.group())
+            return last
     return limit
 
 
@@ -108,12 +140,12 @@ def _next_start(text: str, start: int, end: int, overlap: int) -> int:
         return end
     candidate = max(end - overlap, start + 1)
     if candidate > 0 and not text[candidate - 1].isspace():
-        space = _SPACE.search(text, candidate, end)
-        if space:
-            candidate = space.end()
+        word = _WORD_START.search(text, candidate, end)
+        if word:
+            candidate = word.start()
         elif _SPACE.search(text, start, candidate):
             # The overlap would begin inside the chunk's last word: share nothing instead.
-            # (Text without spaces at all, like CJK, still overlaps mid-run.)
+            # (Text without any space, in a script other than CJK, still overlaps mid-run.)
             return end
     return candidate if start < candidate < end else end
 
@@ -136,8 +168,11 @@ def shard_starts(manifest: dict[str, Any]) -> range:
 
 
 class ChunkActivities:
-    def __init__(self, staging: StagingStore) -> None:
+    def __init__(self, staging: StagingStore, budget: TokenBudget | None = None) -> None:
+        """`budget`: the embedding model's window, which no chunk exceeds (None: characters
+        alone bound a chunk)."""
         self.staging = staging
+        self.budget = budget
 
     @activity.defn(name=CHUNK)
     def chunk(self, task: IngestTask) -> ChunkResult:
@@ -155,10 +190,10 @@ class ChunkActivities:
 
         Offsets come first and text only under the limit: a document past it is refused after
         `max_chunks + 1` cuts, however many chunks its text and overlap would make."""
-        spans = chunk_spans(text, task.chunk_size, task.chunk_overlap)
+        spans = chunk_spans(text, task.chunk_size, task.chunk_overlap, self.budget)
         kept = list(itertools.islice(spans, task.max_chunks + 1))
         if len(kept) > task.max_chunks:
-            raise _too_large(task, text, spans)
+            raise _too_large(task, text, spans, self.budget)
         chunks = [TextChunk(text[start:end], start, end) for start, end in kept]
         assign_pages(chunks, page_starts)
         step = task.embed_activity_chunks
@@ -171,7 +206,9 @@ class ChunkActivities:
         return ChunkResult(chunks=len(chunks))
 
 
-def _too_large(task: IngestTask, text: str, rest: Iterator[tuple[int, int]]) -> ApplicationError:
+def _too_large(
+    task: IngestTask, text: str, rest: Iterator[tuple[int, int]], budget: TokenBudget | None
+) -> ApplicationError:
     """DocumentTooLarge for a text whose chunk `max_chunks + 1` was just cut (`rest` goes on).
 
     Counting stops at `_COUNT_UP_TO` times the limit and keeps no text: refusing any document
@@ -181,7 +218,7 @@ def _too_large(task: IngestTask, text: str, rest: Iterator[tuple[int, int]]) -> 
     count_up_to = _COUNT_UP_TO * limit
     made = limit + 1 + sum(1 for _ in itertools.islice(rest, max(count_up_to - limit, 0)))
     chunks = f"more than {count_up_to}" if made > count_up_to else str(made)
-    without_overlap = _count_chunks(text, size, 0, limit + 1) if overlap else limit + 1
+    without_overlap = _count_chunks(text, size, 0, limit + 1, budget) if overlap else limit + 1
     if without_overlap <= limit:
         message = (
             f"the document makes {chunks} chunks of {size} characters overlapping by "
@@ -196,5 +233,8 @@ def _too_large(task: IngestTask, text: str, rest: Iterator[tuple[int, int]]) -> 
     return refusal(message, FailureType.DOCUMENT_TOO_LARGE)
 
 
-def _count_chunks(text: str, chunk_size: int, overlap: int, up_to: int) -> int:
-    return sum(1 for _ in itertools.islice(chunk_spans(text, chunk_size, overlap), up_to))
+def _count_chunks(
+    text: str, chunk_size: int, overlap: int, up_to: int, budget: TokenBudget | None
+) -> int:
+    spans = chunk_spans(text, chunk_size, overlap, budget)
+    return sum(1 for _ in itertools.islice(spans, up_to))

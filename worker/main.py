@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 
 from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
-from activities.embed import EmbedActivities, TextEmbedder, make_embedder
+from activities.embed import EmbedActivities, TextEmbedder, bundled_model_path, make_embedder
 from activities.embed_and_store import EmbedAndStoreActivities
 from activities.extract import ExtractActivities
 from activities.extract_and_chunk import ExtractAndChunkActivities
@@ -27,6 +27,7 @@ from activities.reader_process import ReaderLimits
 from activities.reader_process import start_server as start_reader_server
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.store import StoreActivities
+from activities.token_budget import model_token_budget
 from core.db import create_engine, create_sessionmaker, resolve_database_url
 from core.errors import ConfigurationError
 from core.runtime import freeze_startup_objects
@@ -93,7 +94,10 @@ def build_workers(
     if role in (Role.ALL, Role.MAIN):
         store = StoreActivities(staging, sessionmaker, client)
         extract = ExtractActivities(staging, reader_limits(settings))
-        chunk = ChunkActivities(staging)
+        # Chunks fit the model's window: it embeds no text past its max_seq_length.
+        chunk = ChunkActivities(
+            staging, model_token_budget(settings.embedding_model or bundled_model_path())
+        )
         workers.append(
             make_worker(
                 client,

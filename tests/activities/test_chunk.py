@@ -24,6 +24,8 @@ from activities.chunk import (
     shard_starts,
     split_text,
 )
+from activities.embed import bundled_model_path
+from activities.token_budget import TokenBudget, model_token_budget
 from core.staging import StagingStore
 from tests.documents import lorem
 from workflows.types import FailureType, IngestTask
@@ -174,6 +176,27 @@ def test_split_text_falls_back_to_the_last_space() -> None:
     assert all(chunk.text.split() == ["word"] * len(chunk.text.split()) for chunk in chunks)
 
 
+@pytest.mark.parametrize(
+    ("text", "chunk_size", "first"),
+    [
+        ("alpha beta gamma delta", 10, "alpha beta"),
+        ("The cat sat down. It was warm.", 17, "The cat sat down."),
+        ("First para is here. More\n\nSecond para.", 24, "First para is here. More"),
+        ("First para is here. More\r\n\r\nSecond para.", 24, "First para is here. More"),
+    ],
+    ids=["word", "sentence", "paragraph", "crlf-paragraph"],
+)
+def test_split_text_keeps_a_boundary_right_at_the_limit(
+    text: str, chunk_size: int, first: str
+) -> None:
+    """A word, sentence or paragraph that ends exactly at `chunk_size` stays whole: the
+    boundary's whitespace, just past the limit, is dropped anyway. (It was cut at the boundary
+    before: "The cat sat" / "down. It was" / "warm.")"""
+    chunks = split_text(text, chunk_size, 0)
+    assert_valid(text, chunks, chunk_size)
+    assert chunks[0].text == first
+
+
 def test_split_text_ignores_breaks_that_would_make_a_tiny_chunk() -> None:
     text = "Hi.\n\n" + " ".join(["word"] * 60)
     chunks = split_text(text, 100, 0)
@@ -222,6 +245,16 @@ def test_split_text_cjk_with_overlap() -> None:
     chunks = split_text(text, 40, 10)
     assert_valid(text, chunks, 40)
     assert all(0 < shared <= 10 for shared in overlaps(chunks))
+
+
+def test_split_text_cjk_with_latin_words_still_overlaps() -> None:
+    """A space in CJK prose (around a Latin term) does not make its chunks share nothing: a
+    CJK character starts a word. (Every chunk with a space in it had no overlap before.)"""
+    run = "東京は日本の首都です" * 3
+    text = "".join(f"{run}、Windows 10 と{run}。" for _ in range(10))
+    chunks = split_text(text, 40, 10)
+    assert_valid(text, chunks, 40)
+    assert all(0 < shared <= 10 for shared in overlaps(chunks)), overlaps(chunks)
 
 
 def test_split_text_combining_marks() -> None:
@@ -288,6 +321,27 @@ def test_split_text_random_texts_keep_every_invariant() -> None:
             assert shared <= overlap
             if overlap == 0:
                 assert shared <= 0
+
+
+def test_split_text_fits_chunks_in_the_models_window() -> None:
+    """No chunk holds more tokens than the model reads: the model drops the rest unseen, and
+    a search never found it (a 1000-character chunk of Chinese is ~1000 tokens of the bundled
+    model's 256). A shortened chunk shares at most half its length with the next."""
+    budget = model_token_budget(bundled_model_path())
+    assert budget is not None
+    assert budget.limit == 256
+    text = "委员会于星期二开会审查市立图书馆的年度预算。成员们讨论了新书架的费用。" * 200
+    chunks = [TextChunk(text[s:e], s, e) for s, e in chunk_spans(text, 1000, 100, budget)]
+    assert_valid(text, chunks, 1000)
+    assert all(budget.count(chunk.text) <= budget.limit for chunk in chunks)
+    assert all(chunk.text.endswith("。") for chunk in chunks[:-1])
+    for chunk, shared in zip(chunks, overlaps(chunks), strict=False):
+        assert 0 < shared <= len(chunk.text) // 2
+    # Text the model reads whole is cut as before.
+    english = lorem(400)
+    plain = [(c.start, c.end) for c in split_text(english, 800, 100)]
+    assert all(budget.count(english[s:e]) <= budget.limit for s, e in plain)
+    assert list(chunk_spans(english, 800, 100, budget)) == plain
 
 
 # --- assign_pages -------------------------------------------------------------------------
@@ -376,9 +430,11 @@ def test_write_shards_refuses_a_crawling_overlap_without_making_its_chunks(
     assert without_overlap == 40
     cut = 0
 
-    def counted(text: str, chunk_size: int, overlap: int) -> Iterator[tuple[int, int]]:
+    def counted(
+        text: str, chunk_size: int, overlap: int, budget: TokenBudget | None = None
+    ) -> Iterator[tuple[int, int]]:
         nonlocal cut
-        for span in chunk_spans(text, chunk_size, overlap):
+        for span in chunk_spans(text, chunk_size, overlap, budget):
             cut += 1
             yield span
 

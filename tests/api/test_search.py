@@ -392,3 +392,65 @@ async def test_search_of_a_large_agent_behind_more_nearer_chunks_than_its_budget
             session, settings, tenant.owner_id, agent_id, query, 5, index_plan
         )
     assert [row.text for row in rows] == [f"own {index}" for index in nearest]
+
+
+# The same long preamble, then one paragraph that differs: the bundled model reads 256 tokens
+# of a chunk (~1000 characters of English, ~250 of Chinese) and drops the rest unseen.
+PREAMBLES = {
+    "en": (
+        "The committee met on Tuesday to review the annual budget of the municipal library. "
+        "Members discussed the cost of new shelving, the renovation of the reading room, the "
+        "extension of opening hours on weekends and the purchase of electronic books. "
+    )
+    * 8,
+    "zh": (
+        "委员会于星期二开会审查市立图书馆的年度预算。成员们讨论了新书架的费用、阅览室的翻修、"
+        "周末开放时间的延长以及为借阅服务购买电子书。"
+    )
+    * 6,
+}
+ENDINGS = {
+    "en": (
+        "To bake sourdough bread, feed the starter the night before and let the dough rise.",
+        "To fix a flat bicycle tyre, lever the tyre off the rim and patch the inner tube.",
+        "how do I repair a punctured bicycle tyre?",
+    ),
+    "zh": (
+        "烤酸面包之前，前一天晚上要喂养酵头，然后让面团慢慢发酵。",  # noqa: RUF001
+        "修理自行车爆胎时，先把轮胎从轮圈上撬下来，再修补内胎。",  # noqa: RUF001
+        "自行车轮胎破了怎么修？",  # noqa: RUF001
+    ),
+}
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.parametrize(("language", "chunk_size"), [("en", 4000), ("zh", 1000)])
+async def test_search_finds_text_past_the_models_window(
+    http: httpx.AsyncClient, tenant: Tenant, language: str, chunk_size: int
+) -> None:
+    """Each file fits in one chunk of `chunk_size` characters, but not in the model's window:
+    both were stored with the same vector, and searched with the same score, whatever the
+    query. Chunks now end where the model stops reading."""
+    bread, tyre, query = ENDINGS[language]
+
+    async def ingest_whole(name: str, ending: str) -> str:
+        response = await http.post(
+            "/upload/agent",
+            params={"agent_id": tenant.agent_id, "chunk_size": chunk_size, "chunk_overlap": 0},
+            headers=tenant.headers,
+            files={"file": (name, f"{PREAMBLES[language]}\n\n{ending}".encode())},
+        )
+        assert response.status_code == 202, response.text
+        status = await wait_for_status(http, tenant, response.json()["task_id"], Status.TERMINAL)
+        assert status["status"] == "complete", status
+        document_id: str = status["document_id"]
+        return document_id
+
+    _, tyre_doc = await asyncio.gather(
+        ingest_whole("bread.txt", bread), ingest_whole("tyre.txt", tyre)
+    )
+    hits = await search(http, tenant, query, top_k=50)
+    assert hits[0]["document_id"] == tyre_doc
+    assert tyre in hits[0]["text"]
+    bread_scores = [hit["score"] for hit in hits if hit["filename"] == "bread.txt"]
+    assert hits[0]["score"] > max(bread_scores) + 0.05, hits
