@@ -7,6 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from fsspec.core import split_protocol
+from fsspec.registry import get_filesystem_class
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import make_url
@@ -16,9 +18,14 @@ MIB = 1024 * 1024
 # What torch is given as a device: `auto` is resolved at model load (activities.embed).
 EMBEDDING_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.ASCII)
 MAX_PORT = 65535  # TCP
+# A sentence-transformers model folder has one of these (a plain transformers model, config).
+MODEL_FILES = ("modules.json", "config.json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # host:port, the host a name, an IPv4 address or a bracketed IPv6 one (the SDK's form).
 TEMPORAL_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$", re.ASCII)
+# The PostgreSQL URLs `core.db.normalize_url` turns into psycopg 3 ones; another driver's
+# (`postgresql+asyncpg://`) failed at the first connection on a module that is not installed.
+PSYCOPG_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")
 
 
 # Embed activities of one document at most (about six history events each: Temporal fails a
@@ -138,8 +145,9 @@ class Settings(BaseSettings):
             "CPU to the API, Temporal and PostgreSQL; 0 keeps normal priority."
         ),
     )
-    task_queue: str = "docingest"
-    embed_task_queue: str = "docingest-embed"
+    # Not empty: the SDK refuses a worker or a schedule of no task queue with a traceback.
+    task_queue: str = Field(default="docingest", min_length=1)
+    embed_task_queue: str = Field(default="docingest-embed", min_length=1)
     log_level: str = "INFO"
 
     @field_validator(
@@ -186,13 +194,18 @@ class Settings(BaseSettings):
         if value is None:
             return None
         try:
-            scheme = make_url(value).get_backend_name()
+            url = make_url(value)
         except (ArgumentError, ValueError):  # no URL at all, or a port that is no number
-            scheme = None
-        if scheme not in ("postgres", "postgresql"):
+            url = None
+        if url is None or url.get_backend_name() not in ("postgres", "postgresql"):
             raise ValueError(
                 "DOCINGEST_DATABASE_URL must be a PostgreSQL URL, "
                 "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            )
+        if url.drivername not in PSYCOPG_DRIVERS:
+            raise ValueError(
+                f"DOCINGEST_DATABASE_URL names the {url.get_driver_name()} driver: docingest "
+                "connects with psycopg 3, postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
             )
         return value
 
@@ -209,14 +222,38 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("staging_url")
+    @classmethod
+    def _staging_backend_installed(cls, value: str | None) -> str | None:
+        """Refused here rather than with a traceback as the API or the worker starts (an
+        `s3://` URL without s3fs); the message never repeats the URL, which may hold a key."""
+        if value is None:
+            return None
+        for link in value.split("::"):  # fsspec's chained URLs, `simplecache::s3://…`
+            try:
+                get_filesystem_class(split_protocol(link)[0] or "file")
+            except (ImportError, ValueError) as exc:  # not installed, or no such protocol
+                raise ValueError(f"DOCINGEST_STAGING_URL: {exc}") from exc
+        return value
+
     @field_validator("embedding_model")
     @classmethod
     def _model_folder_exists(cls, value: str | None) -> str | None:
-        """Refused here rather than at the first model load (the API's first search)."""
-        if value is not None and not Path(value).expanduser().is_dir():
+        """Refused here rather than at the first model load (the API's first search), where
+        a folder that holds no model failed with a traceback from transformers."""
+        if value is None:
+            return value
+        folder = Path(value).expanduser()
+        if not folder.is_dir():
             raise ValueError(
                 f"DOCINGEST_EMBEDDING_MODEL ({value!r}) is not a folder: give the path of a "
                 "local sentence-transformers model, or unset it for the bundled one"
+            )
+        if not any((folder / name).is_file() for name in MODEL_FILES):
+            raise ValueError(
+                f"DOCINGEST_EMBEDDING_MODEL ({value!r}) holds no model (no "
+                f"{' or '.join(MODEL_FILES)}): give the path of a local sentence-transformers "
+                "model, or unset it for the bundled one"
             )
         return value
 

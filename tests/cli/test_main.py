@@ -124,6 +124,15 @@ def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
         ),
         (
+            {"DOCINGEST_DATABASE_URL": "postgresql+asyncpg://docingest:secret@db/docingest"},
+            "  DOCINGEST_DATABASE_URL names the asyncpg driver: docingest connects with "
+            "psycopg 3, postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+        ),
+        (
+            {"DOCINGEST_TASK_QUEUE": ""},
+            "  DOCINGEST_TASK_QUEUE: String should have at least 1 character",
+        ),
+        (
             {"DOCINGEST_TEMPORAL_ADDRESS": "http://temporal 7233"},
             "  DOCINGEST_TEMPORAL_ADDRESS ('http://temporal 7233') must be HOST:PORT, "
             "e.g. temporal:7233",
@@ -132,6 +141,14 @@ def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
             {"DOCINGEST_KEY_CACHE_TTL": "10s"},
             "  DOCINGEST_KEY_CACHE_TTL: '10s' is not a duration: give whole seconds (3600), "
             "HH:MM:SS (1:00:00) or ISO 8601 (PT1H, P7D)",
+        ),
+        (
+            {"DOCINGEST_STAGING_URL": "s3://bucket/prefix"},  # s3fs is not installed
+            "  DOCINGEST_STAGING_URL: Install s3fs to access S3",
+        ),
+        (
+            {"DOCINGEST_STAGING_URL": "s4://bucket/prefix"},
+            "  DOCINGEST_STAGING_URL: Protocol not known: s4",
         ),
     ],
 )

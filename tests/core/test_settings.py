@@ -88,12 +88,25 @@ def test_embedding_model_must_be_an_existing_folder_naming_the_variable(
 ) -> None:
     """Else the model load fails with a FileNotFoundError naming no setting."""
     (tmp_path / "model.bin").write_bytes(b"")  # a file is not a sentence-transformers model
+    (tmp_path / "config.json").write_text("{}")
     monkeypatch.setenv("DOCINGEST_EMBEDDING_MODEL", str(tmp_path))
     assert Settings().embedding_model == str(tmp_path)
     for not_a_model in ("no-such-model", "model.bin"):
         monkeypatch.setenv("DOCINGEST_EMBEDDING_MODEL", str(tmp_path / not_a_model))
         with pytest.raises(ValidationError, match=r"DOCINGEST_EMBEDDING_MODEL .* is not a folder"):
             Settings()
+
+
+def test_embedding_model_must_be_a_folder_that_holds_a_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Else the worker died at start with a traceback from transformers ("Unrecognized
+    model"), and the API's first search failed the same way."""
+    monkeypatch.setenv("DOCINGEST_EMBEDDING_MODEL", str(tmp_path))  # e.g. its parent folder
+    with pytest.raises(ValidationError, match=r"DOCINGEST_EMBEDDING_MODEL .* holds no model"):
+        Settings()
+    (tmp_path / "modules.json").write_text("[]")
+    assert Settings().embedding_model == str(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from activities.extract import extract_text
 from core.formats import DocumentFormat
 from tests.documents import lorem, make_docx, make_pdf
-from tests.support import Stack, Tenant, upload_file, wait_for_status
+from tests.support import Stack, Tenant, serve, upload_file, wait_for_status
 from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -112,3 +112,18 @@ async def test_e2e_text_markdown_and_html_complete(http: httpx.AsyncClient, tena
     for task_id in tasks:
         status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
         assert status["status"] == "complete", status
+
+
+async def test_e2e_max_document_chunks_is_the_apis_not_the_workers(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The task carries the limit the API read (README, "Configuration"): the session's worker
+    allows 20,000 chunks, the API 2, and the document of about 10 fails."""
+    assert stack.settings.max_document_chunks == 20_000
+    text = "\n\n".join(f"Paragraph {n}: " + "words " * 30 for n in range(10)).encode()
+    limited = stack.settings.model_copy(update={"max_document_chunks": 2})
+    async with serve(limited) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_id = await upload_file(http, tenant, "long.txt", text, chunk_size=200)
+        body = await wait_for_status(http, tenant, task_id, {"complete", "failed"})
+    assert body["status"] == "failed", body
+    assert body["error"]["type"] == "DocumentTooLarge", body
