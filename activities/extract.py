@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 
 import docx
 import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 from docx.document import Document
 from docx.opc.constants import RELATIONSHIP_TYPE
 from docx.oxml.ns import qn
@@ -145,7 +146,7 @@ def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> Extract
 
 def _page_text(document: pdfium.PdfDocument, index: int) -> str:
     try:
-        page = document[index]
+        page = _page_with_annotations_drawn(document, index)
         try:
             text_page = page.get_textpage()
             try:
@@ -161,6 +162,21 @@ def _page_text(document: pdfium.PdfDocument, index: int) -> str:
         ) from exc
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").replace(_PDFIUM_LINE_END_HYPHEN, "")
     return _CONTROL.sub("", lines).translate(LIGATURES).strip()
+
+
+def _page_with_annotations_drawn(document: pdfium.PdfDocument, index: int) -> pdfium.PdfPage:
+    """Page `index` with what its annotations show drawn into its content: the values of a
+    filled form's fields (and free-text notes) are annotations, which PDFium's text page does
+    not read, so a form's answers were left out. PDFium reads a flattened page's content only
+    when it loads the page again."""
+    page = document[index]
+    if pdfium_c.FPDFPage_GetAnnotCount(page) == 0:
+        return page
+    flattened = pdfium_c.FPDFPage_Flatten(page, pdfium_c.FLAT_NORMALDISPLAY)
+    if flattened != pdfium_c.FLATTEN_SUCCESS:  # nothing shown (links), or it failed: as it was
+        return page
+    page.close()
+    return document[index]
 
 
 def extract_docx(data: bytes) -> str:

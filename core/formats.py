@@ -41,6 +41,12 @@ _WORD_OTHERS = {
 _OFFICE_DOCUMENT = (
     "http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"
 )
+# Word's "Strict Open XML Document" (ISO 29500 Strict): its own namespaces, which python-docx
+# does not read (it failed as "damaged").
+_STRICT_OFFICE_DOCUMENT = "http://purl.oclc.org/ooxml/officeDocument/relationships/officeDocument"
+# An OLE2 compound file: Word 97-2003 (.doc), Excel (.xls), PowerPoint (.ppt), or an Office
+# document saved with a password (Office encrypts the whole .docx package into one).
+_OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _OPC_PART_LIMIT = 1024 * 1024  # [Content_Types].xml and _rels/.rels are a few KiB
 
 
@@ -97,6 +103,12 @@ def sniff_head(head: bytes, filename: str) -> DocumentFormat:
         raise UnreadableContent(
             "it is an RTF document; save it as a Word document (.docx), a PDF or plain text"
         )
+    if head.startswith(_OLE2):
+        raise UnreadableContent(
+            "it is a password-protected Office document or an older Office file (.doc, .xls, "
+            ".ppt); remove the password, or save it as a Word document (.docx), a PDF or "
+            "plain text"
+        )
     text = decode_head(head)
     if text is None:
         raise UnreadableContent("the content is binary data of a format we cannot read")
@@ -124,9 +136,13 @@ def _sniff_zip(file: BinaryIO) -> DocumentFormat:
     try:
         with zipfile.ZipFile(file) as archive:
             names = set(archive.namelist())
-            content_type = _main_part_type(archive, names)
+            content_type, strict = _main_part_type(archive, names)
     except (zipfile.BadZipFile, OSError, ValueError, ElementTree.ParseError) as exc:
         raise UnreadableContent("the file looks like a ZIP archive but is damaged") from exc
+    if content_type == _WORD_MAIN and strict:
+        raise UnreadableContent(
+            "it is a Strict Open XML document; save it as a Word document (.docx)"
+        )
     if content_type == _WORD_MAIN or (content_type is None and "word/document.xml" in names):
         return DocumentFormat.DOCX
     if content_type in _WORD_OTHERS:
@@ -136,27 +152,32 @@ def _sniff_zip(file: BinaryIO) -> DocumentFormat:
     raise UnreadableContent("the ZIP archive is not a Word (.docx) document")
 
 
-def _main_part_type(archive: zipfile.ZipFile, names: set[str]) -> str | None:
+def _main_part_type(archive: zipfile.ZipFile, names: set[str]) -> tuple[str | None, bool]:
     """The content type of the package's main part (the officeDocument relationship's target,
-    wherever it lies: Word Online writes word/document2.xml), as python-docx resolves it;
-    None when the package does not say (the worker's reader then judges word/document.xml)."""
+    wherever it lies: Word Online writes word/document2.xml), as python-docx resolves it, and
+    whether the package is Strict Open XML; None when the package does not say (the worker's
+    reader then judges word/document.xml)."""
     if "_rels/.rels" not in names or "[Content_Types].xml" not in names:
-        return None
-    target = None
+        return None, False
+    target, strict = None, False
     for rel in _small_xml(archive, "_rels/.rels"):
-        if rel.get("Type") == _OFFICE_DOCUMENT and rel.get("TargetMode") != "External":
-            target = rel.get("Target")
+        kind = rel.get("Type")
+        if (
+            kind in (_OFFICE_DOCUMENT, _STRICT_OFFICE_DOCUMENT)
+            and rel.get("TargetMode") != "External"
+        ):
+            target, strict = rel.get("Target"), kind == _STRICT_OFFICE_DOCUMENT
     if not target:
-        return None
+        return None, False
     part = posixpath.normpath("/" + target.lstrip("/"))
     default = None
     for entry in _small_xml(archive, "[Content_Types].xml"):
         tag = str(entry.tag).rsplit("}", 1)[-1]
         if tag == "Override" and (entry.get("PartName") or "").lower() == part.lower():
-            return entry.get("ContentType")
+            return entry.get("ContentType"), strict
         if tag == "Default" and part.lower().endswith("." + (entry.get("Extension") or "").lower()):
             default = entry.get("ContentType")
-    return default
+    return default, strict
 
 
 def _small_xml(archive: zipfile.ZipFile, name: str) -> list[ElementTree.Element]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 import zlib
 
@@ -24,6 +25,21 @@ def make_pdf(pages: list[str]) -> bytes:
             if y < 40:
                 break
         pdf.showPage()
+    pdf.save()
+    return buffer.getvalue()
+
+
+def make_filled_form_pdf(fields: dict[str, str]) -> bytes:
+    """A one-page PDF form: a label drawn for each field (name -> value), and the field
+    filled in, as a viewer saves it (an AcroForm widget with its appearance)."""
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    y = 800.0
+    for name, value in fields.items():
+        pdf.drawString(40, y, f"{name}:")
+        pdf.acroForm.textfield(name=name, value=value, x=180, y=y - 6, width=250, height=20)
+        y -= 40
+    pdf.showPage()
     pdf.save()
     return buffer.getvalue()
 
@@ -62,6 +78,28 @@ def make_docx(paragraphs: list[str], table: list[list[str]] | None = None) -> by
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
+
+
+def make_strict_docx(paragraphs: list[str]) -> bytes:
+    """A DOCX as Word saves a "Strict Open XML Document" (ISO 29500 Strict): the same package
+    under the Strict namespaces, which python-docx does not read."""
+    source = zipfile.ZipFile(io.BytesIO(make_docx(paragraphs)))
+    strict = {
+        b"http://schemas.openxmlformats.org/officeDocument/2006/relationships": (
+            b"http://purl.oclc.org/ooxml/officeDocument/relationships"
+        ),
+        b"http://schemas.openxmlformats.org/wordprocessingml/2006/main": (
+            b"http://purl.oclc.org/ooxml/wordprocessingml/main"
+        ),
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member in source.infolist():
+            content = source.read(member.filename)
+            for transitional, iso in strict.items():
+                content = content.replace(transitional, iso)
+            archive.writestr(member.filename, content)
+    return out.getvalue()
 
 
 def lorem(sentences: int, seed: int = 0) -> str:
@@ -216,3 +254,62 @@ def docx_with_body(document_xml: bytes) -> bytes:
                 content = document_xml
             archive.writestr(member.filename, content)
     return out.getvalue()
+
+
+def make_compound_file(streams: dict[str, bytes]) -> bytes:
+    """An OLE2 compound file (version 3, 512-byte sectors) holding `streams`, each padded to
+    4 KiB so that none goes to the mini stream: the container of a Word 97-2003 .doc
+    (`WordDocument`) and of an Office document saved with a password (`EncryptionInfo`,
+    `EncryptedPackage`)."""
+    end, fat_mark, free = 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
+    sectors: list[bytes] = []
+    fat: list[int] = []
+
+    def add(data: bytes) -> int:
+        first = len(sectors)
+        count = len(data) // 512
+        for index in range(count):
+            sectors.append(data[index * 512 : (index + 1) * 512])
+            fat.append(first + index + 1 if index < count - 1 else end)
+        return first
+
+    def entry(name: str, kind: int, start: int, size: int, child: int, right: int) -> bytes:
+        encoded = (name + "\x00").encode("utf-16-le").ljust(64, b"\x00")
+        return (
+            encoded
+            + struct.pack("<HBBIII", len(name) * 2 + 2, kind, 1, free, right, child)
+            + bytes(36)
+            + struct.pack("<IQ", start, size)
+        )
+
+    entries = [entry("Root Entry", 5, end, 0, child=1, right=free)]
+    for number, (name, data) in enumerate(streams.items(), start=1):
+        start = add(data.ljust(4096, b"\x00"))
+        right = number + 1 if number < len(streams) else free
+        entries.append(entry(name, 2, start, 4096, child=free, right=right))
+    directory = add(b"".join(entries).ljust(-(-len(entries) * 128 // 512) * 512, b"\x00"))
+    fat_sector = len(sectors)
+    fat.append(fat_mark)
+    sectors.append(b"".join(struct.pack("<I", value) for value in fat).ljust(512, b"\xff"))
+    header = (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+        + bytes(16)
+        + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6)
+        + bytes(6)
+        + struct.pack("<9I", 0, 1, directory, 0, 4096, end, 0, end, 0)
+        + struct.pack("<I", fat_sector)
+        + b"\xff" * 4 * 108
+    )
+    return header + b"".join(sectors)
+
+
+def make_password_protected_docx() -> bytes:
+    """A .docx saved by Word with a password: the package, encrypted, inside an OLE2 file."""
+    info = struct.pack("<HHI", 4, 4, 0x40) + b'<?xml version="1.0"?><encryption/>'
+    package = struct.pack("<Q", 2048) + bytes(range(256)) * 8
+    return make_compound_file({"EncryptionInfo": info, "EncryptedPackage": package})
+
+
+def make_legacy_doc() -> bytes:
+    """A Word 97-2003 document (.doc): its streams in an OLE2 file."""
+    return make_compound_file({"WordDocument": b"\xec\xa5" + bytes(510), "1Table": bytes(512)})

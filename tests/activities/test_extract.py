@@ -7,7 +7,9 @@ import io
 import zipfile
 from pathlib import Path
 
+import pypdf
 import pytest
+from pypdf.annotations import Link
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
@@ -31,6 +33,7 @@ from tests.documents import (
     make_docx,
     make_docx_blocks,
     make_encrypted_pdf,
+    make_filled_form_pdf,
     make_image_only_pdf,
     make_pdf,
     make_zip,
@@ -91,6 +94,24 @@ def test_extract_pdf_keeps_text_drawn_past_the_page_edge() -> None:
     line = "A line that runs well past the right edge of this small page, to its end"
     pdf = pdf_of_content(b"BT /F1 12 Tf 20 150 Td (%b) Tj ET" % line.encode(), media_box=SMALL_PAGE)
     assert extract_pdf(pdf).text == line
+
+
+def test_extract_pdf_keeps_the_values_of_a_filled_form() -> None:
+    # The values are annotations (widgets), which PDFium's text page does not read: the form
+    # was stored as its labels alone, its answers left out of search.
+    pdf = make_filled_form_pdf({"Applicant": "Jane Marigold Doe", "Policy": "PX-4471-ZETA"})
+    text = extract_pdf(pdf).text
+    assert text.splitlines() == ["Applicant:", "Policy:", "Jane Marigold Doe PX-4471-ZETA"]
+
+
+def test_extract_pdf_of_a_page_with_links_only_reads_as_before() -> None:
+    # Flattening a link draws no text: the page reads as it did.
+    pdf = make_pdf(["A page with a link."])
+    linked = pypdf.PdfWriter(clone_from=io.BytesIO(pdf))
+    linked.add_annotation(0, Link(rect=(40, 780, 200, 800), target_page_index=0))
+    out = io.BytesIO()
+    linked.write(out)
+    assert extract_pdf(out.getvalue()).text == "A page with a link."
 
 
 def test_extract_pdf_reports_each_page() -> None:

@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 
+from activities.errors import RejectedDocument
 from activities.extract import extract_text
 from core.formats import (
     SNIFF_BYTES,
@@ -23,7 +24,14 @@ from core.formats import (
     sniff_format,
     sniff_head,
 )
-from tests.documents import make_docx, make_pdf, make_zip
+from tests.documents import (
+    make_docx,
+    make_legacy_doc,
+    make_password_protected_docx,
+    make_pdf,
+    make_strict_docx,
+    make_zip,
+)
 
 PLAIN = "Quarterly report.\nRevenue grew in every region.\n"
 CP1252_TEXT = "Café naïve \u2013 “smart quotes” cost 5 €.\n"
@@ -106,6 +114,24 @@ def test_sniff_format_binary_headers_are_unreadable(data: bytes) -> None:
 def test_sniff_format_rtf_is_unreadable_whatever_the_name(filename: str) -> None:
     data = rb"{\rtf1\ansi\deff0{\fonttbl{\f0 Times New Roman;}}\f0\fs24 Dear Ann,\par}"
     with pytest.raises(UnreadableContent, match=r"RTF document; save it as a Word document"):
+        sniff(data, filename)
+
+
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [
+        ("locked.docx", make_password_protected_docx()),
+        ("minutes.doc", make_legacy_doc()),
+        ("minutes.pdf", make_legacy_doc()),
+    ],
+)
+def test_sniff_format_office_compound_file_is_unreadable_naming_what_it_is(
+    filename: str, data: bytes
+) -> None:
+    # Not "binary data of a format we cannot read": the client sent a Word file it can open.
+    with pytest.raises(
+        UnreadableContent, match=r"password-protected Office document or an older Office file"
+    ):
         sniff(data, filename)
 
 
@@ -377,3 +403,12 @@ def test_sniff_format_word_package_the_worker_cannot_open_is_unreadable(
     data = _rewritten_docx({}, content_type)
     with pytest.raises(UnreadableContent, match=re.escape(named)):
         sniff(data, "macro" + named)
+
+
+def test_sniff_format_strict_open_xml_word_document_is_unreadable_naming_it() -> None:
+    # python-docx finds no main document in it: accepted, it failed as "damaged".
+    data = make_strict_docx(["Hello"])
+    with pytest.raises(RejectedDocument, match="damaged"):
+        extract_text(data, DocumentFormat.DOCX)
+    with pytest.raises(UnreadableContent, match=r"Strict Open XML document; save it as a Word"):
+        sniff(data, "report.docx")

@@ -33,9 +33,12 @@ from tests.documents import (
     make_docx,
     make_encrypted_pdf,
     make_image_only_pdf,
+    make_legacy_doc,
     make_memory_hungry_pdf,
+    make_password_protected_docx,
     make_pdf,
     make_slow_pdf,
+    make_strict_docx,
     make_zip,
 )
 from tests.support import Stack, Tenant, running_workers, serve, stack_settings, wait_for_status
@@ -264,6 +267,7 @@ REFUSED = [
     Refused("binary.docx", noise(8 * 1024, seed=3)),
     Refused("archive.docx", make_zip({"notes.txt": b"a zip, but not a Word document"})),
     Refused("damaged.docx", b"PK\x03\x04" + noise(4096, seed=4)),
+    Refused("strict.docx", make_strict_docx([lorem(5)])),
 ]
 
 ENDS = [
@@ -513,6 +517,22 @@ async def small_limit_api(stack: Stack) -> AsyncIterator[str]:
     settings = stack_settings(stack, max_upload_bytes=1000)
     async with serve(settings) as url:
         yield url
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("locked.docx", make_password_protected_docx()), ("minutes.doc", make_legacy_doc())],
+)
+async def test_hostile_office_compound_file_is_415_saying_what_it_is(
+    http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes
+) -> None:
+    response = await post_upload(http, tenant, name, data)
+    assert_clear_4xx(response, 415, "unsupported_media_type")
+    assert response.json()["detail"] == (
+        f"{name} cannot be ingested: it is a password-protected Office document or an older "
+        "Office file (.doc, .xls, .ppt); remove the password, or save it as a Word document "
+        "(.docx), a PDF or plain text. Supported: PDF, DOCX, HTML, Markdown and plain text."
+    )
 
 
 async def test_hostile_one_byte_over_the_limit_is_413_and_stages_nothing(

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from activities.extract import extract_text
 from core.formats import DocumentFormat
-from tests.documents import lorem, make_docx, make_pdf
+from tests.documents import lorem, make_docx, make_filled_form_pdf, make_pdf
 from tests.support import Stack, Tenant, serve, upload_file, wait_for_status
 from workflows.types import Status
 
@@ -100,6 +100,19 @@ async def test_e2e_corrupt_pdf_fails_with_a_clear_message(
                 break
             await asyncio.sleep(0.1)
     assert [task["task_id"] for task in failed.json()["tasks"]] == [task_id]
+
+
+async def test_e2e_filled_pdf_form_is_searchable_by_its_answers(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    pdf = make_filled_form_pdf({"Applicant": "Jane Marigold Doe", "Policy": "PX-4471-ZETA"})
+    task_id = await upload_file(http, tenant, "claim.pdf", pdf)
+    status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert status["status"] == "complete", status
+    chunks = await stored_chunks(stack, status["document_id"])
+    assert [chunk["text"] for chunk in chunks] == [
+        "Applicant:\nPolicy:\nJane Marigold Doe PX-4471-ZETA"
+    ]
 
 
 async def test_e2e_text_markdown_and_html_complete(http: httpx.AsyncClient, tenant: Tenant) -> None:
