@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from api.schemas import ErrorBody
 from core.errors import PayloadTooLarge
 
 # A search body (a 2000-character query, every character escaped) is under 30 KiB.
@@ -38,6 +39,12 @@ async def read_small_body(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES
 
 class JsonBodyRoute(APIRoute):
     """A route whose body is bounded by `MAX_JSON_BODY_BYTES`."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # Any request to the route may be answered 413 (before its key is checked): the schema
+        # says so, as it does for the upload routes' own limits.
+        responses = {413: {"model": ErrorBody}, **(kwargs.pop("responses", None) or {})}
+        super().__init__(path, endpoint, responses=responses, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()

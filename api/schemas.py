@@ -47,8 +47,9 @@ DUPLICATE_MESSAGE = "Document already ingested for this agent; nothing new was s
 
 
 class UploadAccepted(BaseModel):
-    """The seed contract of `POST /upload/agent`, field for field; `duplicate` and
-    `document_id` appear only when the agent already had these bytes."""
+    """The seed contract of `POST /upload/agent`, field for field. `duplicate` and
+    `document_id` appear when the agent already had these bytes (200); `document_id` also
+    when a repeated Idempotency-Key names a task that completed."""
 
     message: str = UPLOAD_MESSAGE
     filename: str

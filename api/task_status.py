@@ -307,6 +307,8 @@ def record_status(document: Document) -> TaskStatus:
     is written when the task ends: its stage is `done`, and when the task started is not
     known (`started_at` is null)."""
     complete = document.status == Status.COMPLETE
+    # A cancel is no error: the workflow says none. The row keeps its reason for the message.
+    error = None if document.status == Status.CANCELLED else document.error_type
     status = to_public(
         TaskProgress(
             task_id=document.task_id,
@@ -320,7 +322,7 @@ def record_status(document: Document) -> TaskStatus:
             document_id=str(document.id) if complete else None,
             chunks_total=document.chunk_count,
             chunks_embedded=document.chunk_count,
-            error_type=document.error_type,
+            error_type=error,
             error_message=document.error_message,
         )
     )

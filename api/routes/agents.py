@@ -86,21 +86,23 @@ async def list_documents(
     # An offset counts from the top, which moves as uploads finish and documents are deleted
     # (a page repeated or skipped a document); a cursor says where the last page ended.
     after = [] if cursor is None else [_before(cursor)]
+    # One row more than the page: a page that ends the list says so (no cursor to an empty page).
     rows = list(
         await session.scalars(
             select(Document)
             .where(*scope, *after)
             .order_by(Document.created_at.desc(), Document.id.desc())
-            .limit(limit)
+            .limit(limit + 1)
             .offset(offset)
         )
     )
+    page = rows[:limit]
     return DocumentsPublic(
-        documents=[document_public(document) for document in rows],
+        documents=[document_public(document) for document in page],
         total=total or 0,
         limit=limit,
         offset=offset,
-        next_cursor=_cursor(rows[-1]) if len(rows) == limit else None,
+        next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
     )
 
 

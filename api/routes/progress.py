@@ -81,7 +81,9 @@ async def list_progress(
         started, task_id = decode_cursor(cursor)
         after = (iso_utc(started), task_id)
         query = f"{query} AND StartTime < '{iso_utc(started + timedelta(milliseconds=1))}'"
-    read = limit if after is None else limit + _TIE_ROOM
+    # One task more than the page (and its ties): a page that ends the list says so, with no
+    # cursor to an empty page.
+    read = limit + 1 if after is None else limit + _TIE_ROOM + 1
     filtered = status is not None or after is not None
     tasks = await resources.listings.get(
         owner, (query, read), lambda: newest_tasks(temporal, owner, query, read, filtered)

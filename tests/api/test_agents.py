@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from api.app import create_app
-from api.json_body import MAX_JSON_BODY_BYTES
+from api.json_body import MAX_JSON_BODY_BYTES, JsonBodyRoute
+from api.routes import agents, search
+from core.settings import Settings
 from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
 
 
@@ -91,6 +93,26 @@ async def test_agents_json_body_past_its_limit_is_413_before_it_is_read(
         writer.close()
     assert answered.split()[1] == b"413", answered
     assert sent < total  # answered while the body was still coming
+
+
+def test_schema_declares_the_413_of_every_route_with_a_bounded_json_body() -> None:
+    """Each of these routes answers 413 past the bound (above), and the schema declared it for
+    none: a client generated from the schema, or schemathesis, met an undeclared status."""
+    schema = create_app(Settings()).openapi()
+    bounded = [
+        (route.path, method.lower())
+        for route in [*agents.router.routes, *search.router.routes]
+        if isinstance(route, JsonBodyRoute)
+        for method in route.methods or ()
+    ]
+    assert ("/agents", "post") in bounded and ("/agents/{agent_id}/search", "post") in bounded
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    assert {
+        (path, method): schema["paths"][path][method]["responses"]["413"]["content"][
+            "application/json"
+        ]["schema"]
+        for path, method in bounded
+    } == {operation: error_body for operation in bounded}
 
 
 async def test_agents_json_body_at_its_limit_is_read(

@@ -97,6 +97,53 @@ async def test_documents_cursor_pages_neither_repeat_nor_skip_while_documents_co
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
 
 
+async def test_documents_page_that_ends_the_list_has_no_next_cursor(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """A page that holds the last document says so: a full page gave a `next_cursor` (to an
+    empty page) even when `total` said there was nothing more."""
+    tenant = await new_tenant(stack)
+    async with stack.sessionmaker.begin() as session:
+        session.add_all([_document(tenant, number) for number in range(3)])
+    url = f"/agents/{tenant.agent_id}/documents"
+    whole = (await http.get(url, params={"limit": 3}, headers=tenant.headers)).json()
+    first = (await http.get(url, params={"limit": 2}, headers=tenant.headers)).json()
+    last = await http.get(
+        url, params={"limit": 1, "cursor": first["next_cursor"]}, headers=tenant.headers
+    )
+    assert (whole["total"], len(whole["documents"]), whole["next_cursor"]) == (3, 3, None)
+    assert first["next_cursor"] is not None
+    assert (len(last.json()["documents"]), last.json()["next_cursor"]) == (1, None)
+
+
+async def test_a_cancelled_task_says_no_error_once_only_its_record_is_left(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """A cancelled task's status has no `error` while its workflow exists; once Temporal's
+    retention dropped it, its record answered `{"type": "Cancelled", "message": "cancelled on
+    request"}`: the same task, another answer. The row keeps the reason for the message."""
+    tenant = await new_tenant(stack)
+    cancelled = _document(
+        tenant, 1, status="cancelled", chunk_count=0,
+        error_type="Cancelled", error_message="cancelled on request",
+    )  # fmt: skip
+    for_agent = _document(
+        tenant, 2, status="cancelled", chunk_count=0,
+        error_type="Cancelled", error_message="its agent was deleted",
+    )  # fmt: skip
+    async with stack.sessionmaker.begin() as session:
+        session.add_all([cancelled, for_agent])
+    said = []
+    for row in (cancelled, for_agent):
+        status = await http.get(f"/upload/status/{row.task_id}", headers=tenant.headers)
+        assert status.status_code == 200, status.text
+        said.append((status.json()["status"], status.json()["message"], status.json()["error"]))
+    assert said == [
+        ("cancelled", "Processing of f1.txt was cancelled", None),
+        ("cancelled", "Processing of f2.txt was cancelled: its agent was deleted", None),
+    ]
+
+
 def _document(tenant: Tenant, number: int, **fields: Any) -> Document:
     """A documents row of the tenant's agent, `f{number}.txt`, complete unless `fields` say."""
     return Document(

@@ -276,6 +276,28 @@ async def test_progress_pages_by_cursor_list_each_task_once_while_uploads_go_on(
     assert (bad.status_code, bad.json()["code"]) == (422, "invalid_request")
 
 
+async def test_progress_page_that_ends_the_list_has_no_next_cursor(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A page that holds the last task says so: it gave a `next_cursor` whenever it was full,
+    and a client asked for an empty page after a list of exactly `limit` tasks."""
+    settings = stack_settings(stack)  # fresh task queues that no worker polls: they stay queued
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for number in range(2):
+            await upload_file(http, tenant, f"{number}.txt", f"the end of a list {number}".encode())
+        await listed_at_least(http, tenant, 2)
+        whole = await http.get("/api/progress", params={"limit": 2}, headers=tenant.headers)
+        first = await http.get("/api/progress", params={"limit": 1}, headers=tenant.headers)
+        last = await http.get(
+            "/api/progress",
+            params={"limit": 1, "cursor": first.json()["next_cursor"]},
+            headers=tenant.headers,
+        )
+    assert (len(whole.json()["tasks"]), whole.json()["next_cursor"]) == (2, None)
+    assert first.json()["next_cursor"] is not None
+    assert (len(last.json()["tasks"]), last.json()["next_cursor"]) == (1, None)
+
+
 async def listed_at_least(
     http: httpx.AsyncClient, tenant: Tenant, count: int, params: dict[str, str] | None = None
 ) -> httpx.Response:
