@@ -45,14 +45,22 @@ _UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 _BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
+# Characters that show nothing: "re\u200bport.pdf" displays as "report.pdf" but is another
+# name. (Zero-width joiners stay: scripts such as Persian and emoji sequences need them.)
+_INVISIBLE = frozenset("\u00ad\u180e\u200b\u2060\u2061\u2062\u2063\u2064\ufeff")
 
 
 def _displayable(ch: str) -> bool:
-    return unicodedata.category(ch) not in _UNSAFE_CATEGORIES and ch not in _BIDI_CONTROLS
+    return (
+        unicodedata.category(ch) not in _UNSAFE_CATEGORIES
+        and ch not in _BIDI_CONTROLS
+        and ch not in _INVISIBLE
+    )
 
 
 def clean_filename(raw: str) -> str:
-    """A display name: no directories, no control or bidi characters, at most 255 characters."""
+    """A display name: no directories, no control, bidi or invisible characters, at most 255
+    characters."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(filter(_displayable, name))
     name = name.strip().strip(".") or "upload"

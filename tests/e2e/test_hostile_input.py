@@ -745,8 +745,10 @@ async def test_hostile_authorization_headers_are_401(
 def displayable(name: str) -> bool:
     bidi = {"\u200e", "\u200f", "\u061c"} | {chr(c) for c in range(0x202A, 0x202F)}
     bidi |= {chr(c) for c in range(0x2066, 0x206A)}
+    invisible = set("\u00ad\u180e\u200b\u2060\ufeff")
     return not any(
-        unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in bidi or ch in "/\\" for ch in name
+        unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in bidi | invisible or ch in "/\\"
+        for ch in name
     )
 
 
@@ -761,6 +763,11 @@ def displayable(name: str) -> bool:
         ("invoice\u202efdp.exe".encode(), "invoicefdp.exe"),
         ("\u200fדוח שנתי\u200f.pdf".encode(), "דוח שנתי.pdf"),  # noqa: RUF001
         ("two\u2028lines.pdf".encode(), "twolines.pdf"),
+        ("\ufeffre\u200bport\u00ad\u2060.pdf".encode(), "report.pdf"),
+        (
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pdf".encode(),
+            "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.pdf",
+        ),
         (b"....", "upload"),
     ],
     ids=[
@@ -772,6 +779,8 @@ def displayable(name: str) -> bool:
         "rtl-override",
         "rtl-marks",
         "line-separator",
+        "zero-width",
+        "zero-width-non-joiner-kept",
         "only-dots",
     ],
 )
