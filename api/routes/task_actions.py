@@ -120,7 +120,9 @@ async def retry_task(
     try:
         await start_ingest(temporal, settings, task, owner, rerun=True, retried_run=retried.run_id)
     except AlreadyStarted as exc:
-        raise Conflict(f"Task {task_id} is already running again") from exc
+        raise Conflict(
+            f"Task {task_id} is already running again (retried by another request)"
+        ) from exc
     return UploadAccepted(
         message=RETRY_MESSAGE,
         filename=task.filename,
