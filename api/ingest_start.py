@@ -32,7 +32,7 @@ from core.formats import DocumentFormat, UnreadableContent, is_zip, sniff_format
 from core.models import Agent
 from core.settings import Settings
 from core.staging import StagingStore
-from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc
+from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc, markdown_text
 from workflows.ingest import IngestDocument
 from workflows.types import MEMO_PROGRESS, MEMO_TASK, IngestTask, Status, TaskProgress
 
@@ -275,7 +275,7 @@ async def start_ingest(
             id_conflict_policy=conflict,
             memo={MEMO_PROGRESS: dataclasses.asdict(queued), MEMO_TASK: dataclasses.asdict(task)},
             search_attributes=TypedSearchAttributes(attributes),
-            static_summary=f"{task.filename} → agent {task.agent_id}",
+            static_summary=f"{markdown_text(task.filename)} → agent {task.agent_id}",
             static_details=_details(task, owner),
             rpc_timeout=START_TIMEOUT,
         )
@@ -347,8 +347,9 @@ async def _reads_this_upload(temporal: Client, task: IngestTask) -> bool:
 
 
 def _details(task: IngestTask, owner: uuid.UUID) -> str:
+    """The workflow's static details in the Web UI (Markdown)."""
     lines = [
-        f"**{task.filename}** ({task.format}, {task.size_bytes} bytes)",
+        f"**{markdown_text(task.filename)}** ({task.format}, {task.size_bytes} bytes)",
         f"agent `{task.agent_id}` · owner `{owner}` · sha256 `{task.sha256[:16]}…`",
         f"chunks of {task.chunk_size} characters, overlap {task.chunk_overlap}",
     ]

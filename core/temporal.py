@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from datetime import UTC, datetime
 
@@ -68,6 +69,18 @@ async def register_search_attributes(client: Client) -> None:
         await service.add_search_attributes(
             AddSearchAttributesRequest(search_attributes=missing, namespace=client.namespace)
         )
+
+
+# What a backslash makes literal in the Markdown the Web UI renders a workflow's summary and
+# details as: the characters that start emphasis, code, links, HTML, lists, headings and
+# dashes. The UI's renderer keeps the backslash before other punctuation, so only these.
+_MARKDOWN_MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!|&<>~])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` (a file name, a message quoting one) as Markdown the Web UI shows as written:
+    `__init__.py` stays no bold `init`, `1. Intro.pdf` no list, `[x](https:…)` no link."""
+    return _MARKDOWN_MARKUP.sub(r"\\\1", text)
 
 
 def iso_utc(moment: datetime) -> str:

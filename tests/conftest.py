@@ -50,9 +50,15 @@ def database_url(home: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def temporal_address(home: Path) -> Iterator[str]:
+def temporal_ui_port() -> int:
+    """The port of the session's Temporal Web UI (tests read what it renders)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def temporal_address(home: Path, temporal_ui_port: int) -> Iterator[str]:
     port = free_port()
-    server = start_temporal_dev_server(home / "temporal", port=port, ui_port=free_port())
+    server = start_temporal_dev_server(home / "temporal", port=port, ui_port=temporal_ui_port)
     yield f"127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=30)

@@ -18,7 +18,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from core.temporal import INGEST_STATUS, iso_utc
+    from core.temporal import INGEST_STATUS, iso_utc, markdown_text
     from workflows.types import (
         CANCELLED_ON_REQUEST,
         CHUNK,
@@ -531,7 +531,10 @@ def _staging_missing_message(task: IngestTask, reason: str, stage: str) -> str:
 
 
 def _details(progress: TaskProgress) -> str:
-    lines = [f"**{progress.status}** — {progress.message}", f"stage: {progress.stage}"]
+    """The workflow's current details in the Web UI (Markdown; "3/12" would show as a
+    typeset fraction there)."""
+    message = markdown_text(progress.message)
+    lines = [f"**{progress.status}** — {message}", f"stage: {progress.stage}"]
     if progress.chunks_total:
-        lines.append(f"chunks: {progress.chunks_embedded}/{progress.chunks_total} embedded")
+        lines.append(f"chunks: {progress.chunks_embedded} of {progress.chunks_total} embedded")
     return "\n\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.bridge.services_generated import WorkflowService
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -680,3 +682,53 @@ async def test_upload_with_overlap_over_half_the_chunk_size_is_422_and_leaves_no
     assert response.status_code == 422, response.text
     assert response.json() == {"detail": detail, "code": "invalid_request"}
     assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
+
+
+async def ui_renders(ui: httpx.AsyncClient, markdown: str) -> tuple[str, str]:
+    """The HTML the Web UI renders `markdown` as (its `/render` page, which the workflow page
+    embeds for summaries and details), and the text a person reads there."""
+    for _ in range(50):  # the UI may still be starting beside the server
+        try:
+            response = await ui.get("/render", params={"content": markdown})
+            break
+        except httpx.TransportError:
+            await asyncio.sleep(0.2)
+    body = re.search(r"<main>(.*)</main>", response.text, re.S)
+    assert body is not None, response.text
+    markup = body.group(1).strip()
+    return markup, html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+@pytest.mark.usefixtures("worker")
+async def test_upload_file_name_shows_as_written_in_the_temporal_ui(
+    stack: Stack, http: httpx.AsyncClient, tenant: Tenant, temporal_ui_port: int
+) -> None:
+    # The UI renders summaries and details as Markdown: these names became a numbered list
+    # ("Introduction.txt"), bold "init", an en dash, and links to another site.
+    names = [
+        "1. Introduction.txt",
+        "__init__.txt",
+        "report -- final.txt",
+        "[Re-authenticate here](https:evil.example).txt",
+        "<a href=https:evil.example>Open the retry console.txt",
+    ]
+    shown_otherwise = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{temporal_ui_port}") as ui:
+        for name in names:
+            task_id = await upload_file(http, tenant, name, os.urandom(8).hex().encode())
+            await wait_for_status(http, tenant, task_id, {Status.COMPLETE})
+            handle = stack.client.get_workflow_handle(task_id)
+            description = await handle.describe()
+            metadata = await handle.query(
+                "__temporal_workflow_metadata", result_type=WorkflowMetadata
+            )
+            shown = {
+                "summary": await description.static_summary(),
+                "details": await description.static_details(),
+                "current details": metadata.current_details,
+            }
+            for what, markdown in shown.items():
+                markup, text = await ui_renders(ui, markdown or "")
+                if name not in text or "<a " in markup or "&frasl;" in markup:
+                    shown_otherwise.append(f"{what} of {name!r}: {markup}")
+    assert shown_otherwise == []
