@@ -21,7 +21,8 @@ TOP_K = 5
 
 def corpus() -> list[str]:
     """Real prose of many topics: the project's own documentation, chunked as ingested."""
-    texts = [(ROOT / name).read_text() for name in ("README.md", "docs/reliability.md")]
+    documents = ("README.md", "docs/reliability.md", "docs/performance.md")
+    texts = [(ROOT / name).read_text() for name in documents]
     return [chunk.text for text in texts for chunk in split_text(text, 600, 60)]
 
 
