@@ -265,7 +265,10 @@ class StoreActivities:
         except IntegrityError as exc:
             if not _violates(exc, "fk"):
                 raise
-            # The agent was deleted meanwhile: its documents are gone, nothing to record.
+            # The agent was deleted meanwhile: its documents are gone, nothing to record, and
+            # the task can never be retried (409), so its staged upload goes now rather than
+            # with the staging sweep, days later.
+            await asyncio.to_thread(self.staging.remove_task, outcome.task.task_id)
 
 
 async def heartbeating(work: Coroutine[Any, Any, T]) -> T:

@@ -11,10 +11,17 @@ from sqlalchemy import ColumnElement, delete, func, select, tuple_
 from temporalio.client import Client
 
 from api.cursors import decode_cursor, encode_cursor
-from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
+from api.deps import (
+    ChangesTasks,
+    OwnerDep,
+    SessionDep,
+    SessionmakerDep,
+    StagingDep,
+    TemporalDep,
+)
 from api.json_body import JsonBodyRoute
 from api.ownership import owned_agent, parse_id
-from api.routes.documents import document_public
+from api.routes.documents import document_public, remove_staged_uploads
 from api.schemas import (
     AgentCreate,
     AgentPublic,
@@ -128,21 +135,36 @@ def _before(cursor: str) -> ColumnElement[bool]:
     responses={404: {"model": ErrorBody}},
 )
 async def delete_agent(
-    agent_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep, temporal: TemporalDep
+    agent_id: str,
+    owner: OwnerDep,
+    sessionmaker: SessionmakerDep,
+    temporal: TemporalDep,
+    staging: StagingDep,
 ) -> None:
     """Delete an agent with all its documents and chunks; cancel its running uploads."""
     parsed = parse_id(agent_id)
     deleted = None
+    task_ids: list[str] = []
     # Committed before the 204 is sent (SessionDep commits only after the response).
     # Documents, chunks and batches go in the same statement (ON DELETE CASCADE).
     async with sessionmaker.begin() as session:
         if parsed is not None:
+            # Whose staged uploads to remove. A task still running (storing a row now) is
+            # cancelled below, and removes its own.
+            task_ids = list(
+                await session.scalars(
+                    select(Document.task_id).where(
+                        Document.agent_id == parsed, Document.owner_id == owner
+                    )
+                )
+            )
             deleted = await session.scalar(
                 delete(Agent).where(Agent.id == parsed, Agent.owner_id == owner).returning(Agent.id)
             )
     if deleted is None:
         raise NotFound(f"Agent {agent_id[:100]!r} not found")
     await cancel_running_ingests(temporal, owner, deleted)
+    await remove_staged_uploads(staging, task_ids)
 
 
 async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from pydantic import Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
@@ -48,13 +51,18 @@ from api.schemas import (
 from api.task_status import describe_owned, list_tasks, record_status, render_with_reason
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, kept_fresh, receive_files
-from core.errors import DocingestError, InvalidRequest
+from core.errors import DocingestError, InvalidRequest, NotFound
 from core.models import Document, UploadBatch
 from core.staging import ORIGINAL
 from core.temporal import BATCH_ID, OWNER_ID
-from workflows.types import WORKFLOW_NAME
+from workflows.types import AGENT_DELETED, WORKFLOW_NAME
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/upload", tags=["batches"], responses={401: {"model": ErrorBody}})
+
+_FOREIGN_KEY_VIOLATION = "23503"  # PostgreSQL's SQLSTATE
+_CANCEL_DEADLINE = timedelta(seconds=5)
 
 
 def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
@@ -129,24 +137,53 @@ async def upload_batch(
     duplicates = [
         entry for entry in entries if isinstance(entry, UploadAccepted) and entry.duplicate
     ]
-    async with sessionmaker.begin() as session:
-        session.add(
-            UploadBatch(
-                id=uuid.UUID(batch_id),
-                owner_id=owner,
-                agent_id=agent,
-                files=len(received),
-                rejected=[_stored_rejection(entry) for entry in rejected],
-                duplicates=[entry.model_dump() for entry in duplicates],
-                task_ids=[
-                    entry.task_id
-                    for entry in entries
-                    if isinstance(entry, _Unconfirmed)
-                    or (isinstance(entry, UploadAccepted) and not entry.duplicate)
-                ],
+    task_ids = [
+        entry.task_id
+        for entry in entries
+        if isinstance(entry, _Unconfirmed)
+        or (isinstance(entry, UploadAccepted) and not entry.duplicate)
+    ]
+    try:
+        async with sessionmaker.begin() as session:
+            session.add(
+                UploadBatch(
+                    id=uuid.UUID(batch_id),
+                    owner_id=owner,
+                    agent_id=agent,
+                    files=len(received),
+                    rejected=[_stored_rejection(entry) for entry in rejected],
+                    duplicates=[entry.model_dump() for entry in duplicates],
+                    task_ids=task_ids,
+                )
             )
-        )
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _FOREIGN_KEY_VIOLATION:
+            raise
+        # The agent was deleted while the batch came in, after its tasks were looked up and
+        # before they started: its delete could not cancel them. They are cancelled here, as
+        # it cancels those it finds, and remove their staged files.
+        await _cancel_tasks(temporal, task_ids)
+        raise NotFound(
+            f"Agent {agent} not found: it was deleted while the batch was received"
+        ) from exc
     return BatchAccepted(batch_id=batch_id, tasks=list(entries))
+
+
+async def _cancel_tasks(temporal: Client, task_ids: list[str]) -> None:
+    """Cancel these tasks of a deleted agent; failures are only logged (a task missed stops
+    at its store step, which finds no agent)."""
+    results = await asyncio.gather(
+        *(
+            temporal.get_workflow_handle(task_id).cancel(
+                reason=AGENT_DELETED, rpc_timeout=_CANCEL_DEADLINE
+            )
+            for task_id in task_ids
+        ),
+        return_exceptions=True,
+    )
+    for task_id, result in zip(task_ids, results, strict=True):
+        if isinstance(result, Exception):
+            log.warning("could not cancel upload %s", task_id, exc_info=result)
 
 
 def _stored_rejection(entry: UploadRejected) -> dict[str, object]:

@@ -5,17 +5,26 @@ from __future__ import annotations
 import logging
 import uuid
 
+import anyio
 from fastapi import APIRouter
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from api.deps import ChangesTasks, OwnerDep, SessionDep, SessionmakerDep, TemporalDep
+from api.deps import (
+    ChangesTasks,
+    OwnerDep,
+    SessionDep,
+    SessionmakerDep,
+    StagingDep,
+    TemporalDep,
+)
 from api.ownership import owned_row, parse_id
 from api.schemas import DocumentPublic, ErrorBody, TaskError
 from api.task_status import describe_owned
 from core.errors import Conflict, NotFound, ServiceUnavailable
 from core.models import Document
+from core.staging import StagingStore
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +70,14 @@ async def get_document(document_id: str, owner: OwnerDep, session: SessionDep) -
     responses={409: {"model": ErrorBody}},
 )
 async def delete_document(
-    document_id: str, owner: OwnerDep, sessionmaker: SessionmakerDep, temporal: TemporalDep
+    document_id: str,
+    owner: OwnerDep,
+    sessionmaker: SessionmakerDep,
+    temporal: TemporalDep,
+    staging: StagingDep,
 ) -> None:
-    """Delete one of the caller's documents with all its chunks; 409 while its task runs."""
+    """Delete one of the caller's documents, its chunks and its staged upload; 409 while its
+    task runs."""
     parsed = parse_id(document_id)
     if parsed is not None:
         await _refuse_while_its_task_runs(sessionmaker, temporal, owner, parsed)
@@ -76,10 +90,27 @@ async def delete_document(
             deleted = await session.scalar(
                 delete(Document)
                 .where(Document.id == parsed, Document.owner_id == owner)
-                .returning(Document.id)
+                .returning(Document.task_id)
             )
     if deleted is None:
         raise _not_found(document_id)
+    await remove_staged_uploads(staging, [deleted])
+
+
+async def remove_staged_uploads(staging: StagingStore, task_ids: list[str]) -> None:
+    """Remove what the tasks of deleted documents staged. A task that ended `failed` or
+    `error` keeps its upload (and its text, chunks and vectors) for a retry: left there, the
+    deleted file stayed on disk until the staging sweep (days), and a retry wrote the deleted
+    document back. A failure is only logged: the delete stands, and the sweep removes them."""
+
+    def remove_all() -> None:
+        for task_id in task_ids:
+            staging.remove_task(task_id)
+
+    try:
+        await anyio.to_thread.run_sync(remove_all)
+    except OSError:
+        log.warning("could not remove the staged uploads of %s", task_ids[:10], exc_info=True)
 
 
 async def _refuse_while_its_task_runs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from temporalio.client import WorkflowFailureError
 
 from core.embedded import free_port
 from core.settings import Settings
@@ -71,6 +73,17 @@ async def document_rows(stack: Stack, agent_id: str) -> int:
             {"id": uuid.UUID(agent_id)},
         )
     return int(count or 0)
+
+
+def staged(stack: Stack, task_id: str) -> bool:
+    """Whether anything of the task is left in the staging store."""
+    return bool(stack.staging.fs.exists(f"{stack.staging.root}/{task_id}"))
+
+
+async def ended(stack: Stack, task_id: str) -> None:
+    """Wait for the task's workflow to close (it writes its row after it said how it ended)."""
+    with contextlib.suppress(WorkflowFailureError):
+        await stack.client.get_workflow_handle(task_id).result()
 
 
 async def test_documents_list_pages_newest_first_and_filters_by_status(
@@ -202,6 +215,26 @@ async def test_documents_delete_is_refused_while_the_documents_task_runs_again(
     assert deleted.status_code == 204
 
 
+async def test_documents_delete_removes_the_staged_upload_so_a_retry_cannot_bring_it_back(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """A failed task keeps its upload for a retry; once its document is deleted, the file is
+    removed too, and the task's retry is 409 (before: 202, and the row came back)."""
+    failed = await ingest(http, tenant, "salaries.pdf", make_pdf(["x"])[:300])
+    task_id = failed["task_id"]
+    await ended(stack, task_id)  # the row is written once the task said `failed`
+    listed = await http.get(f"/agents/{tenant.agent_id}/documents", headers=tenant.headers)
+    (document,) = listed.json()["documents"]
+    assert staged(stack, task_id)
+
+    deleted = await http.delete(f"/documents/{document['id']}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    assert not staged(stack, task_id)
+    retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 409, retried.text
+    assert await document_rows(stack, tenant.agent_id) == 0
+
+
 async def test_documents_delete_succeeds_when_temporal_is_down(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
@@ -240,6 +273,56 @@ async def test_agents_delete_removes_its_documents_and_chunks(
     still = await http.get(f"/documents/{kept['document_id']}", headers=tenant.headers)
     assert still.status_code == 200
     assert await chunk_count(stack, kept["document_id"]) == still.json()["chunk_count"] > 0
+
+
+async def test_agents_delete_removes_the_staged_uploads_of_its_documents(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    failed = await ingest(http, tenant, "salaries.pdf", make_pdf(["x"])[:300])
+    await ended(stack, failed["task_id"])
+    assert staged(stack, failed["task_id"])
+
+    deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    assert not staged(stack, failed["task_id"])
+
+
+async def test_agents_delete_leaves_no_staged_file_of_an_upload_it_missed(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """An upload whose agent is deleted after its lookup and before its workflow starts is
+    missed by the delete's cancel, and ends `error` at its store; it can never be retried,
+    and its file, chunks and vectors are removed (before: kept until the staging sweep)."""
+    settings = stack_settings(stack)  # no worker until the agent is gone
+    boundary = "an-upload-outliving-its-agent"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    )
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head.encode() + lorem(3, seed=1).encode()
+            await asyncio.sleep(0.5)  # the agent's lookup has answered
+            deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+            assert deleted.status_code == 204
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        response = await http.post(
+            "/upload/agent",
+            params={"agent_id": tenant.agent_id},
+            headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body(),
+        )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        async with running_workers(stack, settings, FakeEmbedder()):
+            status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
+            await ended(stack, task_id)
+        assert status["error"]["type"] == "AgentDeleted", status
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 409
+    assert not staged(stack, task_id)
 
 
 @pytest.fixture(scope="module")

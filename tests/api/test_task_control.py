@@ -315,6 +315,55 @@ async def test_a_batch_streaming_longer_than_the_orphan_grace_keeps_its_first_fi
         assert os.listdir(tmp_path / "staging" / entry["task_id"]) == [ORIGINAL]
 
 
+async def test_a_batch_whose_agent_is_deleted_while_it_streams_is_404_and_its_tasks_cancelled(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The agent is looked up as the batch begins, and its tasks start once the last file is
+    in: an agent deleted in between could not cancel them. The batch's row then failed its
+    foreign key, a 500, while the tasks ran on to fail at their store."""
+    settings = stack_settings(stack)  # no worker yet: the tasks wait for the cancel
+    boundary = "a-batch-outliving-its-agent"
+
+    def part(name: str, data: str) -> bytes:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"'
+        return f"{head}\r\nContent-Type: text/plain\r\n\r\n{data}\r\n".encode()
+
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+        async def body() -> AsyncIterator[bytes]:
+            yield part("first.txt", lorem(2, seed=1))
+            await asyncio.sleep(0.5)  # the agent's lookup has answered
+            deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+            assert deleted.status_code == 204
+            yield part("second.txt", lorem(2, seed=2)) + f"--{boundary}--\r\n".encode()
+
+        response = await http.post(
+            "/upload/agent/batch",
+            params=params(tenant),
+            headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body(),
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == (
+            f"Agent {tenant.agent_id} not found: it was deleted while the batch was received"
+        )
+        task_ids: list[str] = []
+        async with asyncio.timeout(10):  # visibility is eventually consistent
+            while len(task_ids) < 2:
+                query = f"OwnerId = '{tenant.owner_id}'"
+                task_ids = [run.id async for run in stack.client.list_workflows(query)]
+                await asyncio.sleep(0.1)
+        assert len(task_ids) == 2
+        async with running_workers(stack, settings, FakeEmbedder()):
+            for task_id in task_ids:
+                status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, 30)
+                assert status["status"] == "cancelled", status
+                assert status["message"].endswith("was cancelled: its agent was deleted")
+                with pytest.raises(WorkflowFailureError):
+                    await stack.client.get_workflow_handle(task_id).result()
+                assert not stack.staging.exists(task_id, ORIGINAL)
+
+
 # --- dedup ---------------------------------------------------------------------------------
 
 
