@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import hashlib
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from core.errors import DocingestError, InvalidRequest, PayloadTooLarge
+from core.errors import DocingestError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from core.formats import SNIFF_BYTES
 from core.staging import StagingStore
 
@@ -71,6 +72,28 @@ def clean_filename(raw: str) -> str:
     if dot and stem and len(suffix) <= _MAX_SUFFIX:
         return f"{stem[: _MAX_FILENAME - len(suffix) - 1]}.{suffix}"
     return name[:_MAX_FILENAME]
+
+
+def part_filename(disposition: bytes, plain: bytes | None) -> str:
+    """A part's file name as its client wrote it: RFC 5987's `filename*` where one was sent,
+    else `filename` (UTF-8). python-multipart drops `filename*` (RFC 7578 tells senders not to
+    use it), but .NET's MultipartFormDataContent sends both, its `filename` MIME-encoded
+    ("=?utf-8?B?…?="), and other clients only `filename*`: the name showed as that encoding,
+    or as "upload", and lost the extension that sniffing reads."""
+    message = email.message.Message()
+    message["content-disposition"] = disposition.decode("latin-1")
+    for key, value in message.get_params([], header="content-disposition"):
+        if key == "filename" and isinstance(value, tuple) and value[2]:
+            charset, _, text = value  # the text percent-decoded, as Latin-1
+            return _decoded(text.encode("latin-1", "replace"), charset or "utf-8")
+    return _decoded(plain or b"", "utf-8")
+
+
+def _decoded(raw: bytes, charset: str) -> str:
+    try:
+        return raw.decode(charset, "replace")
+    except (LookupError, ValueError):  # a charset no codec knows, or no text codec at all
+        return raw.decode("utf-8", "replace")
 
 
 @dataclass
@@ -138,8 +161,9 @@ class _PartEvents:
             self.field_names.append(shown[:_MAX_FIELD_NAME])
         self._in_file = name == FILE_FIELD.encode()
         if self._in_file:
-            filename = options.get(b"filename") or b""
-            self.events.append(("begin", clean_filename(filename.decode("utf-8", "replace"))))
+            disposition = self._headers.get(b"content-disposition", b"")
+            filename = part_filename(disposition, options.get(b"filename"))
+            self.events.append(("begin", clean_filename(filename)))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
@@ -153,6 +177,16 @@ class _PartEvents:
         if self._in_file:
             self.events.append(("end", None))
         self._in_file = False
+
+
+def _refuse_content_coding(request: Request) -> None:
+    """415 for a body sent compressed (`Content-Encoding: gzip`): it was parsed as it came, and
+    answered 422 "Expected boundary character 45, got 31", which says nothing of the cause."""
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {coding[:50]!r} is not supported; send the upload uncompressed"
+        )
 
 
 def _boundary(request: Request) -> bytes:
@@ -299,6 +333,7 @@ async def receive_files(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_request_bytes:
         raise _too_large(max_request_bytes, max_file_bytes)
+    _refuse_content_coding(request)
     events = _PartEvents()
     parser = MultipartParser(_boundary(request), events.callbacks())  # type: ignore[arg-type]
     receiver = _Receiver(staging, received, next_target, max_file_bytes, max_files)
@@ -344,11 +379,14 @@ async def kept_fresh(
     """Keep the folders of `received` files young while the block runs.
 
     A batch's files are staged as they arrive, and their tasks start once the whole request is
-    in; the staging sweep takes a folder with no workflow whose newest file is older than the
-    orphan grace for an abandoned upload. So while a long batch streams, a small `RECEIVING`
+    in; a single upload's file is written once per MiB received. The staging sweep takes a
+    folder with no workflow whose newest file is older than the orphan grace for an abandoned
+    upload. So while a long request streams, a small `RECEIVING`
     marker is rewritten in each received file's folder `every` (a quarter of the grace), and
-    removed at the end, with the folder if nothing else is left in it.
+    removed at the end, with the folder if nothing else is left in it (a request shorter than
+    `every` wrote none, and skips that thread hop).
     """
+    marked = False
 
     def freshen(items: list[ReceivedFile]) -> None:
         for item in items:
@@ -362,8 +400,10 @@ async def kept_fresh(
                 staging.remove(item.task_id, RECEIVING)
 
     async def refresh() -> None:
+        nonlocal marked
         while True:
             await asyncio.sleep(every.total_seconds())
+            marked = True
             await anyio.to_thread.run_sync(freshen, [i for i in received if i.error is None])
 
     refresher = asyncio.create_task(refresh())
@@ -374,7 +414,8 @@ async def kept_fresh(
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            await anyio.to_thread.run_sync(unmark, list(received))
+            if marked:
+                await anyio.to_thread.run_sync(unmark, list(received))
 
 
 def _too_large(max_request_bytes: int, max_file_bytes: int) -> PayloadTooLarge:

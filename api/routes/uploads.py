@@ -39,7 +39,13 @@ from api.task_status import (
     record_status,
     render_with_reason,
 )
-from api.upload_stream import ReceivedFile, receive_files, request_limit, to_the_end
+from api.upload_stream import (
+    ReceivedFile,
+    kept_fresh,
+    receive_files,
+    request_limit,
+    to_the_end,
+)
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound, ServiceUnavailable
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
@@ -170,15 +176,17 @@ async def upload_document(
         received: list[ReceivedFile] = []
         repeat: Repeat | None = None
         try:
-            await lookup.stream(
-                receive_files(
-                    request, staging, received,
-                    next_target=lambda: (task_id, original),
-                    max_file_bytes=settings.max_upload_bytes,
-                    max_files=1,
-                    max_request_bytes=request_limit(settings.max_upload_bytes),
-                )
-            )  # fmt: skip
+            # A slow client: its file (written once per MiB) must outlive the orphan grace.
+            async with kept_fresh(staging, received, settings.upload_orphan_grace / 4):
+                await lookup.stream(
+                    receive_files(
+                        request, staging, received,
+                        next_target=lambda: (task_id, original),
+                        max_file_bytes=settings.max_upload_bytes,
+                        max_files=1,
+                        max_request_bytes=request_limit(settings.max_upload_bytes),
+                    )
+                )  # fmt: skip
             if received[0].error is not None:
                 raise received[0].error
             ingest = IngestRequest(

@@ -364,6 +364,42 @@ async def test_a_batch_whose_agent_is_deleted_while_it_streams_is_404_and_its_ta
                 assert not stack.staging.exists(task_id, ORIGINAL)
 
 
+async def test_a_single_upload_streaming_longer_than_the_orphan_grace_keeps_its_file(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    """A single upload's file is written once per MiB: a slow client's stayed untouched past
+    the orphan grace, the sweep took it while it streamed, and its task (202) found no file."""
+    grace = timedelta(seconds=2)  # 1 hour by default; the settings refuse under a minute
+    settings = stack_settings(stack, staging_url=str(tmp_path / "staging")).model_copy(
+        update={"upload_orphan_grace": grace}
+    )
+    staging = StagingStore(settings.resolved_staging_url)
+    sweeper = StagingCleanupActivities(staging, stack.client, timedelta(hours=1), grace)
+    boundary = "a-slow-upload"
+    sweeps: list[StagingCleanupResult] = []
+    text = lorem(4, seed=5)
+
+    async def body() -> AsyncIterator[bytes]:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.txt"'
+        yield f"{head}\r\nContent-Type: text/plain\r\n\r\n{text[:200]}".encode()
+        await asyncio.sleep(grace.total_seconds() * 1.5)  # the client is slow to send the rest
+        sweeps.append(await ActivityEnvironment().run(sweeper.clean_staging))
+        yield f"{text[200:]}\r\n--{boundary}--\r\n".encode()
+
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/upload/agent",
+            params=params(tenant),
+            headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body(),
+        )
+    assert response.status_code == 202, response.text
+    assert sweeps == [StagingCleanupResult(kept=1, removed=0)]
+    task_id = response.json()["task_id"]
+    assert os.listdir(tmp_path / "staging" / task_id) == [ORIGINAL]  # no marker left behind
+    assert staging.read_bytes(task_id, ORIGINAL) == text.encode()
+
+
 # --- dedup ---------------------------------------------------------------------------------
 
 

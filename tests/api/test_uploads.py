@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import html
 import logging
 import os
@@ -355,6 +356,30 @@ async def test_upload_that_is_not_multipart_is_422(http: httpx.AsyncClient, tena
     assert "multipart/form-data" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/upload/agent", "/upload/agent/batch"])
+async def test_upload_sent_compressed_is_415_and_leaves_nothing(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, path: str
+) -> None:
+    """A gzip body was parsed as multipart: 422 "Expected boundary character 45, got 31"."""
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+    body += b"hello world\r\n--b--\r\n"
+    before = staged_tasks(stack)
+    response = await http.post(
+        path,
+        params={"agent_id": tenant.agent_id},
+        headers={
+            **tenant.headers,
+            "Content-Type": "multipart/form-data; boundary=b",
+            "Content-Encoding": "gzip",
+        },
+        content=gzip.compress(body),
+    )
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    assert "Content-Encoding 'gzip'" in response.json()["detail"]
+    assert staged_tasks(stack) <= before
+
+
 async def test_batch_of_many_fields_and_no_file_is_a_short_422(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
@@ -389,6 +414,41 @@ async def test_upload_filename_is_cleaned_for_display(
     )
     assert response.status_code == 202, response.text
     assert response.json()["filename"] == "passwd.txt"
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        # .NET's MultipartFormDataContent: `filename` MIME-encoded, `filename*` as RFC 5987.
+        b'name="file"; filename="=?utf-8?B?csOpc3Vtw6kubWQ=?="; '
+        b"filename*=utf-8''r%C3%A9sum%C3%A9.md",
+        b"name=\"file\"; filename*=UTF-8''r%C3%A9sum%C3%A9.md",
+        b"name=\"file\"; filename*=iso-8859-1'fr'r%E9sum%E9.md",
+        b'name="file"; filename="r\xc3\xa9sum\xc3\xa9.md"',
+    ],
+    ids=["dotnet", "extended-only", "extended-latin-1", "plain-utf-8"],
+)
+async def test_upload_filename_given_as_rfc_5987_is_read(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, disposition: bytes
+) -> None:
+    """Some clients send the name as `filename*=UTF-8''…` (RFC 5987), alone or beside a
+    MIME-encoded `filename`: it showed as "upload" or "=?utf-8?B?…?=", and a Markdown file
+    lost the extension that tells it from text."""
+    boundary = "rfc5987"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; ".encode()
+        + disposition
+        + f"\r\n\r\n# Title\n\nSome *text*.\r\n--{boundary}--\r\n".encode()
+    )
+    response = await http.post(
+        upload_url(tenant),
+        headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=body,
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["filename"] == "résumé.md"
+    description = await stack.client.get_workflow_handle(response.json()["task_id"]).describe()
+    assert (await description.memo())[MEMO_TASK]["format"] == "markdown"
 
 
 async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
