@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from core.db import create_engine, create_sessionmaker, resolve_database_url
 from core.errors import NotFound
-from core.keys import NewKey, create_key, owner_for_key
+from core.keys import KEY_SCHEME, NewKey, create_key, lookup_prefix, owner_for_key
 from core.models import Agent, ApiKey, Owner
 from core.settings import Settings
 
@@ -24,6 +24,35 @@ async def create_api_key(settings: Settings, name: str, owner: uuid.UUID | None)
             if owner is not None and await session.get(Owner, owner) is None:
                 raise NotFound(f"no owner {owner}: `docingest keys list` shows the owners")
             return await create_key(session, name, owner)
+    finally:
+        await engine.dispose()
+
+
+async def revoke_api_key(settings: Settings, given: str) -> KeyListing:
+    """Delete the key `given` names (the key, or its prefix as `keys list` prints it); the
+    owner and its agents and documents stay, for another key of the owner."""
+    prefix = lookup_prefix(given)
+    if prefix is None:
+        raise NotFound(
+            f"{given[:40]!r} names no key: give the key, or its prefix as `docingest keys list` "
+            f"prints it ({KEY_SCHEME}_ and 12 characters)"
+        )
+    engine = create_engine(resolve_database_url(settings), pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            revoked = (
+                await session.execute(
+                    delete(ApiKey)
+                    .where(ApiKey.prefix == prefix)
+                    .returning(ApiKey.owner_id, ApiKey.name, ApiKey.prefix, ApiKey.created_at)
+                )
+            ).first()
+            if revoked is None:
+                raise NotFound(
+                    f"no key {KEY_SCHEME}_{prefix}…: `docingest keys list` shows the keys"
+                )
+            owner_name = await session.scalar(select(Owner.name).where(Owner.id == revoked[0]))
+            return KeyListing(revoked[0], owner_name or "", revoked[1], revoked[2], revoked[3])
     finally:
         await engine.dispose()
 

@@ -101,6 +101,20 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    from cli.bootstrap import revoke_api_key
+    from core.durations import describe_duration
+    from core.keys import KEY_SCHEME
+
+    key = asyncio.run(revoke_api_key(settings, args.key))
+    print(
+        f"revoked key {key.name!r} ({KEY_SCHEME}_{key.prefix}…) of owner {key.owner_id}; API "
+        f"processes refuse it within DOCINGEST_KEY_CACHE_TTL "
+        f"({describe_duration(settings.key_cache_ttl)})",
+        file=sys.stderr,
+    )
+
+
 def cmd_models_build(settings: Settings, args: argparse.Namespace) -> None:
     from activities.embed import bundled_model_path
     from activities.onnx_int8 import int8_model_file
@@ -169,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.add_parser(
         "list", help="list the keys (name and prefix, never the key) with their owner ids"
     ).set_defaults(run=cmd_keys_list)
+    revoke = key_commands.add_parser(
+        "revoke",
+        help="delete a key, named by its prefix as `keys list` prints it (or the key itself); "
+        "its owner's agents and documents stay",
+    )
+    revoke.add_argument("key", help="the key's prefix (dik_AbCdEfGhIjKl…) or the key")
+    revoke.set_defaults(run=cmd_keys_revoke)
     models = commands.add_parser("models", help="prepare model files")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     model_commands.add_parser(

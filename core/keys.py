@@ -32,6 +32,17 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def lookup_prefix(given: str) -> str | None:
+    """The lookup prefix a person gives to name a key: the key itself, or its prefix as
+    `docingest keys list` prints it (`dik_AbC…`, with or without the scheme and the ellipsis);
+    None when it cannot name one."""
+    text = given.strip().removesuffix("…").removesuffix("...")
+    secret = text.partition("_")[2] if text.startswith(f"{KEY_SCHEME}_") else text
+    if len(secret) < _PREFIX_LENGTH or not set(secret) <= _SECRET_ALPHABET:
+        return None
+    return secret[:_PREFIX_LENGTH]
+
+
 def _prefix(key: str) -> str | None:
     """The lookup prefix of a well-formed key; None for anything `create_key` cannot have made
     (answered 401 without a query: a NUL, say, would make PostgreSQL fail the lookup)."""

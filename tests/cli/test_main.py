@@ -69,6 +69,43 @@ async def test_cli_keys_list_names_the_owner_a_second_key_can_join(
     )
 
 
+async def test_cli_keys_revoke_deletes_the_key_named_by_its_listed_prefix(
+    stack: Stack, database_url: str
+) -> None:
+    """A leaked key is revoked by the prefix `keys list` prints; the owner keeps its data and
+    its other keys."""
+    env = {"DOCINGEST_DATABASE_URL": database_url}
+    leaked = run_cli("keys", "create", "--name", "leaked", env=env).stdout.strip()
+    async with stack.sessionmaker() as session:
+        owner = await owner_for_key(session, leaked)
+    assert owner is not None
+    kept = run_cli("keys", "create", "--name", "kept", "--owner", str(owner), env=env)
+    listed = run_cli("keys", "list", env=env).stdout
+    prefix = next(line.split("\t")[3] for line in listed.splitlines() if "\tleaked\t" in line)
+
+    revoked = run_cli("keys", "revoke", prefix, env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stderr.strip().endswith(
+        f"revoked key 'leaked' ({prefix}) of owner {owner}; API processes refuse it within "
+        "DOCINGEST_KEY_CACHE_TTL (10 s)"
+    )
+    async with stack.sessionmaker() as session:
+        assert await owner_for_key(session, leaked) is None
+        assert await owner_for_key(session, kept.stdout.strip()) == owner
+    assert prefix not in run_cli("keys", "list", env=env).stdout
+
+    again = run_cli("keys", "revoke", leaked, env=env)  # the key itself names it too
+    nonsense = run_cli("keys", "revoke", "dik_short", env=env)
+    assert again.returncode == nonsense.returncode == 1
+    assert again.stderr.strip().endswith(
+        f"docingest keys: no key {prefix}: `docingest keys list` shows the keys"
+    )
+    assert nonsense.stderr.strip().endswith(
+        "docingest keys: 'dik_short' names no key: give the key, or its prefix as `docingest "
+        "keys list` prints it (dik_ and 12 characters)"
+    )
+
+
 def test_cli_migrate_twice_is_harmless(database_url: str) -> None:
     for _ in range(2):
         result = run_cli("migrate", env={"DOCINGEST_DATABASE_URL": database_url})
