@@ -33,7 +33,7 @@ from api.schemas import (
 from core.errors import InvalidRequest, NotFound
 from core.models import Agent, Document
 from core.temporal import AGENT_ID, OWNER_ID
-from workflows.types import AGENT_DELETED, WORKFLOW_NAME
+from workflows.types import AGENT_DELETED, WORKFLOW_NAME, Status
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,16 @@ async def delete_agent(
     # Documents, chunks and batches go in the same statement (ON DELETE CASCADE).
     async with sessionmaker.begin() as session:
         if parsed is not None:
-            # Whose staged uploads to remove. A task still running (storing a row now) is
-            # cancelled below, and removes its own.
+            # Whose staged uploads to remove: those of tasks that ended failed or error keep
+            # theirs for a retry (a complete or cancelled task removed its own, and one still
+            # running is cancelled below and removes its own). Not every document's: on S3,
+            # one request per document of an agent of thousands.
             task_ids = list(
                 await session.scalars(
                     select(Document.task_id).where(
-                        Document.agent_id == parsed, Document.owner_id == owner
+                        Document.agent_id == parsed,
+                        Document.owner_id == owner,
+                        Document.status.in_((Status.FAILED, Status.ERROR)),
                     )
                 )
             )

@@ -105,12 +105,12 @@ async def remove_staged_uploads(staging: StagingStore, task_ids: list[str]) -> N
 
     def remove_all() -> None:
         for task_id in task_ids:
-            staging.remove_task(task_id)
+            try:
+                staging.remove_task(task_id)
+            except OSError:  # the others are still removed
+                log.warning("could not remove the staged upload of %s", task_id, exc_info=True)
 
-    try:
-        await anyio.to_thread.run_sync(remove_all)
-    except OSError:
-        log.warning("could not remove the staged uploads of %s", task_ids[:10], exc_info=True)
+    await anyio.to_thread.run_sync(remove_all)
 
 
 async def _refuse_while_its_task_runs(
