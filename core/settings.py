@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     temporal_address: str | None = Field(
         default=None, description="host:port of an existing Temporal; unset means local dev."
     )
-    temporal_namespace: str = "default"
+    temporal_namespace: str = Field(default="default", min_length=1)
     temporal_port: int = Field(default=7233, ge=1, le=MAX_PORT)
     temporal_ui_port: int = Field(default=8233, ge=1, le=MAX_PORT)
     api_host: str = "127.0.0.1"

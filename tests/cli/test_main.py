@@ -170,6 +170,10 @@ def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
             "  DOCINGEST_TASK_QUEUE: String should have at least 1 character",
         ),
         (
+            {"DOCINGEST_TEMPORAL_NAMESPACE": ""},
+            "  DOCINGEST_TEMPORAL_NAMESPACE: String should have at least 1 character",
+        ),
+        (
             {"DOCINGEST_TEMPORAL_ADDRESS": "http://temporal 7233"},
             "  DOCINGEST_TEMPORAL_ADDRESS ('http://temporal 7233') must be HOST:PORT, "
             "e.g. temporal:7233",
