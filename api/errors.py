@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from psycopg.errors import UndefinedColumn, UndefinedTable
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
@@ -74,6 +75,24 @@ async def _database_error(request: Request, exc: Exception) -> Any:  # a Respons
     return JSONResponse(_body(DATABASE_UNAVAILABLE, "service_unavailable"), status_code=503)
 
 
+# The 503 of a database whose schema is older than the code (an API started before
+# `docingest migrate`, or a release deployed before its migration); /health says it too.
+SCHEMA_BEHIND = "its schema is not this release's: run `docingest migrate`"
+
+
+async def _schema_error(request: Request, exc: Exception) -> Any:  # a Response, or None
+    assert isinstance(exc, ProgrammingError)
+    if not isinstance(exc.orig, UndefinedTable | UndefinedColumn):
+        if isinstance(request, WebSocket):
+            raise exc  # left to the server, as the other unexpected errors of a WebSocket
+        return await _unexpected_error(request, exc)
+    log.error("database schema behind on %s %s: %s", _method(request), request.url.path, exc)
+    detail = f"The database is unavailable: {SCHEMA_BEHIND}"
+    if await _closed_websocket(request, detail):
+        return None
+    return JSONResponse(_body(detail, "service_unavailable"), status_code=503)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # HTTP only: Starlette leaves a WebSocket route's other errors to the server (logged, 1006).
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -133,6 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Connection-level failures (server down, restarting): a 503, not a 500.
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
+    app.add_exception_handler(ProgrammingError, _schema_error)
     app.add_exception_handler(DocingestError, _domain_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -20,6 +20,7 @@ from core.settings import MAX_PORT, Settings
 from core.temporal import TemporalUnreachable
 
 KEY_NAME_MAX = 200  # the `api_keys.name` and `owners.name` columns
+INTERRUPTED = 128 + 2  # the shell's exit status for a command stopped by SIGINT
 
 
 def port_number(value: str) -> int:
@@ -48,7 +49,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from cli.processes import interrupt_on_sigterm
     from core.db import resolve_database_url
+
+    # Until run_worker's own handlers take over (it is polling): Ctrl-C while it waited for
+    # Temporal or loaded the model was a two-part traceback, and SIGTERM killed it outright.
+    interrupt_on_sigterm()
 
     # Before the nice: an embedded PostgreSQL started here would inherit it for its whole
     # life, and it serves the API as well as this worker.
@@ -59,7 +65,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
         os.nice(settings.worker_nice)
     from worker.main import Role, run_worker
 
-    asyncio.run(run_worker(settings, Role(args.role)))
+    try:
+        asyncio.run(run_worker(settings, Role(args.role)))
+    except KeyboardInterrupt:
+        print("docingest worker: stopped during start-up", file=sys.stderr)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -218,7 +227,13 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    problem = run_command(settings, args)
+    try:
+        problem = run_command(settings, args)
+    except KeyboardInterrupt:
+        # A second Ctrl-C while `dev` or `temporal` stops its processes (they get SIGTERM as
+        # this one exits: dies_with_this_process), or one during any other command.
+        print(f"\ndocingest {args.command}: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     if problem is not None:
         # The failure's frames (asyncio's reference cycles among them) hold a Temporal client:
         # left to the interpreter's finalization, the SDK's threads crashed it there (SIGABRT

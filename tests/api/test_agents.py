@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import AsyncExitStack
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import make_url, text
 
+import migrations
 from api.app import create_app
 from api.json_body import MAX_JSON_BODY_BYTES, JsonBodyRoute
 from api.routes import agents, search
+from core.db import create_engine
 from core.settings import Settings
 from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
 
@@ -131,6 +138,61 @@ async def test_health_is_ok_when_everything_answers(http: httpx.AsyncClient) -> 
     response = await http.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "temporal": "ok"}
+
+
+@asynccontextmanager
+async def database_at(stack: Stack, revision: str | None) -> AsyncIterator[str]:
+    """A new database on the session's server, migrated up to `revision` (None: no schema)."""
+    assert stack.settings.database_url is not None
+    name = f"behind_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(stack.settings.database_url, pool_size=1)
+    server = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with server.connect() as connection:
+        await connection.execute(text(f"CREATE DATABASE {name}"))
+    url = make_url(stack.settings.database_url).set(database=name).render_as_string(False)
+    if revision is not None:
+        config = Config()
+        config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        await asyncio.to_thread(command.upgrade, config, revision)
+    try:
+        yield url
+    finally:
+        async with server.connect() as connection:
+            await connection.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        await engine.dispose()
+
+
+async def test_health_and_requests_say_run_migrate_when_the_schema_is_behind(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """An API started before `docingest migrate` (a fresh database, or a release whose
+    migration has not run yet): /health said 200 `ok` while every request was a 500
+    "Internal error", so a load balancer sent it traffic and the operator had no hint."""
+    for revision in (None, "0003"):
+        async with (
+            database_at(stack, revision) as url,
+            serve_app(create_app(stack_settings(stack, database_url=url))) as api,
+            httpx.AsyncClient(base_url=api, timeout=30) as http,
+        ):
+            health = await http.get("/health")
+            agents = await http.get("/agents", headers=tenant.headers)
+        assert health.status_code == 503, health.text
+        assert health.json() == {
+            "status": "unavailable",
+            "database": "unavailable",
+            "temporal": "ok",
+            "detail": "unavailable: database (its schema is not this release's: "
+            "run `docingest migrate`)",
+            "code": "service_unavailable",
+        }
+        if revision is None:
+            assert agents.status_code == 503, agents.text
+            assert agents.json() == {
+                "detail": "The database is unavailable: its schema is not this release's: "
+                "run `docingest migrate`",
+                "code": "service_unavailable",
+            }
 
 
 async def test_health_is_ok_while_busy_requests_hold_every_pooled_connection(

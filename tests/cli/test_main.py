@@ -217,6 +217,43 @@ def test_cli_worker_of_a_namespace_temporal_lacks_says_so_in_one_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_worker_stopped_while_it_waits_for_temporal_exits_in_one_line(
+    signum: signal.Signals,
+) -> None:
+    """Ctrl-C or SIGTERM while the worker waits for Temporal (up to 60 s; loading the model
+    is the same): Ctrl-C was a two-part traceback (CancelledError, then KeyboardInterrupt) and
+    SIGTERM killed it outright (-15). README: SIGINT or SIGTERM stops `docingest worker`."""
+    process = subprocess.Popen(
+        [DOCINGEST, "worker"],
+        env={
+            **os.environ,
+            "DOCINGEST_DATABASE_URL": unreachable_database_url(),
+            "DOCINGEST_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+            "DOCINGEST_LOG_LEVEL": "INFO",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    try:
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if "waiting for Temporal at" in line:
+                break
+        process.send_signal(signum)
+        seen.append(process.communicate(timeout=30)[1])
+    finally:
+        process.kill()
+    stderr = "".join(seen)
+    assert "Traceback" not in stderr, stderr
+    assert (process.returncode, stderr.splitlines()[-1]) == (
+        0,
+        "docingest worker: stopped during start-up",
+    ), stderr
+
+
 @pytest.mark.parametrize("name", ["", "   ", "x" * 201, "team\tb"])
 def test_cli_keys_create_refuses_a_name_it_cannot_store_or_list(
     stack: Stack, database_url: str, name: str
@@ -352,6 +389,32 @@ def test_cli_dev_killed_leaves_no_process_and_starts_again() -> None:
                 child.kill()
     process, _ = start_dev(home, ports)  # PostgreSQL, still running, is joined
     stop_dev(process, home)
+
+
+@pytest.mark.slow
+def test_cli_dev_ctrl_c_twice_stops_everything_without_a_traceback() -> None:
+    """A second Ctrl-C while dev stops its processes (the terminal sends it to the whole
+    group) printed a KeyboardInterrupt traceback over their logs, and dev died of SIGINT."""
+    home = private_home("dev-twice")
+    ports = {
+        "DOCINGEST_API_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
+    }
+    process, _ = start_dev(home, ports)
+    children = psutil.Process(process.pid).children(recursive=True)
+    log = home / "dev.log"
+    process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while "docingest dev: stopping" not in log.read_text():
+        assert time.monotonic() < deadline, _tail(log)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130, _tail(log)
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+    assert "Traceback" not in log.read_text(), _tail(log)
+    assert "docingest dev: interrupted" in log.read_text().splitlines(), _tail(log)
 
 
 def test_cli_temporal_killed_takes_its_server_along(tmp_path: Path) -> None:
