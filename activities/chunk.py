@@ -225,6 +225,13 @@ def _too_large(
             f"{overlap}, over the limit of {limit}; use a smaller chunk_overlap (without "
             f"overlap it makes {without_overlap}), a larger chunk_size, or split it"
         )
+    elif budget is not None and _count_chunks(text, size, 0, limit + 1, None) <= limit:
+        # The model's window, not chunk_size, makes the chunks: a larger one changes nothing.
+        message = (
+            f"the document makes {chunks} chunks, over the limit of {limit}: the embedding "
+            f"model reads {budget.limit} tokens of a chunk, which cuts its chunks shorter than "
+            f"{size} characters; split it"
+        )
     else:
         message = (
             f"the document makes {chunks} chunks of {size} characters, over the limit of "

@@ -170,13 +170,35 @@ def _page_with_annotations_drawn(document: pdfium.PdfDocument, index: int) -> pd
     not read, so a form's answers were left out. PDFium reads a flattened page's content only
     when it loads the page again."""
     page = document[index]
-    if pdfium_c.FPDFPage_GetAnnotCount(page) == 0:
+    if not _shows_annotations(page):
         return page
     flattened = pdfium_c.FPDFPage_Flatten(page, pdfium_c.FLAT_NORMALDISPLAY)
-    if flattened != pdfium_c.FLATTEN_SUCCESS:  # nothing shown (links), or it failed: as it was
+    if flattened != pdfium_c.FLATTEN_SUCCESS:  # nothing shown, or it failed: as it was
         return page
     page.close()
     return document[index]
+
+
+# Annotations that may draw text: a form field's value, a free-text note, a stamp. The others
+# (links, highlights, pop-ups, ink) draw none, and flattening costs: PDFium flattens a link too
+# (FLATTEN_SUCCESS), which copies the page's content uncompressed into the document until it
+# closes: a PDF linked on every page took 1.5-2.7 times the CPU, and memory growing with its
+# pages (until the reader crashed at DOCINGEST_EXTRACT_MEMORY_LIMIT_MIB).
+_SHOW_TEXT = frozenset(
+    {pdfium_c.FPDF_ANNOT_WIDGET, pdfium_c.FPDF_ANNOT_FREETEXT, pdfium_c.FPDF_ANNOT_STAMP}
+)
+
+
+def _shows_annotations(page: pdfium.PdfPage) -> bool:
+    """Whether the page has an annotation that may draw text: a form field, a note, a stamp."""
+    for number in range(pdfium_c.FPDFPage_GetAnnotCount(page)):
+        annotation = pdfium_c.FPDFPage_GetAnnot(page, number)
+        try:
+            if pdfium_c.FPDFAnnot_GetSubtype(annotation) in _SHOW_TEXT:
+                return True
+        finally:
+            pdfium_c.FPDFPage_CloseAnnot(annotation)
+    return False
 
 
 def extract_docx(data: bytes) -> str:

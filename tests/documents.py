@@ -212,6 +212,31 @@ def pdf_of_content(content: bytes, pages: int = 1, media_box: bytes = b"[0 0 612
     )
 
 
+def make_linked_pdf(pages: int, content_mib: float) -> bytes:
+    """A PDF whose pages each say "ab" and link to a web site (a Link annotation), with a
+    content stream of their own padded by a comment to `content_mib` MiB (a few KiB
+    compressed): the content of a page of drawings, which PDFium reads page after page."""
+    padding = b"%" + b"x" * int(content_mib * 1024 * 1024) + b"\n"
+    stream = zlib.compress(b"BT /F1 12 Tf 10 10 Td (ab) Tj ET\n" + padding, 9)
+    first = 4  # objects 1-3: the catalog, the page tree and the font
+    kids = b" ".join(b"%d 0 R" % (first + 3 * page) for page in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, pages),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for page in range(pages):
+        content, link = first + 3 * page + 1, first + 3 * page + 2
+        objects += [
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Annots [%d 0 R] >>" % (content, link),
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%b\nendstream" % (len(stream), stream),
+            b"<< /Type /Annot /Subtype /Link /Rect [10 10 60 30] /Border [0 0 0] "
+            b"/A << /S /URI /URI (https://example.com/) >> >>",
+        ]
+    return build_pdf(objects)
+
+
 def docx_with_notes(document_xml: bytes, footnotes_xml: bytes, endnotes_xml: bytes) -> bytes:
     """A real DOCX with `document_xml` as its body and footnote and endnote parts, as Word
     writes them (related from the document, with their content types)."""

@@ -468,6 +468,24 @@ def test_write_shards_gives_the_usual_advice_when_too_large_without_overlap_too(
     )
 
 
+def test_write_shards_too_large_for_the_models_window_says_so(tmp_path: Path) -> None:
+    """Chunks of 4000 characters of English are cut at the model's 256 tokens (~1000
+    characters): 8 chunks of text make 27, past a limit of 20. The refusal said "27 chunks of
+    4000 characters" and "use a larger chunk_size", which changes nothing."""
+    budget = model_token_budget(bundled_model_path())
+    text = lorem(400, seed=3)
+    assert len(split_text(text, 4000, 0)) <= 20
+    task = limited_task(text, 4000, 0, max_chunks=20)
+    staging = StagingStore(str(tmp_path))
+    with pytest.raises(ApplicationError) as refused:
+        ChunkActivities(staging, budget).write_shards(task, text, None)
+    assert refused.value.type == FailureType.DOCUMENT_TOO_LARGE
+    assert refused.value.message == (
+        "the document makes 27 chunks, over the limit of 20: the embedding model reads 256 "
+        "tokens of a chunk, which cuts its chunks shorter than 4000 characters; split it"
+    )
+
+
 def test_write_shards_at_the_limit_writes_the_chunks_of_split_text(tmp_path: Path) -> None:
     text = lorem(200, seed=13)
     chunks = split_text(text, 200, 100)

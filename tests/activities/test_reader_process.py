@@ -23,6 +23,7 @@ from core.formats import DocumentFormat
 from tests.documents import (
     docx_with_body,
     make_docx,
+    make_linked_pdf,
     make_memory_hungry_pdf,
     make_pdf,
     make_slow_pdf,
@@ -146,6 +147,16 @@ def test_a_pdf_that_needs_more_memory_than_the_limit_is_retried_once_then_refuse
     ), second.value.message
     # The limit, not the file: under the default limit it reads.
     assert read_in_child(hungry, DocumentFormat.PDF, ROOMY, lambda _: None).text == "ab"
+
+
+def test_a_pdf_linked_on_every_page_reads_in_the_memory_its_pages_take() -> None:
+    # 20 pages of 8 MiB of content, a link on each: a link shows no text, and flattening it
+    # (to read a form's values) kept each page's content, uncompressed, until the document
+    # closed: 160 MiB and more, and the reader crashed at a 128 MiB limit after 13 pages.
+    linked = make_linked_pdf(pages=20, content_mib=8)
+    capped = ReaderLimits(60, 128)
+    extracted = read_in_child(linked, DocumentFormat.PDF, capped, lambda _: None, attempt=2)
+    assert extracted.text == "\n\n".join(["ab"] * 20)
 
 
 def test_a_word_file_that_needs_more_memory_than_the_limit_is_too_large() -> None:
