@@ -48,9 +48,12 @@ def run_dev(settings: Settings) -> int:
         upgrade_to_head(database_url)
         credentials = asyncio.run(_prepare(settings, temporal_address, database_url))
         with _child("worker", env) as worker, _child("api", env) as api:
-            _wait_healthy(settings, [worker, api])
-            asyncio.run(_wait_polling(settings, temporal_address, [worker, api]))
-            _print_banner(settings, credentials)
+            try:
+                _wait_healthy(settings, [worker, api])
+                asyncio.run(_wait_polling(settings, temporal_address, [worker, api]))
+                _print_banner(settings, credentials)
+            except KeyboardInterrupt:  # Ctrl-C before (or while) the banner is printed
+                return _stopping()
             return _wait_for_exit([worker, api])
 
 
@@ -128,10 +131,14 @@ def _wait_for_exit(children: list[subprocess.Popen[bytes]]) -> int:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("\ndocingest dev: stopping…", file=sys.stderr)
-        return 0
+        return _stopping()
     print("docingest dev: a process exited; stopping the others", file=sys.stderr)
     return 1
+
+
+def _stopping() -> int:
+    print("\ndocingest dev: stopping…", file=sys.stderr)
+    return 0
 
 
 def _print_banner(settings: Settings, credentials: DevCredentials) -> None:
