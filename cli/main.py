@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    if settings.log_level.upper() != "DEBUG":
+        # A dozen INFO lines per migrate (or dev start): plugins set up, the DDL mode, each
+        # revision; `migrate` says in one line that the schema is up to date.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         problem = run_command(settings, args)
     except KeyboardInterrupt:
