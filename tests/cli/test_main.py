@@ -277,6 +277,15 @@ def test_cli_api_refuses_a_port_out_of_range() -> None:
     )
 
 
+def dev_ports() -> dict[str, str]:
+    """Free ports for a `docingest dev` of a test's own."""
+    return {
+        "DOCINGEST_API_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
+        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
+    }
+
+
 def start_dev(home: Path, ports: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     """Start `docingest dev`; return it and its banner once it printed one."""
     env = {**os.environ, "DOCINGEST_HOME": str(home), **ports}
@@ -322,11 +331,7 @@ def stop_dev(process: subprocess.Popen[str], home: Path) -> None:
 @pytest.mark.slow
 def test_cli_dev_prints_a_curl_that_works_and_keeps_state() -> None:
     tmp_path = private_home("dev")
-    ports = {
-        "DOCINGEST_API_PORT": str(free_port()),
-        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
-        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
-    }
+    ports = dev_ports()
     process, banner = start_dev(tmp_path, ports)
     try:
         upload = next(line for line in banner.splitlines() if "-F" in line)
@@ -371,11 +376,7 @@ def test_cli_dev_killed_leaves_no_process_and_starts_again() -> None:
     """SIGKILL (the OOM killer, `kill -9`) runs no `finally`: the children must go anyway,
     else they keep the ports and the next `docingest dev` refuses to start."""
     home = private_home("dev-kill")
-    ports = {
-        "DOCINGEST_API_PORT": str(free_port()),
-        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
-        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
-    }
+    ports = dev_ports()
     process, _ = start_dev(home, ports)
     children = psutil.Process(process.pid).children(recursive=True)
     try:
@@ -396,11 +397,7 @@ def test_cli_dev_ctrl_c_twice_stops_everything_without_a_traceback() -> None:
     """A second Ctrl-C while dev stops its processes (the terminal sends it to the whole
     group) printed a KeyboardInterrupt traceback over their logs, and dev died of SIGINT."""
     home = private_home("dev-twice")
-    ports = {
-        "DOCINGEST_API_PORT": str(free_port()),
-        "DOCINGEST_TEMPORAL_PORT": str(free_port()),
-        "DOCINGEST_TEMPORAL_UI_PORT": str(free_port()),
-    }
+    ports = dev_ports()
     process, _ = start_dev(home, ports)
     children = psutil.Process(process.pid).children(recursive=True)
     log = home / "dev.log"
