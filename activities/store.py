@@ -28,6 +28,7 @@ from activities.embed import from_npy, vectors_name
 from activities.errors import refusal, staging_missing
 from activities.heartbeats import heartbeat_interval_s
 from activities.vectors import Vectors
+from core.db import violates
 from core.dedup import StoredCopy, settled, stored_copy
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
@@ -229,7 +230,7 @@ class StoreActivities:
                 await _drop_unstored_row(session, task)
         if existing is not None:
             return existing
-        if _violates(exc, "fk"):
+        if violates(exc, "fk"):
             raise agent_deleted(task) from exc
         raise exc
 
@@ -263,7 +264,7 @@ class StoreActivities:
                 )
                 await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
         except IntegrityError as exc:
-            if not _violates(exc, "fk"):
+            if not violates(exc, "fk"):
                 raise
             # The agent was deleted meanwhile: its documents are gone, nothing to record, and
             # the task can never be retried (409), so its staged upload goes now rather than
@@ -335,12 +336,6 @@ def agent_deleted(task: IngestTask) -> ApplicationError:
         type=FailureType.AGENT_DELETED,
         non_retryable=True,
     )
-
-
-def _violates(exc: IntegrityError, kind: str) -> bool:
-    """Whether a constraint of this kind (`fk` for foreign keys, `uq` for unique) failed."""
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    return sqlstate == {"fk": "23503", "uq": "23505"}[kind]
 
 
 def _rows(document_id: uuid.UUID, shards: list[Shard]) -> Iterator[tuple[Any, ...]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -60,3 +61,9 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def violates(exc: IntegrityError, kind: str) -> bool:
+    """Whether a constraint of this kind (`fk` for foreign keys, `uq` for unique) failed."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate == {"fk": "23503", "uq": "23505"}[kind]

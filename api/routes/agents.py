@@ -188,19 +188,27 @@ async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: u
                 execution
                 async for execution in temporal.list_workflows(query, rpc_timeout=_CANCEL_DEADLINE)
             ]
-            results = await asyncio.gather(
-                *(
-                    temporal.get_workflow_handle(execution.id, run_id=execution.run_id).cancel(
-                        reason=AGENT_DELETED, rpc_timeout=_CANCEL_DEADLINE
-                    )
-                    for execution in executions
-                ),
-                return_exceptions=True,
+            await cancel_for_deleted_agent(
+                temporal, [(execution.id, execution.run_id) for execution in executions]
             )
     # Any failure (unreachable, timeout, RPC error): the deletion stands and is answered 204.
     except Exception:
         log.warning("could not cancel the running uploads of agent %s", agent_id, exc_info=True)
-        return
-    for execution, result in zip(executions, results, strict=True):
+
+
+async def cancel_for_deleted_agent(temporal: Client, runs: list[tuple[str, str | None]]) -> None:
+    """Cancel these uploads (task id, run id or None for the latest) of a deleted agent, with
+    that reason; a failure is only logged (a task missed stops at its store step, which finds
+    no agent)."""
+    results = await asyncio.gather(
+        *(
+            temporal.get_workflow_handle(task_id, run_id=run_id).cancel(
+                reason=AGENT_DELETED, rpc_timeout=_CANCEL_DEADLINE
+            )
+            for task_id, run_id in runs
+        ),
+        return_exceptions=True,
+    )
+    for (task_id, _), result in zip(runs, results, strict=True):
         if isinstance(result, Exception):
-            log.warning("could not cancel upload %s", execution.id, exc_info=result)
+            log.warning("could not cancel upload %s", task_id, exc_info=result)

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections import Counter
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -32,6 +30,7 @@ from api.ingest_start import (
     chunking,
 )
 from api.ownership import owned_row
+from api.routes.agents import cancel_for_deleted_agent
 from api.routes.uploads import (
     MULTIPART_BODY,
     UPLOAD_ERRORS,
@@ -51,18 +50,14 @@ from api.schemas import (
 from api.task_status import describe_owned, list_tasks, record_status, render_with_reason
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, kept_fresh, receive_files
+from core.db import violates
 from core.errors import DocingestError, InvalidRequest, NotFound
 from core.models import Document, UploadBatch
 from core.staging import ORIGINAL
 from core.temporal import BATCH_ID, OWNER_ID
-from workflows.types import AGENT_DELETED, WORKFLOW_NAME
-
-log = logging.getLogger(__name__)
+from workflows.types import WORKFLOW_NAME
 
 router = APIRouter(prefix="/upload", tags=["batches"], responses={401: {"model": ErrorBody}})
-
-_FOREIGN_KEY_VIOLATION = "23503"  # PostgreSQL's SQLSTATE
-_CANCEL_DEADLINE = timedelta(seconds=5)
 
 
 def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
@@ -157,33 +152,16 @@ async def upload_batch(
                 )
             )
     except IntegrityError as exc:
-        if getattr(exc.orig, "sqlstate", None) != _FOREIGN_KEY_VIOLATION:
+        if not violates(exc, "fk"):
             raise
         # The agent was deleted while the batch came in, after its tasks were looked up and
         # before they started: its delete could not cancel them. They are cancelled here, as
         # it cancels those it finds, and remove their staged files.
-        await _cancel_tasks(temporal, task_ids)
+        await cancel_for_deleted_agent(temporal, [(task_id, None) for task_id in task_ids])
         raise NotFound(
             f"Agent {agent} not found: it was deleted while the batch was received"
         ) from exc
     return BatchAccepted(batch_id=batch_id, tasks=list(entries))
-
-
-async def _cancel_tasks(temporal: Client, task_ids: list[str]) -> None:
-    """Cancel these tasks of a deleted agent; failures are only logged (a task missed stops
-    at its store step, which finds no agent)."""
-    results = await asyncio.gather(
-        *(
-            temporal.get_workflow_handle(task_id).cancel(
-                reason=AGENT_DELETED, rpc_timeout=_CANCEL_DEADLINE
-            )
-            for task_id in task_ids
-        ),
-        return_exceptions=True,
-    )
-    for task_id, result in zip(task_ids, results, strict=True):
-        if isinstance(result, Exception):
-            log.warning("could not cancel upload %s", task_id, exc_info=result)
 
 
 def _stored_rejection(entry: UploadRejected) -> dict[str, object]:
