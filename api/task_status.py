@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -126,14 +126,8 @@ async def list_tasks(
         if filtered:
             found = await _unsuperseded(client, owner_id, found)
         latest.update(found)
-    memos = [dict(await execution.memo()) for execution in latest.values()]
-    return list(
-        await asyncio.gather(
-            *(
-                render_with_reason(client, execution, memo)
-                for execution, memo in zip(latest.values(), memos, strict=True)
-            )
-        )
+    return await render_all(
+        client, [(execution, dict(await execution.memo())) for execution in latest.values()]
     )
 
 
@@ -168,6 +162,15 @@ async def _unsuperseded(
             if other.run_id != listed.run_id and other.start_time > listed.start_time:
                 superseded.add(other.id)
     return {task_id: run for task_id, run in runs.items() if task_id not in superseded}
+
+
+async def render_all(
+    client: Client, runs: Sequence[tuple[WorkflowExecution, Mapping[str, Any]]]
+) -> list[TaskStatus]:
+    """`render_with_reason` of each run and its memo, at once."""
+    return list(
+        await asyncio.gather(*(render_with_reason(client, run, memo) for run, memo in runs))
+    )
 
 
 async def render_with_reason(

@@ -47,7 +47,7 @@ from api.schemas import (
     UploadAccepted,
     UploadRejected,
 )
-from api.task_status import describe_owned, list_tasks, record_status, render_with_reason
+from api.task_status import describe_owned, list_tasks, record_status, render_all
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, kept_fresh, receive_files
 from core.db import violates
@@ -248,11 +248,4 @@ async def _described(
     that had started, and the batch listed those files nowhere."""
     missing = [task_id for task_id in batch.task_ids if task_id not in listed]
     found = await asyncio.gather(*(describe_owned(temporal, owner, task_id) for task_id in missing))
-    return list(
-        await asyncio.gather(
-            *(
-                render_with_reason(temporal, description, memo)
-                for description, memo in filter(None, found)
-            )
-        )
-    )
+    return await render_all(temporal, [run for run in found if run is not None])
