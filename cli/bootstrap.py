@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.db import create_engine, create_sessionmaker, resolve_database_url
 from core.errors import NotFound
@@ -17,15 +20,22 @@ from core.models import Agent, ApiKey, Owner
 from core.settings import Settings
 
 
-async def create_api_key(settings: Settings, name: str, owner: uuid.UUID | None) -> NewKey:
+@asynccontextmanager
+async def _transaction(settings: Settings) -> AsyncIterator[AsyncSession]:
+    """One transaction of a `keys` command, on an engine of its own, disposed of after."""
     engine = create_engine(resolve_database_url(settings), pool_size=1)
     try:
         async with create_sessionmaker(engine).begin() as session:
-            if owner is not None and await session.get(Owner, owner) is None:
-                raise NotFound(f"no owner {owner}: `docingest keys list` shows the owners")
-            return await create_key(session, name, owner)
+            yield session
     finally:
         await engine.dispose()
+
+
+async def create_api_key(settings: Settings, name: str, owner: uuid.UUID | None) -> NewKey:
+    async with _transaction(settings) as session:
+        if owner is not None and await session.get(Owner, owner) is None:
+            raise NotFound(f"no owner {owner}: `docingest keys list` shows the owners")
+        return await create_key(session, name, owner)
 
 
 async def revoke_api_key(settings: Settings, given: str) -> KeyListing:
@@ -37,24 +47,18 @@ async def revoke_api_key(settings: Settings, given: str) -> KeyListing:
             f"{given[:40]!r} names no key: give the key, or its prefix as `docingest keys list` "
             f"prints it ({KEY_SCHEME}_ and 12 characters)"
         )
-    engine = create_engine(resolve_database_url(settings), pool_size=1)
-    try:
-        async with create_sessionmaker(engine).begin() as session:
-            revoked = (
-                await session.execute(
-                    delete(ApiKey)
-                    .where(ApiKey.prefix == prefix)
-                    .returning(ApiKey.owner_id, ApiKey.name, ApiKey.prefix, ApiKey.created_at)
-                )
-            ).first()
-            if revoked is None:
-                raise NotFound(
-                    f"no key {KEY_SCHEME}_{prefix}…: `docingest keys list` shows the keys"
-                )
-            owner_name = await session.scalar(select(Owner.name).where(Owner.id == revoked[0]))
-            return KeyListing(revoked[0], owner_name or "", revoked[1], revoked[2], revoked[3])
-    finally:
-        await engine.dispose()
+    async with _transaction(settings) as session:
+        revoked = (
+            await session.execute(
+                delete(ApiKey)
+                .where(ApiKey.prefix == prefix)
+                .returning(ApiKey.owner_id, ApiKey.name, ApiKey.prefix, ApiKey.created_at)
+            )
+        ).first()
+        if revoked is None:
+            raise NotFound(f"no key {KEY_SCHEME}_{prefix}…: `docingest keys list` shows the keys")
+        owner_name = await session.scalar(select(Owner.name).where(Owner.id == revoked[0]))
+        return KeyListing(revoked[0], owner_name or "", revoked[1], revoked[2], revoked[3])
 
 
 @dataclass(frozen=True)
@@ -68,17 +72,13 @@ class KeyListing:
 
 async def list_api_keys(settings: Settings) -> list[KeyListing]:
     """Every key (never the key itself: its name and lookup prefix), with its owner."""
-    engine = create_engine(resolve_database_url(settings), pool_size=1)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            rows = await session.execute(
-                select(Owner.id, Owner.name, ApiKey.name, ApiKey.prefix, ApiKey.created_at)
-                .join(ApiKey, ApiKey.owner_id == Owner.id)
-                .order_by(Owner.created_at, Owner.id, ApiKey.created_at)
-            )
-            return [KeyListing(*row) for row in rows]
-    finally:
-        await engine.dispose()
+    async with _transaction(settings) as session:
+        rows = await session.execute(
+            select(Owner.id, Owner.name, ApiKey.name, ApiKey.prefix, ApiKey.created_at)
+            .join(ApiKey, ApiKey.owner_id == Owner.id)
+            .order_by(Owner.created_at, Owner.id, ApiKey.created_at)
+        )
+        return [KeyListing(*row) for row in rows]
 
 
 @dataclass
