@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from core.embedded import embedded_postgres_url
-from core.settings import Settings
+from core.settings import PSYCOPG_DRIVERS, Settings
 
 
 def resolve_database_url(settings: Settings) -> str:
@@ -25,7 +25,7 @@ def resolve_database_url(settings: Settings) -> str:
 def normalize_url(url: str) -> str:
     """Use the psycopg 3 driver whatever scheme the user wrote."""
     parsed = make_url(url)
-    if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg2"}:
+    if parsed.drivername in PSYCOPG_DRIVERS:
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
 

@@ -23,7 +23,7 @@ MODEL_FILES = ("modules.json", "config.json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # host:port, the host a name, an IPv4 address or a bracketed IPv6 one (the SDK's form).
 TEMPORAL_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$", re.ASCII)
-# The PostgreSQL URLs `core.db.normalize_url` turns into psycopg 3 ones; another driver's
+# The PostgreSQL URLs `core.db.normalize_url` makes psycopg 3 ones; another driver's
 # (`postgresql+asyncpg://`) failed at the first connection on a module that is not installed.
 PSYCOPG_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")
 
