@@ -70,9 +70,7 @@ DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
 
 async def _database_error(request: Request, exc: Exception) -> Any:  # a Response, or None
     log.warning("database unavailable on %s %s: %s", _method(request), request.url.path, exc)
-    if await _closed_websocket(request, DATABASE_UNAVAILABLE):
-        return None
-    return JSONResponse(_body(DATABASE_UNAVAILABLE, "service_unavailable"), status_code=503)
+    return await _unavailable(request, DATABASE_UNAVAILABLE)
 
 
 # The 503 of a database whose schema is older than the code (an API started before
@@ -87,7 +85,11 @@ async def _schema_error(request: Request, exc: Exception) -> Any:  # a Response,
             raise exc  # left to the server, as the other unexpected errors of a WebSocket
         return await _unexpected_error(request, exc)
     log.error("database schema behind on %s %s: %s", _method(request), request.url.path, exc)
-    detail = f"The database is unavailable: {SCHEMA_BEHIND}"
+    return await _unavailable(request, f"The database is unavailable: {SCHEMA_BEHIND}")
+
+
+async def _unavailable(request: Request, detail: str) -> JSONResponse | None:
+    """The 503 saying `detail`; for a WebSocket, its close with 1011 and `detail` (None)."""
     if await _closed_websocket(request, detail):
         return None
     return JSONResponse(_body(detail, "service_unavailable"), status_code=503)
