@@ -11,6 +11,8 @@ from pathlib import PurePosixPath
 from typing import BinaryIO
 from xml.etree import ElementTree
 
+import charset_normalizer
+
 SNIFF_BYTES = 8192
 _MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
 _HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
@@ -195,7 +197,8 @@ def _looks_like_html(text: str) -> bool:
 
 
 def detect_encoding(data: bytes) -> tuple[str, int]:
-    """Return (codec, bytes to skip) for `data`: BOM, then NUL-rich UTF-16, UTF-8, cp1252."""
+    """Return (codec, bytes to skip) for `data`: BOM, then NUL-rich UTF-16, UTF-8, then a
+    legacy encoding (`legacy_encoding`)."""
     for bom, codec in _BOMS:
         if data.startswith(bom):
             return codec, len(bom)
@@ -207,7 +210,115 @@ def detect_encoding(data: bytes) -> tuple[str, int]:
         return ("utf-16-be" if zeros_even > zeros_odd else "utf-16-le"), 0
     if _utf8_prefix_ok(sample):
         return "utf-8", 0
-    return "cp1252", 0
+    return legacy_encoding(sample, truncated=len(data) > len(sample)), 0
+
+
+# The legacy encodings a file that is not UTF-8 is read in, besides cp1252: those of CJK
+# scripts and of single-byte non-Latin scripts, as charset_normalizer names them, each mapped
+# to the superset that Windows (which wrote most such files) and browsers decode.
+_LEGACY_CODECS = {
+    "gb18030": "gb18030",
+    "gbk": "gb18030",
+    "gb2312": "gb18030",
+    "big5": "cp950",
+    "cp950": "cp950",
+    "big5hkscs": "big5hkscs",
+    "cp932": "cp932",
+    "shift_jis": "cp932",
+    "shift_jis_2004": "cp932",
+    "shift_jisx0213": "cp932",
+    "euc_jp": "euc_jp",
+    "euc_jis_2004": "euc_jp",
+    "euc_jisx0213": "euc_jp",
+    "cp949": "cp949",
+    "euc_kr": "cp949",
+    "cp1251": "cp1251",
+    "mac_cyrillic": "cp1251",
+    "koi8_r": "koi8_r",
+    "koi8_u": "koi8_u",
+    "iso8859_5": "iso8859_5",
+    "cp866": "cp866",
+    "cp1253": "cp1253",
+    "iso8859_7": "iso8859_7",
+    "cp1255": "cp1255",
+    "iso8859_8": "iso8859_8",
+    "cp1256": "cp1256",
+    "iso8859_6": "iso8859_6",
+    "cp874": "cp874",
+    "tis_620": "cp874",
+}
+_SHIFT_JIS = ["cp932", "shift_jis", "shift_jis_2004", "shift_jisx0213"]
+_CYRILLIC = {"cp1251", "koi8_r", "koi8_u", "iso8859_5", "cp866"}
+# How many letters of a non-Latin script, in words of two or more, the guess must read before
+# it is believed: "Müller" read as GBK is one ideograph, and a line of symbols (° ± ½) read
+# as cp1251 is lone Cyrillic letters.
+_LEGACY_MIN_LETTERS = 4
+_NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*")
+
+
+def legacy_encoding(sample: bytes, *, truncated: bool) -> str:
+    """The encoding of text that is not UTF-8, guessed from a sample: a CJK or non-Latin
+    script's (GBK, Shift-JIS, Big5, EUC-KR, cp1251, ...) when charset_normalizer finds one
+    and the sample reads as words of that script, else cp1252, the most common legacy
+    encoding of Latin text (Latin-2 and the like are not told apart from it)."""
+    if b"\x00" in sample:
+        return "cp1252"  # binary: the caller refuses it
+    end = sample.rfind(b"\n")
+    if truncated and end > 0:
+        sample = sample[:end]  # a multi-byte character may span the cut, none a line end
+    # Only lines with non-ASCII bytes: a code file's few comments in GBK outweighed by its
+    # ASCII were guessed Latin.
+    lines = b"\n".join(_NON_ASCII_LINE.findall(sample))
+    matches = _charset_matches(lines)
+    if matches and _LEGACY_CODECS.get(matches[0].encoding) == "cp932":
+        decoded = lines.decode("cp932", errors="ignore")
+        if sum("\uff61" <= ch <= "\uff9f" for ch in decoded) * 2 > _script_letters(decoded):
+            # Half-width katakana, which Japanese prose hardly uses: single-byte text (KOI8-R
+            # Russian reads so in Shift-JIS).
+            matches = _charset_matches(lines, exclude=_SHIFT_JIS)
+    if not matches:
+        return "cp1252"
+    codec = _LEGACY_CODECS.get(matches[0].encoding)
+    if codec in _CYRILLIC:
+        # Short Russian text in cp1251 often scores as KOI8-R, which swaps the two cases:
+        # of the Cyrillic encodings that read it as cleanly, the one that reads the most
+        # lowercase letters is right.
+        clean = [
+            _LEGACY_CODECS[m.encoding]
+            for m in matches
+            if _LEGACY_CODECS.get(m.encoding) in _CYRILLIC and m.chaos <= matches[0].chaos
+        ]
+        codec = max(clean, key=lambda c: sum(ch.islower() for ch in lines.decode(c, "ignore")))
+    if codec is None or _script_letters(lines.decode(codec, errors="ignore")) < (
+        _LEGACY_MIN_LETTERS
+    ):
+        return "cp1252"
+    return codec
+
+
+def _charset_matches(
+    lines: bytes, exclude: list[str] | None = None
+) -> list[charset_normalizer.CharsetMatch]:
+    """charset_normalizer's guesses, best first; none when nothing decodes the sample."""
+    for cut in range(4):  # a sample with no line end may end inside a character
+        matches = list(
+            charset_normalizer.from_bytes(lines[: len(lines) - cut], cp_exclusion=exclude)
+        )
+        if matches:
+            return matches
+    return []
+
+
+def _script_letters(text: str) -> int:
+    """Letters past Latin (U+024F) that stand in runs of two or more."""
+    letters = run = 0
+    for ch in text:
+        if ord(ch) > 0x24F and ch.isalpha():
+            run += 1
+            letters += 2 if run == 2 else 1 if run > 2 else 0
+        else:
+            run = 0
+    return letters
 
 
 def _utf8_prefix_ok(sample: bytes) -> bool:
@@ -224,12 +335,16 @@ def decode_text(data: bytes) -> str:
     if codec == "utf-8":
         try:
             return data[skip:].decode("utf-8")
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as error:
             text = data[skip:].decode("utf-8", errors="replace")
             if _mostly_utf8(text):  # a UTF-8 file with a damaged byte or two
                 return text
-            # The first KiBs looked like UTF-8 but later bytes are not: a legacy encoding.
-            codec = "cp1252"
+            # The first KiBs looked like UTF-8 but later bytes are not: a legacy encoding,
+            # guessed from the text where they start.
+            start = data.rfind(b"\n", 0, skip + error.start) + 1
+            codec = legacy_encoding(
+                data[start : start + SNIFF_BYTES], truncated=start + SNIFF_BYTES < len(data)
+            )
     return data[skip:].decode(codec, errors="replace")
 
 
@@ -262,7 +377,7 @@ _CHARSET_SUPERSETS = {
 
 def decode_html(data: bytes) -> str:
     """Decode an HTML file: as `decode_text`, except that a page which is not UTF-8 and names
-    its encoding (windows-1251, Shift_JIS, ...) is read in that encoding, not as cp1252."""
+    its encoding (windows-1251, Shift_JIS, ...) is read in that encoding, not guessed."""
     declared = _declared_charset(data[:_HTML_CHARSET_PRESCAN])
     # A page declared UTF-8 that is not is most often windows-1252 (an editor's default):
     # `decode_text`'s fallback reads it, where decoding as declared replaced every accent.

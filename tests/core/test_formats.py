@@ -291,6 +291,71 @@ def test_decode_text_legacy_bytes_after_the_sniffed_head_fall_back_to_cp1252() -
     assert text == "a" * (SNIFF_BYTES + 10) + "caf\u00e9 tail"
 
 
+# Text in the legacy encodings Windows still writes for CJK and non-Latin scripts: it was
+# read as cp1252 (and Shift-JIS refused as binary), so every chunk was mojibake.
+LEGACY_TEXTS = {
+    "gbk": ("gb18030", "这是一份关于年度预算的报告。我们需要在下个月之前完成所有部门的审核工作。"),
+    "shift-jis": (
+        "cp932",
+        "これは年次予算に関する報告書です。来月までに全部門の審査を完了する必要があります。",
+    ),
+    "big5": ("cp950", "這是一份關於年度預算的報告。我們需要在下個月之前完成所有部門的審核工作。"),
+    "euc-kr": (
+        "cp949",
+        "이것은 연간 예산에 관한 보고서입니다. 다음 달까지 모든 부서의 검토를 완료해야 합니다.",
+    ),
+    "cp1251": ("cp1251", "Это отчёт о годовом бюджете. Нам нужно завершить проверку всех отделов."),  # noqa: RUF001
+    "cp1251-short": ("cp1251", "Отчёт за третий квартал"),
+    "cp1251-repeated": ("cp1251", "Это тестовый документ на русском языке." * 5),
+    "cp1251-markdown": ("cp1251", "# Бюджет\n\nЭто отчёт о годовом бюджете всех отделов."),  # noqa: RUF001
+    "koi8-r": ("koi8_r", "Это отчёт о годовом бюджете. Нам нужно завершить проверку всех отделов."),  # noqa: RUF001
+    "greek": ("cp1253", "Αυτή είναι μια έκθεση για τον ετήσιο προϋπολογισμό του οργανισμού."),  # noqa: RUF001
+    "hebrew": ("cp1255", "זהו דוח על התקציב השנתי. עלינו להשלים את הבדיקה של כל המחלקות."),
+    "arabic": ("cp1256", "هذا تقرير عن الميزانية السنوية. يجب أن نكمل مراجعة جميع الأقسام."),
+}
+
+
+@pytest.mark.parametrize(("codec", "text"), LEGACY_TEXTS.values(), ids=LEGACY_TEXTS.keys())
+def test_decode_text_reads_legacy_encodings_of_other_scripts(codec: str, text: str) -> None:
+    data = text.encode(codec)
+    assert sniff(data, "report.txt") is DocumentFormat.TEXT
+    assert decode_text(data) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CP1252_TEXT,
+        "He said “hello” – it’s fine.",  # noqa: RUF001
+        "°C ± 5 µm ½ ¼ ¾ × ÷ §1 ¶",  # read as cp1251, five lone Cyrillic letters  # noqa: RUF001
+        "Müller",  # read as GBK, one ideograph
+        "nom;prénom;ville\nDupont;Hélène;Besançon\nMartin;Jérôme;Orléans\n" * 10,
+        "Ich möchte über die Brücke gehen. Die Lösung ist einfach: größer, schöner, länger.",
+    ],
+    ids=["cp1252-text", "quotes", "symbols", "name", "csv", "german"],
+)
+def test_decode_text_latin_legacy_text_stays_cp1252(text: str) -> None:
+    assert decode_text(text.encode("cp1252")) == text
+
+
+def test_decode_text_legacy_cjk_in_a_mostly_ascii_file() -> None:
+    text = "int main() {\n  // 設定ファイルを読み込む\n  return 0;\n}\n" + "x = 1;\n" * 200
+    assert decode_text(text.encode("cp932")) == text
+
+
+def test_decode_text_legacy_cjk_cut_mid_character_at_the_sniff_limit() -> None:
+    text = "这是一份关于年度预算的报告，我们需要完成所有部门的审核工作" * 300  # no line end  # noqa: RUF001
+    data = text.encode("gb18030")
+    assert data[SNIFF_BYTES - 1] >= 0x80 and data[SNIFF_BYTES] >= 0x40  # a character spans it
+    assert decode_text(data) == text
+
+
+def test_decode_text_legacy_cjk_after_a_utf8_looking_head() -> None:
+    head = "Report\n" + "=" * (SNIFF_BYTES + 10) + "\n"
+    tail = "これは年次予算に関する報告書です。来月までに審査を完了する必要があります。\n"
+    assert decode_text((head + tail).encode("cp932")) == head + tail
+
+
 def test_decode_text_utf8_with_a_stray_byte_stays_utf8() -> None:
     data = ("Grüße aus Köln. " * 600).encode() + b"\xff Ende."
     assert decode_text(data) == "Grüße aus Köln. " * 600 + "\ufffd Ende."

@@ -127,6 +127,23 @@ async def test_e2e_text_markdown_and_html_complete(http: httpx.AsyncClient, tena
         assert status["status"] == "complete", status
 
 
+async def test_e2e_legacy_encoded_text_is_stored_as_written(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    # Shift-JIS was refused as "binary data" (415), GBK and cp1251 stored as cp1252 mojibake.
+    files = {
+        "予算.txt": ("cp932", "これは年次予算に関する報告書です。来月までに審査を完了します。"),
+        "预算.txt": ("gb18030", "这是一份关于年度预算的报告。我们需要在下个月之前完成审核。"),
+        "бюджет.md": ("cp1251", "# Бюджет\n\nЭто отчёт о годовом бюджете всех отделов."),  # noqa: RUF001
+    }
+    for name, (codec, content) in files.items():
+        task_id = await upload_file(http, tenant, name, content.encode(codec))
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+        assert status["status"] == "complete", status
+        chunks = await stored_chunks(stack, status["document_id"])
+        assert [chunk["text"] for chunk in chunks] == [content]
+
+
 async def test_e2e_max_document_chunks_is_the_apis_not_the_workers(
     stack: Stack, tenant: Tenant
 ) -> None:
