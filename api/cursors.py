@@ -1,4 +1,4 @@
-"""The `next_cursor` of a newest-first list: a place in its order (a time, then an id), as
+"""The `next_cursor` of a list in time order: a place in that order (a time, then an id), as
 an opaque URL-safe string; a cursor the API did not write is 422."""
 
 from __future__ import annotations

@@ -40,6 +40,11 @@ class AgentPublic(BaseModel):
 
 class AgentsPublic(BaseModel):
     agents: list[AgentPublic]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page (null after the last page): every "
+        "agent there was when the first page was read is listed once, unless deleted before "
+        "its page",
+    )
 
 
 UPLOAD_MESSAGE = "Document uploaded successfully, processing in background"

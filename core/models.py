@@ -60,11 +60,13 @@ class ApiKey(Base):
 
 class Agent(Base):
     __tablename__ = "agents"
+    # GET /agents pages through an owner's agents in this order: each page a range of the
+    # index, not a sort of all of them (an owner may have one per end user). It is also the
+    # owner foreign key's index.
+    __table_args__ = (Index("ix_agents_owner_created", "owner_id", "created_at", "id"),)
 
     id: Mapped[uuid.UUID] = _uuid_pk()
-    owner_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("owners.id", ondelete="CASCADE"), index=True
-    )
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = _created_at()
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -60,13 +60,31 @@ async def create_agent(body: AgentCreate, owner: OwnerDep, session: SessionDep) 
 
 
 @router.get("")
-async def list_agents(owner: OwnerDep, session: SessionDep) -> AgentsPublic:
-    """List the caller's agents, oldest first."""
-    rows = await session.scalars(
-        select(Agent).where(Agent.owner_id == owner).order_by(Agent.created_at, Agent.id)
+async def list_agents(
+    owner: OwnerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="The `next_cursor` of the page before")
+    ] = None,
+) -> AgentsPublic:
+    """The caller's agents, oldest first, one page at a time (`cursor`: the page after)."""
+    # A cursor, not an offset: an offset reads every agent before its page, and an agent
+    # deleted between two pages would move the next one past an agent never listed.
+    after = [] if cursor is None else [tuple_(Agent.created_at, Agent.id) > _place(cursor)]
+    # One row more than the page: a page that ends the list says so (no cursor to an empty page).
+    rows = list(
+        await session.scalars(
+            select(Agent)
+            .where(Agent.owner_id == owner, *after)
+            .order_by(Agent.created_at, Agent.id)
+            .limit(limit + 1)
+        )
     )
+    page = rows[:limit]
     return AgentsPublic(
-        agents=[AgentPublic.model_validate(agent, from_attributes=True) for agent in rows]
+        agents=[AgentPublic.model_validate(agent, from_attributes=True) for agent in page],
+        next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
     )
 
 
@@ -113,19 +131,23 @@ async def list_documents(
     )
 
 
-def _cursor(document: Document) -> str:
-    """Where a page ended: its last document's place in the order (created_at, id)."""
-    return encode_cursor(document.created_at.isoformat(), str(document.id))
+def _cursor(row: Agent | Document) -> str:
+    """Where a page ended: its last row's place in the order (created_at, id)."""
+    return encode_cursor(row.created_at.isoformat(), str(row.id))
 
 
 def _before(cursor: str) -> ColumnElement[bool]:
     """The documents after `cursor`'s place in the newest-first order; 422 for a bad cursor."""
-    created, document_id = decode_cursor(cursor)
+    return tuple_(Document.created_at, Document.id) < _place(cursor)
+
+
+def _place(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a cursor of these lists names; 422 for a bad cursor."""
+    created, row_id = decode_cursor(cursor)
     try:
-        place = (created, uuid.UUID(document_id))
+        return created, uuid.UUID(row_id)
     except ValueError as exc:
         raise InvalidRequest(f"cursor {cursor[:100]!r} is not a next_cursor of this list") from exc
-    return tuple_(Document.created_at, Document.id) < place
 
 
 @router.delete(

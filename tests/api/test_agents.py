@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,9 +18,11 @@ from sqlalchemy import make_url, text
 
 import migrations
 from api.app import create_app
+from api.cursors import encode_cursor
 from api.json_body import MAX_JSON_BODY_BYTES, JsonBodyRoute
 from api.routes import agents, search
 from core.db import create_engine
+from core.models import Agent
 from core.settings import Settings
 from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
 
@@ -39,6 +42,116 @@ async def test_agents_create_and_list_only_own(
     assert listed.status_code == 200
     names = [agent["name"] for agent in listed.json()["agents"]]
     assert names == ["tenant-agent", "support bot"]
+    assert listed.json()["next_cursor"] is None
+
+
+async def _add_agents(stack: Stack, tenant: Tenant, count: int) -> list[str]:
+    """Agents created in one transaction: one `created_at`, so only their ids order them."""
+    async with stack.sessionmaker.begin() as session:
+        rows = [Agent(owner_id=tenant.owner_id, name=f"user-{number}") for number in range(count)]
+        session.add_all(rows)
+        await session.flush()
+        return sorted(str(row.id) for row in rows)
+
+
+async def _pages(
+    http: httpx.AsyncClient, tenant: Tenant, limit: int, cursor: str | None = None
+) -> list[dict[str, Any]]:
+    """The pages of `GET /agents` from `cursor` on, following `next_cursor` until it is null."""
+    pages: list[dict[str, Any]] = []
+    while True:
+        after = {} if cursor is None else {"cursor": cursor}
+        response = await http.get(
+            "/agents", params={"limit": limit, **after}, headers=tenant.headers
+        )
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+        cursor = pages[-1]["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+async def test_agents_list_pages_by_cursor_while_agents_come_and_go(
+    stack: Stack, http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """One response held every agent of the caller: tens of thousands for an application with
+    an agent per end user. Pages read by `next_cursor` list each agent once, oldest first,
+    while others are created and deleted."""
+    added = await _add_agents(stack, tenant, 6)
+    first = await http.get("/agents", params={"limit": 3}, headers=tenant.headers)
+    created = await http.post("/agents", json={"name": "late"}, headers=tenant.headers)
+    listed_first = first.json()["agents"][0]["id"]
+    deleted = await http.delete(f"/agents/{listed_first}", headers=tenant.headers)
+    assert (first.status_code, created.status_code, deleted.status_code) == (200, 201, 204)
+    pages = [first.json(), *await _pages(http, tenant, 3, first.json()["next_cursor"])]
+    assert [len(page["agents"]) for page in pages] == [3, 3, 2]
+    listed = [agent["id"] for page in pages for agent in page["agents"]]
+    assert listed == [tenant.agent_id, *added, created.json()["id"]]
+
+
+async def test_agents_page_that_ends_the_list_has_no_next_cursor(
+    stack: Stack, http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A full page that holds the last agent says so, rather than a cursor to an empty page."""
+    await _add_agents(stack, tenant, 3)
+    assert [len(page["agents"]) for page in await _pages(http, tenant, 2)] == [2, 2]
+    for limit in (4, 5):
+        (whole,) = await _pages(http, tenant, limit)
+        assert len(whole["agents"]) == 4
+
+
+async def test_agents_list_without_paging_parameters_is_its_first_100(
+    stack: Stack, http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A client that sends no `limit` gets the first page of the default size (100), and a
+    `next_cursor` for the rest."""
+    added = await _add_agents(stack, tenant, 100)
+    first = await http.get("/agents", headers=tenant.headers)
+    assert first.status_code == 200, first.text
+    assert [agent["id"] for agent in first.json()["agents"]] == [tenant.agent_id, *added[:99]]
+    rest = await http.get(
+        "/agents", params={"cursor": first.json()["next_cursor"]}, headers=tenant.headers
+    )
+    assert [agent["id"] for agent in rest.json()["agents"]] == added[99:]
+    assert rest.json()["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": "ten"},
+        {"cursor": "not-a-cursor"},
+        {"cursor": encode_cursor("2026-01-01T00:00:00+00:00", "not-an-id")},
+        {"cursor": encode_cursor("yesterday", str(uuid.uuid4()))},
+        {"cursor": "A" * 201},
+    ],
+)
+async def test_agents_list_refuses_a_bad_limit_or_cursor(
+    http: httpx.AsyncClient, tenant: Tenant, params: dict[str, str | int]
+) -> None:
+    response = await http.get("/agents", params=params, headers=tenant.headers)
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_request")
+
+
+def test_schema_declares_the_paging_of_the_agents_list() -> None:
+    schema = create_app(Settings()).openapi()
+    operation = schema["paths"]["/agents"]["get"]
+    params = {param["name"]: param["schema"] for param in operation["parameters"]}
+    assert params["limit"] == {
+        "type": "integer",
+        "maximum": 1000,
+        "minimum": 1,
+        "default": 100,
+        "title": "Limit",
+    }
+    assert params["cursor"]["anyOf"] == [{"type": "string", "maxLength": 200}, {"type": "null"}]
+    assert operation["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    listed = schema["components"]["schemas"]["AgentsPublic"]
+    assert listed["required"] == ["agents", "next_cursor"]
 
 
 async def test_agents_reject_bad_bodies_and_missing_keys(
