@@ -25,6 +25,7 @@ from api.routes import (
     task_actions,
     uploads,
 )
+from api.status_feeds import StatusFeeds
 from core.db import autocommit, create_engine, create_sessionmaker, resolve_database_url
 from core.keys import OwnerCache
 from core.runtime import freeze_startup_objects
@@ -86,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
             staging=StagingStore(settings.resolved_staging_url),
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
             listings=ListingCache(settings.progress_max_age.total_seconds()),
+            feeds=StatusFeeds(),
         )
         registering = asyncio.create_task(_register_search_attributes(temporal))
         freeze_startup_objects()

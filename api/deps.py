@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from api.listing_cache import ListingCache
 from api.schemas import TaskStatus
+from api.status_feeds import StatusFeeds
 from core.errors import Unauthorized
 from core.keys import OwnerCache, owner_for_key
 from core.settings import Settings
@@ -34,6 +35,7 @@ class Resources:
     staging: StagingStore
     owners: OwnerCache
     listings: ListingCache[list[TaskStatus]]
+    feeds: StatusFeeds  # what `/ws/upload/{task_id}` sockets follow
 
 
 async def get_resources(request: Request) -> Resources:

@@ -1,8 +1,9 @@
 """Live progress of one upload over a WebSocket, read from Temporal like `/upload/status`.
 
 The workflow mirrors its progress into its memo on every change (once per embed batch
-too), so polling `describe()` a few times a second sees every step without a worker and
-without holding anything in this process but the open socket.
+too), so polling `describe()` a few times a second sees every step without a worker. The
+sockets of one owner on one task share that polling (api/status_feeds.py): one describe()
+per interval however many watch it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -21,6 +22,7 @@ from starlette.websockets import WebSocketState
 from api.deps import Resources
 from api.errors import DATABASE_UNAVAILABLE
 from api.schemas import TaskStatus
+from api.status_feeds import Look
 from api.task_status import find_task
 from core.errors import ServiceUnavailable
 from core.keys import owner_for_key
@@ -28,7 +30,6 @@ from workflows.types import Status
 
 router = APIRouter(prefix="/ws", tags=["live"])
 
-POLL_INTERVAL_S = 0.25
 # RFC 6455 allows 123 bytes of close reason.
 _MAX_REASON_BYTES = 123
 
@@ -115,24 +116,30 @@ async def _follow(
     websocket: WebSocket, resources: Resources, owner: uuid.UUID, task_id: str
 ) -> Close | None:
     """Send each new status until a final one; None when the client went away."""
-    sent: dict[str, Any] | None = None
-    while True:
-        try:
-            status = await current_status(resources, owner, task_id)
-        except ServiceUnavailable as exc:
-            return Close(CloseCode.SERVER_ERROR, exc.detail)
-        if status is None:
-            return Close(CloseCode.NOT_FOUND, f"Task {task_id[:60]!r} not found")
-        body = status.model_dump(mode="json")
-        if body != sent:
-            try:
-                await websocket.send_json(body)
-            except WebSocketDisconnect:
-                return None
-            sent = body
-        if status.status in Status.TERMINAL:
-            return Close(CloseCode.NORMAL, f"Task {status.status}")
-        await anyio.sleep(POLL_INTERVAL_S)
+    seen = 0
+    poll = partial(current_status, resources, owner, task_id)
+    async with resources.feeds.follow(owner, task_id, poll) as feed:
+        while True:
+            seen, look = await feed.after(seen)
+            if isinstance(look, TaskStatus):
+                try:
+                    await websocket.send_json(look.model_dump(mode="json"))
+                except WebSocketDisconnect:
+                    return None
+            close = _close_after(look, task_id)
+            if close is not None:
+                return close
+
+
+def _close_after(look: Look, task_id: str) -> Close | None:
+    """How the socket closes after this look; None while the task goes on."""
+    if isinstance(look, ServiceUnavailable):
+        return Close(CloseCode.SERVER_ERROR, look.detail)
+    if look is None:
+        return Close(CloseCode.NOT_FOUND, f"Task {task_id[:60]!r} not found")
+    if look.status in Status.TERMINAL:
+        return Close(CloseCode.NORMAL, f"Task {look.status}")
+    return None
 
 
 async def current_status(resources: Resources, owner: uuid.UUID, task_id: str) -> TaskStatus | None:

@@ -8,8 +8,10 @@ import itertools
 import json
 import math
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from fastapi import WebSocket
+from fastapi import FastAPI, WebSocket
 from sqlalchemy.exc import OperationalError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,6 +27,8 @@ from websockets.exceptions import ConnectionClosed
 
 from activities.vectors import Vectors
 from api.app import create_app
+from api.deps import Resources
+from api.status_feeds import POLL_INTERVAL_S
 from core.embedded import free_port
 from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID
 from tests.documents import lorem
@@ -133,6 +137,7 @@ class GatedEmbedder(FakeEmbedder):
 class GatedApi:
     url: str
     embedder: GatedEmbedder
+    app: FastAPI
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +145,10 @@ async def gated_api(stack: Stack) -> AsyncIterator[GatedApi]:
     """An API and workers on task queues of their own, embedding only when the test says."""
     settings = stack_settings(stack)
     embedder = GatedEmbedder()
-    async with workers_for(stack, settings, embedder), serve(settings) as url:
+    app = create_app(settings)
+    async with workers_for(stack, settings, embedder), serve_app(app) as url:
         try:
-            yield GatedApi(url, embedder)
+            yield GatedApi(url, embedder, app)
         finally:
             embedder.permits.release(1000)  # let anything still waiting finish
 
@@ -173,6 +179,107 @@ async def test_live_sends_chunks_embedded_after_every_embed_batch(
     assert released == batches
     embedded = sorted({m["progress"]["chunks_embedded"] for m in seen.messages})
     assert embedded == [*range(0, total, BATCH), total]
+
+
+def describes_asked(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When the served `app` asks Temporal to describe a workflow, from now on: its client's
+    describe RPC, counted on its way to the server."""
+    resources: Resources = app.state.resources
+    service = resources.temporal.workflow_service
+    asked: list[float] = []
+    describe = service.describe_workflow_execution
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        asked.append(time.monotonic())
+        return await describe(*args, **kwargs)
+
+    monkeypatch.setattr(service, "describe_workflow_execution", counted)
+    return asked
+
+
+async def test_live_watchers_of_one_task_share_one_poll_and_each_see_every_batch(
+    gated_api: GatedApi, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dashboard open in many tabs: each socket polled Temporal by itself, 20 sockets 20
+    describe() calls per interval. They share one now, and each still gets every step."""
+    async with httpx.AsyncClient(base_url=gated_api.url, timeout=30) as http:
+        task_id = await upload(http, tenant, "shared.txt", TEXT)
+    asked = describes_asked(gated_api.app, monkeypatch)
+    by_token: tuple[str, dict[str, str]] = (ws_url(gated_api.url, task_id, token=tenant.key), {})
+    by_header = (ws_url(gated_api.url, task_id), tenant.headers)
+    seen = [Watched() for _ in range(20)]
+    async with asyncio.timeout(60), AsyncExitStack() as sockets:
+        opened = [
+            await sockets.enter_async_context(connect(url, additional_headers=headers))
+            for url, headers in [by_token, by_header] * 10
+        ]
+        receiving = [
+            asyncio.create_task(receive_all(socket, watched))
+            for socket, watched in zip(opened, seen, strict=True)
+        ]
+        released = 0
+        while not all(task.done() for task in receiving):
+            if all(w.messages and _waiting_for_permit(w.messages[-1], released) for w in seen):
+                gated_api.embedder.permits.release()
+                released += 1
+            await asyncio.sleep(0.02)
+
+    final = seen[0].messages[-1]
+    assert final["status"] == "complete"
+    total = final["progress"]["chunks_total"]
+    assert released == math.ceil(total / BATCH) >= 4
+    for watched in seen:
+        assert (watched.code, watched.reason) == (1000, "Task complete")
+        assert watched.messages[-1] == final
+        assert_moves_forward(watched.messages)
+        embedded = sorted({m["progress"]["chunks_embedded"] for m in watched.messages})
+        assert embedded == [*range(0, total, BATCH), total]
+    gaps = [after - before for before, after in itertools.pairwise(asked)]
+    assert len(asked) > released
+    assert min(gaps) >= 0.9 * POLL_INTERVAL_S  # one describe per interval, for all 20
+
+
+async def test_live_shared_poll_stops_with_its_last_watcher(
+    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = await start_queued_forever(stack, tenant)
+    stranger = await new_tenant(stack, "stranger")
+    app = create_app(stack_settings(stack))
+    async with asyncio.timeout(30), serve_app(app) as url:
+        feeds = app.state.resources.feeds
+        asked = describes_asked(app, monkeypatch)
+        async with AsyncExitStack() as first:
+            async with AsyncExitStack() as others:
+                task_url = ws_url(url, task_id)
+                sockets = [
+                    await others.enter_async_context(
+                        connect(task_url, additional_headers=tenant.headers)
+                    )
+                    for _ in range(5)
+                ]
+                last = await first.enter_async_context(
+                    connect(task_url, additional_headers=tenant.headers)
+                )
+                for socket in [*sockets, last]:
+                    assert json.loads(await socket.recv())["status"] == "queued"
+                assert len(feeds) == 1
+                # The owner is checked per socket: a stranger's is no follower of the owner's.
+                foreign = await watch(ws_url(url, task_id), stranger.headers)
+                assert (foreign.messages, foreign.code) == ([], 4404)
+                during = len(asked)
+                await asyncio.sleep(1.0)
+                assert len(asked) - during <= 1.0 / POLL_INTERVAL_S + 1  # not 6 times that
+                assert len(feeds) == 1
+            before = len(asked)
+            await asyncio.sleep(4 * POLL_INTERVAL_S)
+            assert len(asked) > before  # the last watcher still has its poll
+        while connection_tasks():
+            await asyncio.sleep(0.05)
+        assert len(feeds) == 0
+        stopped = len(asked)
+        await asyncio.sleep(4 * POLL_INTERVAL_S)
+        assert len(asked) == stopped
+    await stack.client.get_workflow_handle(task_id).terminate("test over")
 
 
 def _waiting_for_permit(latest: dict[str, Any], released: int) -> bool:
@@ -270,7 +377,7 @@ def connection_tasks() -> list[asyncio.Task[Any]]:
         if (
             "/uvicorn/protocols/websockets/" in filename
             or "/websockets/legacy/" in filename
-            or filename.endswith("/api/routes/live.py")
+            or filename.endswith(("/api/routes/live.py", "/api/status_feeds.py"))
         ):
             found.append(task)
     return found
@@ -294,10 +401,13 @@ async def test_live_client_leaving_stops_the_connection_tasks(
 
 async def test_live_when_temporal_is_unreachable_closes_1011(stack: Stack, tenant: Tenant) -> None:
     settings = stack_settings(stack, temporal_address=f"127.0.0.1:{free_port()}")
+    task_id = str(uuid.uuid4())
     async with serve(settings) as url:
-        seen = await watch(ws_url(url, str(uuid.uuid4())), tenant.headers)
-    assert (seen.messages, seen.code) == ([], 1011)
-    assert "Temporal" in seen.reason
+        watchers = (watch(ws_url(url, task_id), tenant.headers) for _ in range(3))
+        everyone = await asyncio.gather(*watchers)
+    for seen in everyone:  # each watcher of the task is told
+        assert (seen.messages, seen.code) == ([], 1011)
+        assert "Temporal" in seen.reason
 
 
 async def test_live_when_the_database_is_unreachable_closes_1011(
