@@ -390,11 +390,26 @@ class _HTMLText(HTMLParser):
         if not self._skipping:
             self.parts.append(data)
 
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        """A marked section html.parser does not know (`<![foo[ … ]]>`, which browsers treat
+        as a comment) is skipped to its `>`: the parser raised AssertionError, and the page
+        failed."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            end = self.rawdata.find(">", i)
+            return -1 if end < 0 else end + 1
+
 
 def html_to_text(html: str) -> str:
     parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
+    try:
+        parser.feed(html)
+        parser.close()
+    except AssertionError as exc:  # how html.parser refuses markup it cannot read
+        raise RejectedDocument(
+            FailureType.CORRUPT_DOCUMENT, f"the HTML is malformed and cannot be read ({exc})"
+        ) from exc
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
     paragraphs: list[str] = []
     for line in lines:

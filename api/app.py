@@ -103,6 +103,11 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Asynchronous document ingestion for RAG agents.",
         version="0.1.0",
         lifespan=lifespan,
+        # A path no route takes is the usual JSON 404. Starlette's default answered one that
+        # ends in a slash (`/agents/{id}/`, or an id that decodes to one: `/agents/%2F`) with
+        # a 307 to the path without it, a different resource (`DELETE /agents/%2F` to
+        # `/agents`).
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     for module in (

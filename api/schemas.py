@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, PlainSerializer, StringConstraints
 
 from core.temporal import iso_utc
+from workflows.types import FailureType
 
 # Every timestamp of the API in one form, the tasks' (`iso_utc`): ISO-8601 UTC, milliseconds, `Z`.
 Timestamp = Annotated[datetime, PlainSerializer(iso_utc, return_type=str, when_used="json")]
@@ -96,6 +97,8 @@ class TaskError(BaseModel):
         """The error of a task or document, from its stored type and message; None if none."""
         if error_type is None:
             return None
+        if error_type not in FailureType.SHOWN:
+            error_type = FailureType.INTERNAL_ERROR
         return cls(type=error_type, message=error_message or "")
 
 

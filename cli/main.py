@@ -9,15 +9,21 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from temporalio.service import RPCError
 
-from core.errors import DocingestError
+from core.errors import ConfigurationError, DocingestError
 from core.settings import MAX_PORT, Settings
 from core.temporal import TemporalUnreachable
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 KEY_NAME_MAX = 200  # the `api_keys.name` and `owners.name` columns
 INTERRUPTED = 128 + 2  # the shell's exit status for a command stopped by SIGINT
@@ -38,14 +44,51 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import HTTP_PARSER, create_app
+    from cli.processes import http_url, listening_socket
 
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.api_host,
-        port=args.port or settings.api_port,
-        log_level=settings.log_level.lower(),
-        http=HTTP_PARSER,
+    host, port = args.host or settings.api_host, args.port or settings.api_port
+    # uvicorn says why it could not start (a busy port, the app's start-up failed) in its own
+    # log lines and exits with status 3: bound here, and the start-up's exception kept, each
+    # is said in one line, as the other commands' are.
+    sock = listening_socket(host, port, "--port" if args.port else "DOCINGEST_API_PORT")
+    app = create_app(settings)
+    failures = _keep_startup_failure(app)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=settings.log_level.lower(), http=HTTP_PARSER
     )
+    # What uvicorn logs when it binds the socket itself.
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on %s (Press CTRL+C to quit)", http_url(host, port)
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        return  # Ctrl-C, once the server has shut down (`uvicorn.run` returned too)
+    except SystemExit:
+        if failures:
+            raise ConfigurationError(f"the API did not start: {failures[0]}") from failures[0]
+        raise
+
+
+def _keep_startup_failure(app: FastAPI) -> list[Exception]:
+    """Where the exception that the app's start-up raises is kept (uvicorn only logs it)."""
+    failures: list[Exception] = []
+    lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def keeping(app: FastAPI) -> AsyncIterator[Any]:
+        started = False
+        try:
+            async with lifespan(app) as state:
+                started = True
+                yield state
+        except Exception as exc:
+            if not started:
+                failures.append(exc)
+            raise
+
+    app.router.lifespan_context = keeping
+    return failures
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:

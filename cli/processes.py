@@ -4,12 +4,14 @@ the way Ctrl-C does."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from core.errors import ConfigurationError
 from core.settings import Settings
 
 
@@ -22,6 +24,24 @@ def refuse_busy_port(port: int, variable: str, host: str = "127.0.0.1") -> None:
     except OSError:
         return
     raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+
+
+def listening_socket(host: str, port: int, variable: str) -> socket.socket:
+    """A socket bound to `host`:`port` for a server to listen on; ConfigurationError, naming
+    `variable`, for a port in use (or an address that is not this machine's)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"port {port} is in use: stop what runs there or set {variable}"
+        else:
+            reason = f"cannot listen on {http_url(host, port)}: {exc.strerror}"
+        raise ConfigurationError(reason) from exc
+    return sock
 
 
 def http_url(host: str, port: int) -> str:

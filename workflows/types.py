@@ -96,6 +96,11 @@ class FailureType:
     # (an exception of the database driver or the model) can name the database's host, SQL or
     # the server's files: the task's message says what failed in words of its own.
     WORDED = frozenset({*NON_RETRYABLE, COPY_NOT_SETTLED, READER_DIED})
+    # A step that raised an exception no code of ours named is recorded with that exception's
+    # class (KeyError, OperationalError): words for operators, which change with the libraries.
+    # The API shows the documented types only, and this one for any other.
+    INTERNAL_ERROR = "InternalError"
+    SHOWN = frozenset({*WORDED, "Timeout", "Terminated", "Cancelled", INTERNAL_ERROR})
 
 
 @dataclass

@@ -169,6 +169,31 @@ async def test_agents_reject_bad_bodies_and_missing_keys(
     assert anonymous.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/agents/%2F"),
+        ("DELETE", "/agents/{agent_id}/"),
+        ("GET", "/agents/"),
+        ("POST", "/agents/"),
+        ("GET", "/documents/{agent_id}/"),
+        ("GET", "/upload/status/{agent_id}/"),
+        ("GET", "/health/"),
+    ],
+)
+async def test_app_answers_a_path_ending_in_a_slash_with_a_json_404(
+    http: httpx.AsyncClient, tenant: Tenant, method: str, path: str
+) -> None:
+    """Never a redirect to another URL: `DELETE /agents/%2F` was a 307 to `/agents`."""
+    response = await http.request(
+        method, path.format(agent_id=tenant.agent_id), headers=tenant.headers, json={"name": "a"}
+    )
+    assert response.status_code == 404, response.headers
+    assert response.json()["code"] == "not_found"
+    agents = await http.get("/agents", headers=tenant.headers)
+    assert [agent["id"] for agent in agents.json()["agents"]] == [tenant.agent_id]
+
+
 async def _post_json_head(
     api_url: str, path: str, framing: str
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -156,3 +156,21 @@ def _document(tenant: Tenant, number: int, **fields: Any) -> Document:
         sha256=f"{number:064x}",
         **{"chunk_count": 1, "status": "complete", **fields},
     )
+
+
+async def test_an_unexpected_failure_is_shown_as_internal_error(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """A step that raised an exception of no type of ours (a parser's AssertionError) was
+    recorded, and shown, with the exception's Python class as `error.type`."""
+    tenant = await new_tenant(stack)
+    reason = "reading the file failed with an internal error"
+    row = _document(
+        tenant, 1, status="error", chunk_count=0, error_type="AssertionError", error_message=reason
+    )
+    async with stack.sessionmaker.begin() as session:
+        session.add(row)
+    document = await http.get(f"/documents/{row.id}", headers=tenant.headers)
+    status = await http.get(f"/upload/status/{row.task_id}", headers=tenant.headers)
+    expected = {"type": "InternalError", "message": reason}
+    assert (document.json()["error"], status.json()["error"]) == (expected, expected)

@@ -277,6 +277,27 @@ def test_cli_api_refuses_a_port_out_of_range() -> None:
     )
 
 
+def test_cli_api_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    """As the worker and the other commands do: exit status 1 and one line, not uvicorn's
+    exit status 3 after its own log lines (or a traceback, for the app's start-up)."""
+    env = {"DOCINGEST_HOME": str(tmp_path), "DOCINGEST_DATABASE_URL": unreachable_database_url()}
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        busy = run_cli("api", env={**env, "DOCINGEST_API_PORT": str(port)})
+    (tmp_path / "file").write_text("not a folder")
+    staging = tmp_path / "file" / "staging"
+    no_staging = run_cli(
+        "api", "--port", str(free_port()), env={**env, "DOCINGEST_STAGING_URL": str(staging)}
+    )
+    assert (busy.returncode, no_staging.returncode) == (1, 1), no_staging.stderr
+    assert busy.stderr.splitlines()[-1] == (
+        f"docingest api: port {port} is in use: stop what runs there or set DOCINGEST_API_PORT"
+    )
+    assert no_staging.stderr.splitlines()[-1] == (
+        f"docingest api: the API did not start: [Errno 20] Not a directory: '{staging}'"
+    )
+
+
 def dev_ports() -> dict[str, str]:
     """Free ports for a `docingest dev` of a test's own."""
     return {
