@@ -28,7 +28,6 @@ from core.formats import DocumentFormat, decode_html, decode_text
 from core.staging import TEXT, StagingStore
 from workflows.types import (
     EXTRACT,
-    QUICK_EXTRACT_MAX_BYTES,
     ExtractResult,
     FailureType,
     IngestTask,
@@ -36,12 +35,6 @@ from workflows.types import (
 
 # A DOCX is a ZIP: refuse archives that inflate past this before python-docx reads them.
 MAX_DOCX_UNCOMPRESSED = 256 * 1024 * 1024
-# HTML up to this size parses in about a second, in the activity's thread: the workflow reads
-# such a file in a local step, which cannot heartbeat. A larger one can take a minute or more
-# (50 MiB of dense markup: ~66 s on an idle core), so it is read in a child as a PDF is:
-# heartbeating, within the time and memory limits, and stopped by a cancel. Text and Markdown
-# only decode, 50 MiB in well under a second.
-HTML_IN_THREAD_MAX_BYTES = QUICK_EXTRACT_MAX_BYTES
 PAGE_SEPARATOR = "\n\n"
 # The Latin ligatures (U+FB00-U+FB06: "ﬁ", "ﬂ", "ﬀ", ...), which text copied out of a PDF
 # carries into Word, HTML and text files, as their letters: the model reads "ﬁle" as "ﬁ" and
@@ -436,8 +429,8 @@ class ExtractActivities:
         return ExtractResult(characters=len(extracted.text), pages=pages)
 
     def read(self, task: IngestTask) -> ExtractedText:
-        """The text of the task's original: a PDF, a Word file or a large HTML file in a reader
-        child, the rest here. A file that cannot be read raises its non-retryable
+        """The text of the task's original: a PDF, a Word or an HTML file in a reader child,
+        the rest here. A file that cannot be read raises its non-retryable
         ApplicationError."""
         try:
             data = self.staging.read_bytes(task.task_id, task.original)
@@ -445,15 +438,10 @@ class ExtractActivities:
             raise staging_missing("the uploaded file") from exc
         fmt = DocumentFormat(task.format)
         try:
-            if _read_in_child(fmt, len(data)):
+            if fmt in READ_IN_CHILD:
                 return read_in_child(
                     data, fmt, self.limits, activity.heartbeat, activity.info().attempt
                 )
             return extract_text(data, fmt)
         except RejectedDocument as rejected:
             raise rejected_to_failure(rejected) from rejected
-
-
-def _read_in_child(fmt: DocumentFormat, size: int) -> bool:
-    """Whether reading the file may take long enough to need heartbeats and a time limit."""
-    return fmt in READ_IN_CHILD or (fmt is DocumentFormat.HTML and size > HTML_IN_THREAD_MAX_BYTES)

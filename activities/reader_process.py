@@ -1,11 +1,14 @@
-"""Reading a PDF, a Word file or a large HTML file in a child process that can be stopped,
-and that may crash.
+"""Reading a PDF, a Word file or an HTML file in a child process that can be stopped, and
+that may crash.
 
 A PDF page is a program for the reader, and a file of a few kilobytes can make it run for
 minutes (a compressed stream that every page shares, holding hundreds of MiB of operators) or
 hold gigabytes (PDFium keeps a page's decoded content and builds an object per text operator).
-Parsing an HTML file of tens of MiB takes a minute or more, in one call that reports nothing
-(activities/extract.py, `HTML_IN_THREAD_MAX_BYTES`). A thread cannot be stopped in the middle
+Parsing an HTML file takes a minute or more, in one call that reports nothing, for tens of
+MiB of markup, or for well under one MiB built for it: Python 3.11's HTMLParser takes
+quadratic time on runs of unfinished tags ("<a<a<a…", "<!--<!--…": 160 KiB, ~40 s; 1 MiB,
+~25 min), which a thread of the worker parsed, past the time limit, holding a local-step slot
+and the GIL while every owner's small uploads waited. A thread cannot be stopped in the middle
 of a page or a parse, and a parser that crashes in C++ takes its process with it; a child
 process contains both. The activity's thread waits for the child, heartbeating, and kills it
 when the time limit passes, when the step is cancelled (the SDK raises in the waiting thread)
@@ -43,7 +46,7 @@ from workflows.types import FailureType
 if TYPE_CHECKING:
     from activities.extract import ExtractedText
 
-READ_IN_CHILD = frozenset({DocumentFormat.PDF, DocumentFormat.DOCX})
+READ_IN_CHILD = frozenset({DocumentFormat.PDF, DocumentFormat.DOCX, DocumentFormat.HTML})
 MIB = 1024 * 1024
 WAIT_S = 0.5
 # A child whose worker vanished (kill -9) ends itself this long after its limit.

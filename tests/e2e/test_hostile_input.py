@@ -523,6 +523,29 @@ async def test_hostile_pdfs_slow_to_read_or_hungry_fail_at_their_limits_not_as_l
     assert await extract_attempts(stack, task_ids["hungry.pdf"]) == [2]
 
 
+async def test_hostile_small_html_built_to_parse_slowly_fails_at_the_time_limit(
+    stack: Stack, tenant: Tenant, embedder: TextEmbedder
+) -> None:
+    """160 KiB of unfinished tags, which Python 3.11's HTMLParser reads in quadratic time (~40
+    s; 25 min at 1 MiB). Under a MiB it was read in a local step of the worker's own thread,
+    past the time limit, holding one of the two local-step slots while every owner's small
+    uploads waited: it stayed `extracting` instead of ending `failed`."""
+    hostile = b"<a" * (80 * 1024)
+    settings = stack_settings(stack, extract_time_limit=timedelta(seconds=2))
+    async with (
+        serve(settings) as url,
+        running_workers(stack, settings, embedder),
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        response = await post_upload(http, tenant, "tags.html", hostile)
+        assert response.status_code == 202, response.text
+        status = await wait_for_status(
+            http, tenant, response.json()["task_id"], Status.TERMINAL, 20
+        )
+        assert_human_failure(status, "tags.html", "DocumentTooSlow", "took longer than 2 s")
+        await good_upload(http, tenant, "after-tags.html", b"<p>Fish &amp; chips</p>")
+
+
 async def extract_attempts(stack: Stack, task_id: str) -> list[int]:
     """The attempt numbers of `extract`'s started events in the workflow's history (Temporal
     writes one per scheduled step: the last attempt's)."""
