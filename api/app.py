@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import Resources
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache
+from api.log_redaction import redact_tokens_in_server_logs
 from api.routes import (
     agents,
     batches,
@@ -68,6 +69,7 @@ async def _register_search_attributes(temporal: Client) -> None:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_tokens_in_server_logs()  # uvicorn has configured its logging by now
         database_url = resolve_database_url(settings)
         engine = create_engine(database_url)
         probe = create_engine(database_url, pool_size=1, max_overflow=0)

@@ -13,8 +13,12 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fastapi.routing
@@ -29,10 +33,18 @@ from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
 from api.deps import get_owner
+from core.embedded import free_port
 from core.keys import hash_key
 from core.settings import Settings
 from tests.documents import make_image_only_pdf
-from tests.support import Stack, Tenant, new_tenant, upload_file, wait_for_status
+from tests.support import (
+    Stack,
+    Tenant,
+    new_tenant,
+    stack_settings,
+    upload_file,
+    wait_for_status,
+)
 from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -377,3 +389,46 @@ async def test_isolation_key_differing_only_in_its_last_character_is_401(
     assert accepted.status_code == 200
     # Both were found by their shared prefix and told apart by the constant-time comparison.
     assert {hash_key(near_miss), hash_key(key)} <= compared
+
+
+async def test_isolation_websocket_token_is_not_written_to_the_api_log(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    """`docingest api` at its default level (INFO) logs every WebSocket it accepts with its
+    query string: the key a browser sends as ?token=<key> was written there in full."""
+    settings = stack_settings(stack, api_port=free_port())
+    env = {**os.environ, **settings.as_environment()}
+    env.pop("DOCINGEST_LOG_LEVEL", None)
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+        try:
+            api_url = f"http://127.0.0.1:{settings.api_port}"
+            await _healthy(api_url)
+            url = f"ws://127.0.0.1:{settings.api_port}/ws/upload/no-such-task?token={tenant.key}"
+            async with asyncio.timeout(30), connect(url) as socket:
+                with pytest.raises(ConnectionClosed):
+                    await socket.recv()
+            assert socket.close_code == 4404
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    logged = log_path.read_text(errors="replace")
+    assert '"WebSocket /ws/upload/no-such-task?token=[redacted]" [accepted]' in logged, logged
+    assert tenant.key.partition("_")[2] not in logged
+
+
+async def _healthy(api_url: str) -> None:
+    async with asyncio.timeout(60), httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(f"{api_url}/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
