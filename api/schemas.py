@@ -174,7 +174,9 @@ class DocumentsPublic(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=2000)
+    # Trimmed, and not blank: a blank query reads as no words to the model, and every chunk
+    # would come back scored against nothing.
+    query: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
     top_k: int = Field(default=5, ge=1, le=50)
 
 

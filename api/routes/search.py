@@ -148,6 +148,9 @@ async def nearest_chunks(
                 )
             )
         )
+    # The index path asks for one row more: one tied with the last (the same paragraph in
+    # several documents) means the index picked among equals in its own order, not by chunk id.
+    wanted = top_k if plan.exact else top_k + 1
     nearest = (
         select(
             Chunk.id,
@@ -166,7 +169,7 @@ async def nearest_chunks(
             Document.status == Status.COMPLETE,
         )
         .order_by(*order)
-        .limit(top_k)
+        .limit(wanted)
         .cte("nearest")
         .prefix_with("MATERIALIZED")
     )
@@ -174,13 +177,18 @@ async def nearest_chunks(
     # `+ 0` stops PostgreSQL from taking the CTE's ORDER BY as already satisfying this one.
     statement = select(nearest).order_by(nearest.c.distance + literal_column("0"), nearest.c.id)
     rows = (await session.execute(statement)).all()
-    if not plan.exact and len(rows) < top_k:
+    if not plan.exact and (len(rows) < top_k or _tied_past_the_last(rows, top_k)):
         # The scan spent its budget on other agents' nearer chunks before it found `top_k` of
-        # this agent's (which holds more than the budget): compare the agent's chunks instead.
+        # this agent's (which holds more than the budget), or the last place is tied: compare
+        # the agent's chunks instead.
         return await nearest_chunks(
             session, settings, owner, agent_id, query, top_k, SearchPlan(exact=True)
         )
-    return rows
+    return rows[:top_k]
+
+
+def _tied_past_the_last(rows: Sequence[Row[Any]], top_k: int) -> bool:
+    return len(rows) > top_k and rows[top_k].distance == rows[top_k - 1].distance
 
 
 @router.post("/{agent_id}/search")

@@ -137,6 +137,8 @@ async def test_search_rejects_bad_bodies(http: httpx.AsyncClient, tenant: Tenant
         {"query": "bread", "top_k": 0},
         {"query": "bread", "top_k": 51},
         {"query": ""},
+        {"query": " "},
+        {"query": "\n\t  "},
         {"query": "x" * 2001},
         {"top_k": 3},
     ):
@@ -145,6 +147,26 @@ async def test_search_rejects_bad_bodies(http: httpx.AsyncClient, tenant: Tenant
         assert response.json()["code"] == "invalid_request"
     not_json = await http.post(url, content=b"query=bread", headers=tenant.headers)
     assert not_json.status_code == 422
+
+
+async def test_search_refuses_a_query_past_the_models_window(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """The model reads 256 tokens of a query and drops the rest: a 1,544-character question
+    after a long preamble was answered as the preamble alone (the same results and scores,
+    whatever the question). Such a query is 422, one within the window is searched."""
+    url = f"/agents/{tenant.agent_id}/search"
+    for preamble in (PREAMBLES["en"][:1500], PREAMBLES["zh"][:300]):
+        long = await http.post(
+            url, json={"query": f"{preamble} {ENDINGS['en'][2]}"}, headers=tenant.headers
+        )
+        assert long.status_code == 422, long.text
+        assert long.json()["code"] == "invalid_request"
+        assert "the embedding model reads 256" in long.json()["detail"]
+    within = await http.post(
+        url, json={"query": f"{PREAMBLES['en'][:800]} {ENDINGS['en'][2]}"}, headers=tenant.headers
+    )
+    assert within.status_code == 200, within.text
 
 
 async def test_search_answers_404_for_unknown_and_foreign_agents(
@@ -351,22 +373,29 @@ async def test_search_of_a_small_agent_behind_many_nearer_chunks_finds_all_of_it
     assert await search_with(index_plan) == (expected, "20000")
 
 
-async def test_search_orders_tied_chunks_by_chunk_id(stack: Stack, tenant: Tenant) -> None:
+@pytest.mark.parametrize("plan", [None, SearchPlan(exact=False)], ids=["chosen", "index"])
+async def test_search_orders_tied_chunks_by_chunk_id(
+    stack: Stack, tenant: Tenant, plan: SearchPlan | None
+) -> None:
     """Chunks of equal score (the same paragraph in several documents) come in chunk order,
-    not in whatever order PostgreSQL's top-N sort left them (it gave 2, 3, 4, 5, 1)."""
+    not in whatever order PostgreSQL's top-N sort left them (it gave 2, 3, 4, 5, 1), nor in
+    the order the index walked them (a top 5 of 26-30 beside a top 40 of 1-40). Sorting is
+    off for the index plan, so that it walks the index on this small table."""
     vector = np.random.default_rng(3).standard_normal(EMBEDDING_DIMENSION).astype(np.float32)
     vector /= np.linalg.norm(vector)
     agent_id = uuid.UUID(tenant.agent_id)
-    await store_vectors(stack, tenant.owner_id, agent_id, "tie", np.tile(vector, (12, 1)))
+    await store_vectors(stack, tenant.owner_id, agent_id, "tie", np.tile(vector, (40, 1)))
 
     async def top(k: int) -> list[int]:
         async with stack.sessionmaker.begin() as session:
+            if plan is not None:
+                await session.execute(text("SET LOCAL enable_sort = off"))
             rows = await nearest_chunks(
-                session, stack.settings, tenant.owner_id, agent_id, vector, k
+                session, stack.settings, tenant.owner_id, agent_id, vector, k, plan
             )
         return [row.id for row in rows]
 
-    everything = await top(12)
+    everything = await top(40)
     assert everything == sorted(everything)
     assert await top(5) == everything[:5]
 
