@@ -52,13 +52,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     # is said in one line, as the other commands' are.
     sock = listening_socket(host, port, "--port" if args.port else "DOCINGEST_API_PORT")
     app = create_app(settings)
-    failures = _keep_startup_failure(app)
+    failures = _keep_startup_failure(app, http_url(host, port))
     config = uvicorn.Config(
         app, host=host, port=port, log_level=settings.log_level.lower(), http=HTTP_PARSER
-    )
-    # What uvicorn logs when it binds the socket itself.
-    logging.getLogger("uvicorn.error").info(
-        "Uvicorn running on %s (Press CTRL+C to quit)", http_url(host, port)
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])
@@ -70,8 +66,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         raise
 
 
-def _keep_startup_failure(app: FastAPI) -> list[Exception]:
-    """Where the exception that the app's start-up raises is kept (uvicorn only logs it)."""
+def _keep_startup_failure(app: FastAPI, url: str) -> list[Exception]:
+    """Where the exception that the app's start-up raises is kept (uvicorn only logs it). Once
+    started, the app's address is logged, as uvicorn does when it binds the socket itself."""
     failures: list[Exception] = []
     lifespan = app.router.lifespan_context
 
@@ -81,6 +78,9 @@ def _keep_startup_failure(app: FastAPI) -> list[Exception]:
         try:
             async with lifespan(app) as state:
                 started = True
+                logging.getLogger("uvicorn.error").info(
+                    "Uvicorn running on %s (Press CTRL+C to quit)", url
+                )
                 yield state
         except Exception as exc:
             if not started:
