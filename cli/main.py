@@ -44,8 +44,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import HTTP_PARSER, create_app
-    from cli.processes import http_url, listening_socket
+    from cli.processes import http_url, interrupt_on_sigterm, listening_socket
 
+    # uvicorn stops on SIGTERM, then raises it again under the handler it found: the default
+    # one killed the process there (status 143) before its atexit handlers, so an embedded
+    # PostgreSQL it had joined kept it registered and ran on after the last docingest process.
+    # As KeyboardInterrupt, SIGTERM ends it as Ctrl-C does.
+    interrupt_on_sigterm()
     host, port = args.host or settings.api_host, args.port or settings.api_port
     # uvicorn says why it could not start (a busy port, the app's start-up failed) in its own
     # log lines and exits with status 3: bound here, and the start-up's exception kept, each

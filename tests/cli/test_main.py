@@ -298,6 +298,45 @@ def test_cli_api_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_api_stopped_stops_the_embedded_postgres_it_started(signum: signal.Signals) -> None:
+    """README: the embedded PostgreSQL is stopped when the last docingest process exits.
+    uvicorn raised SIGTERM again once it had shut down, and its default action killed the API
+    (-15) before the atexit handler that unregisters it: PostgreSQL ran on, with nobody left."""
+    home = private_home("api-stop")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DOCINGEST_HOME": str(home),
+        "DOCINGEST_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",  # the API does not wait
+    }
+    env.pop("DOCINGEST_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [DOCINGEST, "api", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(port):
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.2)
+        process.send_signal(signum)
+        assert process.wait(timeout=60) == 0, process.communicate()[1]
+    finally:
+        process.kill()
+    postmaster = home / "postgres" / "postmaster.pid"
+    deadline = time.monotonic() + 30
+    while postmaster.exists():
+        assert time.monotonic() < deadline, "PostgreSQL still runs after the API stopped"
+        time.sleep(0.2)
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code in (200, 503)
+    return False
+
+
 def dev_ports() -> dict[str, str]:
     """Free ports for a `docingest dev` of a test's own."""
     return {
