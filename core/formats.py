@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import codecs
 import enum
+import lzma
 import posixpath
 import re
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 from typing import BinaryIO
 from xml.etree import ElementTree
@@ -139,7 +141,16 @@ def _sniff_zip(file: BinaryIO) -> DocumentFormat:
         with zipfile.ZipFile(file) as archive:
             names = set(archive.namelist())
             content_type, strict = _main_part_type(archive, names)
-    except (zipfile.BadZipFile, OSError, ValueError, ElementTree.ParseError) as exc:
+    except RuntimeError as exc:  # zipfile's: an encrypted member, or NotImplementedError
+        raise UnreadableContent(
+            "the ZIP archive is password-protected or compressed in a way we cannot read; "
+            "save it as a Word document (.docx)"
+        ) from exc
+    except (
+        zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, lzma.LZMAError,
+        ElementTree.ParseError,
+    ) as exc:  # fmt: skip
+        # A damaged member's compressed stream raises its codec's error, not BadZipFile.
         raise UnreadableContent("the file looks like a ZIP archive but is damaged") from exc
     if content_type == _WORD_MAIN and strict:
         raise UnreadableContent(

@@ -151,6 +151,31 @@ def make_docx_blocks(blocks: list[str | list[list[str]]]) -> bytes:
     return buffer.getvalue()
 
 
+def make_docx_with_unreadable_rels(damage: str) -> bytes:
+    """A DOCX whose `_rels/.rels` zipfile cannot read back: `encrypted` (its encryption flag
+    set, as a password-protected ZIP), `method` (a compression method zipfile lacks, 99 is
+    WinZip's AES) or `deflate` (its compressed stream damaged, as by a bad download)."""
+    data = bytearray(make_docx(["Hello"]))
+    name = b"_rels/.rels"
+    local = data.find(b"PK\x03\x04")
+    while data[local + 30 : local + 30 + len(name)] != name:
+        local = data.find(b"PK\x03\x04", local + 4)
+    central = data.find(b"PK\x01\x02")
+    while data[central + 46 : central + 46 + len(name)] != name:
+        central = data.find(b"PK\x01\x02", central + 4)
+    if damage == "encrypted":
+        data[local + 6] |= 1
+        data[central + 8] |= 1
+    elif damage == "method":
+        aes = (99).to_bytes(2, "little")
+        data[local + 8 : local + 10] = data[central + 10 : central + 12] = aes
+    else:
+        start = local + 30 + len(name) + int.from_bytes(data[local + 28 : local + 30], "little")
+        for at in range(start + 2, start + 22):
+            data[at] ^= 0x5A
+    return bytes(data)
+
+
 def make_zip(members: dict[str, bytes]) -> bytes:
     """A plain ZIP archive holding the given files (name -> content), deflated."""
     buffer = io.BytesIO()

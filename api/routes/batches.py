@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from typing import Annotated
@@ -32,7 +33,7 @@ from api.ingest_start import (
 from api.ownership import owned_row
 from api.routes.agents import cancel_for_deleted_agent
 from api.routes.uploads import (
-    MULTIPART_BODY,
+    BATCH_BODY,
     UPLOAD_ERRORS,
     AgentIdQuery,
     ChunkOverlap,
@@ -58,6 +59,7 @@ from core.temporal import BATCH_ID, OWNER_ID
 from workflows.types import WORKFLOW_NAME
 
 router = APIRouter(prefix="/upload", tags=["batches"], responses={401: {"model": ErrorBody}})
+log = logging.getLogger(__name__)
 
 
 def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
@@ -80,7 +82,7 @@ class _Unconfirmed(UploadRejected):
     "/agent/batch",
     dependencies=[ChangesTasks],
     status_code=202,
-    openapi_extra=MULTIPART_BODY,
+    openapi_extra=BATCH_BODY,
     response_model_exclude_none=True,
     responses=UPLOAD_ERRORS,
 )
@@ -95,7 +97,8 @@ async def upload_batch(
     agent_id: AgentIdQuery,
     chunk_size: ChunkSize = None,
     chunk_overlap: ChunkOverlap = None,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    # Read only to refuse it: the schema does not offer it (a client sent it, believing it kept).
+    idempotency_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> BatchAccepted:
     """Upload several documents (repeated `file` fields); a bad file does not sink the rest."""
     if idempotency_key is not None:
@@ -180,6 +183,16 @@ async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> UploadAccept
     except DocingestError as error:
         await discard(ingest.staging, [item])
         return _rejected(item, error)
+    except Exception:
+        # The other files' tasks start meanwhile: a 500 for the batch left them unanswered.
+        log.exception("unexpected error on file %r of batch %s", item.filename, ingest.batch_id)
+        await discard(ingest.staging, [item])
+        return UploadRejected(
+            filename=item.filename,
+            status_code=500,
+            code="internal_error",
+            detail="Internal error; it has been logged",
+        )
     except BaseException:
         await discard(ingest.staging, [item])
         raise

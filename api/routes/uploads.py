@@ -76,6 +76,23 @@ MULTIPART_BODY: dict[str, Any] = {
         },
     }
 }
+# The batch's: `file` repeated (with MULTIPART_BODY, generated clients and /docs sent one file).
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            }
+        },
+    }
+}
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
     413: {"model": ErrorBody},

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.embed import TextEmbedder
 from activities.staging_cleanup import StagingCleanupActivities
 from activities.vectors import Vectors
+from api.app import create_app
 from api.ingest_start import start_ingest
 from api.routes import uploads
 from core.db import create_engine, create_sessionmaker
@@ -34,7 +35,7 @@ from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
-from tests.documents import lorem, make_pdf
+from tests.documents import lorem, make_docx_with_unreadable_rels, make_pdf
 from tests.support import (
     FakeEmbedder,
     Stack,
@@ -44,6 +45,7 @@ from tests.support import (
     running_workers,
     runs_of,
     serve,
+    serve_app,
     stack_settings,
     unreachable_database_url,
     upload_file,
@@ -248,6 +250,50 @@ async def test_batch_lists_a_file_the_agent_already_had_as_a_duplicate(
     assert batch["duplicates"] == [again]
 
 
+class UnreadableStaging(StagingStore):
+    """A staging store that takes files but fails to read them back (a remote store timing
+    out): the API reads back only a ZIP archive, to sniff a DOCX."""
+
+    def open_read(self, task_id: str, name: str) -> BinaryIO:
+        raise OSError("the staging store did not answer")
+
+
+async def test_batch_file_failing_unexpectedly_is_rejected_500_and_the_others_answered(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A file's unexpected error was the whole batch's 500, while the other files' tasks
+    started: the client got no task id for them, and no batch to read them from."""
+    settings = stack.settings
+    app = create_app(settings)
+    root = Path(settings.resolved_staging_url)
+    before = set(os.listdir(root))
+    files = [
+        ("file", ("a.txt", lorem(2, seed=71).encode())),
+        ("file", ("report.docx", b"PK\x03\x04" + bytes(100))),  # a ZIP: read back to sniff
+        ("file", ("b.txt", lorem(2, seed=72).encode())),
+    ]
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        app.state.resources.staging = UnreadableStaging(settings.resolved_staging_url)
+        response = await http.post(
+            "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+        )
+        assert response.status_code == 202, response.text
+        entries = response.json()["tasks"]
+        assert [entry["status"] for entry in entries] == ["queued", "rejected", "queued"]
+        assert entries[1]["status_code"] == 500 and entries[1]["code"] == "internal_error"
+        batch = await http.get(
+            f"/upload/batch/{response.json()['batch_id']}", headers=tenant.headers
+        )
+    body = batch.json()
+    assert {task["task_id"] for task in body["tasks"]} == {
+        entries[0]["task_id"],
+        entries[2]["task_id"],
+    }, body
+    assert [entry["filename"] for entry in body["rejected"]] == ["report.docx"]
+    # The refused file's staged copy is removed (the tasks may have removed theirs already).
+    assert set(os.listdir(root)) - before <= {entries[0]["task_id"], entries[2]["task_id"]}
+
+
 async def test_batch_of_another_owner_or_unknown_is_404(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
@@ -274,6 +320,25 @@ async def test_batch_with_a_file_over_the_limit_rejects_only_that_file(
     entries = response.json()["tasks"]
     assert [entry["status"] for entry in entries] == ["rejected", "queued"]
     assert entries[0]["status_code"] == 413
+
+
+async def test_batch_with_a_docx_whose_parts_cannot_be_read_rejects_only_that_file(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """An encrypted part made the batch a 500 while its other files' tasks started: the client
+    got no task id for them, and a batch sent again ran them twice."""
+    files = [
+        ("file", ("a.txt", lorem(2, seed=61).encode())),
+        ("file", ("locked.docx", make_docx_with_unreadable_rels("encrypted"))),
+        ("file", ("b.txt", lorem(2, seed=62).encode())),
+    ]
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers, files=files
+    )
+    assert response.status_code == 202, response.text
+    entries = response.json()["tasks"]
+    assert [entry["status"] for entry in entries] == ["queued", "rejected", "queued"]
+    assert entries[1]["status_code"] == 415 and "password-protected" in entries[1]["detail"]
 
 
 async def test_a_batch_streaming_longer_than_the_orphan_grace_keeps_its_first_files(

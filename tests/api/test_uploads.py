@@ -20,7 +20,7 @@ from temporalio.bridge.services_generated import WorkflowService
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.embedded import free_port
-from tests.documents import lorem, make_pdf
+from tests.documents import lorem, make_docx_with_unreadable_rels, make_pdf
 from tests.support import (
     Stack,
     Tenant,
@@ -285,6 +285,9 @@ async def test_upload_sniffs_a_head_that_arrives_in_small_pieces(
         ("random.pdf", bytes(range(256)) * 40),
         ("empty.txt", b""),
         ("archive.docx", b"PK\x03\x04" + b"\x00" * 100),
+        ("locked.docx", make_docx_with_unreadable_rels("encrypted")),
+        ("aes.docx", make_docx_with_unreadable_rels("method")),
+        ("damaged.docx", make_docx_with_unreadable_rels("deflate")),
         ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4),
     ],
 )
@@ -396,6 +399,24 @@ async def test_batch_of_many_fields_and_no_file_is_a_short_422(
     detail = response.json()["detail"]
     assert "no file" in detail and "and 1990 more" in detail
     assert len(response.content) < 4096
+
+
+async def test_batch_schema_takes_repeated_files_and_offers_no_idempotency_key(
+    http: httpx.AsyncClient,
+) -> None:
+    """The batch published the single upload's body (one `file`: a generated client and /docs
+    sent one file) and an Idempotency-Key header that every value of is refused with 422."""
+    paths = (await http.get("/openapi.json")).json()["paths"]
+    batch = paths["/upload/agent/batch"]["post"]
+    body = batch["requestBody"]["content"]["multipart/form-data"]["schema"]
+    binary = {"type": "string", "format": "binary"}
+    assert body["properties"]["file"] == {"type": "array", "items": binary}
+    assert "idempotency-key" not in {parameter["name"] for parameter in batch["parameters"]}
+    single = paths["/upload/agent"]["post"]
+    assert "idempotency-key" in {parameter["name"] for parameter in single["parameters"]}
+    assert single["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"] == {
+        "file": binary
+    }
 
 
 async def test_upload_filename_is_cleaned_for_display(

@@ -26,6 +26,7 @@ from core.formats import (
 )
 from tests.documents import (
     make_docx,
+    make_docx_with_unreadable_rels,
     make_legacy_doc,
     make_password_protected_docx,
     make_pdf,
@@ -87,6 +88,23 @@ def test_sniff_format_damaged_zip_is_unreadable() -> None:
     data = b"PK\x03\x04" + random_bytes(500, seed=3)
     with pytest.raises(UnreadableContent, match="ZIP archive but is damaged"):
         sniff(data, "report.docx")
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("encrypted", "password-protected or compressed"),
+        ("method", "password-protected or compressed"),
+        ("deflate", "ZIP archive but is damaged"),
+    ],
+)
+def test_sniff_format_zip_whose_parts_cannot_be_read_is_unreadable(
+    damage: str, reason: str
+) -> None:
+    """zipfile raises RuntimeError, NotImplementedError or zlib.error for these, not
+    BadZipFile: the upload was a 500, and in a batch its other files' tasks ran unanswered."""
+    with pytest.raises(UnreadableContent, match=reason):
+        sniff(make_docx_with_unreadable_rels(damage), "report.docx")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
