@@ -98,8 +98,9 @@ async def retry_task(
         )
     if not await anyio.to_thread.run_sync(staging.exists, task.task_id, task.original):
         raise Conflict(
-            f"The staged original of {task.filename} was removed (staging is kept "
-            f"{describe_duration(settings.staging_ttl)} after a task ends); upload it again"
+            f"The staged original of {task.filename} was removed (its document was "
+            f"deleted, or staging is kept {describe_duration(settings.staging_ttl)} after a "
+            "task ends); upload it again"
         )
     await session.close()  # done with the database: no connection held while Temporal answers
     handle = temporal.get_workflow_handle(task_id)

@@ -859,8 +859,8 @@ async def test_retry_after_the_staged_original_was_removed_is_409_saying_how_lon
         refused = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
     assert refused.status_code == 409
     assert refused.json()["detail"] == (
-        "The staged original of gone.txt was removed (staging is kept 7 days after a task "
-        "ends); upload it again"
+        "The staged original of gone.txt was removed (its document was deleted, or staging is "
+        "kept 7 days after a task ends); upload it again"
     )
 
 
