@@ -329,16 +329,21 @@ class ApiProcess(DocingestProcess):
 
     async def start(self) -> None:
         """Start and wait until `/health` answers 200."""
-        process = self.launch()
-        async with asyncio.timeout(60), httpx.AsyncClient() as http:
-            while True:
-                assert process.poll() is None, "the API exited during start-up"
-                try:
-                    if (await http.get(f"{self.url}/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_until_healthy(self.url, self.launch())
+
+
+async def wait_until_healthy(url: str, process: subprocess.Popen[Any] | None = None) -> None:
+    """Wait (at most 60 s) until the API at `url` answers `/health` with 200, failing at once
+    if its `process` exits meanwhile."""
+    async with asyncio.timeout(60), httpx.AsyncClient() as http:
+        while True:
+            assert process is None or process.poll() is None, "the API exited during start-up"
+            try:
+                if (await http.get(f"{url}/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 # Figures tests measure (latencies under load, …), printed at the end of the run by conftest.

@@ -62,37 +62,22 @@ KEY_TURN_POLL_S = 0.01
 # take under a second, and at most the start's deadline when Temporal is slow.
 KEY_TURN_PATIENCE_S = 60.0
 
-MULTIPART_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
+
+def _multipart_body(file: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a multipart form whose `file` field is `file`."""
+    schema = {"type": "object", "required": ["file"], "properties": {"file": file}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": schema}},
+        }
     }
-}
+
+
+_BINARY = {"type": "string", "format": "binary"}
+MULTIPART_BODY = _multipart_body(_BINARY)
 # The batch's: `file` repeated (with MULTIPART_BODY, generated clients and /docs sent one file).
-BATCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
-    }
-}
+BATCH_BODY = _multipart_body({"type": "array", "items": _BINARY})
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
     413: {"model": ErrorBody},

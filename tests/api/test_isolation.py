@@ -44,6 +44,7 @@ from tests.support import (
     stack_settings,
     upload_file,
     wait_for_status,
+    wait_until_healthy,
 )
 from workflows.types import Status
 
@@ -408,8 +409,7 @@ async def test_isolation_websocket_token_is_not_written_to_the_api_log(
             stderr=log_file,
         )
         try:
-            api_url = f"http://127.0.0.1:{settings.api_port}"
-            await _healthy(api_url)
+            await wait_until_healthy(f"http://127.0.0.1:{settings.api_port}", process)
             url = f"ws://127.0.0.1:{settings.api_port}/ws/upload/no-such-task?token={tenant.key}"
             async with asyncio.timeout(30), connect(url) as socket:
                 with pytest.raises(ConnectionClosed):
@@ -421,14 +421,3 @@ async def test_isolation_websocket_token_is_not_written_to_the_api_log(
     logged = log_path.read_text(errors="replace")
     assert '"WebSocket /ws/upload/no-such-task?token=[redacted]" [accepted]' in logged, logged
     assert tenant.key.partition("_")[2] not in logged
-
-
-async def _healthy(api_url: str) -> None:
-    async with asyncio.timeout(60), httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(f"{api_url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
