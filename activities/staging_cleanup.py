@@ -166,7 +166,7 @@ class StagingCleanupActivities:
 
     async def _sweep(self, task_id: str, now: datetime) -> bool:
         """Remove one task's folder when it expired; whether it did."""
-        fs, folder = self.staging.fs, f"{self.staging.root}/{task_id}"
+        fs, folder = self.staging.fs, self.staging.folder(task_id)
         try:
             files = await asyncio.to_thread(folder_files, fs, folder)
             changed = await asyncio.to_thread(newest_change, fs, folder, files)

@@ -27,7 +27,14 @@ class StagingStore:
         self.fs.makedirs(self.root, exist_ok=True)
 
     def path(self, task_id: str, name: str) -> str:
-        return f"{self.root}/{task_id}/{name}"
+        return f"{self.folder(task_id)}/{name}"
+
+    def folder(self, task_id: str) -> str:
+        """The task's folder; ValueError for a task id that would name another folder (empty,
+        `.`, `..`, or with a separator): removing its "folder" removed the whole store."""
+        if task_id in ("", ".", "..") or "/" in task_id or "\\" in task_id:
+            raise ValueError(f"{task_id!r} is not a task id")
+        return f"{self.root}/{task_id}"
 
     def open_write(self, task_id: str, name: str) -> BinaryIO:
         path = self.path(task_id, name)
@@ -78,7 +85,7 @@ class StagingStore:
         path = self.path(task_id, name)
         if self.fs.exists(path):
             self.fs.rm(path)
-        folder = f"{self.root}/{task_id}"
+        folder = self.folder(task_id)
         try:
             if self.fs.exists(folder) and not self.fs.ls(folder):
                 self.fs.rmdir(folder)
@@ -87,6 +94,6 @@ class StagingStore:
 
     def remove_task(self, task_id: str) -> None:
         """Remove everything staged for a task; removing twice is not an error."""
-        folder = f"{self.root}/{task_id}"
+        folder = self.folder(task_id)
         if self.fs.exists(folder):
             self.fs.rm(folder, recursive=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from datetime import timedelta
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from core.formats import DocumentFormat
     from core.temporal import INGEST_STATUS, iso_utc, markdown_text
     from workflows.types import (
         CANCELLED_ON_REQUEST,
@@ -60,6 +62,7 @@ _STEP_RETRY = RetryPolicy(
 _WAIT = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 _CLEANUP_RETRY = dataclasses.replace(_STEP_RETRY, maximum_attempts=3)
 NOT_REGISTERED = "NotFoundError"  # the SDK's failure type for an activity a worker lacks
+INVALID_TASK = "InvalidTask"  # a workflow started by hand with an input the API never sends
 # Not retried: another try would most likely find the same worker (see the fallback patch).
 _EMBED_AND_STORE_RETRY = dataclasses.replace(
     _STEP_RETRY, non_retryable_error_types=[*FailureType.NON_RETRYABLE, NOT_REGISTERED]
@@ -125,6 +128,18 @@ CLEANUP_AFTER_CANCEL_PATCH = "cleanup-runs-again-after-cancel"
 # had just failed, failed with it, and the task was 404 once Temporal forgot it (and never in
 # the documents list). Histories written before record, then say, as they did.
 OUTCOME_RECORDED_UNTIL_DONE_PATCH = "outcome-recorded-until-done"
+# An operator's reset of a complete task to an earlier point (Web UI, `temporal workflow
+# reset --type FirstWorkflowTask`) runs it again after its cleanup removed the staging: the
+# missing upload ended it `error`, and its record replaced the stored document (its chunks
+# deleted). The task now asks `store`, which finds what an earlier run stored, and is
+# `complete` again with that document. Histories written before replay as they ended.
+STORED_BEFORE_PATCH = "staging-missing-finds-the-stored-document"
+# A workflow an operator started by hand (`temporal workflow start`, the Web UI) with an input
+# the API never sends fails at once, naming what is wrong. Before, its steps ran: an owner
+# that is no UUID kept its record retrying for a day, and an empty or relative task id made
+# the cleanup remove the whole staging store (every upload's original) or the folder above it.
+# Histories written before (none the API started are refused) replay as they were.
+TASK_CHECKED_PATCH = "task-input-checked"
 OUTCOME_RECORD_FOR = timedelta(days=1)
 _OUTCOME_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -154,6 +169,13 @@ class IngestDocument:
 
     @workflow.run
     async def run(self, task: IngestTask) -> TaskProgress:
+        refused = _not_an_upload(task, workflow.info().workflow_id)
+        if refused is not None and workflow.patched(TASK_CHECKED_PATCH):
+            raise ApplicationError(
+                f"Not an upload task: {refused}; uploads are started by the API",
+                type=INVALID_TASK,
+                non_retryable=True,
+            )
         try:
             await self._ingest(task)
         except STEP_FAILURES as failure:
@@ -163,6 +185,8 @@ class IngestDocument:
             if _cancel_hidden_by(failure):
                 await self._cancelled(task)
                 raise asyncio.CancelledError from failure
+            if await self._stored_before(task, failure):
+                return self._progress
             await self._fail(task, failure)
         except asyncio.CancelledError:
             await self._cancelled(task)
@@ -202,6 +226,10 @@ class IngestDocument:
             await self._embed_all(task, chunked.chunks)
             stored = await self._store(task)
         _stop_if_cancelled()
+        self._complete(task, stored)
+        await self._cleanup(task)
+
+    def _complete(self, task: IngestTask, stored: StoreResult) -> None:
         message = f"Successfully processed {task.filename}"
         if stored.duplicate:
             message = f"{task.filename} is already stored for this agent; nothing new was stored"
@@ -213,7 +241,36 @@ class IngestDocument:
             duplicate=stored.duplicate,
             completed_at=iso_utc(workflow.now()),
         )
+
+    async def _stored_before(self, task: IngestTask, failure: StepFailure) -> bool:
+        """Whether an earlier run of the task stored its document, found when its upload is
+        no longer staged (see `STORED_BEFORE_PATCH`); the task is then `complete` with it."""
+        missing = _describe_failure(failure, self._progress.stage)[0] == FailureType.STAGING_MISSING
+        if (
+            not missing
+            or self._progress.stage != Stage.EXTRACTING
+            or not workflow.patched(STORED_BEFORE_PATCH)
+        ):
+            return False
+        try:
+            # With no staged chunks, `store` only reads: this task's complete document, or
+            # the agent's copy of the same file; else it fails StagingMissing again.
+            stored: StoreResult = await workflow.execute_activity(
+                STORE,
+                task,
+                result_type=StoreResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=_database_retry(task),
+                cancellation_type=_WAIT,
+            )
+        except STEP_FAILURES:
+            return False
+        self._progress = dataclasses.replace(
+            self._progress, chunks_total=stored.chunks, chunks_embedded=stored.chunks
+        )
+        self._complete(task, stored)
         await self._cleanup(task)
+        return True
 
     async def _embed_and_store(self, task: IngestTask, total: int) -> StoreResult:
         """A document of one embed batch: one activity on the embed queue embeds and stores
@@ -478,6 +535,22 @@ def _stop_if_cancelled() -> None:
         CANCEL_HIDDEN_BY_SUCCESS_PATCH
     ):
         raise asyncio.CancelledError
+
+
+def _not_an_upload(task: IngestTask, workflow_id: str) -> str | None:
+    """Why `task` is not an upload the API started (its task id is the workflow's, and it,
+    the owner and the agent are UUIDs; its format is one we read); None when it is one."""
+    if task.task_id != workflow_id:
+        return f"its task_id {task.task_id!r} is not the workflow id {workflow_id!r}"
+    ids = (("task_id", task.task_id), ("owner_id", task.owner_id), ("agent_id", task.agent_id))
+    for field, value in ids:
+        try:
+            uuid.UUID(value)
+        except (TypeError, ValueError, AttributeError):
+            return f"its {field} {value!r} is not a UUID"
+    if task.format not in set(DocumentFormat):
+        return f"its format {task.format!r} is none of {', '.join(DocumentFormat)}"
+    return None
 
 
 def _quick_to_extract(task: IngestTask) -> bool:

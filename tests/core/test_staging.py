@@ -29,3 +29,18 @@ def test_a_write_survives_the_task_folder_removed_under_it(
     with staging.open_write("task", "original") as out:
         out.write(b"2")
     assert staging.read_bytes("task", "original") == b"2"
+
+
+@pytest.mark.parametrize("task_id", ["", ".", "..", "a/b", "../x", "a\\b"])
+def test_a_task_id_that_names_another_folder_is_refused(tmp_path: Path, task_id: str) -> None:
+    # remove_task("") removed the whole store: every upload's original (a workflow started by
+    # hand with an empty task id reached it through its record's cleanup).
+    staging = StagingStore(str(tmp_path / "staging"))
+    staging.write_bytes("kept", "original", b"an upload")
+    with pytest.raises(ValueError, match="is not a task id"):
+        staging.remove_task(task_id)
+    with pytest.raises(ValueError, match="is not a task id"):
+        staging.remove(task_id, "original")
+    with pytest.raises(ValueError, match="is not a task id"):
+        staging.write_bytes(task_id, "original", b"x")
+    assert staging.read_bytes("kept", "original") == b"an upload"

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.exceptions import (
     ActivityError,
@@ -476,6 +478,95 @@ async def test_a_task_whose_upload_left_staging_ends_error_and_asks_for_it_again
         document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
     assert document is not None
     assert (document.status, document.error_type) == (Status.ERROR, "StagingMissing")
+
+
+async def reset_to_first_workflow_task(
+    stack: Stack, handle: WorkflowHandle[IngestDocument, TaskProgress]
+) -> WorkflowHandle[IngestDocument, TaskProgress]:
+    """Reset the task's run as `temporal workflow reset --type FirstWorkflowTask` does; the
+    handle of the run that starts from there."""
+    history = await handle.fetch_history()
+    first = next(
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+    reset = await stack.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=stack.settings.temporal_namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=history.run_id),
+            reason="an operator's reset",
+            workflow_task_finish_event_id=first,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    return stack.client.get_workflow_handle_for(IngestDocument.run, handle.id, run_id=reset.run_id)
+
+
+async def test_a_complete_task_reset_to_its_first_step_keeps_its_document(
+    stack: Stack, fake_settings: Settings, tenant: Tenant
+) -> None:
+    """An operator resets a complete task (its staging already removed): the run again finds
+    the document it stored and is `complete` with it; before, it ended `error`
+    (StagingMissing) and its record deleted the document's chunks."""
+    task = stage(stack, fake_settings, tenant, lorem(20).encode(), DocumentFormat.TEXT, "a.txt")
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    first = await handle.result()
+    stored = await chunks_stored(stack, task.task_id)
+    assert first.status == Status.COMPLETE and stored > 1
+    again = await reset_to_first_workflow_task(stack, handle)
+    async with asyncio.timeout(60):
+        progress = await again.result()
+    assert (progress.status, progress.document_id) == (Status.COMPLETE, first.document_id)
+    assert progress.message == "Successfully processed a.txt"
+    assert progress.chunks_total == progress.chunks_embedded == stored
+    assert await chunks_stored(stack, task.task_id) == stored
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert (document.status, document.chunk_count) == (Status.COMPLETE, stored)
+    replay = await Replayer(workflows=[IngestDocument]).replay_workflow(await again.fetch_history())
+    assert replay.replay_failure is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "refused"),
+    [
+        ({"task_id": "", "agent_id": str(uuid.uuid4())}, "its task_id '' is not the workflow id"),
+        ({"owner_id": "someone"}, "its owner_id 'someone' is not a UUID"),
+        ({"format": "exe"}, "its format 'exe' is none of pdf, "),
+    ],
+    ids=["empty-task-id", "owner-not-a-uuid", "unknown-format"],
+)
+async def test_a_workflow_started_by_hand_with_a_bogus_task_fails_at_once(
+    stack: Stack, fake_settings: Settings, tenant: Tenant, changes: dict[str, Any], refused: str
+) -> None:
+    """An operator starts IngestDocument by hand (`temporal workflow start --input ...`) with
+    an input the API never sends: it fails at once, saying why, and touches nothing. Before,
+    an empty task id removed the whole staging store (here: the other upload's original), and
+    an owner or format it could not record kept the task retrying its record for a day."""
+    other = stage(stack, fake_settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+    bogus = dataclasses.replace(other, **{"task_id": str(uuid.uuid4()), **changes})
+    handle = await stack.client.start_workflow(
+        IngestDocument.run,
+        bogus,
+        id=bogus.task_id or str(uuid.uuid4()),
+        task_queue=fake_settings.task_queue,
+    )
+    async with asyncio.timeout(30):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "InvalidTask" and cause.non_retryable
+    assert cause.message.startswith(f"Not an upload task: {refused}")
+    history = await handle.fetch_history()
+    scheduled = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    assert not local_activity_markers(history)
+    assert not [event for event in history.events if event.event_type == scheduled]
+    assert stack.staging.exists(other.task_id, ORIGINAL)
 
 
 async def test_a_task_whose_chunked_text_left_staging_ends_error_and_can_be_retried(
