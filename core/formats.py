@@ -264,7 +264,7 @@ _CYRILLIC = {"cp1251", "koi8_r", "koi8_u", "iso8859_5", "cp866"}
 # it is believed: "Müller" read as GBK is one ideograph, and a line of symbols (° ± ½) read
 # as cp1251 is lone Cyrillic letters.
 _LEGACY_MIN_LETTERS = 4
-_NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*")
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 
 
 def legacy_encoding(sample: bytes, *, truncated: bool) -> str:
@@ -278,8 +278,10 @@ def legacy_encoding(sample: bytes, *, truncated: bool) -> str:
     if truncated and end > 0:
         sample = sample[:end]  # a multi-byte character may span the cut, none a line end
     # Only lines with non-ASCII bytes: a code file's few comments in GBK outweighed by its
-    # ASCII were guessed Latin.
-    lines = b"\n".join(_NON_ASCII_LINE.findall(sample))
+    # ASCII were guessed Latin. Split, not matched by a pattern: `[^\n]*[\x80-\xff][^\n]*`
+    # scanned a line without such a byte from each of its characters, quadratic in its length
+    # (8 KiB of one ASCII line: 0.5 s of the API's event loop, which sniffs uploads there).
+    lines = b"\n".join(line for line in sample.split(b"\n") if _HIGH_BYTE.search(line))
     matches = _charset_matches(lines)
     if matches and _LEGACY_CODECS.get(matches[0].encoding) == "cp932":
         decoded = lines.decode("cp932", errors="ignore")
@@ -321,15 +323,30 @@ def _charset_matches(
 
 
 def _script_letters(text: str) -> int:
-    """Letters past Latin (U+024F) that stand in runs of two or more."""
-    letters = run = 0
-    for ch in text:
-        if ord(ch) > 0x24F and ch.isalpha():
-            run += 1
-            letters += 2 if run == 2 else 1 if run > 2 else 0
-        else:
-            run = 0
+    """Letters past Latin (U+024F) that stand in runs of two or more, but none of a word that
+    mixes ASCII letters with cased ones of another script: that is a Latin word read in the
+    wrong code page ("PÄÄRUOKA" as cp1251: "PДДRUOKA"), not a Cyrillic or Greek one."""
+    letters = 0
+    for word in _WORD.findall(text):
+        if not word.isascii() and _mixes_scripts(word):
+            continue
+        run = 0
+        for ch in word:
+            if ord(ch) > 0x24F:
+                run += 1
+                letters += 2 if run == 2 else 1 if run > 2 else 0
+            else:
+                run = 0
     return letters
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _mixes_scripts(word: str) -> bool:
+    return any(ch.isascii() for ch in word) and any(
+        ord(ch) > 0x24F and (ch.isupper() or ch.islower()) for ch in word
+    )
 
 
 def _utf8_prefix_ok(sample: bytes) -> bool:

@@ -263,7 +263,12 @@ class IngestDocument:
                 retry_policy=_database_retry(task),
                 cancellation_type=_WAIT,
             )
-        except STEP_FAILURES:
+        except STEP_FAILURES as looked:
+            if is_cancelled_exception(looked) or workflow.cancellation_reason() is not None:
+                # The task's cancel came while it looked: it ends `cancelled`, as a step that
+                # the cancel stopped does (the look's failure is not the task's).
+                await self._cancelled(task)
+                raise asyncio.CancelledError from looked
             return False
         self._progress = dataclasses.replace(
             self._progress, chunks_total=stored.chunks, chunks_embedded=stored.chunks

@@ -6,6 +6,7 @@ import codecs
 import io
 import random
 import re
+import time
 import zipfile
 
 import pytest
@@ -356,6 +357,15 @@ def test_decode_text_latin_legacy_text_stays_cp1252(text: str) -> None:
     assert decode_text(text.encode("cp1252")) == text
 
 
+def test_decode_text_finnish_capitals_in_cp1252_stay_cp1252() -> None:
+    """A lunch menu in capitals: charset_normalizer guesses cp1251, whose "PДДRUOKA" was
+    taken for words of Cyrillic letters; cp1252 read it right before legacy encodings."""
+    text = (
+        "LOUNAS 11-14\nPÄIVÄN KEITTO 8,50\nKASVISPÄÄRUOKA 10,50\nPÄÄRUOKA 12,90\nJÄLKIRUOKA 4,00\n"
+    )
+    assert decode_text(text.encode("cp1252")) == text
+
+
 def test_decode_text_legacy_cjk_in_a_mostly_ascii_file() -> None:
     text = "int main() {\n  // 設定ファイルを読み込む\n  return 0;\n}\n" + "x = 1;\n" * 200
     assert decode_text(text.encode("cp932")) == text
@@ -372,6 +382,16 @@ def test_decode_text_legacy_cjk_after_a_utf8_looking_head() -> None:
     head = "Report\n" + "=" * (SNIFF_BYTES + 10) + "\n"
     tail = "これは年次予算に関する報告書です。来月までに審査を完了する必要があります。\n"
     assert decode_text((head + tail).encode("cp932")) == head + tail
+
+
+def test_sniffing_a_legacy_head_with_a_long_ascii_line_takes_linear_time() -> None:
+    """A paragraph per line (as Notepad saves it), then one with an accent in cp1252: the API
+    sniffs this head on its event loop, where finding the lines with such bytes took 0.5 s."""
+    head = ("word " * 1600 + "\nLe café est fermé.\n").encode("cp1252")[:SNIFF_BYTES]
+    sniff_head(b"caf\xe9\n", "warm.txt")  # charset_normalizer's first call loads its tables
+    started = time.perf_counter()
+    assert sniff_head(head, "notes.txt") is DocumentFormat.TEXT
+    assert time.perf_counter() - started < 0.15
 
 
 def test_decode_text_utf8_with_a_stray_byte_stays_utf8() -> None:

@@ -531,6 +531,40 @@ async def test_a_complete_task_reset_to_its_first_step_keeps_its_document(
     assert replay.replay_failure is None
 
 
+async def test_a_cancel_while_a_task_missing_its_upload_looks_for_its_document_ends_cancelled(
+    stack: Stack, fake_settings: Settings, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload left staging: the task asks `store` for a document an earlier run stored.
+    A cancel that comes meanwhile stops that look, and the task is `cancelled`; the look's
+    failure was taken for its answer, and the task ended `error` (StagingMissing)."""
+    begun = asyncio.Event()
+    look_up = StoreActivities._stored_by_this_task
+
+    async def slow_look_up(self: StoreActivities, task: IngestTask) -> Any:
+        begun.set()
+        await asyncio.sleep(3)  # a busy database
+        return await look_up(self, task)
+
+    monkeypatch.setattr(StoreActivities, "_stored_by_this_task", slow_look_up)
+    task = stage(stack, fake_settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
+    stack.staging.remove_task(task.task_id)
+    handle = await stack.client.start_workflow(
+        IngestDocument.run, task, id=task.task_id, task_queue=fake_settings.task_queue
+    )
+    async with asyncio.timeout(30):
+        await begun.wait()
+    await handle.cancel()
+    async with asyncio.timeout(60):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    assert isinstance(failure.value.cause, CancelledError)
+    progress = await handle.query(IngestDocument.progress)
+    assert progress.status == Status.CANCELLED, progress.message
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None and document.status == Status.CANCELLED
+
+
 @pytest.mark.parametrize(
     ("changes", "refused"),
     [
