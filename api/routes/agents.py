@@ -46,7 +46,16 @@ router = APIRouter(
 
 # PostgreSQL's OFFSET is a bigint: past it the query fails, so the API refuses (422) instead.
 _MAX_OFFSET = 2**63 - 1
+# How long an agent's delete waits for the cancels of its uploads before it answers (the rest
+# go on after), and how long each call to Temporal for them may take.
 _CANCEL_DEADLINE = timedelta(seconds=5)
+_CANCEL_RPC_TIMEOUT = timedelta(seconds=5)
+# The running uploads of a deleted agent listed at a time, and cancelled at once: a thousand
+# cancels sent together to a busy server missed their deadline.
+_CANCEL_PAGE = 1000
+_CANCELS_AT_ONCE = 100
+# Cancels that go on after their delete was answered (the loop keeps only weak references).
+_cancelling: set[asyncio.Task[None]] = set()
 
 
 @router.post("", status_code=201)
@@ -194,28 +203,44 @@ async def delete_agent(
 
 
 async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:
-    """Ask Temporal to cancel the agent's running ingest workflows; failures are only logged.
+    """Ask Temporal to cancel the agent's running ingest workflows, a page at a time; failures
+    are only logged. Waits `_CANCEL_DEADLINE` at most: the pages left go on after the answer.
 
-    Best effort on purpose: the agent is already gone, and a workflow this misses still ends,
-    at its store step, which finds no agent and fails without retrying (AgentDeleted).
+    One deadline for listing them all and then cancelling them all cancelled a few thousand
+    uploads in part (3,000: 1,374 asked, measured), and 20,000 not at all (listing them took
+    longer): each missed one ran its extract and embed steps, holding the workers every other
+    owner waits on, before failing at its store step. Best effort on purpose: the agent is
+    already gone, and a workflow this misses still ends there, AgentDeleted, with no retry.
     """
+    cancelling = asyncio.create_task(_cancel_every_page(temporal, owner, agent_id))
+    _cancelling.add(cancelling)
+    cancelling.add_done_callback(_cancelling.discard)
+    await asyncio.wait([cancelling], timeout=_CANCEL_DEADLINE.total_seconds())
+
+
+async def _cancel_every_page(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:
     query = (
         f"WorkflowType = '{WORKFLOW_NAME}' AND {OWNER_ID.name} = '{owner}' "
         f"AND {AGENT_ID.name} = '{agent_id}' AND ExecutionStatus = 'Running'"
     )
-    deadline = _CANCEL_DEADLINE.total_seconds()
     try:
-        async with asyncio.timeout(deadline):
-            executions = [
-                execution
-                async for execution in temporal.list_workflows(query, rpc_timeout=_CANCEL_DEADLINE)
-            ]
-            await cancel_for_deleted_agent(
-                temporal, [(execution.id, execution.run_id) for execution in executions]
-            )
-    # Any failure (unreachable, timeout, RPC error): the deletion stands and is answered 204.
+        page: list[tuple[str, str | None]] = []
+        async for execution in temporal.list_workflows(
+            query, page_size=_CANCEL_PAGE, rpc_timeout=_CANCEL_RPC_TIMEOUT
+        ):
+            page.append((execution.id, execution.run_id))
+            if len(page) == _CANCEL_PAGE:
+                await _cancel_page(temporal, page)
+                page = []
+        await _cancel_page(temporal, page)
+    # Any failure (unreachable, RPC error): the deletion stands, answered 204.
     except Exception:
         log.warning("could not cancel the running uploads of agent %s", agent_id, exc_info=True)
+
+
+async def _cancel_page(temporal: Client, runs: list[tuple[str, str | None]]) -> None:
+    for first in range(0, len(runs), _CANCELS_AT_ONCE):
+        await cancel_for_deleted_agent(temporal, runs[first : first + _CANCELS_AT_ONCE])
 
 
 async def cancel_for_deleted_agent(temporal: Client, runs: list[tuple[str, str | None]]) -> None:
@@ -225,7 +250,7 @@ async def cancel_for_deleted_agent(temporal: Client, runs: list[tuple[str, str |
     results = await asyncio.gather(
         *(
             temporal.get_workflow_handle(task_id, run_id=run_id).cancel(
-                reason=AGENT_DELETED, rpc_timeout=_CANCEL_DEADLINE
+                reason=AGENT_DELETED, rpc_timeout=_CANCEL_RPC_TIMEOUT
             )
             for task_id, run_id in runs
         ),

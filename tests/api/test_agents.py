@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +25,8 @@ from api.routes import agents, search
 from core.db import create_engine
 from core.models import Agent
 from core.settings import Settings
-from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
+from tests.support import Stack, Tenant, new_tenant, serve, serve_app, stack_settings
+from workflows.types import AGENT_DELETED
 
 
 async def test_agents_create_and_list_only_own(
@@ -352,3 +354,59 @@ async def test_health_is_ok_while_busy_requests_hold_every_pooled_connection(
         response = await http.get("/health")
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ok", "database": "ok", "temporal": "ok"}
+
+
+async def test_agents_delete_cancels_every_running_upload_of_a_large_agent(
+    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete listed the agent's running uploads, then cancelled them all, within one 5 s
+    deadline, and the cancels not sent by then were dropped (1,374 of 3,000 were asked on the
+    2-core machine; none of 20,000, whose listing took longer). Each missed upload ran its
+    extract and embed steps before failing at its store step. Here 400 uploads, and a delete
+    that waits 0.2 s: the cancels go on after its answer."""
+    monkeypatch.setattr(agents, "_CANCEL_DEADLINE", timedelta(seconds=0.2))
+    settings = stack_settings(stack)  # no worker: the uploads stay running
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_ids: list[str] = []
+        for first in range(0, 400, 100):
+            files = [
+                ("file", (f"{number}.txt", f"upload {number}".encode(), "text/plain"))
+                for number in range(first, first + 100)
+            ]
+            batch = await http.post(
+                "/upload/agent/batch",
+                params={"agent_id": tenant.agent_id},
+                files=files,
+                headers=tenant.headers,
+            )
+            assert batch.status_code == 202, batch.text
+            task_ids += [task["task_id"] for task in batch.json()["tasks"]]
+        listed = f"OwnerId = '{tenant.owner_id}' AND ExecutionStatus = 'Running'"
+        async with asyncio.timeout(30):  # visibility is eventually consistent
+            while (await stack.client.count_workflows(listed)).count < len(task_ids):
+                await asyncio.sleep(0.2)
+        deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+        assert deleted.status_code == 204
+        waiting = set(task_ids)
+        async with asyncio.timeout(120):  # the cancels left go on after the 204
+            while waiting:
+                reasons = await _cancel_reasons(stack, sorted(waiting))
+                assert set(reasons.values()) <= {AGENT_DELETED}, reasons
+                waiting -= set(reasons)
+                await asyncio.sleep(1)
+
+
+async def _cancel_reasons(stack: Stack, task_ids: list[str]) -> dict[str, str]:
+    """The reason of each task's cancel request, for those that have one (from history)."""
+    limit = asyncio.Semaphore(20)
+
+    async def reason(task_id: str) -> str | None:
+        async with limit:
+            handle = stack.client.get_workflow_handle(task_id)
+            async for event in handle.fetch_history_events():
+                if event.HasField("workflow_execution_cancel_requested_event_attributes"):
+                    return event.workflow_execution_cancel_requested_event_attributes.cause
+        return None
+
+    found = await asyncio.gather(*(reason(task_id) for task_id in task_ids))
+    return {task_id: cause for task_id, cause in zip(task_ids, found, strict=True) if cause}
