@@ -143,7 +143,11 @@ async def _newest_of_many(
     )
     # A retried task whose new run is running has its earlier run in the closed group.
     candidates = _newest_first(_latest_runs([task for group in found for task in group]))[:limit]
-    while len(candidates) == limit:
+    closed = found[1]
+    # Running workflows are listed newest first: read whole or not, the group holds the newest.
+    # A closed group read whole holds every closed task: no later start is left to find (one
+    # more read of `limit` + 1,000 tasks, where every task ran).
+    while len(candidates) == limit and len(closed) == limit:
         oldest = candidates[-1].started_at
         read = limit + NEWEST_SCAN_MAX
         since = await list_tasks(
