@@ -12,9 +12,9 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ import httpx
 import numpy as np
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
@@ -370,3 +371,36 @@ class DelayedStore(StoreActivities):
         self.begun.set()
         await asyncio.sleep(self.delay_s)
         return await super().save(*args, **kwargs)
+
+
+@contextmanager
+def statements_run(engine: AsyncEngine, fragment: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements holding `fragment` that `engine` runs meanwhile, with their parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:  # connection, cursor, statement, parameters, ...
+        if fragment in args[2]:
+            seen.append((args[2], args[3]))
+
+    sqlalchemy_event.listen(engine.sync_engine, "after_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sqlalchemy_event.remove(engine.sync_engine, "after_cursor_execute", record)
+
+
+async def plan_from_indexes(
+    engine: AsyncEngine, table: str, statement: str, parameters: Any
+) -> str:
+    """PostgreSQL's plan for a statement on `table`, vacuumed as autovacuum keeps it, when
+    reading the table's rows is the last resort (no sequential or bitmap scan): "Index Only
+    Scan" says an index alone answers it, at any size (on a small table the planner reads the
+    rows, cheaper there)."""
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.exec_driver_sql(f"VACUUM (ANALYZE) {table}")
+    async with engine.connect() as connection:
+        for scan in ("seqscan", "bitmapscan"):
+            await connection.exec_driver_sql(f"SET LOCAL enable_{scan} = off")
+        plan = await connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+        return "\n".join(row[0] for row in plan)

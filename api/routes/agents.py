@@ -113,10 +113,13 @@ async def list_documents(
     # disagree with the page. (A read-only REPEATABLE READ transaction never fails to commit.)
     await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     agent = await owned_agent(session, owner, agent_id)
-    scope = [Document.agent_id == agent.id, Document.owner_id == owner]
+    # The agent is the caller's, and so are its documents: counted from the agent's documents
+    # index alone (with the owner too, every row was read: ~290 ms for a million).
+    counted = [Document.agent_id == agent.id]
     if status is not None:
-        scope.append(Document.status == status)
-    total = await session.scalar(select(func.count()).select_from(Document).where(*scope))
+        counted.append(Document.status == status)
+    total = await session.scalar(select(func.count()).select_from(Document).where(*counted))
+    scope = [*counted, Document.owner_id == owner]
     # An offset counts from the top, which moves as uploads finish and documents are deleted
     # (a page repeated or skipped a document); a cursor says where the last page ended.
     after = [] if cursor is None else [_before(cursor)]

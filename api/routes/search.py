@@ -94,16 +94,18 @@ def plan_search(
 async def choose_plan(
     session: AsyncSession, settings: Settings, owner: uuid.UUID, agent_id: uuid.UUID, top_k: int
 ) -> SearchPlan:
-    """The plan for this agent, from its stored chunk count and the table's estimated size."""
+    """The plan for this agent (the caller's), from its stored chunk count and the table's
+    estimated size. The sum reads the agent's documents index alone: with the owner in the
+    filter it read every row of the agent's documents (~220 ms a search for a million)."""
     stored = await session.execute(
         text(
             "SELECT (SELECT coalesce(sum(chunk_count), 0) FROM documents"
-            "        WHERE owner_id = :owner AND agent_id = :agent AND status = :complete),"
+            "        WHERE agent_id = :agent AND status = :complete),"
             "       (SELECT greatest(c.reltuples::bigint, coalesce(s.n_live_tup, 0))"
             "        FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
             "        WHERE c.oid = 'chunks'::regclass)"
         ),
-        {"owner": owner, "agent": agent_id, "complete": Status.COMPLETE},
+        {"agent": agent_id, "complete": Status.COMPLETE},
     )
     agent_chunks, table_rows = stored.one()
     wanted = max(settings.search_ef_search, top_k)

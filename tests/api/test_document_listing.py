@@ -10,7 +10,15 @@ from sqlalchemy import create_engine, event, text
 
 from api.app import create_app
 from core.models import Document
-from tests.support import Stack, Tenant, new_tenant, serve_app, stack_settings
+from tests.support import (
+    Stack,
+    Tenant,
+    new_tenant,
+    plan_from_indexes,
+    serve_app,
+    stack_settings,
+    statements_run,
+)
 
 
 async def test_documents_total_agrees_with_the_page_when_a_delete_lands_in_between(
@@ -142,6 +150,27 @@ async def test_a_cancelled_task_says_no_error_once_only_its_record_is_left(
         ("cancelled", "Processing of f1.txt was cancelled", None),
         ("cancelled", "Processing of f2.txt was cancelled: its agent was deleted", None),
     ]
+
+
+async def test_documents_total_is_counted_from_the_agents_index_alone(stack: Stack) -> None:
+    """Every page counts the agent's documents: with the owner in the count's filter (a column
+    of no index on the agent) every row was read, ~290 ms a page for a million documents."""
+    tenant = await new_tenant(stack)
+    async with stack.sessionmaker.begin() as session:
+        session.add_all(_document(tenant, number) for number in range(3))
+    app = create_app(stack_settings(stack))
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as http:
+        engine = app.state.resources.engine  # made by the app's start-up
+        for status in (None, "failed"):
+            params = {} if status is None else {"status": status}
+            with statements_run(engine, "count(*)") as counts:
+                page = await http.get(
+                    f"/agents/{tenant.agent_id}/documents", params=params, headers=tenant.headers
+                )
+            assert page.status_code == 200, page.text
+            [(statement, parameters)] = counts
+            plan = await plan_from_indexes(engine, "documents", statement, parameters)
+            assert "Index Only Scan" in plan, plan
 
 
 def _document(tenant: Tenant, number: int, **fields: Any) -> Document:

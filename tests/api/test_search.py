@@ -18,6 +18,7 @@ from api.query_embedder import QueryEmbedder
 from api.routes.search import (
     HNSW_SCAN_TUPLES,
     SearchPlan,
+    choose_plan,
     nearest_chunks,
     plan_search,
 )
@@ -28,7 +29,9 @@ from tests.support import (
     Stack,
     Tenant,
     new_tenant,
+    plan_from_indexes,
     stack_settings,
+    statements_run,
     wait_for_status,
 )
 from workflows.types import Status
@@ -483,3 +486,18 @@ async def test_search_finds_text_past_the_models_window(
     assert tyre in hits[0]["text"]
     bread_scores = [hit["score"] for hit in hits if hit["filename"] == "bread.txt"]
     assert hits[0]["score"] > max(bread_scores) + 0.05, hits
+
+
+async def test_search_plan_sums_the_agents_chunks_from_its_index_alone(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """Every search sums the chunk counts of the agent's documents to choose its plan: read
+    from every row of them, ~220 ms a search for an agent of a million documents."""
+    engine = stack.sessionmaker.kw["bind"]
+    agent = uuid.UUID(tenant.agent_id)
+    with statements_run(engine, "sum(chunk_count)") as sums:
+        async with stack.sessionmaker() as session:
+            await choose_plan(session, stack.settings, tenant.owner_id, agent, 5)
+    [(statement, parameters)] = sums
+    plan = await plan_from_indexes(engine, "documents", statement, parameters)
+    assert "Index Only Scan using ix_documents_agent_status_chunks" in plan, plan
