@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import io
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pypdf
@@ -576,6 +578,27 @@ def test_extract_stops_a_small_html_file_built_to_parse_slowly_at_the_time_limit
     assert info.value.type == FailureType.DOCUMENT_TOO_SLOW
     assert info.value.non_retryable
     assert not staging.exists(task.task_id, TEXT_JSON)
+
+
+def test_extract_in_a_local_step_stops_its_reader_before_the_steps_own_timeout(
+    tmp_path: Path,
+) -> None:
+    # A small HTML file is read in a local step of 5 minutes, as long as the default limit
+    # (300 s): the step's timeout came first, and the file was read again, five times; the task
+    # ended `error` (Timeout) after 25 minutes instead of `failed` (DocumentTooSlow). Here a step
+    # of 21 s: the reader has 11 s of the 300.
+    staging, task = staged_html(tmp_path, b"<a" * (80 * 1024))  # ~40 s to parse
+    activities = ExtractActivities(staging, ReaderLimits(time_s=300))
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(
+        environment.info, start_to_close_timeout=timedelta(seconds=21), is_local=True
+    )
+
+    with pytest.raises(ApplicationError) as info:
+        environment.run(activities.extract, task)
+
+    assert info.value.type == FailureType.DOCUMENT_TOO_SLOW
+    assert "took longer than 11 s" in info.value.message
 
 
 def test_extract_of_a_large_html_file_stops_when_cancelled(tmp_path: Path) -> None:

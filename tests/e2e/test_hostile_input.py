@@ -548,29 +548,6 @@ async def test_hostile_small_html_built_to_parse_slowly_fails_at_the_time_limit(
         await good_upload(http, tenant, "after-tags.html", b"<p>Fish &amp; chips</p>")
 
 
-@pytest.mark.slow
-async def test_hostile_small_html_fails_at_the_default_time_limit_not_the_steps_timeout(
-    stack: Stack, tenant: Tenant, embedder: TextEmbedder
-) -> None:
-    """700 KiB of unfinished tags (~10 min to parse) under the default limit, 300 s: the local
-    step that reads a small HTML file has 5 minutes, and its timeout came first; it was read
-    again, and the task was still `extracting` long after the limit."""
-    hostile = b"<a" * (350 * 1024)
-    settings = stack_settings(stack)
-    assert settings.extract_time_limit == timedelta(seconds=300)
-    async with (
-        serve(settings) as url,
-        running_workers(stack, settings, embedder),
-        httpx.AsyncClient(base_url=url, timeout=60) as http,
-    ):
-        response = await post_upload(http, tenant, "tags.html", hostile)
-        assert response.status_code == 202, response.text
-        status = await wait_for_status(
-            http, tenant, response.json()["task_id"], Status.TERMINAL, 330
-        )
-        assert_human_failure(status, "tags.html", "DocumentTooSlow", "took longer than")
-
-
 async def extract_attempts(stack: Stack, task_id: str) -> list[int]:
     """The attempt numbers of `extract`'s started events in the workflow's history (Temporal
     writes one per scheduled step: the last attempt's)."""
