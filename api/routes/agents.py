@@ -4,10 +4,11 @@ import asyncio
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query
-from sqlalchemy import ColumnElement, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, delete, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from api.cursors import decode_cursor, encode_cursor
@@ -81,19 +82,14 @@ async def list_agents(
     # A cursor, not an offset: an offset reads every agent before its page, and an agent
     # deleted between two pages would move the next one past an agent never listed.
     after = [] if cursor is None else [tuple_(Agent.created_at, Agent.id) > _place(cursor)]
-    # One row more than the page: a page that ends the list says so (no cursor to an empty page).
-    rows = list(
-        await session.scalars(
-            select(Agent)
-            .where(Agent.owner_id == owner, *after)
-            .order_by(Agent.created_at, Agent.id)
-            .limit(limit + 1)
-        )
+    page, next_cursor = await _page(
+        session,
+        select(Agent).where(Agent.owner_id == owner, *after).order_by(Agent.created_at, Agent.id),
+        limit,
     )
-    page = rows[:limit]
     return AgentsPublic(
         agents=[AgentPublic.model_validate(agent, from_attributes=True) for agent in page],
-        next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -123,24 +119,35 @@ async def list_documents(
     # An offset counts from the top, which moves as uploads finish and documents are deleted
     # (a page repeated or skipped a document); a cursor says where the last page ended.
     after = [] if cursor is None else [_before(cursor)]
-    # One row more than the page: a page that ends the list says so (no cursor to an empty page).
-    rows = list(
-        await session.scalars(
-            select(Document)
-            .where(*scope, *after)
-            .order_by(Document.created_at.desc(), Document.id.desc())
-            .limit(limit + 1)
-            .offset(offset)
-        )
+    page, next_cursor = await _page(
+        session,
+        select(Document)
+        .where(*scope, *after)
+        .order_by(Document.created_at.desc(), Document.id.desc())
+        .offset(offset),
+        limit,
     )
-    page = rows[:limit]
     return DocumentsPublic(
         documents=[document_public(document) for document in page],
         total=total or 0,
         limit=limit,
         offset=offset,
-        next_cursor=_cursor(page[-1]) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
+
+
+_Row = TypeVar("_Row", Agent, Document)
+
+
+async def _page(
+    session: AsyncSession, rows: Select[_Row], limit: int
+) -> tuple[list[_Row], str | None]:
+    """The first `limit` of `rows` (ordered by created_at, then id), and the cursor after them
+    when more follow. One row more than the page is read: a page that ends the list says so,
+    with no cursor to an empty page."""
+    read = list(await session.scalars(rows.limit(limit + 1)))
+    page = read[:limit]
+    return page, _cursor(page[-1]) if len(read) > limit else None
 
 
 def _cursor(row: Agent | Document) -> str:
