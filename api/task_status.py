@@ -34,6 +34,7 @@ from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
 from workflows.types import (
     MEMO_PROGRESS,
     WORKFLOW_NAME,
+    FailureType,
     Stage,
     Status,
     TaskProgress,
@@ -260,7 +261,11 @@ def _reconcile(
             progress,
             status=Status.ERROR,
             message=f"Processing {progress.filename} {happened}{reason}; the upload can be retried",
-            error_type="Terminated" if status is WorkflowExecutionStatus.TERMINATED else "Timeout",
+            error_type=(
+                FailureType.TERMINATED
+                if status is WorkflowExecutionStatus.TERMINATED
+                else FailureType.TIMEOUT
+            ),
             error_message=error + reason,
             completed_at=completed_at,
         )

@@ -397,7 +397,7 @@ class IngestDocument:
         said too; the API's cancel route sends none."""
         reason = workflow.cancellation_reason() or ""
         await self._record_outcome(
-            task, Status.CANCELLED, "Cancelled", reason or CANCELLED_ON_REQUEST
+            task, Status.CANCELLED, FailureType.CANCELLED, reason or CANCELLED_ON_REQUEST
         )
         await self._cleanup(task)
         self._update(
@@ -575,9 +575,9 @@ def _describe_failure(failure: StepFailure, stage: str) -> tuple[str, str]:
     if isinstance(cause, TimeoutError):
         if isinstance(failure, ActivityError):
             step = STEP_NAMES.get(failure.activity_type, failure.activity_type)
-            return "Timeout", f"the {step} step timed out (a worker may have died)"
+            return FailureType.TIMEOUT, f"the {step} step timed out (a worker may have died)"
         # A local step: a dead worker's is run again elsewhere, so this one ran too long.
-        return "Timeout", f"the {stage} step ran past its time limit"
+        return FailureType.TIMEOUT, f"the {stage} step ran past its time limit"
     return "ActivityError", _unexpected(stage)
 
 

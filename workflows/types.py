@@ -100,7 +100,12 @@ class FailureType:
     # class (KeyError, OperationalError): words for operators, which change with the libraries.
     # The API shows the documented types only, and this one for any other.
     INTERNAL_ERROR = "InternalError"
-    SHOWN = frozenset({*WORDED, "Timeout", "Terminated", "Cancelled", INTERNAL_ERROR})
+    # How a task that did not fail by itself ended: a step ran past its time (or its worker
+    # was lost), an operator terminated it, it was cancelled.
+    TIMEOUT = "Timeout"
+    TERMINATED = "Terminated"
+    CANCELLED = "Cancelled"
+    SHOWN = frozenset({*WORDED, TIMEOUT, TERMINATED, CANCELLED, INTERNAL_ERROR})
 
 
 @dataclass
