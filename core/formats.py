@@ -258,7 +258,7 @@ _LEGACY_CODECS = {
     "cp874": "cp874",
     "tis_620": "cp874",
 }
-_SHIFT_JIS = ["cp932", "shift_jis", "shift_jis_2004", "shift_jisx0213"]
+_SHIFT_JIS = [name for name, codec in _LEGACY_CODECS.items() if codec == "cp932"]
 _CYRILLIC = {"cp1251", "koi8_r", "koi8_u", "iso8859_5", "cp866"}
 # How many letters of a non-Latin script, in words of two or more, the guess must read before
 # it is believed: "Müller" read as GBK is one ideograph, and a line of symbols (° ± ½) read
