@@ -23,7 +23,11 @@ def refuse_busy_port(port: int, variable: str, host: str = "127.0.0.1") -> None:
             pass
     except OSError:
         return
-    raise SystemExit(f"port {port} is in use: stop what runs there or set {variable}")
+    raise SystemExit(_busy(port, variable))
+
+
+def _busy(port: int, variable: str) -> str:
+    return f"port {port} is in use: stop what runs there or set {variable}"
 
 
 def listening_socket(host: str, port: int, variable: str) -> socket.socket:
@@ -37,7 +41,7 @@ def listening_socket(host: str, port: int, variable: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            reason = f"port {port} is in use: stop what runs there or set {variable}"
+            reason = _busy(port, variable)
         else:
             reason = f"cannot listen on {http_url(host, port)}: {exc.strerror}"
         raise ConfigurationError(reason) from exc
