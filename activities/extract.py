@@ -40,6 +40,10 @@ PAGE_SEPARATOR = "\n\n"
 # carries into Word, HTML and text files, as their letters: the model reads "ﬁle" as "ﬁ" and
 # "##le", and a search for "file" scored 0.35 against such a sentence instead of 0.63.
 LIGATURES = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFB00, 0xFB07)}
+# A character that shows something: neither whitespace nor one that shows nothing (soft hyphen,
+# zero-width space, word joiner, a BOM past the first). A text of only those was stored
+# `complete` as one invisible chunk, which searches then returned.
+_VISIBLE = re.compile(r"[^\s\u00ad\u180e\u200b\u2060-\u2064\ufeff]")
 
 
 @dataclass
@@ -65,7 +69,7 @@ def extract_text(data: bytes, fmt: DocumentFormat, on_page: OnPage | None = None
     # PostgreSQL text cannot hold NUL; dropping it keeps offsets consistent from here on (a
     # PDF's pages hold neither NUL nor ligatures: `_page_text` has replaced them already).
     extracted.text = extracted.text.replace("\x00", "").translate(LIGATURES)
-    if not extracted.text.strip():
+    if _VISIBLE.search(extracted.text) is None:
         raise RejectedDocument(FailureType.EMPTY_DOCUMENT, _empty_reason(fmt))
     return extracted
 

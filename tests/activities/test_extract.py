@@ -376,8 +376,20 @@ def test_extract_text_removes_nul_characters() -> None:
         b"  \x00 \n  \x00\t ",
         codecs.BOM_UTF8 + b" \n",
         "\u3000\u00a0".encode(),
+        "\u200b\u2060\u00ad\n".encode(),
+        codecs.BOM_UTF8 * 2,
+        codecs.BOM_UTF16_LE + " \ufeff".encode("utf-16-le"),
     ],
-    ids=["empty", "whitespace", "nul-and-space", "bom-and-space", "unicode-spaces"],
+    ids=[
+        "empty",
+        "whitespace",
+        "nul-and-space",
+        "bom-and-space",
+        "unicode-spaces",
+        "invisible",
+        "two-boms",
+        "utf-16-boms",
+    ],
 )
 @pytest.mark.parametrize("fmt", [DocumentFormat.TEXT, DocumentFormat.MARKDOWN])
 def test_extract_text_whitespace_only_is_empty(data: bytes, fmt: DocumentFormat) -> None:

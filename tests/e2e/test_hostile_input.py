@@ -269,7 +269,7 @@ class Ends:
 
 
 REFUSED = [
-    Refused("empty.txt", b""),
+    Refused("empty.txt", b"", 422, "invalid_request"),
     Refused("random.pdf", noise(64 * 1024, seed=1)),
     Refused("program.txt", b"\x7fELF\x02\x01\x01\x00" + noise(16 * 1024, seed=2)),
     Refused("binary.docx", noise(8 * 1024, seed=3)),
