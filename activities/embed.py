@@ -13,6 +13,7 @@ import numpy as np
 from temporalio import activity
 
 from activities.chunk import shard_name
+from activities.embedding_record import Embedding, record_name, shard_record
 from activities.errors import staging_missing
 from activities.heartbeats import heartbeating_thread
 from activities.lanes import Lanes, usable_cores
@@ -39,10 +40,17 @@ log = logging.getLogger(__name__)
 
 
 class TextEmbedder(Protocol):
-    """What the embed activity needs of a model: a width and normalized vectors."""
+    """What the embed activity needs of a model: a width, normalized vectors, and what the
+    documents record of it (activities/embedding_record.py)."""
 
     @property
     def dimension(self) -> int: ...
+
+    @property
+    def precision(self) -> str: ...  # float32, bfloat16 or int8: never `auto`
+
+    @property
+    def model_name(self) -> str: ...
 
     def encode(self, texts: list[str]) -> Vectors: ...
 
@@ -56,6 +64,17 @@ def bundled_model_path() -> str:
 def model_folder(configured: str | None) -> str:
     """The model to load: `DOCINGEST_EMBEDDING_MODEL` when set, else the bundled one."""
     return configured or bundled_model_path()
+
+
+BUNDLED_MODEL = "all-MiniLM-L6-v2"
+
+
+def model_name(folder: str) -> str:
+    """What documents call the model in `folder` (`embedding_model`): the bundled one by its
+    own name, another by its folder's: names an operator knows, the same on every machine (the
+    int8 export's `model_key` digests the files' timestamps, which differ between installs)."""
+    path = Path(folder).resolve()
+    return BUNDLED_MODEL if path == Path(bundled_model_path()).resolve() else path.name
 
 
 def resolve_device(device: str) -> str:
@@ -129,6 +148,7 @@ class SentenceTransformerEmbedder:
 
         self.device = resolve_device(device)
         self.model_path = model_folder(model_path)
+        self.model_name = model_name(self.model_path)
         # `auto` on a CPU with native bf16 is decided by a measurement (activities/precision.py);
         # one saved earlier is read first, so the chosen precision is the only one loaded.
         measured_here = precision == "auto" and self.device == "cpu" and cpu_has_native_bf16()
@@ -236,7 +256,8 @@ def make_embedder(
             "DOCINGEST_EMBEDDING_PRECISION=int8 runs on the CPU only: "
             "set DOCINGEST_EMBEDDING_DEVICE=cpu, or use bfloat16 on a GPU"
         )
-    return OnnxInt8Embedder(model_folder(model_path), batch_size, models_dir)
+    folder = model_folder(model_path)
+    return OnnxInt8Embedder(folder, batch_size, models_dir, model_name(folder))
 
 
 def vectors_name(start: int) -> str:
@@ -289,5 +310,13 @@ class EmbedActivities:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.concatenate(parts)
 
+    @property
+    def embedding(self) -> Embedding:
+        """What this worker's vectors are made with."""
+        return Embedding(self.embedder.precision, self.embedder.model_name)
+
     def write_vectors(self, task_id: str, start: int, vectors: Vectors) -> None:
-        self.staging.write_bytes(task_id, vectors_name(start), to_npy(vectors))
+        """The shard's vectors, and the record of what made them, for the store."""
+        data = to_npy(vectors)
+        self.staging.write_json(task_id, record_name(start), shard_record(self.embedding, data))
+        self.staging.write_bytes(task_id, vectors_name(start), data)

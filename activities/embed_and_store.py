@@ -93,7 +93,7 @@ class EmbedAndStoreActivities:
         self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard]
     ) -> StoreResult:
         async with asyncio.timeout(self.store_limit_s):  # cancelled: the transaction rolls back
-            return await self.store.save(task, manifest, shards)
+            return await self.store.save(task, manifest, shards, self.embed.embedding)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -199,11 +199,13 @@ class OnnxInt8Embedder:
     device = "cpu"
     precision = "int8"
 
-    def __init__(self, model_path: str, batch_size: int, cache_dir: Path) -> None:
+    def __init__(self, model_path: str, batch_size: int, cache_dir: Path, model_name: str) -> None:
+        """`model_name`: what documents call the model (activities/embed.py: `model_name`)."""
         import onnxruntime
         from transformers import AutoTokenizer
 
         self.model_path = model_path
+        self.model_name = model_name
         self.batch_size = batch_size
         self.file = int8_model_file(model_path, cache_dir)
         # Lanes of micro-batches over the cores (activities/lanes.py), each run single-threaded.

@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.chunk import MANIFEST, shard_name, shard_starts
 from activities.embed import from_npy, vectors_name
+from activities.embedding_record import Embedding, document_embedding, record_name, shard_embedding
 from activities.errors import refusal, staging_missing
 from activities.heartbeats import heartbeat_interval_s
 from activities.vectors import Vectors
@@ -71,6 +72,10 @@ async def upsert_document(
         "status": status,
         "error_type": None,
         "error_message": None,
+        # No vectors but those the store writes with their embedding (a failed or cancelled
+        # task's row has none).
+        "embedding_precision": None,
+        "embedding_model": None,
         **fields,
     }
     statement = insert(Document).values(**values)
@@ -147,7 +152,7 @@ class StoreActivities:
 
     async def _store(self, task: IngestTask) -> StoreResult:
         try:
-            manifest, shards = await asyncio.to_thread(self._load, task.task_id)
+            manifest, shards, embedding = await asyncio.to_thread(self._load, task.task_id)
         except ApplicationError:
             # Run again after the cleanup removed its staging (not on the workflow's own path,
             # where the cleanup follows the store's recorded result): what was stored stands.
@@ -155,13 +160,18 @@ class StoreActivities:
             if stored is None:
                 raise
             return stored
-        return await self.save(task, manifest, shards)
+        return await self.save(task, manifest, shards, embedding)
 
     async def save(
-        self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard]
+        self,
+        task: IngestTask,
+        manifest: dict[str, Any],
+        shards: list[Shard],
+        embedding: Embedding,
     ) -> StoreResult:
-        """Store the document of `task`: its manifest, and each shard's chunks with their
-        vectors, in one transaction (or find the copy another task stored first)."""
+        """Store the document of `task`: its manifest, each shard's chunks with their vectors,
+        and the embedding that made them, in one transaction (or find the copy another task
+        stored first)."""
         try:
             async with self.sessionmaker.begin() as session:
                 existing = await self._settled_copy(session, task)
@@ -174,6 +184,8 @@ class StoreActivities:
                     Status.COMPLETE,
                     chunk_count=manifest["chunks"],
                     page_count=manifest["pages"],
+                    embedding_precision=embedding.precision,
+                    embedding_model=embedding.model,
                 )
                 await self._refuse_when_moved_on(task)
                 await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
@@ -234,19 +246,30 @@ class StoreActivities:
             raise agent_deleted(task) from exc
         raise exc
 
-    def _load(self, task_id: str) -> tuple[dict[str, Any], list[Shard]]:
+    def _load(self, task_id: str) -> tuple[dict[str, Any], list[Shard], Embedding]:
+        """The manifest, the shards, and the embedding their records name."""
+        shards: list[Shard] = []
+        embeddings: list[Embedding | None] = []
         try:
             manifest: dict[str, Any] = self.staging.read_json(task_id, MANIFEST)
-            shards = [
-                (
-                    self.staging.read_json(task_id, shard_name(start)),
-                    from_npy(self.staging.read_bytes(task_id, vectors_name(start))),
+            for start in shard_starts(manifest):
+                vectors = self.staging.read_bytes(task_id, vectors_name(start))
+                shards.append(
+                    (self.staging.read_json(task_id, shard_name(start)), from_npy(vectors))
                 )
-                for start in shard_starts(manifest)
-            ]
+                embeddings.append(shard_embedding(self._record(task_id, start), vectors))
         except FileNotFoundError as exc:
             raise staging_missing("the chunks or their vectors") from exc
-        return manifest, shards
+        return manifest, shards, document_embedding(embeddings)
+
+    def _record(self, task_id: str, start: int) -> object:
+        """A shard's embedding record; None when it has none (an embed worker of the release
+        before the records wrote its vectors)."""
+        try:
+            record: object = self.staging.read_json(task_id, record_name(start))
+        except FileNotFoundError:
+            return None
+        return record
 
     @activity.defn(name=RECORD_OUTCOME)
     async def record_outcome(self, outcome: Outcome) -> None:

@@ -144,6 +144,11 @@ class BatchStatus(BaseModel):
 
 
 DocumentStatusValue = Literal["complete", "failed", "error", "cancelled"]
+# What made a document's vectors (activities/embedding_record.py); null in a document: unknown.
+EmbeddingPrecisionValue = Literal["float32", "bfloat16", "int8", "mixed"]
+# The documents list's filter: a precision, or `unknown` for those whose precision is null.
+UNKNOWN_EMBEDDING = "unknown"
+EmbeddingPrecisionFilter = Literal[EmbeddingPrecisionValue, "unknown"]
 
 
 class DocumentPublic(BaseModel):
@@ -158,6 +163,15 @@ class DocumentPublic(BaseModel):
     status: DocumentStatusValue
     error: TaskError | None
     task_id: str = Field(description="The upload task that made this document")
+    embedding_precision: EmbeddingPrecisionValue | None = Field(
+        description="The precision its vectors were embedded in; `mixed`: its parts were "
+        "embedded by workers in different precisions; null: unknown (stored before it was "
+        "recorded) or no vectors (not `complete`)"
+    )
+    embedding_model: str | None = Field(
+        description="The model that embedded its vectors (the bundled `all-MiniLM-L6-v2`, or "
+        "the folder name of DOCINGEST_EMBEDDING_MODEL); `mixed` and null as for the precision"
+    )
     created_at: Timestamp
     updated_at: Timestamp
 

@@ -130,6 +130,11 @@ class Document(Base):
     status: Mapped[str] = mapped_column(String(20))
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # What made its vectors (activities/embedding_record.py): float32, bfloat16, int8, or
+    # mixed (shards embedded by different workers), and the model; NULL when unknown (stored
+    # before this was recorded) or when it has no vectors.
+    embedding_precision: Mapped[str | None] = mapped_column(String(20))
+    embedding_model: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -50,6 +50,8 @@ class FakeEmbedder:
     """Deterministic unit vectors from a hash of the text: fast, for workflow tests."""
 
     dimension = EMBEDDING_DIMENSION
+    precision = "float32"
+    model_name = "fake"
 
     def encode(self, texts: list[str]) -> Vectors:
         rows = []
@@ -113,6 +115,19 @@ def stack_settings(stack: Stack, **overrides: Any) -> Settings:
     }
     database_url, temporal_address = values.pop("database_url"), values.pop("temporal_address")
     return make_settings(stack.settings.resolved_home, database_url, temporal_address, **values)
+
+
+async def embedding_recorded(stack: Stack, document_id: str) -> tuple[str | None, str | None]:
+    """The precision and model the document's row says its vectors were embedded with."""
+    async with stack.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(Document.embedding_precision, Document.embedding_model).where(
+                    Document.id == uuid.UUID(document_id)
+                )
+            )
+        ).one()
+    return row.embedding_precision, row.embedding_model
 
 
 async def documents_stored(stack: Stack, task_id: str) -> int:

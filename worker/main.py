@@ -181,7 +181,9 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
             settings.models_dir,
         )
         embedder = loaded
-        log.info("embedding on %s in %s", loaded.device, loaded.precision)
+        log.info(
+            "embedding on %s in %s with %s", loaded.device, loaded.precision, loaded.model_name
+        )
         await check_embedding_dimension(engine, embedder.dimension)
     if role in (Role.ALL, Role.MAIN):
         start_reader_server()

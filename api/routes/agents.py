@@ -24,11 +24,13 @@ from api.json_body import JsonBodyRoute
 from api.ownership import owned_agent, parse_id
 from api.routes.documents import document_public, remove_staged_uploads
 from api.schemas import (
+    UNKNOWN_EMBEDDING,
     AgentCreate,
     AgentPublic,
     AgentsPublic,
     DocumentsPublic,
     DocumentStatusValue,
+    EmbeddingPrecisionFilter,
     ErrorBody,
 )
 from core.errors import InvalidRequest, NotFound
@@ -102,6 +104,19 @@ async def list_documents(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    embedding_precision: Annotated[
+        EmbeddingPrecisionFilter | None,
+        Query(description="Only documents embedded in this precision; `unknown`: those of null"),
+    ] = None,
+    # PostgreSQL text cannot hold NUL: refused here (422), not by the database (500).
+    embedding_model: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[^\x00]*$",
+            description="Only documents embedded by this model",
+        ),
+    ] = None,
 ) -> DocumentsPublic:
     """The agent's documents, newest first, one page at a time (`cursor`: after a page)."""
     # The count and the page from one snapshot: at READ COMMITTED each statement sees what was
@@ -114,6 +129,7 @@ async def list_documents(
     counted = [Document.agent_id == agent.id]
     if status is not None:
         counted.append(Document.status == status)
+    counted.extend(_embedded(embedding_precision, embedding_model))
     total = await session.scalar(select(func.count()).select_from(Document).where(*counted))
     scope = [*counted, Document.owner_id == owner]
     # An offset counts from the top, which moves as uploads finish and documents are deleted
@@ -134,6 +150,19 @@ async def list_documents(
         offset=offset,
         next_cursor=next_cursor,
     )
+
+
+def _embedded(precision: str | None, model: str | None) -> list[ColumnElement[bool]]:
+    """The documents list's embedding filters: what an operator finds to upload again after
+    switching DOCINGEST_EMBEDDING_PRECISION or the model."""
+    conditions: list[ColumnElement[bool]] = []
+    if precision == UNKNOWN_EMBEDDING:
+        conditions.append(Document.embedding_precision.is_(None))
+    elif precision is not None:
+        conditions.append(Document.embedding_precision == precision)
+    if model is not None:
+        conditions.append(Document.embedding_model == model)
+    return conditions
 
 
 _Row = TypeVar("_Row", Agent, Document)

@@ -48,6 +48,8 @@ def document_public(document: Document) -> DocumentPublic:
         status=document.status,
         error=TaskError.recorded(document.error_type, document.error_message),
         task_id=document.task_id,
+        embedding_precision=document.embedding_precision,
+        embedding_model=document.embedding_model,
         created_at=document.created_at,
         updated_at=document.updated_at,
     )

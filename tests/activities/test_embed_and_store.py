@@ -31,6 +31,7 @@ from tests.support import (
     Tenant,
     chunks_stored,
     documents_stored,
+    embedding_recorded,
     unreachable_database_url,
 )
 from workflows.types import EmbeddedAndStored, IngestTask, StoreResult
@@ -103,6 +104,7 @@ async def test_a_one_batch_document_is_embedded_and_stored_once_by_one_step(
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
     assert await documents_stored(stack, task.task_id) == 1
     assert not stack.staging.exists(task.task_id, vectors_name(0))
+    assert await embedding_recorded(stack, first.stored.document_id) == ("float32", "fake")
 
 
 async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_step(
@@ -126,6 +128,8 @@ async def test_when_the_store_fails_the_vectors_wait_in_staging_for_the_store_st
     rows = await stored_rows(stack, stored)
     expected = FakeEmbedder().encode([text for _, text, _ in rows])
     assert np.allclose(np.asarray([vector for _, _, vector in rows]), expected, atol=1e-6)
+    # The vectors left in staging say what embedded them, and the store step records it.
+    assert await embedding_recorded(stack, stored.document_id) == ("float32", "fake")
 
 
 async def test_a_store_stuck_past_its_limit_is_given_up_and_left_to_the_store_step(

@@ -23,6 +23,8 @@ class SlowEmbedder:
     """10 ms a text, all in one call: 200 texts take 2 s."""
 
     dimension = WIDTH
+    precision = "float32"
+    model_name = "slow"
 
     def encode(self, texts: list[str]) -> Vectors:
         time.sleep(0.01 * len(texts))

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from activities.embed import bundled_model_path, make_embedder, resolve_precision
+from activities.embed import BUNDLED_MODEL, bundled_model_path, make_embedder, resolve_precision
 from activities.onnx_int8 import OnnxInt8Embedder, int8_model_file, model_key
 from core.errors import ConfigurationError
 from tests.activities.test_embed_precision import TOP_K, corpus, top_k
@@ -65,7 +65,7 @@ def test_a_damaged_int8_export_is_built_again(tmp_path: Path) -> None:
     killed_build = target.parent / ".build-abc123"  # the scratch of a build killed midway
     killed_build.mkdir()
     (killed_build / "model-float32.onnx").write_bytes(b"\0" * 1000)
-    embedder = OnnxInt8Embedder(bundled_model_path(), 32, tmp_path)
+    embedder = OnnxInt8Embedder(bundled_model_path(), 32, tmp_path, BUNDLED_MODEL)
     assert embedder.file == target and target.stat().st_size > 1_000_000
     assert sorted(path.name for path in target.parent.iterdir()) == [
         ".build.lock", "model-int8.onnx"
@@ -89,6 +89,7 @@ def test_int8_vectors_agree_closely_with_float32(models_dir: Path) -> None:
     quantized = make_embedder(None, 32, "cpu", "int8", models_dir)
     assert isinstance(quantized, OnnxInt8Embedder)
     assert (quantized.precision, quantized.dimension) == ("int8", full.dimension)
+    assert quantized.model_name == full.model_name == BUNDLED_MODEL
 
     full_chunks, int8_chunks = full.encode(chunks), quantized.encode(chunks)
     assert int8_chunks.dtype == np.float32
@@ -145,6 +146,12 @@ async def test_worker_and_api_on_int8_ingest_and_search(
                 http, tenant, accepted.json()["task_id"], {"complete", "failed", "error"}, 180
             )
             assert final["status"] == "complete", final
+            document = (
+                await http.get(f"/documents/{final['document_id']}", headers=tenant.headers)
+            ).json()
+            assert (document["embedding_precision"], document["embedding_model"]) == (
+                "int8", BUNDLED_MODEL,
+            )  # fmt: skip
             found = await http.post(
                 f"/agents/{tenant.agent_id}/search",
                 json={"query": "how do I repair a punctured bike tire", "top_k": 1},

@@ -18,7 +18,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.chunk import MANIFEST, ChunkActivities
 from activities.cleanup import CleanupActivities
-from activities.embed import EmbedActivities
+from activities.embed import EmbedActivities, from_npy, vectors_name
+from activities.embedding_record import record_name
 from activities.extract import ExtractActivities
 from activities.store import StoreActivities
 from core.formats import DocumentFormat
@@ -32,6 +33,8 @@ from tests.support import (
     Tenant,
     chunks_stored,
     documents_stored,
+    embedding_recorded,
+    new_tenant,
 )
 from workflows.types import EmbedBatch, IngestTask, Outcome, Status
 
@@ -206,7 +209,9 @@ async def test_an_outcome_recorded_after_a_store_counts_no_chunks(
     activities = StoreActivities(stack.staging, stack.sessionmaker)
     env = ActivityEnvironment()
     _chunked_and_embedded(stack, task, data)
-    assert (await env.run(activities.store, task)).chunks > 0
+    stored = await env.run(activities.store, task)
+    assert stored.chunks > 0
+    assert await embedding_recorded(stack, stored.document_id) == ("float32", "fake")
 
     await env.run(
         activities.record_outcome,
@@ -220,6 +225,8 @@ async def test_an_outcome_recorded_after_a_store_counts_no_chunks(
         Status.CANCELLED, 0, None,
     )  # fmt: skip
     assert await chunks_stored(stack, task.task_id) == 0
+    # No vectors left: nothing to say what made them.
+    assert (document.embedding_precision, document.embedding_model) == (None, None)
 
 
 async def test_the_store_heartbeats_while_it_stores_and_a_cancel_waits_for_the_store(
@@ -292,3 +299,73 @@ async def test_a_stale_store_does_not_write_back_a_document_deleted_after_its_ta
     assert refused.value.type == "StagingMissing"
     assert await documents_stored(stack, task.task_id) == 0
     assert await chunks_stored(stack, task.task_id) == 0
+
+
+class Bfloat16Embedder(FakeEmbedder):
+    """The fake model as a worker that runs it in bfloat16 says it (a GPU worker)."""
+
+    precision = "bfloat16"
+
+
+def _embedded_in_shards(
+    stack: Stack, tenant: Tenant, embedders: list[FakeEmbedder]
+) -> tuple[IngestTask, int]:
+    """A document chunked into one shard per embedder, each shard embedded by its own (the
+    embed activities of one document on several workers); the task and its shard size."""
+    data = lorem(40, seed=77).encode()
+    task = dataclasses.replace(_task(tenant, data, "shards.txt"), embed_activity_chunks=4)
+    stack.staging.write_bytes(task.task_id, ORIGINAL, data)
+    env = ActivityEnvironment()
+    env.run(ExtractActivities(stack.staging).extract, task)
+    total = env.run(ChunkActivities(stack.staging).chunk, task).chunks
+    assert total > 4 * (len(embedders) - 1)
+    for number, start in enumerate(range(0, total, 4)):
+        embedder = embedders[min(number, len(embedders) - 1)]
+        batch = EmbedBatch(task.task_id, start, min(start + 4, total))
+        env.run(EmbedActivities(stack.staging, embedder).embed, batch)
+    return task, 4
+
+
+async def test_store_records_the_precision_and_model_its_shards_were_embedded_with(
+    stack: Stack, tenant: Tenant
+) -> None:
+    task, _ = _embedded_in_shards(stack, tenant, [FakeEmbedder()])
+    stored = await ActivityEnvironment().run(
+        StoreActivities(stack.staging, stack.sessionmaker).store, task
+    )
+    assert await embedding_recorded(stack, stored.document_id) == ("float32", "fake")
+
+
+async def test_store_of_shards_embedded_in_different_precisions_records_mixed(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A float32 CPU worker embedded the first shard, a bfloat16 one the others: the document
+    says `mixed`, not the precision of either. The model was the same: it says which."""
+    task, _ = _embedded_in_shards(stack, tenant, [FakeEmbedder(), Bfloat16Embedder()])
+    stored = await ActivityEnvironment().run(
+        StoreActivities(stack.staging, stack.sessionmaker).store, task
+    )
+    assert await embedding_recorded(stack, stored.document_id) == ("mixed", "fake")
+
+
+async def test_store_of_a_shard_of_unknown_embedding_records_unknown_not_a_guess(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A shard whose vectors came without a record (an embed worker of the release before)
+    or whose record is another attempt's (two attempts of the shard, each writing one file
+    last) is unknown: so is the document, though its other shards all say float32."""
+    store = StoreActivities(stack.staging, stack.sessionmaker).store
+    env = ActivityEnvironment()
+    task, step = _embedded_in_shards(stack, tenant, [FakeEmbedder()])
+    stack.staging.remove(task.task_id, record_name(step))
+    stored = await env.run(store, task)
+    assert await embedding_recorded(stack, stored.document_id) == (None, None)
+
+    other, step = _embedded_in_shards(stack, await new_tenant(stack), [FakeEmbedder()])
+    bfloat16 = EmbedActivities(stack.staging, Bfloat16Embedder())
+    record = stack.staging.read_bytes(other.task_id, record_name(step))
+    vectors = from_npy(stack.staging.read_bytes(other.task_id, vectors_name(step)))
+    bfloat16.write_vectors(other.task_id, step, -vectors)
+    stack.staging.write_bytes(other.task_id, record_name(step), record)  # the float32 one's
+    stored = await env.run(store, other)
+    assert await embedding_recorded(stack, stored.document_id) == (None, None)

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 from temporalio.client import WorkflowFailureError
 
+from activities.embed import BUNDLED_MODEL, TextEmbedder
 from core.embedded import free_port
 from core.settings import Settings
 from tests.documents import lorem, make_pdf
@@ -26,6 +27,7 @@ from tests.support import (
     running_workers,
     serve,
     stack_settings,
+    upload_file,
     wait_for_status,
 )
 from workflows.types import Status
@@ -34,7 +36,8 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 DOCUMENT_KEYS = {
     "id", "agent_id", "filename", "content_type", "size_bytes", "sha256", "page_count",
-    "chunk_count", "status", "error", "task_id", "created_at", "updated_at",
+    "chunk_count", "status", "error", "task_id", "embedding_precision", "embedding_model",
+    "created_at", "updated_at",
 }  # fmt: skip
 BAD_IDS = [str(uuid.uuid4()), "not-a-uuid", "1 OR 1=1", "x" * 300]
 
@@ -160,6 +163,115 @@ async def test_documents_get_shows_the_uploaded_files_metadata(
     assert document["chunk_count"] == await chunk_count(stack, document["id"])
     assert (document["status"], document["error"]) == ("complete", None)
     assert document["created_at"] <= document["updated_at"]
+
+
+async def test_documents_say_the_precision_and_model_the_worker_embedded_them_with(
+    http: httpx.AsyncClient, tenant: Tenant, embedder: TextEmbedder
+) -> None:
+    """The session's worker runs the bundled model in what `auto` came to on this machine. A
+    one-batch document (embedded and stored by one step) and a larger one (embedded in
+    shards, which the store step reads back) both say so; a failed one has no vectors."""
+    large_id = await upload_file(
+        http, tenant, "large.txt", lorem(40, seed=32).encode(), chunk_size=200, chunk_overlap=0
+    )
+    small, large, cut = await asyncio.gather(
+        ingest(http, tenant, "small.txt", lorem(3, seed=31).encode()),
+        wait_for_status(http, tenant, large_id, Status.TERMINAL),
+        ingest(http, tenant, "cut.pdf", make_pdf(["soon to be cut"])[:400]),
+    )
+    assert (small["status"], large["status"], cut["status"]) == ("complete", "complete", "failed")
+    assert large["progress"]["chunks_total"] > 16  # the test stack's chunks per embed step
+    assert embedder.precision in ("float32", "bfloat16")
+
+    for status in (small, large):
+        response = await http.get(f"/documents/{status['document_id']}", headers=tenant.headers)
+        document = response.json()
+        assert (document["embedding_precision"], document["embedding_model"]) == (
+            embedder.precision, BUNDLED_MODEL,
+        ), document  # fmt: skip
+    listed = await http.get(f"/agents/{tenant.agent_id}/documents", headers=tenant.headers)
+    by_name = {document["filename"]: document for document in listed.json()["documents"]}
+    assert by_name["small.txt"]["embedding_precision"] == embedder.precision
+    assert (by_name["cut.pdf"]["embedding_precision"], by_name["cut.pdf"]["embedding_model"]) == (
+        None, None,
+    )  # fmt: skip
+
+
+class Int8Worker(FakeEmbedder):
+    """A worker an operator switched to int8 (with another model, to tell them apart)."""
+
+    precision = "int8"
+    model_name = "fake-int8"
+
+
+async def test_documents_list_filters_by_embedding_precision_and_model(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, embedder: TextEmbedder
+) -> None:
+    """After a switch to int8 the operator lists the documents stored under the other
+    precisions, and those stored before docingest recorded it (`unknown`), to upload them
+    again: each filter finds exactly its own, counted in `total`, page by page."""
+    cut, old, before = await asyncio.gather(
+        ingest(http, tenant, "cut.pdf", make_pdf(["soon to be cut"])[:400]),
+        ingest(http, tenant, "old.txt", lorem(4, seed=40).encode()),
+        ingest(http, tenant, "before.txt", lorem(4, seed=41).encode()),
+    )
+    async with stack.sessionmaker.begin() as session:  # as a row stored before migration 0007
+        await session.execute(
+            text(
+                "UPDATE documents SET embedding_precision = NULL, embedding_model = NULL "
+                "WHERE id = :id"
+            ),
+            {"id": uuid.UUID(old["document_id"])},
+        )
+    settings = stack_settings(stack)
+    async with (
+        serve(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as switched,
+        running_workers(stack, settings, Int8Worker()),
+    ):
+        after = await ingest(switched, tenant, "after.txt", lorem(4, seed=42).encode())
+    assert [s["status"] for s in (cut, old, before, after)] == ["failed"] + ["complete"] * 3
+    url = f"/agents/{tenant.agent_id}/documents"
+
+    async def listed(**params: str | int) -> tuple[int, list[str]]:
+        response = await http.get(url, params=params, headers=tenant.headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        return body["total"], sorted(document["filename"] for document in body["documents"])
+
+    assert await listed(embedding_precision="int8") == (1, ["after.txt"])
+    assert await listed(embedding_precision=embedder.precision) == (1, ["before.txt"])
+    assert await listed(embedding_precision="mixed") == (0, [])
+    assert await listed(embedding_precision="unknown") == (2, ["cut.pdf", "old.txt"])
+    assert await listed(embedding_precision="unknown", status="complete") == (1, ["old.txt"])
+    assert await listed(embedding_model="fake-int8") == (1, ["after.txt"])
+    assert await listed(embedding_model=BUNDLED_MODEL) == (1, ["before.txt"])
+    assert await listed(embedding_model=BUNDLED_MODEL, embedding_precision="int8") == (0, [])
+
+    first = (
+        await http.get(
+            url, params={"embedding_precision": "unknown", "limit": 1}, headers=tenant.headers
+        )
+    ).json()
+    rest = (
+        await http.get(
+            url,
+            params={"embedding_precision": "unknown", "limit": 1, "cursor": first["next_cursor"]},
+            headers=tenant.headers,
+        )
+    ).json()
+    assert (first["total"], rest["total"], rest["next_cursor"]) == (2, 2, None)
+    paged = [document["filename"] for document in first["documents"] + rest["documents"]]
+    assert sorted(paged) == ["cut.pdf", "old.txt"]
+
+    for bad in (
+        {"embedding_precision": "auto"},
+        {"embedding_precision": "fp16"},
+        {"embedding_model": "a\x00b"},
+    ):
+        refused = await http.get(url, params=bad, headers=tenant.headers)
+        assert refused.status_code == 422, bad
+        assert refused.json()["code"] == "invalid_request"
 
 
 async def test_documents_delete_removes_the_document_and_its_chunks(

@@ -65,6 +65,8 @@ class Lengths:
     two callers overlap."""
 
     dimension = 2
+    precision = "float32"
+    model_name = "lengths"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         time.sleep(0.005)
@@ -86,6 +88,8 @@ class SwitchInterval:
     """An embedder that records the GIL switch interval it ran under."""
 
     dimension = 1
+    precision = "float32"
+    model_name = "switch-interval"
 
     def __init__(self) -> None:
         self.seen: set[float] = set()

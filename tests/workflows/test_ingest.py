@@ -393,7 +393,7 @@ async def test_a_cancel_that_came_while_a_step_ran_cancels_when_the_step_then_co
         for start in shard_starts(manifest):
             chunks = embed.read_shard(task.task_id, start)
             shards.append((chunks, embedder.encode([chunk["text"] for chunk in chunks])))
-        stored = await store.save(task, manifest, shards)
+        stored = await store.save(task, manifest, shards, embed.embedding)
         return EmbeddedAndStored(embedded=stored.chunks, stored=stored)
 
     async with main_workers_beside(stack, settings, [embed.embed, completes_anyway]):
