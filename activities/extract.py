@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 import threading
 import unicodedata
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from html.parser import HTMLParser
@@ -103,13 +105,19 @@ _PDFIUM_LINE_END_HYPHEN = "\x02"
 # Bounds for the text of a whole page, drawn outside its box too (a line past the right edge is
 # still the document's text); unlike get_text_range, get_text_bounded keeps all of Unicode.
 _EVERYWHERE = (-1e9, -1e9, 1e9, 1e9)  # left, bottom, right, top
-# The control characters left after line breaks are made "\n": none carries text.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+# The control characters left after line breaks are made "\n" (C0 and C1): none carries text.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What PDFium reads from a font that does not say which letters it draws (no ToUnicode map,
+# glyphs named /g1, /g2, ...: it gives the character codes themselves, control characters
+# for most such fonts) or maps them into the Private Use Area: no text holds mostly these. A
+# page that does is left out; its chunks were stored, and no search found them.
+_NOT_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ue000-\uf8ff\ufffd\U000f0000-\U0010ffff]")
+_SPACE = re.compile(r"\s")
 
 
 def _open_pdf(data: bytes) -> pdfium.PdfDocument:
     try:
-        return pdfium.PdfDocument(data)
+        document = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
         if exc.err_code == _PDFIUM_PASSWORD:
             raise RejectedDocument(
@@ -122,6 +130,12 @@ def _open_pdf(data: bytes) -> pdfium.PdfDocument:
         raise RejectedDocument(
             FailureType.CORRUPT_DOCUMENT, "the PDF is damaged or incomplete and cannot be read"
         ) from exc
+    if document.get_formtype() == pdfium_c.FORMTYPE_ACRO_FORM:
+        # A filled field often has no appearance of its own (the form asks the viewer to draw
+        # its value, /NeedAppearances), and flattening it drew nothing: the answer was left
+        # out. PDFium's form module draws them as a viewer does, on the pages loaded after it.
+        document.init_forms()
+    return document
 
 
 def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> ExtractedText:
@@ -131,25 +145,31 @@ def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> Extract
     pages = len(document)
     if on_page is not None:
         on_page(0, pages)
+    unreadable = 0
     for index in range(pages):
         page_text = _page_text(document, index)
+        if page_text is None:
+            page_text, unreadable = "", unreadable + 1
         page_starts.append(offset)
         parts.append(page_text)
         offset += len(page_text) + len(PAGE_SEPARATOR)
         if on_page is not None:
             on_page(index + 1, pages)
-    return ExtractedText(PAGE_SEPARATOR.join(parts), page_starts)
+    text = PAGE_SEPARATOR.join(parts)
+    if unreadable and not text.strip():
+        raise RejectedDocument(
+            FailureType.EMPTY_DOCUMENT,
+            "the PDF contains no extractable text (its fonts do not say which letters they draw)",
+        )
+    return ExtractedText(text, page_starts)
 
 
-def _page_text(document: pdfium.PdfDocument, index: int) -> str:
+def _page_text(document: pdfium.PdfDocument, index: int) -> str | None:
+    """The page's text; None when most of it is characters that no text holds (_NOT_TEXT)."""
     try:
         page = _page_with_annotations_drawn(document, index)
         try:
-            text_page = page.get_textpage()
-            try:
-                raw = text_page.get_text_bounded(*_EVERYWHERE)
-            finally:
-                text_page.close()
+            raw = _text_along_its_lines(page)
         finally:
             page.close()
     except pdfium.PdfiumError as exc:
@@ -158,7 +178,65 @@ def _page_text(document: pdfium.PdfDocument, index: int) -> str:
             f"the PDF is damaged and its page {index + 1} cannot be read",
         ) from exc
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").replace(_PDFIUM_LINE_END_HYPHEN, "")
+    if len(_NOT_TEXT.findall(lines)) * 2 > len(_SPACE.sub("", lines)):
+        return None
     return _CONTROL.sub("", lines).translate(LIGATURES).strip()
+
+
+# PDFium ends a line only where text runs left to right in the page's own space, and orders
+# lines as the page is shown (its /Rotate): a page whose lines run up or down (a scan that
+# /Rotate shows upright) read the last word of a line and the first of the next as one
+# ("grewby"), and one whose lines /Rotate shows turned read its last line first. Such a page is
+# read turned so that most of its characters run left to right, and unrotated. The direction
+# is judged from this many characters, spread over the page.
+_DIRECTION_SAMPLES = 64
+# How far (degrees) a character may lean and still run in one of the four directions.
+_DIRECTION_SLACK = 10
+
+
+def _text_along_its_lines(page: pdfium.PdfPage) -> str:
+    text_page = page.get_textpage()
+    try:
+        direction = _text_direction(text_page)
+        if direction is None or (direction == 0 and page.get_rotation() == 0):
+            return _all_text(text_page)
+    finally:
+        text_page.close()
+    if direction:
+        turn = pdfium.PdfMatrix().rotate(direction)  # clockwise: back from counterclockwise
+        for page_object in page.get_objects(max_depth=0):
+            page_object.transform(turn)
+    pdfium_c.FPDFPage_SetRotation(page, 0)
+    text_page = page.get_textpage()
+    try:
+        return _all_text(text_page)
+    finally:
+        text_page.close()
+
+
+def _all_text(text_page: pdfium.PdfTextPage) -> str:
+    text: str = text_page.get_text_bounded(*_EVERYWHERE)
+    return text
+
+
+def _text_direction(text_page: pdfium.PdfTextPage) -> int | None:
+    """The direction (0, 90, 180 or 270 degrees, counterclockwise) that most of the page's
+    characters run in; None when no one direction holds most of them (slanted, mixed)."""
+    count = text_page.count_chars()
+    directions: Counter[int | None] = Counter()
+    matrix = pdfium_c.FS_MATRIX()
+    for index in range(0, count, max(1, count // _DIRECTION_SAMPLES)):
+        if pdfium_c.FPDFText_IsGenerated(text_page, index) == 1:
+            continue  # a space or line end that PDFium put in runs nowhere
+        if pdfium_c.FPDFText_GetMatrix(text_page, index, matrix):
+            angle = math.degrees(math.atan2(matrix.b, matrix.a))
+            quarter = round(angle / 90)
+            leans = abs(angle - quarter * 90) > _DIRECTION_SLACK
+            directions[None if leans else quarter % 4 * 90] += 1
+    if not directions:
+        return None
+    direction, most = directions.most_common(1)[0]
+    return direction if most * 2 > directions.total() else None
 
 
 def _page_with_annotations_drawn(document: pdfium.PdfDocument, index: int) -> pdfium.PdfPage:

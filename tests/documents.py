@@ -6,6 +6,7 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 
 import docx
 import pypdf
@@ -42,6 +43,34 @@ def make_filled_form_pdf(fields: dict[str, str]) -> bytes:
     pdf.showPage()
     pdf.save()
     return buffer.getvalue()
+
+
+def make_form_without_appearances_pdf(fields: dict[str, str]) -> bytes:
+    """A one-page PDF form: a label drawn for each field (name -> value), and the field filled
+    in with no appearance of its own, the form asking the viewer to draw its value
+    (/NeedAppearances), as many form tools save one."""
+    labels, widgets = [], []
+    for number, (name, value) in enumerate(fields.items()):
+        y = 700 - 40 * number
+        labels.append(b"BT /F1 12 Tf 40 %d Td (%b:) Tj ET" % (y, name.encode()))
+        widgets.append(
+            b"<< /Type /Annot /Subtype /Widget /FT /Tx /T (%b) /V (%b) /Rect [180 %d 430 %d] "
+            b"/P 5 0 R /DA (/Helv 12 Tf 0 g) >>" % (name.encode(), value.encode(), y - 6, y + 14)
+        )
+    content = b"\n".join(labels)
+    fields_list = b" ".join(b"%d 0 R" % (6 + number) for number in range(len(fields)))
+    return build_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R /AcroForm << /Fields [%b] /NeedAppearances true "
+            b"/DA (/Helv 12 Tf 0 g) /DR << /Font << /Helv 4 0 R >> >> >> >>" % fields_list,
+            b"<< /Type /Pages /Kids [5 0 R] /Count 1 >>",
+            b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R "
+            b"/Resources << /Font << /F1 4 0 R >> >> /Annots [%b] >>" % fields_list,
+            *widgets,
+        ]
+    )
 
 
 def make_image_only_pdf() -> bytes:
@@ -201,6 +230,51 @@ def build_pdf(objects: list[bytes]) -> bytes:
     return out.getvalue()
 
 
+def make_unmapped_font_pdf(
+    pages: list[str], first_code: int = 1, to_unicode: Callable[[str, int], int] | None = None
+) -> bytes:
+    """Pages drawn in a Type3 font of boxes named /g1, /g2, ..., coded in the order of their
+    letters from `first_code`, with no ToUnicode map (as some older generators wrote them):
+    no reader knows which letters they are. Or with a ToUnicode map that reads each (letter,
+    code) as `to_unicode` says."""
+    alphabet = sorted(set("".join(pages)))
+    codes = {letter: first_code + number for number, letter in enumerate(alphabet)}
+    glyphs = 6 + 2 * len(pages)  # objects 1-5: catalog, page tree, font, its glyphs, ToUnicode
+    mapped = b"" if to_unicode is None else b"/ToUnicode 5 0 R"
+    read_as = to_unicode or (lambda letter, code: code)
+    cmap = b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /G def "
+    cmap += b"1 begincodespacerange <00> <FF> endcodespacerange %d beginbfchar " % len(codes)
+    cmap += b" ".join(b"<%02X> <%04X>" % (c, read_as(letter, c)) for letter, c in codes.items())
+    cmap += b" endbfchar endcmap CMapName currentdict /CMap defineresource pop end end"
+    names = b" ".join(b"/g%d" % number for number in range(1, len(alphabet) + 1))
+    last_code = first_code + len(alphabet) - 1
+    widths = b" ".join(b"600" for _ in alphabet)
+    procs = b" ".join(b"/g%d %d 0 R" % (n + 1, glyphs + n) for n in range(len(alphabet)))
+    kids = b" ".join(b"%d 0 R" % (6 + 2 * n) for n in range(len(pages)))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, len(pages)),
+        b"<< /Type /Font /Subtype /Type3 /FontBBox [0 0 600 700] "
+        b"/FontMatrix [0.001 0 0 0.001 0 0] /CharProcs 4 0 R "
+        b"/Encoding << /Type /Encoding /Differences [%d %b] >> /FirstChar %d /LastChar %d "
+        b"/Widths [%b] %b >>" % (first_code, names, first_code, last_code, widths, mapped),
+        b"<< %b >>" % procs,
+        b"<< /Length %d >>\nstream\n%b\nendstream" % (len(cmap), cmap),
+    ]
+    for page in pages:
+        shown = bytes(codes[letter] for letter in page).hex().encode()
+        content = b"BT /F1 12 Tf 40 700 Td <%b> Tj ET" % shown
+        objects += [
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 3 0 R >> >> >>" % (len(objects) + 2),
+            b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
+        ]
+    for letter in alphabet:
+        glyph = b"600 0 0 0 0 0 d1" if letter == " " else b"600 0 0 0 500 600 d1 50 0 400 600 re f"
+        objects.append(b"<< /Length %d >>\nstream\n%b\nendstream" % (len(glyph), glyph))
+    return build_pdf(objects)
+
+
 def make_slow_pdf(operators_mib: float, pages: int) -> bytes:
     """A PDF of a few KiB whose pages all run one shared, compressed content stream of
     `operators_mib` MiB of `q Q` operators (save and restore the graphics state): PDFium needs
@@ -218,13 +292,16 @@ def make_memory_hungry_pdf(operators_mib: float) -> bytes:
     return pdf_of_content(b"BT /F1 12 Tf 10 10 Td " + operators + b"ET")
 
 
-def pdf_of_content(content: bytes, pages: int = 1, media_box: bytes = b"[0 0 612 792]") -> bytes:
-    """A PDF whose pages all draw one shared, compressed content stream, with Helvetica as /F1."""
+def pdf_of_content(
+    content: bytes, pages: int = 1, media_box: bytes = b"[0 0 612 792]", rotate: int = 0
+) -> bytes:
+    """A PDF whose pages all draw one shared, compressed content stream, with Helvetica as /F1,
+    shown turned clockwise by `rotate` degrees (/Rotate)."""
     stream = zlib.compress(content, 9)
     kids = b" ".join(b"%d 0 R" % (5 + page) for page in range(pages))
     page = (
-        b"<< /Type /Page /Parent 2 0 R /MediaBox %b /Contents 3 0 R "
-        b"/Resources << /Font << /F1 4 0 R >> >> >>" % media_box
+        b"<< /Type /Page /Parent 2 0 R /MediaBox %b /Rotate %d /Contents 3 0 R "
+        b"/Resources << /Font << /F1 4 0 R >> >> >>" % (media_box, rotate)
     )
     return build_pdf(
         [

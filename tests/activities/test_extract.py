@@ -6,6 +6,7 @@ import codecs
 import dataclasses
 import io
 import zipfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,8 +36,10 @@ from tests.documents import (
     make_docx_blocks,
     make_encrypted_pdf,
     make_filled_form_pdf,
+    make_form_without_appearances_pdf,
     make_image_only_pdf,
     make_pdf,
+    make_unmapped_font_pdf,
     make_zip,
     pdf_of_content,
 )
@@ -97,12 +100,61 @@ def test_extract_pdf_keeps_text_drawn_past_the_page_edge() -> None:
     assert extract_pdf(pdf).text == line
 
 
+LINES = ["the quarterly report", "says revenue grew", "by nine percent", "in the northern region"]
+
+
+def words_drawn(matrix: str, line_step: tuple[int, int], word_step: tuple[int, int]) -> bytes:
+    """LINES drawn a word per text object: each word at `matrix` (a, b, c, d of Tm, in
+    words) from (100, 700), moved by `word_step` per letter along its line and by `line_step`
+    per line."""
+    objects = []
+    for number, line in enumerate(LINES):
+        x, y = 100 + line_step[0] * number, 700 + line_step[1] * number
+        for word in line.split():
+            objects.append(f"BT /F1 12 Tf {matrix} {x} {y} Tm ({word}) Tj ET")
+            x, y = x + word_step[0] * (len(word) + 1), y + word_step[1] * (len(word) + 1)
+    return "\n".join(objects).encode()
+
+
+# LINES drawn a line per text object.
+LINES_DRAWN = b"\n".join(
+    b"BT /F1 12 Tf 100 %d Td (%b) Tj ET" % (700 - 14 * number, line.encode())
+    for number, line in enumerate(LINES)
+)
+
+
+@pytest.mark.parametrize(
+    ("rotate", "content"),
+    [
+        # Lines running up the page, which /Rotate 90 shows upright (a scan turned in a viewer):
+        # PDFium ran "grew" and "by" together.
+        (90, words_drawn("0 1 -1 0", (14, 0), (0, 7))),
+        (270, words_drawn("0 -1 1 0", (-14, 0), (0, -7))),
+        (0, words_drawn("0 1 -1 0", (14, 0), (0, 7))),
+        # Lines shown turned or upside down: PDFium read the last line first, or each line's
+        # words backwards.
+        (90, LINES_DRAWN),
+        (180, words_drawn("1 0 0 1", (0, -14), (7, 0))),
+    ],
+    ids=["up-shown-upright", "down-shown-upright", "up-unrotated", "shown-turned", "upside-down"],
+)
+def test_extract_pdf_reads_lines_in_the_direction_they_run(rotate: int, content: bytes) -> None:
+    assert extract_pdf(pdf_of_content(content, rotate=rotate)).text == "\n".join(LINES)
+
+
 def test_extract_pdf_keeps_the_values_of_a_filled_form() -> None:
     # The values are annotations (widgets), which PDFium's text page does not read: the form
     # was stored as its labels alone, its answers left out of search.
     pdf = make_filled_form_pdf({"Applicant": "Jane Marigold Doe", "Policy": "PX-4471-ZETA"})
     text = extract_pdf(pdf).text
     assert text.splitlines() == ["Applicant:", "Policy:", "Jane Marigold Doe PX-4471-ZETA"]
+
+
+def test_extract_pdf_keeps_the_values_of_a_form_that_asks_the_viewer_to_draw_them() -> None:
+    # The fields have no appearance to flatten (/NeedAppearances): their values were left out.
+    pdf = make_form_without_appearances_pdf({"Applicant": "Jane Marigold Doe", "Policy": "PX-4471"})
+    text = extract_pdf(pdf).text
+    assert text.splitlines() == ["Applicant:", "Policy:", "Jane Marigold Doe PX-4471"]
 
 
 def test_extract_pdf_of_a_page_with_links_only_reads_as_before() -> None:
@@ -153,6 +205,44 @@ def test_extract_text_image_only_pdf_is_empty() -> None:
 def test_extract_text_pdf_of_blank_pages_is_empty() -> None:
     error = rejected(make_pdf(["", "   "]), DocumentFormat.PDF)
     assert error.error_type == FailureType.EMPTY_DOCUMENT
+
+
+UNMAPPED = ["the invoice total is due", "within thirty days"]
+
+
+@pytest.mark.parametrize(
+    ("first_code", "to_unicode"),
+    [(1, None), (128, None), (1, lambda letter, code: 0xE000 + code)],
+    ids=["control-characters", "c1-control-characters", "private-use-area"],
+)
+def test_extract_text_pdf_whose_fonts_map_no_letters_is_empty_saying_why(
+    first_code: int, to_unicode: Callable[[str, int], int] | None
+) -> None:
+    # Its text was stored as control or private-use characters: `complete`, and no search
+    # found a chunk; or refused as though it were a scan.
+    error = rejected(make_unmapped_font_pdf(UNMAPPED, first_code, to_unicode), DocumentFormat.PDF)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+    assert error.message == (
+        "the PDF contains no extractable text (its fonts do not say which letters they draw)"
+    )
+
+
+def test_extract_pdf_leaves_out_a_page_whose_fonts_map_no_letters() -> None:
+    readable = pypdf.PdfWriter(clone_from=io.BytesIO(make_pdf(["Page one is readable."])))
+    readable.append(io.BytesIO(make_unmapped_font_pdf(UNMAPPED[:1], 128)))
+    readable.append(io.BytesIO(make_pdf(["Page three is readable."])))
+    out = io.BytesIO()
+    readable.write(out)
+    result = extract_pdf(out.getvalue())
+    assert result.text == "Page one is readable.\n\n\n\nPage three is readable."
+    assert result.page_starts == [0, 23, 25]
+
+
+def test_extract_pdf_keeps_text_in_other_scripts() -> None:
+    # Characters of scripts past Latin, which a font maps to letters, are not "no text".
+    words = "\u6587\u5b57 \u0442\u0435\u043a\u0441\u0442 \u03ba\u03b5\u03af\u03bc\u03b5\u03bd\u03bf"
+    pdf = make_unmapped_font_pdf([words], 1, lambda letter, code: ord(letter))
+    assert extract_pdf(pdf).text == words
 
 
 # --- DOCX ---------------------------------------------------------------------------------

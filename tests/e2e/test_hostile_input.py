@@ -39,6 +39,7 @@ from tests.documents import (
     make_pdf,
     make_slow_pdf,
     make_strict_docx,
+    make_unmapped_font_pdf,
     make_zip,
 )
 from tests.support import (
@@ -282,6 +283,9 @@ ENDS = [
     Ends("truncated.pdf", make_pdf([lorem(30)])[:700], "failed", "CorruptDocument", "damaged"),
     Ends("locked.pdf", make_encrypted_pdf(), "failed", "EncryptedDocument", "password"),
     Ends("scan.pdf", make_image_only_pdf(), "failed", "EmptyDocument", "no extractable text"),
+    Ends(
+        "old-fonts.pdf", make_unmapped_font_pdf([lorem(1)], 128), "failed", "EmptyDocument", "fonts"
+    ),
     Ends("tree-loop.pdf", page_tree_loop_pdf(), "failed", "CorruptDocument", "damaged"),
     Ends("tree-cycle.pdf", page_tree_cycle_pdf(), "failed", "CorruptDocument", "damaged"),
     Ends("parent-loop.pdf", parent_loop_pdf(), "complete"),  # PDFium reads it all the same

@@ -12,7 +12,13 @@ from sqlalchemy import text
 
 from activities.extract import extract_text
 from core.formats import DocumentFormat
-from tests.documents import lorem, make_docx, make_filled_form_pdf, make_pdf
+from tests.documents import (
+    lorem,
+    make_docx,
+    make_filled_form_pdf,
+    make_form_without_appearances_pdf,
+    make_pdf,
+)
 from tests.support import Stack, Tenant, serve, upload_file, wait_for_status
 from workflows.types import Status
 
@@ -113,6 +119,22 @@ async def test_e2e_filled_pdf_form_is_searchable_by_its_answers(
     assert [chunk["text"] for chunk in chunks] == [
         "Applicant:\nPolicy:\nJane Marigold Doe PX-4471-ZETA"
     ]
+
+
+async def test_e2e_pdf_form_whose_values_the_viewer_draws_is_searchable_by_them(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    pdf = make_form_without_appearances_pdf({"Applicant": "Jane Marigold Doe"})
+    task_id = await upload_file(http, tenant, "claim.pdf", pdf)
+    status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert status["status"] == "complete", status
+    found = await http.post(
+        f"/agents/{tenant.agent_id}/search",
+        json={"query": "Who is the applicant? Jane Marigold Doe"},
+        headers=tenant.headers,
+    )
+    assert found.status_code == 200, found.text
+    assert [hit["text"] for hit in found.json()["results"]] == ["Applicant:\nJane Marigold Doe"]
 
 
 async def test_e2e_text_markdown_and_html_complete(http: httpx.AsyncClient, tenant: Tenant) -> None:
