@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from html.parser import HTMLParser
+from typing import TypeVar
 
 import docx
 import pypdfium2 as pdfium
@@ -20,8 +21,8 @@ from docx.document import Document
 from docx.opc.constants import RELATIONSHIP_TYPE
 from docx.oxml.ns import qn
 from docx.oxml.parser import parse_xml
+from docx.oxml.table import CT_Row, CT_Tc
 from docx.oxml.xmlchemy import BaseOxmlElement
-from docx.table import Table
 from temporalio import activity
 
 from activities.errors import RejectedDocument, rejected_to_failure, staging_missing
@@ -280,7 +281,7 @@ def extract_docx(data: bytes) -> str:
     _check_docx_archive(data)
     try:
         document = docx.Document(io.BytesIO(data))
-        blocks = [*_docx_blocks(document.element.body, document), *_docx_notes(document)]
+        blocks = [*_docx_blocks(document.element.body), *_docx_notes(document)]
     except MemoryError:  # past the reader's memory limit: the reader says so
         raise
     except Exception as exc:  # python-docx and lxml raise many types on damaged files
@@ -313,9 +314,11 @@ def _check_docx_archive(data: bytes) -> None:
 _W_P, _W_TBL, _W_SDT, _W_SDT_CONTENT, _W_CUSTOM_XML = (
     qn(f"w:{tag}") for tag in ("p", "tbl", "sdt", "sdtContent", "customXml")
 )
-# A run's pieces: w:t holds its own text (None here), the others stand for a character.
+# A run's pieces: w:t holds its own text (None here), the others stand for a character. An
+# equation's runs hold theirs in m:t ("r = 0.05" was left out of the sentence around it).
 _W_RUN_TEXT = {
     qn("w:t"): None,
+    qn("m:t"): None,
     qn("w:tab"): "\t",
     qn("w:ptab"): "\t",
     qn("w:br"): "\n",
@@ -333,19 +336,19 @@ _W_NOT_TEXT = {
 }
 
 
-def _docx_blocks(container: BaseOxmlElement, document: Document) -> Iterator[str]:
+def _docx_blocks(container: BaseOxmlElement) -> Iterator[str]:
     """The text of each paragraph and table of `container` (the body, a cell), in order."""
     for child in container:
         if child.tag == _W_P:
             yield "".join(_paragraph_text(child)).strip("\n")
         elif child.tag == _W_TBL:
-            yield _table_text(Table(child, document), document)
+            yield _table_text(child)
         elif child.tag == _W_SDT:
             content = child.find(_W_SDT_CONTENT)
             if content is not None:
-                yield from _docx_blocks(content, document)
+                yield from _docx_blocks(content)
         elif child.tag == _W_CUSTOM_XML:
-            yield from _docx_blocks(child, document)
+            yield from _docx_blocks(child)
 
 
 # Footnotes, then endnotes: their parts hold one w:footnote / w:endnote each, besides the
@@ -366,7 +369,10 @@ def _docx_notes(document: Document) -> Iterator[str]:
             for note in parse_xml(relationship.target_part.blob):
                 if note.get(_W_TYPE) not in _NOT_NOTES:
                     # Without its mark, a note's text starts with the space Word puts after it.
-                    yield from (block.strip() for block in _docx_blocks(note, document))
+                    yield from (block.strip() for block in _docx_blocks(note))
+
+
+_W_TEXT_BOX = qn("w:txbxContent")
 
 
 def _paragraph_text(element: BaseOxmlElement) -> Iterator[str]:
@@ -378,21 +384,48 @@ def _paragraph_text(element: BaseOxmlElement) -> Iterator[str]:
             yield from _paragraph_text(child)
         elif child.tag not in _W_NOT_TEXT:
             yield from _paragraph_text(child)
+            if child.tag == _W_TEXT_BOX:  # the text after a box anchored mid-paragraph
+                yield "\n"  # was glued to its last word ("layoutdraws")
 
 
-def _table_text(table: Table, document: Document) -> str:
+def _table_text(table: BaseOxmlElement) -> str:
+    """A line per row, its cells apart; a cell merged down from the row above repeats its
+    text (as python-docx's `Row.cells` did, which saw only the rows and cells that are the
+    table's own children: those of a content control, such as a repeating section, were lost)."""
     rows = []
-    for row in table.rows:
+    merged_down: dict[int, str] = {}  # grid column -> the text of the cell that starts there
+    for row in _wrapped(table, CT_Row):
         cells: list[str] = []
-        previous = None
-        for cell in row.cells:
-            if cell is previous:  # a cell spanning columns comes once for each
-                continue
-            previous = cell
-            blocks = _docx_blocks(cell._tc, document)
-            cells.append(" ".join(block for block in blocks if block.strip()).strip())
+        column = row.grid_before
+        for cell in _wrapped(row, CT_Tc):
+            if cell.vMerge == "continue":
+                text = merged_down.get(column, "")
+            else:
+                blocks = _docx_blocks(cell)
+                text = " ".join(block for block in blocks if block.strip()).strip()
+                merged_down[column] = text
+            cells.append(text)
+            column += cell.grid_span
         rows.append(" | ".join(cells))
     return "\n".join(rows)
+
+
+_Element = TypeVar("_Element", bound=BaseOxmlElement)
+
+
+def _wrapped(parent: BaseOxmlElement, kind: type[_Element]) -> Iterator[_Element]:
+    """The children of `parent` of `kind` (rows of a table, cells of a row), with those that a
+    content control (w:sdt) or custom XML holds: Word wraps a repeating section's rows, or a
+    control put on cells, in one."""
+    for child in parent:
+        if isinstance(child, kind):
+            yield child
+        elif child.tag == _W_SDT:
+            content = child.find(_W_SDT_CONTENT)
+            if content is not None:
+                yield from _wrapped(content, kind)
+        elif child.tag == _W_CUSTOM_XML:
+            yield from _wrapped(child, kind)
 
 
 class _HTMLText(HTMLParser):
@@ -440,25 +473,42 @@ class _HTMLText(HTMLParser):
         }
     )
 
+    _CELL = frozenset({"td", "th"})
+    # What a page's head may hold: any other element starts the body, as a browser reads it.
+    _HEAD = frozenset({"base", "link", "meta", "title", "script", "style", "noscript", "template"})
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skipping = 0
+        self._in_head = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "body":  # HTML lets </head> be left out; the body is never skipped
+        if tag == "body" or self._starts_body(tag):  # the body is never skipped
             self._skipping = 0
+            self._in_head = False
         if tag in self._SKIP:
             self._skipping += 1
+            self._in_head = self._in_head or tag == "head"
         elif tag in self._BLOCK:
             self.parts.append("\n")
+        elif tag in self._CELL:  # a cell's end tag may be left out: "<td>Name<td>Age"
+            self.parts.append(" ")
+
+    def _starts_body(self, tag: str) -> bool:
+        """Whether `tag`, in the head and not inside a script or the like, starts the body:
+        HTML lets both </head> and <body> be left out, and a page that left them out was read
+        as all head, its text lost."""
+        return self._in_head and self._skipping == 1 and tag not in self._HEAD
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "head":
+            self._in_head = False
         if tag in self._SKIP:
             self._skipping = max(0, self._skipping - 1)
         elif tag in self._BLOCK:
             self.parts.append("\n")
-        elif tag in ("td", "th"):  # keep adjacent cells apart: "Name Age", not "NameAge"
+        elif tag in self._CELL:  # keep adjacent cells apart: "Name Age", not "NameAge"
             self.parts.append(" ")
 
     def handle_data(self, data: str) -> None:

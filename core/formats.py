@@ -391,6 +391,8 @@ _HTML_CHARSET = re.compile(
     re.IGNORECASE,
 )
 _HTML_CHARSET_PRESCAN = 1024
+# A declaration commented out is none, for browsers too; an unclosed comment runs to the end.
+_HTML_COMMENT = re.compile(rb"<!--.*?(?:-->|$)", re.DOTALL)
 # Labels that browsers decode as a superset (the WHATWG Encoding Standard): a page labelled
 # ISO-8859-1 holds windows-1252's curly quotes, one labelled GB2312 holds GBK's characters.
 _CHARSET_SUPERSETS = {
@@ -418,7 +420,7 @@ def decode_html(data: bytes) -> str:
 
 
 def _declared_charset(head: bytes) -> str | None:
-    match = _HTML_CHARSET.search(head)
+    match = _HTML_CHARSET.search(_HTML_COMMENT.sub(b"", head))
     if match is None:
         return None
     label = (match.group(1) or match.group(2)).decode("ascii")

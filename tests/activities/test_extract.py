@@ -274,7 +274,8 @@ def test_extract_docx_keeps_unicode() -> None:
 WORD_BODY = (
     '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
     '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
-    ' xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006">'
+    ' xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006"'
+    ' xmlns:m="http://schemas.openxmlformats.org/officeDocument/2006/math">'
     "<w:body>{}<w:sectPr/></w:body></w:document>"
 )
 
@@ -299,6 +300,19 @@ def test_extract_docx_reads_tracked_insertions_fields_and_smart_tags_not_deletio
     )
     data = docx_with_body(WORD_BODY.format(body).encode())
     assert extract_docx(data) == "The fee is payable in 30 days. See Clause 7 in Paris"
+
+
+def test_extract_docx_reads_the_text_of_equations() -> None:
+    body = (
+        '<w:p><w:r><w:t xml:space="preserve">The annual rate is </w:t></w:r>'
+        "<m:oMath><m:r><m:t>r=0.05</m:t></m:r></m:oMath>"
+        '<w:r><w:t xml:space="preserve"> for all accounts.</w:t></w:r></w:p>'
+        '<w:p><m:oMathPara><m:oMath><m:r><w:rPr><w:rFonts w:ascii="Cambria Math"/></w:rPr>'
+        "<m:t>E=m</m:t></m:r><m:sSup><m:e><m:r><m:t>c</m:t></m:r></m:e>"
+        "<m:sup><m:r><m:t>2</m:t></m:r></m:sup></m:sSup></m:oMath></m:oMathPara></w:p>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "The annual rate is r=0.05 for all accounts.\n\nE=mc2"
 
 
 def test_extract_docx_reads_content_controls_in_order() -> None:
@@ -358,6 +372,17 @@ def test_extract_docx_reads_a_text_box_once() -> None:
     assert extract_docx(data) == "Body.\nBoxed words."
 
 
+def test_extract_docx_keeps_a_text_box_apart_from_the_words_after_it() -> None:
+    box = "<w:txbxContent>" + word_paragraph("Figure 2: pump layout") + "</w:txbxContent>"
+    body = (
+        '<w:p><w:r><w:t xml:space="preserve">The pump </w:t></w:r>'
+        f"<w:r><w:drawing>{box}</w:drawing></w:r>"
+        "<w:r><w:t>draws water from the well.</w:t></w:r></w:p>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "The pump \nFigure 2: pump layout\ndraws water from the well."
+
+
 def test_extract_docx_keeps_equal_neighbour_cells_and_nested_tables() -> None:
     nested = "<w:tbl><w:tr>" + word_cell("Ten users") + "</w:tr></w:tbl>"
     body = (
@@ -369,6 +394,44 @@ def test_extract_docx_keeps_equal_neighbour_cells_and_nested_tables() -> None:
     )
     data = docx_with_body(WORD_BODY.format(body).encode())
     assert extract_docx(data) == "Backups | Yes | Yes\nLimits Ten users | none"
+
+
+def test_extract_docx_reads_table_rows_and_cells_in_content_controls() -> None:
+    """Word wraps a repeating section's rows, or a content control put on cells, in w:sdt:
+    python-docx's rows and cells skip them, and their text was lost."""
+    body = (
+        "<w:tbl><w:tblGrid><w:gridCol/><w:gridCol/></w:tblGrid>"
+        "<w:tr>" + word_cell("Supplier") + word_cell("Contact") + "</w:tr>"
+        "<w:sdt><w:sdtPr/><w:sdtContent>"
+        "<w:tr>" + word_cell("Acme Tooling") + word_cell("Jane Roe") + "</w:tr>"
+        "<w:tr>"
+        + word_cell("Borealis Freight")
+        + "<w:sdt><w:sdtPr/><w:sdtContent>"
+        + word_cell("Omar Haddad")
+        + "</w:sdtContent></w:sdt></w:tr>"
+        "</w:sdtContent></w:sdt>"
+        '<w:customXml w:element="supplier"><w:tr>'
+        + word_cell("Cedar Mills")
+        + word_cell("Li Wei")
+        + "</w:tr></w:customXml></w:tbl>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == (
+        "Supplier | Contact\nAcme Tooling | Jane Roe\nBorealis Freight | Omar Haddad\n"
+        "Cedar Mills | Li Wei"
+    )
+
+
+def test_extract_docx_repeats_a_cell_merged_down_on_each_row() -> None:
+    merged = '<w:tc><w:tcPr><w:vMerge w:val="restart"/></w:tcPr>' + word_paragraph("North")
+    body = (
+        "<w:tbl><w:tblGrid><w:gridCol/><w:gridCol/></w:tblGrid>"
+        "<w:tr>" + merged + "</w:tc>" + word_cell("1200") + "</w:tr>"
+        "<w:tr><w:tc><w:tcPr><w:vMerge/></w:tcPr><w:p/></w:tc>" + word_cell("800") + "</w:tr>"
+        "</w:tbl>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "North | 1200\nNorth | 800"
 
 
 def test_extract_text_docx_without_text_is_empty() -> None:
@@ -526,6 +589,11 @@ def test_html_to_text_keeps_table_cells_apart() -> None:
     assert html_to_text(html) == "Name Age\n\nAnn 42"
 
 
+def test_html_to_text_keeps_table_cells_without_end_tags_apart() -> None:
+    html = "<table><tr><th>Model<th>Flow rate<tr><td>Aquaflow<td>40 litres a minute</table>"
+    assert html_to_text(html) == "Model Flow rate\nAquaflow 40 litres a minute"
+
+
 def test_html_to_text_keeps_words_of_neighbouring_blocks_apart() -> None:
     html = (
         "<nav>Home</nav><main><dl><dt>Latency</dt><dd>Time to first byte</dd></dl></main>"
@@ -540,6 +608,15 @@ def test_html_to_text_keeps_words_of_neighbouring_blocks_apart() -> None:
 def test_html_to_text_reads_body_when_head_is_not_closed() -> None:
     html = "<html><head><title>Title</title><body><p>Body text</p></body></html>"
     assert html_to_text(html) == "Body text"
+
+
+def test_html_to_text_reads_body_when_neither_head_end_nor_body_tag_is_written() -> None:
+    html = (
+        "<!DOCTYPE html><html><head><meta charset=utf-8><title>Pump guide</title>"
+        "<noscript><img src=pump.png></noscript><link rel=stylesheet href=a.css>"
+        "<h1>Priming the pump</h1><p>Open the bleed valve before starting.</p></html>"
+    )
+    assert html_to_text(html) == "Priming the pump\n\nOpen the bleed valve before starting."
 
 
 def test_html_to_text_survives_unbalanced_tags() -> None:
@@ -581,6 +658,15 @@ def test_extract_text_html_in_its_declared_charset(
 ) -> None:
     page = f"<html><head>{declaration}</head><body><p>{words}</p></body></html>"
     assert extract_text(page.encode(codec), DocumentFormat.HTML).text == words
+
+
+def test_extract_text_html_ignores_a_charset_declared_in_a_comment() -> None:
+    page = (
+        '<html><head><!-- <meta charset="koi8-r"> --><meta charset="windows-1252"></head>'
+        "<body><p>Caf\u00e9 na\u00efve r\u00e9sum\u00e9</p></body></html>"
+    )
+    text = extract_text(page.encode("cp1252"), DocumentFormat.HTML).text
+    assert text == "Caf\u00e9 na\u00efve r\u00e9sum\u00e9"
 
 
 def test_extract_text_html_in_utf8_wins_over_a_wrong_declaration() -> None:
