@@ -205,7 +205,7 @@ class StoreActivities:
             raise staging_missing("the chunks or their vectors")
 
     async def _settled_copy(self, session: AsyncSession, task: IngestTask) -> StoreResult | None:
-        """Another task's copy of the same bytes (`find_stored_copy`), once that task ended.
+        """Another task's copy of the same bytes (`_other_copy`), once that task ended.
         While it runs, its cancel may still delete the copy, and this task, answered with it,
         would say `complete` with nothing stored: the step fails, and its retry looks again."""
         found = await _other_copy(session, task)
@@ -221,7 +221,7 @@ class StoreActivities:
 
     async def _stored_by_this_task(self, task: IngestTask) -> StoreResult | None:
         """What an earlier run of this store left: this task's complete document, or the
-        other task's copy it found."""
+        other task's copy it found, once that task ended (`_settled_copy`)."""
         async with self.sessionmaker() as session:
             row = (
                 await session.execute(
@@ -231,7 +231,7 @@ class StoreActivities:
                 )
             ).first()
             if row is None:
-                return await find_stored_copy(session, task)
+                return await self._settled_copy(session, task)
         return StoreResult(document_id=str(row.id), chunks=row.chunk_count)
 
     async def _settle_conflict(self, task: IngestTask, exc: IntegrityError) -> StoreResult:
@@ -276,6 +276,8 @@ class StoreActivities:
         """Keep a row for a task that ended without chunks: why it failed, or that it stopped."""
         try:
             async with self.sessionmaker.begin() as session:
+                if outcome.only_over_its_row and not await _row_held(session, outcome.task):
+                    return
                 document_id = await upsert_document(
                     session,
                     outcome.task,
@@ -317,6 +319,14 @@ async def heartbeating(work: Coroutine[Any, Any, T]) -> T:
     return running.result()
 
 
+async def _row_held(session: AsyncSession, task: IngestTask) -> bool:
+    """Whether `task` has a row, locked until the transaction ends (a delete waits for it)."""
+    row = await session.scalar(
+        select(Document.id).where(Document.task_id == task.task_id).with_for_update()
+    )
+    return row is not None
+
+
 async def _drop_unstored_row(session: AsyncSession, task: IngestTask) -> None:
     """The task ends as a duplicate of another task's document: the row an earlier run of it
     left (`error`, `failed` or `cancelled`, with no chunks) would list it as that, and
@@ -335,12 +345,6 @@ def _row_of_this_file(task: IngestTask) -> tuple[ColumnElement[bool], ...]:
         Document.sha256 == task.sha256,
         Document.agent_id == uuid.UUID(task.agent_id),
     )
-
-
-async def find_stored_copy(session: AsyncSession, task: IngestTask) -> StoreResult | None:
-    """A complete document of another task with the same bytes for the same agent."""
-    found = await _other_copy(session, task)
-    return None if found is None else _duplicate_of(found)
 
 
 async def _other_copy(session: AsyncSession, task: IngestTask) -> StoredCopy | None:

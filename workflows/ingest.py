@@ -140,11 +140,19 @@ STORED_BEFORE_PATCH = "staging-missing-finds-the-stored-document"
 # the cleanup remove the whole staging store (every upload's original) or the folder above it.
 # Histories written before (none the API started are refused) replay as they were.
 TASK_CHECKED_PATCH = "task-input-checked"
+# The task's cancel (from the Temporal UI) that came while its record waited for the database
+# stopped that record: the task ended as it had said, with no documents row (404 once Temporal
+# forgot it). The record now runs once more (the cancel is spent). Histories written before
+# replay as they ended.
+OUTCOME_RECORDED_AFTER_CANCEL_PATCH = "outcome-recorded-after-cancel"
 OUTCOME_RECORD_FOR = timedelta(days=1)
+# Each try is one connection, refused at once by a database that is down; tries a minute
+# apart left the row (and a retry of the task, 409 until the row is written) a minute behind
+# a database that was back.
 _OUTCOME_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=1),
+    maximum_interval=timedelta(seconds=10),
     maximum_attempts=0,  # until OUTCOME_RECORD_FOR has passed
 )
 
@@ -162,6 +170,7 @@ class IngestDocument:
     def __init__(self, task: IngestTask) -> None:
         self._progress = TaskProgress.queued(task, iso_utc(workflow.info().start_time))
         self._release: int | None = None
+        self._record_only_over_its_row = False
 
     @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> TaskProgress:
@@ -269,6 +278,9 @@ class IngestDocument:
                 # the cancel stopped does (the look's failure is not the task's).
                 await self._cancelled(task)
                 raise asyncio.CancelledError from looked
+            # A reset run of a task whose upload is gone found no document: it had one, and it
+            # was deleted since (its staging goes with it). Its record must not bring it back.
+            self._record_only_over_its_row = _reset_run()
             return False
         self._progress = dataclasses.replace(
             self._progress, chunks_total=stored.chunks, chunks_embedded=stored.chunks
@@ -412,18 +424,26 @@ class IngestDocument:
     ) -> None:
         """Write the task's end into its documents row; `until_done`: keep trying while the
         database is down, for up to `OUTCOME_RECORD_FOR` (the task already says how it ended)."""
-        try:
-            await workflow.execute_activity(
-                RECORD_OUTCOME,
-                Outcome(task, status, error_type, reason),
-                start_to_close_timeout=timedelta(minutes=1),
-                schedule_to_close_timeout=OUTCOME_RECORD_FOR if until_done else None,
-                retry_policy=_OUTCOME_RETRY if until_done else _database_retry(task),
-            )
-        except STEP_FAILURES:
-            # The workflow's own failure remains the record in Temporal; the database row is
-            # a convenience that can be missing when the database stayed down.
-            workflow.logger.warning("could not record the outcome of %s", task.task_id)
+        for _ in range(2):
+            try:
+                await workflow.execute_activity(
+                    RECORD_OUTCOME,
+                    Outcome(task, status, error_type, reason, self._record_only_over_its_row),
+                    start_to_close_timeout=timedelta(minutes=1),
+                    schedule_to_close_timeout=OUTCOME_RECORD_FOR if until_done else None,
+                    retry_policy=_OUTCOME_RETRY if until_done else _database_retry(task),
+                )
+                return
+            except STEP_FAILURES as failure:
+                if not (
+                    until_done
+                    and is_cancelled_exception(failure)
+                    and workflow.patched(OUTCOME_RECORDED_AFTER_CANCEL_PATCH)
+                ):
+                    break
+        # The workflow's own failure remains the record in Temporal; the database row is a
+        # convenience that can be missing when the database stayed down.
+        workflow.logger.warning("could not record the outcome of %s", task.task_id)
 
     async def _cleanup(self, task: IngestTask) -> None:
         local = self._steps_release() >= 1
@@ -556,6 +576,13 @@ def _not_an_upload(task: IngestTask, workflow_id: str) -> str | None:
     if task.format not in set(DocumentFormat):
         return f"its format {task.format!r} is none of {', '.join(DocumentFormat)}"
     return None
+
+
+def _reset_run() -> bool:
+    """Whether this run is an operator's reset of an earlier one (the API starts each run,
+    a retry too, afresh; a reset keeps the first run's id as the original's)."""
+    info = workflow.info()
+    return info.run_id != info.original_execution_run_id
 
 
 def _quick_to_extract(task: IngestTask) -> bool:

@@ -181,6 +181,9 @@ class Outcome:
     status: str
     error_type: str
     error_message: str
+    # Write it only over the row the task has, never a new one: a reset run whose upload and
+    # document are both gone (the document was deleted since) ends with no row, as it was left.
+    only_over_its_row: bool = False
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tests.support import (
     upload_file,
     wait_for_status,
 )
+from tests.workflows.test_ingest import reset_to_first_workflow_task
 from workflows.types import Status
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -344,6 +345,28 @@ async def test_documents_delete_removes_the_staged_upload_so_a_retry_cannot_brin
     assert not staged(stack, task_id)
     retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
     assert retried.status_code == 409, retried.text
+    assert await document_rows(stack, tenant.agent_id) == 0
+
+
+async def test_documents_delete_stands_when_an_operator_resets_the_documents_task(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """An operator resets a complete task (Web UI, `temporal workflow reset --type
+    FirstWorkflowTask`) after its document was deleted: the run finds neither the upload nor
+    the document and ends `error`, and the deleted document stays deleted (before: it came
+    back in the list as an `error` row)."""
+    done = await ingest(http, tenant, "gone.txt", lorem(3, seed=35).encode())
+    deleted = await http.delete(f"/documents/{done['document_id']}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    handle = stack.client.get_workflow_handle(done["task_id"])
+    again = await reset_to_first_workflow_task(stack, handle)
+    async with asyncio.timeout(60):
+        with pytest.raises(WorkflowFailureError):
+            await again.result()
+    status = await http.get(f"/upload/status/{done['task_id']}", headers=tenant.headers)
+    assert (status.json()["status"], status.json()["error"]["type"]) == ("error", "StagingMissing")
+    listed = await http.get(f"/agents/{tenant.agent_id}/documents", headers=tenant.headers)
+    assert listed.json()["documents"] == []
     assert await document_rows(stack, tenant.agent_id) == 0
 
 

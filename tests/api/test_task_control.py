@@ -1170,6 +1170,77 @@ async def test_a_task_failed_by_a_database_outage_says_so_then_keeps_its_record(
         await nowhere.dispose()
 
 
+async def test_a_task_failed_by_a_long_database_outage_keeps_its_record_soon_after_it(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The database stays down half a minute after the task said `error`: its record's tries
+    were a minute apart by then, and the row (and a retry, 409 until it is written) came up to
+    a minute after the database was back; they are now at most 10 s apart."""
+    settings = stack_settings(stack, database_attempts=2)
+    nowhere = create_engine(unreachable_database_url())
+    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
+    documents = f"/agents/{tenant.agent_id}/documents"
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=31).encode())
+            async with running_workers(down, settings, FakeEmbedder()):
+                final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+                assert final["status"] == "error", final
+                await asyncio.sleep(33)  # tries after 1, 3, 7, 15 and 31 s have failed
+            async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
+                back = loop_time()
+                async with asyncio.timeout(90):
+                    while not (await http.get(documents, headers=tenant.headers)).json()["total"]:
+                        await asyncio.sleep(0.2)
+                waited = loop_time() - back
+                retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+            assert waited < 20, f"the row was written {waited:.0f} s after the database was back"
+            assert retried.status_code == 202, retried.text
+            await stack.client.get_workflow_handle(task_id).terminate("test over")
+    finally:
+        await nowhere.dispose()
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_a_task_cancelled_while_its_record_waits_for_the_database_still_keeps_it(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The task said `error` (the database down) and waits to write its record; an operator
+    cancels it from the Temporal UI (the API's cancel is 409: the task ended). The cancel
+    stopped the record, and the task ended with no documents row; the record now runs on, and
+    the row says what the status says once the database is back."""
+    settings = stack_settings(stack, database_attempts=2)
+    nowhere = create_engine(unreachable_database_url())
+    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
+    documents = f"/agents/{tenant.agent_id}/documents"
+    try:
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=32).encode())
+            handle = stack.client.get_workflow_handle(task_id)
+            async with running_workers(down, settings, FakeEmbedder()):
+                final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+                assert final["status"] == "error", final
+                refused = await http.post(f"/upload/{task_id}/cancel", headers=tenant.headers)
+                assert refused.status_code == 409
+                await handle.cancel()
+                await history_has(
+                    stack, task_id, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
+                )
+            async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
+                with pytest.raises(WorkflowFailureError):
+                    await asyncio.wait_for(handle.result(), timeout=120)
+            status = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
+            rows = (await http.get(documents, headers=tenant.headers)).json()["documents"]
+        assert status["status"] == "error"
+        assert [(row["task_id"], row["status"]) for row in rows] == [(task_id, "error")]
+        assert rows[0]["error"] == status["error"]
+    finally:
+        await nowhere.dispose()
+
+
 async def listed(http: httpx.AsyncClient, tenant: Tenant, params: dict[str, str]) -> list[str]:
     response = await http.get("/api/progress", params=params, headers=tenant.headers)
     return [task["task_id"] for task in response.json()["tasks"]]

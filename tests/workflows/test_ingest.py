@@ -97,6 +97,9 @@ HISTORY_CANCEL_HIDDEN_BY_SUCCESS = (
 # A complete task cancelled while it removed its staging: on the release before, the removal
 # stopped and was not run again.
 HISTORY_CLEANUP_CANCELLED = Path(__file__).parent / "histories/ingest-cleanup-cancelled.json"
+# A task that said `error` (the database down) cancelled while its record waited for the
+# database: on the release before, the record stopped and the task ended with no row.
+HISTORY_RECORD_CANCELLED = Path(__file__).parent / "histories/ingest-record-cancelled.json"
 
 
 @pytest.fixture(scope="module")
@@ -565,6 +568,51 @@ async def test_a_cancel_while_a_task_missing_its_upload_looks_for_its_document_e
     assert document is not None and document.status == Status.CANCELLED
 
 
+async def test_a_task_missing_its_upload_takes_another_tasks_copy_only_once_that_task_ended(
+    stack: Stack, fake_settings: Settings, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload of task A left staging; task B of the same bytes has committed its copy but
+    still runs, and is then cancelled, which deletes the copy. A's look for a stored document
+    took B's copy at once and A said `complete` with a cancelled document of no chunks; it
+    now waits for B to end, as the store step does, and ends `error` with its own row."""
+    data = lorem(40, seed=34).encode()
+    b = stage(stack, fake_settings, tenant, data, DocumentFormat.TEXT, "b.txt")
+    committed = asyncio.Event()
+    save = StoreActivities.save
+
+    async def save_then_answer_late(self: StoreActivities, task: IngestTask, *args: Any) -> Any:
+        stored = await save(self, task, *args)
+        if task.task_id == b.task_id:
+            committed.set()
+            await asyncio.sleep(8)  # B's copy is committed, B still runs
+        return stored
+
+    monkeypatch.setattr(StoreActivities, "save", save_then_answer_late)
+    b_handle = await stack.client.start_workflow(
+        IngestDocument.run, b, id=b.task_id, task_queue=fake_settings.task_queue
+    )
+    async with asyncio.timeout(60):
+        await committed.wait()
+    a = stage(stack, fake_settings, tenant, data, DocumentFormat.TEXT, "a.txt")
+    stack.staging.remove_task(a.task_id)
+    a_handle = await stack.client.start_workflow(
+        IngestDocument.run, a, id=a.task_id, task_queue=fake_settings.task_queue
+    )
+    await asyncio.sleep(2)  # A looks meanwhile
+    await b_handle.cancel()
+    async with asyncio.timeout(120):
+        for handle in (b_handle, a_handle):
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+    assert (await b_handle.query(IngestDocument.progress)).status == Status.CANCELLED
+    progress = await a_handle.query(IngestDocument.progress)
+    assert (progress.status, progress.error_type) == (Status.ERROR, "StagingMissing")
+    async with stack.sessionmaker() as session:
+        rows = (await session.execute(select(Document.task_id, Document.status))).all()
+    mine = {row.task_id: row.status for row in rows if row.task_id in (a.task_id, b.task_id)}
+    assert mine == {a.task_id: Status.ERROR, b.task_id: Status.CANCELLED}
+
+
 @pytest.mark.parametrize(
     ("changes", "refused"),
     [
@@ -888,6 +936,16 @@ async def test_a_task_whose_cleanup_was_cancelled_replays_as_it_ended() -> None:
         "ingest-cleanup-cancelled", HISTORY_CLEANUP_CANCELLED.read_text()
     )
     assert local_steps(history) == [EXTRACT_AND_CHUNK, CLEANUP]
+    result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_a_task_whose_record_was_cancelled_replays_as_it_ended() -> None:
+    history = WorkflowHistory.from_json(
+        "ingest-record-cancelled", HISTORY_RECORD_CANCELLED.read_text()
+    )
+    assert scheduled_activities(history)[-1] == RECORD_OUTCOME
+    assert history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
     result = await Replayer(workflows=[IngestDocument]).replay_workflow(history)
     assert result.replay_failure is None
 
