@@ -372,13 +372,28 @@ def _docx_notes(document: Document) -> Iterator[str]:
                     yield from (block.strip() for block in _docx_blocks(note))
 
 
-_W_TEXT_BOX = qn("w:txbxContent")
+_W_TEXT_BOX, _W_RUN, _W_SYM = qn("w:txbxContent"), qn("w:r"), qn("w:sym")
+# Hidden text (w:vanish in a run's properties): Word neither shows nor prints it.
+_W_HIDDEN = f"{qn('w:rPr')}/{qn('w:vanish')}"
+_W_VAL, _W_FONT, _W_CHAR = qn("w:val"), qn("w:font"), qn("w:char")
+_W_OFF = frozenset({"0", "false", "off"})
+# Word's Insert Symbol writes a character of a symbol font as w:sym, with its code in the font
+# (F000 plus the byte). The Symbol font draws the Greek alphabet on the Latin letters' codes
+# (F061 is alpha): text a search user types. Other symbol fonts (Wingdings, ...) draw pictures.
+_SYMBOL_FONT_GREEK = {
+    **dict(zip(range(0x41, 0x5B), "ΑΒΧΔΕΦΓΗΙϑΚΛΜΝΟΠΘΡΣΤΥςΩΞΨΖ", strict=True)),
+    **dict(zip(range(0x61, 0x7B), "αβχδεφγηιϕκλμνοπθρστυϖωξψζ", strict=True)),
+}
 
 
 def _paragraph_text(element: BaseOxmlElement) -> Iterator[str]:
     for child in element:
         if child.tag in _W_RUN_TEXT:
             yield _W_RUN_TEXT[child.tag] or child.text or ""
+        elif child.tag == _W_SYM:
+            yield _symbol(child)
+        elif child.tag == _W_RUN and _run_is_hidden(child):
+            continue
         elif child.tag == _W_P:  # a paragraph of a text box, inside a run
             yield "\n"
             yield from _paragraph_text(child)
@@ -386,6 +401,20 @@ def _paragraph_text(element: BaseOxmlElement) -> Iterator[str]:
             yield from _paragraph_text(child)
             if child.tag == _W_TEXT_BOX:  # the text after a box anchored mid-paragraph
                 yield "\n"  # was glued to its last word ("layoutdraws")
+
+
+def _run_is_hidden(run: BaseOxmlElement) -> bool:
+    vanish = run.find(_W_HIDDEN)
+    return vanish is not None and vanish.get(_W_VAL, "true").lower() not in _W_OFF
+
+
+def _symbol(sym: BaseOxmlElement) -> str:
+    """The letter a Symbol-font w:sym draws; "" for any other (a picture, or not known)."""
+    char = sym.get(_W_CHAR, "")
+    if sym.get(_W_FONT) != "Symbol" or re.fullmatch("[0-9A-Fa-f]{1,4}", char) is None:
+        return ""
+    code = int(char, 16)
+    return _SYMBOL_FONT_GREEK.get(code - 0xF000 if code >= 0xF000 else code, "")
 
 
 def _table_text(table: BaseOxmlElement) -> str:
@@ -473,27 +502,65 @@ class _HTMLText(HTMLParser):
         }
     )
 
-    _CELL = frozenset({"td", "th"})
+    # Cells, and what a browser draws as a box of its own amid the text (a form's controls, a
+    # drop-down's options, an image): their words stay apart from their neighbours' ("RedBlue" was
+    # read from two options). A cell's end tag may be left out: "<td>Name<td>Age".
+    _APART = frozenset(
+        {"td", "th", "button", "select", "option", "optgroup", "textarea", "input", "img"}
+    )
     # What a page's head may hold: any other element starts the body, as a browser reads it.
     _HEAD = frozenset({"base", "link", "meta", "title", "script", "style", "noscript", "template"})
+    # A ruby's annotations (the reading over its text, "かん" over "漢") and the brackets
+    # shown around them without ruby are left out: the text reads as written, "漢字", not
+    # "漢かん字じ". An annotation's end tag may be left out: it ends at the next base or block.
+    _RUBY_ANNOTATION = frozenset({"rt", "rp", "rtc"})
+    _RUBY_BASE = frozenset({"ruby", "rb"})
+    # Elements without content or end tag: `<br/>` is `<br>`.
+    _VOID = frozenset(
+        {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+        | {"track", "wbr"}
+    )
+    # An element a browser does not show (the `hidden` attribute; "until-found" is shown when
+    # the browser's find-in-page finds it) is left out, to its end tag. One whose end tag may
+    # be left out ends, at the latest, at the next block or cell: a missing end tag never
+    # hides the rest of the page.
+    _END_OPTIONAL = frozenset(
+        {"p", "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "rt", "rp", "rb"}
+        | {"rtc", "caption", "colgroup", "thead", "tbody", "tfoot", "html", "head", "body"}
+    )
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skipping = 0
         self._in_head = False
+        self._in_annotation = False
+        self._hidden: str | None = None  # the hidden element being left out
+        self._hidden_depth = 0  # its own tag's depth inside it
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "body" or self._starts_body(tag):  # the body is never skipped
             self._skipping = 0
             self._in_head = False
+        if self._inside_hidden(tag, start=True):
+            return
+        if not self._skipping and tag not in self._VOID and _hidden_by_attribute(attrs):
+            self._hidden, self._hidden_depth = tag, 1
+            return
+        self._follow_ruby(tag, start=True)
         if tag in self._SKIP:
             self._skipping += 1
             self._in_head = self._in_head or tag == "head"
         elif tag in self._BLOCK:
             self.parts.append("\n")
-        elif tag in self._CELL:  # a cell's end tag may be left out: "<td>Name<td>Age"
+        elif tag in self._APART:
             self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """`<br/>` is `<br>`: html.parser ended it too, and it read as a paragraph break."""
+        self.handle_starttag(tag, attrs)
+        if tag not in self._VOID:
+            self.handle_endtag(tag)
 
     def _starts_body(self, tag: str) -> bool:
         """Whether `tag`, in the head and not inside a script or the like, starts the body:
@@ -504,15 +571,39 @@ class _HTMLText(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "head":
             self._in_head = False
+        if self._inside_hidden(tag, start=False):
+            return
+        self._follow_ruby(tag, start=False)
         if tag in self._SKIP:
             self._skipping = max(0, self._skipping - 1)
         elif tag in self._BLOCK:
             self.parts.append("\n")
-        elif tag in self._CELL:  # keep adjacent cells apart: "Name Age", not "NameAge"
+        elif tag in self._APART:
             self.parts.append(" ")
 
+    def _inside_hidden(self, tag: str, start: bool) -> bool:
+        """Whether `tag` is inside the hidden element being left out; False at its end."""
+        if self._hidden is None:
+            return False
+        if self._hidden in self._END_OPTIONAL:
+            ends = tag == self._hidden or tag in self._BLOCK or tag in self._APART
+        else:
+            if tag == self._hidden:
+                self._hidden_depth += 1 if start else -1
+            ends = self._hidden_depth == 0
+        if ends:
+            self._hidden = None
+        return not ends
+
+    def _follow_ruby(self, tag: str, start: bool) -> None:
+        """Whether the text from `tag` on is a ruby's annotation (_RUBY_ANNOTATION)."""
+        if start and tag in self._RUBY_ANNOTATION:
+            self._in_annotation = True
+        elif tag in self._RUBY_ANNOTATION or tag in self._RUBY_BASE or tag in self._BLOCK:
+            self._in_annotation = False
+
     def handle_data(self, data: str) -> None:
-        if not self._skipping:
+        if not self._skipping and self._hidden is None and not self._in_annotation:
             self.parts.append(data)
 
     def parse_marked_section(self, i: int, report: bool = True) -> int:
@@ -524,6 +615,10 @@ class _HTMLText(HTMLParser):
         except AssertionError:
             end = self.rawdata.find(">", i)
             return -1 if end < 0 else end + 1
+
+
+def _hidden_by_attribute(attrs: list[tuple[str, str | None]]) -> bool:
+    return any(name == "hidden" and (value or "").lower() != "until-found" for name, value in attrs)
 
 
 def html_to_text(html: str) -> str:

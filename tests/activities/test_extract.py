@@ -434,6 +434,37 @@ def test_extract_docx_repeats_a_cell_merged_down_on_each_row() -> None:
     assert extract_docx(data) == "North | 1200\nNorth | 800"
 
 
+def test_extract_docx_leaves_out_hidden_text() -> None:
+    """Word neither shows nor prints a run marked hidden (w:vanish): an answer key or a note
+    to the author was indexed and found by searches."""
+    body = (
+        '<w:p><w:r><w:t xml:space="preserve">The deadline is Friday.</w:t></w:r>'
+        '<w:r><w:rPr><w:vanish/></w:rPr><w:t xml:space="preserve"> Answer: 42.</w:t></w:r>'
+        '<w:r><w:rPr><w:b/><w:vanish w:val="false"/></w:rPr>'
+        '<w:t xml:space="preserve"> Bring a pen.</w:t></w:r></w:p>'
+        '<w:p><w:r><w:rPr><w:vanish w:val="1"/></w:rPr><w:t>Internal note.</w:t></w:r></w:p>'
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "The deadline is Friday. Bring a pen."
+
+
+def test_extract_docx_reads_symbol_font_letters_not_pictures() -> None:
+    """Insert Symbol writes a Symbol-font Greek letter as w:sym (F061 is alpha): it was
+    dropped, and a search for "alpha = 0.05" in Greek missed its sentence. A Wingdings
+    picture is not text."""
+    body = (
+        '<w:p><w:r><w:t xml:space="preserve">Significance level </w:t></w:r>'
+        '<w:r><w:sym w:font="Symbol" w:char="F061"/></w:r>'
+        '<w:r><w:t xml:space="preserve"> = 0.05, </w:t></w:r>'
+        '<w:r><w:sym w:font="Symbol" w:char="F057"/></w:r>'
+        '<w:r><w:sym w:font="Wingdings" w:char="F0FC"/></w:r>'
+        '<w:r><w:sym w:font="Symbol" w:char="not hex"/></w:r>'
+        '<w:r><w:t xml:space="preserve"> in ohms</w:t></w:r></w:p>'
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "Significance level α = 0.05, Ω in ohms"  # noqa: RUF001
+
+
 def test_extract_text_docx_without_text_is_empty() -> None:
     error = rejected(make_docx([]), DocumentFormat.DOCX)
     assert error.error_type == FailureType.EMPTY_DOCUMENT
@@ -603,6 +634,45 @@ def test_html_to_text_keeps_words_of_neighbouring_blocks_apart() -> None:
     assert [line for line in html_to_text(html).splitlines() if line] == [
         "Home", "Latency", "Time to first byte", "Related", "Figure one", "More", "Hidden part"
     ]  # fmt: skip
+
+
+def test_html_to_text_keeps_words_of_controls_and_options_apart() -> None:
+    html = (
+        "<p>Colour: <select><option>Red</option><option>Blue</option></select>"
+        "<button>Save</button><button>Cancel</button></p>"
+        "<p><label>Name</label><input name=n><label>Email</label><img src=a.png>Next</p>"
+    )
+    assert html_to_text(html) == "Colour: Red Blue Save Cancel\n\nName Email Next"
+
+
+def test_html_to_text_reads_ruby_text_as_written() -> None:
+    """The reading over a ruby's text ("かん" over "漢") was read into it: "漢かん字じ", which
+    a search for "漢字" did not find."""
+    html = (
+        "<p><ruby>漢<rp>(</rp><rt>かん</rt><rp>)</rp>字<rp>(</rp><rt>じ</rt><rp>)</rp></ruby>"
+        "を読む</p><p><ruby><rb>東<rb>京<rt>とう<rt>きょう</ruby>に行く</p>"
+        "<p><ruby>未<rt>み</p><p>The next paragraph.</p>"
+    )
+    assert html_to_text(html) == "漢字を読む\n\n東京に行く\n\n未\n\nThe next paragraph."
+
+
+def test_html_to_text_reads_a_self_closing_br_as_br() -> None:
+    assert (
+        html_to_text("<p>line<br/>break<br />here<hr/>after</p>")
+        == (html_to_text("<p>line<br>break<br>here<hr>after</p>"))
+        == "line\nbreak\nhere\nafter"
+    )
+
+
+def test_html_to_text_leaves_out_hidden_elements() -> None:
+    """A browser does not show an element with the `hidden` attribute (a closed panel, an
+    error message not yet shown); "until-found" ones it shows when find-in-page finds them."""
+    html = (
+        "<p>Shown.</p><div hidden><p>Not shown.</p><div>Nor this.</div></div>"
+        '<p class=error hidden>Invalid e-mail.</p><section hidden="until-found">Found.</section>'
+        "<p hidden>No end tag<div>Shown after.</div><input hidden>Kept."
+    )
+    assert html_to_text(html) == "Shown.\n\nFound.\n\nShown after.\nKept."
 
 
 def test_html_to_text_reads_body_when_head_is_not_closed() -> None:
