@@ -24,7 +24,7 @@ from cli.processes import (
     temporal_dev_server,
 )
 from core.db import resolve_database_url
-from core.embedded import dies_with_this_process, stop_process, wait_for_port
+from core.embedded import dies_with_this_process, make_home, stop_process, wait_for_port
 from core.migrate import upgrade_to_head
 from core.settings import Settings
 from core.temporal import connect, register_search_attributes
@@ -33,7 +33,7 @@ from core.temporal import connect, register_search_attributes
 def run_dev(settings: Settings) -> int:
     interrupt_on_sigterm()
     home = settings.resolved_home
-    home.mkdir(parents=True, exist_ok=True)
+    make_home(home)
     refuse_busy_port(settings.api_port, "DOCINGEST_API_PORT", settings.api_host)
     print(f"docingest dev: state in {home}", file=sys.stderr)
     database_url = resolve_database_url(settings)
@@ -43,7 +43,7 @@ def run_dev(settings: Settings) -> int:
         "DOCINGEST_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
     }
-    with _temporal(settings) as temporal_address:
+    with _temporal(settings) as (temporal_address, server):
         env["DOCINGEST_TEMPORAL_ADDRESS"] = temporal_address
         upgrade_to_head(database_url)
         credentials = asyncio.run(_prepare(settings, temporal_address, database_url))
@@ -54,7 +54,11 @@ def run_dev(settings: Settings) -> int:
                 _print_banner(settings, credentials)
             except KeyboardInterrupt:  # Ctrl-C before (or while) the banner is printed
                 return _stopping()
-            return _wait_for_exit([worker, api])
+            watched = {"the worker": worker, "the API": api}
+            if server is not None:
+                log_file = home / "temporal.log"
+                watched[f"the Temporal dev server (see {log_file})"] = server
+            return _wait_for_exit(watched)
 
 
 async def _prepare(settings: Settings, temporal_address: str, database_url: str) -> DevCredentials:
@@ -64,13 +68,14 @@ async def _prepare(settings: Settings, temporal_address: str, database_url: str)
 
 
 @contextmanager
-def _temporal(settings: Settings) -> Iterator[str]:
+def _temporal(settings: Settings) -> Iterator[tuple[str, subprocess.Popen[bytes] | None]]:
+    """Temporal's address, and the dev server started for it (None: DOCINGEST_TEMPORAL_ADDRESS)."""
     if settings.temporal_address:
-        yield settings.temporal_address
+        yield settings.temporal_address, None
         return
     refuse_busy_temporal_ports(settings)
-    with temporal_dev_server(settings):
-        yield f"127.0.0.1:{settings.temporal_port}"
+    with temporal_dev_server(settings) as server:
+        yield f"127.0.0.1:{settings.temporal_port}", server
 
 
 @contextmanager
@@ -126,13 +131,16 @@ async def _wait_polling(
             await asyncio.sleep(0.5)
 
 
-def _wait_for_exit(children: list[subprocess.Popen[bytes]]) -> int:
+def _wait_for_exit(children: dict[str, subprocess.Popen[bytes]]) -> int:
+    """Until Ctrl-C, or until one of `children` (named by its key) exits. The Temporal server
+    is one: left unwatched, dev ran on when it died, its API 503 and its worker silent."""
     try:
-        while all(child.poll() is None for child in children):
+        while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
     except KeyboardInterrupt:
         return _stopping()
-    print("docingest dev: a process exited; stopping the others", file=sys.stderr)
+    exited = next(name for name, child in children.items() if child.poll() is not None)
+    print(f"docingest dev: {exited} exited; stopping the others", file=sys.stderr)
     return 1
 
 

@@ -15,12 +15,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import psutil
 import psycopg
 
+from core.errors import ConfigurationError
 from core.temporal import SEARCH_ATTRIBUTES
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,23 @@ def embedded_postgres_url(home: Path, *, cleanup_mode: str | None = "stop") -> s
         get_server,  # heavy, with side effects: only when embedded is wanted
     )
 
-    home.mkdir(parents=True, exist_ok=True)
+    make_home(home)
     _forget_dead_handles(home / "postgres")
     server = get_server(home / "postgres", cleanup_mode=cleanup_mode)
     socket_dir = parse_qs(urlparse(server.get_uri()).query)["host"][0]
     ensure_database(socket_dir, DATABASE_NAME)
     return f"postgresql+psycopg://postgres@/{DATABASE_NAME}?host={socket_dir}"
+
+
+def make_home(home: Path) -> None:
+    """Create the state folder; ConfigurationError, in one line, where it cannot be (a file
+    of that name, a parent the user may not write): it was an OSError traceback."""
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"DOCINGEST_HOME: cannot make the folder {exc.filename}: {exc.strerror}"
+        ) from exc
 
 
 def _forget_dead_handles(pgdata: Path) -> None:
@@ -77,7 +90,11 @@ def ensure_database(socket_dir: str, name: str) -> None:
         conn.autocommit = True
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not found:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            # Another process on a fresh home (a second `migrate`, the API beside a worker) may
+            # create it between the check and here: the catalog's unique index then refuses
+            # this one, and the database it wanted is there.
+            with suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def temporal_binary() -> str:
@@ -103,7 +120,7 @@ def start_temporal_dev_server(
     The server is stopped when the calling process dies, even by SIGKILL
     (`dies_with_this_process`); a caller on a thread that ends before the process does must
     pass `dies_with_caller=False`, since Linux ties that signal to the starting thread."""
-    home.mkdir(parents=True, exist_ok=True)
+    make_home(home)
     args = [
         temporal_binary(),
         "server",

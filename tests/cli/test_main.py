@@ -16,11 +16,14 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
 from cli.processes import http_url
 from core.embedded import free_port
 from core.keys import owner_for_key
+from tests.core.test_migrations import scratch_database
 from tests.support import Stack, private_home, unreachable_database_url
 
 DOCINGEST = str(Path(sys.executable).parent / "docingest")
@@ -112,6 +115,29 @@ def test_cli_migrate_twice_is_harmless(database_url: str) -> None:
         assert result.returncode == 0, result.stderr
 
 
+def run_at_once(*args: str, env: dict[str, str]) -> list[tuple[int, str]]:
+    """Start two `docingest ARGS` at the same moment: their exit statuses and stderr."""
+    processes = [
+        subprocess.Popen([DOCINGEST, *args], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    return [(process.wait(timeout=120), process.communicate()[1]) for process in processes]
+
+
+def test_cli_two_commands_at_once_on_a_fresh_home() -> None:
+    """Two processes that start together on a fresh DOCINGEST_HOME (the API beside a worker,
+    two `migrate`) both found no `docingest` database and both created it: one died of a
+    UniqueViolation traceback."""
+    for _ in range(2):  # each try loses the race most of the time
+        env = {**os.environ, "DOCINGEST_HOME": str(private_home("at-once"))}
+        env.pop("DOCINGEST_DATABASE_URL", None)
+        for code, stderr in run_at_once("keys", "list", env=env):
+            assert (code, stderr.splitlines()[-1:]) == (
+                1,
+                ["docingest keys: the database has no schema yet: run `docingest migrate`"],
+            ), stderr
+
+
 def test_cli_migrate_gives_up_on_a_database_that_never_answers() -> None:
     """A host that takes the connection and says nothing (a stuck server, a proxy whose
     database is gone): the migration's connection gives up as every other one does."""
@@ -124,6 +150,44 @@ def test_cli_migrate_gives_up_on_a_database_that_never_answers() -> None:
         "docingest migrate: the database cannot be reached: connection timeout expired"
     )
     assert time.monotonic() - started < 60
+
+
+MIGRATION_LOCK = 4_242_001  # migrations/env.py
+
+
+def test_cli_migrate_twice_at_once_on_a_new_database(stack: Stack) -> None:
+    """README: migrate is safe to run concurrently. The one waiting for the migration lock
+    waited in a transaction, whose snapshot the CREATE INDEX CONCURRENTLY (0006) of the one
+    migrating waited for: PostgreSQL failed one of them ("the database cannot be reached:
+    deadlock detected")."""
+    with scratch_database(stack) as url:
+        database = make_url(url)
+        with psycopg.connect(
+            host=str(database.query["host"]), user=database.username, dbname=database.database
+        ) as holder:
+            holder.autocommit = True
+            # Both wait for the lock, then the first to get it migrates beside the other.
+            holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            env = {**os.environ, "DOCINGEST_DATABASE_URL": url}
+            processes = [
+                subprocess.Popen([DOCINGEST, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
+            deadline = time.monotonic() + 60
+            while holder.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone() != (2,):
+                assert time.monotonic() < deadline, "the migrations did not connect"
+                time.sleep(0.1)
+            time.sleep(1)
+            holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        for process in processes:
+            stderr = process.communicate(timeout=120)[1]
+            assert (process.returncode, stderr.splitlines()[-1:]) == (
+                0,
+                ["database schema is up to date"],
+            ), stderr
 
 
 def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
@@ -140,6 +204,21 @@ def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
         "docingest migrate: the database cannot be reached: connection failed"
     )
     assert "Traceback" not in down.stderr
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["keys", "list"], ["worker"], ["temporal"], ["dev"]])
+def test_cli_home_that_cannot_be_made_is_one_line(tmp_path: Path, args: list[str]) -> None:
+    """A DOCINGEST_HOME that is a file (or under a folder the user may not write) was an
+    OSError traceback from each command that makes it."""
+    home = tmp_path / "home"
+    home.write_text("a file, not a folder")
+    ports = {"DOCINGEST_TEMPORAL_PORT": str(free_port()), "DOCINGEST_API_PORT": str(free_port())}
+    result = run_cli(*args, env={"DOCINGEST_HOME": str(home), **ports})
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        1,
+        f"docingest {args[0]}: DOCINGEST_HOME: cannot make the folder {home}: File exists",
+    ), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -472,6 +551,29 @@ def test_cli_dev_ctrl_c_twice_stops_everything_without_a_traceback() -> None:
     assert not alive, f"left running: {[p.cmdline() for p in alive]}"
     assert "Traceback" not in log.read_text(), _tail(log)
     assert "docingest dev: interrupted" in log.read_text().splitlines(), _tail(log)
+
+
+@pytest.mark.slow
+def test_cli_dev_whose_temporal_server_dies_says_so_and_stops() -> None:
+    """dev stopped everything when its worker or API exited, but ran on without a word when
+    the Temporal server it started died: the banner said running, uploads were 503."""
+    home = private_home("dev-temporal-dies")
+    process, _ = start_dev(home, dev_ports())
+    children = psutil.Process(process.pid).children(recursive=True)
+    try:
+        next(child for child in children if "start-dev" in child.cmdline()).kill()
+        assert process.wait(timeout=60) == 1, _tail(home / "dev.log")
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+    finally:
+        process.kill()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    assert (
+        f"docingest dev: the Temporal dev server (see {home / 'temporal.log'}) exited; "
+        "stopping the others"
+    ) in (home / "dev.log").read_text().splitlines(), _tail(home / "dev.log")
 
 
 def test_cli_temporal_killed_takes_its_server_along(tmp_path: Path) -> None:
