@@ -44,9 +44,9 @@ PAGE_SEPARATOR = "\n\n"
 # "##le", and a search for "file" scored 0.35 against such a sentence instead of 0.63.
 LIGATURES = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFB00, 0xFB07)}
 # A character that shows something: neither whitespace nor one that shows nothing (soft hyphen,
-# zero-width space, word joiner, a BOM past the first). A text of only those was stored
-# `complete` as one invisible chunk, which searches then returned.
-_VISIBLE = re.compile(r"[^\s\u00ad\u180e\u200b\u2060-\u2064\ufeff]")
+# zero-width space, joiner and non-joiner, direction marks, word joiner, a BOM past the first).
+# A text of only those was stored `complete` as one invisible chunk, which searches returned.
+_VISIBLE = re.compile(r"[^\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 @dataclass
@@ -193,6 +193,10 @@ def _page_text(document: pdfium.PdfDocument, index: int) -> str | None:
 _DIRECTION_SAMPLES = 64
 # How far (degrees) a character may lean and still run in one of the four directions.
 _DIRECTION_SLACK = 10
+# The share of them that must run one way for the page to be turned: a page's own lines
+# beside a longer turned label (an arXiv stamp up the margin of a title page, a chart's axis
+# title) were turned with it, and read glued, last line first ("things.Abstract").
+_DIRECTION_MAJORITY = 0.9
 
 
 def _text_along_its_lines(page: pdfium.PdfPage) -> str:
@@ -221,8 +225,8 @@ def _all_text(text_page: pdfium.PdfTextPage) -> str:
 
 
 def _text_direction(text_page: pdfium.PdfTextPage) -> int | None:
-    """The direction (0, 90, 180 or 270 degrees, counterclockwise) that most of the page's
-    characters run in; None when no one direction holds most of them (slanted, mixed)."""
+    """The direction (0, 90, 180 or 270 degrees, counterclockwise) that nearly all of the
+    page's characters run in (_DIRECTION_MAJORITY); None when none does (slanted, mixed)."""
     count = text_page.count_chars()
     directions: Counter[int | None] = Counter()
     matrix = pdfium_c.FS_MATRIX()
@@ -237,7 +241,7 @@ def _text_direction(text_page: pdfium.PdfTextPage) -> int | None:
     if not directions:
         return None
     direction, most = directions.most_common(1)[0]
-    return direction if most * 2 > directions.total() else None
+    return direction if most >= _DIRECTION_MAJORITY * directions.total() else None
 
 
 def _page_with_annotations_drawn(document: pdfium.PdfDocument, index: int) -> pdfium.PdfPage:
@@ -512,9 +516,11 @@ class _HTMLText(HTMLParser):
     _HEAD = frozenset({"base", "link", "meta", "title", "script", "style", "noscript", "template"})
     # A ruby's annotations (the reading over its text, "かん" over "漢") and the brackets
     # shown around them without ruby are left out: the text reads as written, "漢字", not
-    # "漢かん字じ". An annotation's end tag may be left out: it ends at the next base or block.
+    # "漢かん字じ". An annotation's end tag may be left out: it ends at the next base, block or
+    # cell, or at the end tag of an element around it.
     _RUBY_ANNOTATION = frozenset({"rt", "rp", "rtc"})
     _RUBY_BASE = frozenset({"ruby", "rb"})
+    _ENDS_ANNOTATION = _RUBY_ANNOTATION | _RUBY_BASE | _BLOCK | {"td", "th"}
     # Elements without content or end tag: `<br/>` is `<br>`.
     _VOID = frozenset(
         {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
@@ -522,8 +528,9 @@ class _HTMLText(HTMLParser):
     )
     # An element a browser does not show (the `hidden` attribute; "until-found" is shown when
     # the browser's find-in-page finds it) is left out, to its end tag. One whose end tag may
-    # be left out ends, at the latest, at the next block or cell: a missing end tag never
-    # hides the rest of the page.
+    # be left out ends, at the latest, at the next block or cell; any other, at the end tag of
+    # an element around it (a browser's </p> or </td> ends a <span> left open in it too): a
+    # missing end tag never hides the rest of the page.
     _END_OPTIONAL = frozenset(
         {"p", "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "rt", "rp", "rb"}
         | {"rtc", "caption", "colgroup", "thead", "tbody", "tfoot", "html", "head", "body"}
@@ -534,9 +541,10 @@ class _HTMLText(HTMLParser):
         self.parts: list[str] = []
         self._skipping = 0
         self._in_head = False
-        self._in_annotation = False
+        # Inside a ruby's annotation: the elements opened in it and not yet ended, by tag.
+        self._annotation: Counter[str] | None = None
         self._hidden: str | None = None  # the hidden element being left out
-        self._hidden_depth = 0  # its own tag's depth inside it
+        self._hidden_open: Counter[str] = Counter()  # it and the elements opened in it, by tag
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "body" or self._starts_body(tag):  # the body is never skipped
@@ -545,7 +553,7 @@ class _HTMLText(HTMLParser):
         if self._inside_hidden(tag, start=True):
             return
         if not self._skipping and tag not in self._VOID and _hidden_by_attribute(attrs):
-            self._hidden, self._hidden_depth = tag, 1
+            self._hidden, self._hidden_open = tag, Counter({tag: 1})
             return
         self._follow_ruby(tag, start=True)
         if tag in self._SKIP:
@@ -588,9 +596,8 @@ class _HTMLText(HTMLParser):
         if self._hidden in self._END_OPTIONAL:
             ends = tag == self._hidden or tag in self._BLOCK or tag in self._APART
         else:
-            if tag == self._hidden:
-                self._hidden_depth += 1 if start else -1
-            ends = self._hidden_depth == 0
+            ends = _ends_around(self._hidden_open, tag, start, self._VOID)
+            ends = ends or (tag == self._hidden and not self._hidden_open[tag])
         if ends:
             self._hidden = None
         return not ends
@@ -598,12 +605,14 @@ class _HTMLText(HTMLParser):
     def _follow_ruby(self, tag: str, start: bool) -> None:
         """Whether the text from `tag` on is a ruby's annotation (_RUBY_ANNOTATION)."""
         if start and tag in self._RUBY_ANNOTATION:
-            self._in_annotation = True
-        elif tag in self._RUBY_ANNOTATION or tag in self._RUBY_BASE or tag in self._BLOCK:
-            self._in_annotation = False
+            self._annotation = Counter()
+        elif self._annotation is not None and (
+            tag in self._ENDS_ANNOTATION or _ends_around(self._annotation, tag, start, self._VOID)
+        ):
+            self._annotation = None
 
     def handle_data(self, data: str) -> None:
-        if not self._skipping and self._hidden is None and not self._in_annotation:
+        if not self._skipping and self._hidden is None and self._annotation is None:
             self.parts.append(data)
 
     def parse_marked_section(self, i: int, report: bool = True) -> int:
@@ -615,6 +624,20 @@ class _HTMLText(HTMLParser):
         except AssertionError:
             end = self.rawdata.find(">", i)
             return -1 if end < 0 else end + 1
+
+
+def _ends_around(opened: Counter[str], tag: str, start: bool, void: frozenset[str]) -> bool:
+    """Follow `tag` inside an element being left out (`opened`: the elements opened in it
+    and not yet ended); True at the end tag of one it did not open, an element around it,
+    whose end ends it too, as in a browser."""
+    if start:
+        if tag not in void:
+            opened[tag] += 1
+        return False
+    if opened[tag]:
+        opened[tag] -= 1
+        return False
+    return True
 
 
 def _hidden_by_attribute(attrs: list[tuple[str, str | None]]) -> bool:

@@ -142,6 +142,20 @@ def test_extract_pdf_reads_lines_in_the_direction_they_run(rotate: int, content:
     assert extract_pdf(pdf_of_content(content, rotate=rotate)).text == "\n".join(LINES)
 
 
+def test_extract_pdf_reads_a_page_beside_a_longer_turned_stamp_as_it_runs() -> None:
+    """An arXiv identifier up the margin of a title page of a few short lines: the page was
+    turned with it, and its own lines read glued, last first ("We study things.Abstract")."""
+    content = b"\n".join(
+        [
+            b"BT /F1 10 Tf 0 1 -1 0 30 200 Tm (arXiv:2101.00001v1 [cs.CL] 1 Jan 2021) Tj ET",
+            b"BT /F1 12 Tf 100 700 Td (Abstract) Tj ET",
+            b"BT /F1 12 Tf 100 680 Td (We study things.) Tj ET",
+        ]
+    )
+    lines = extract_pdf(pdf_of_content(content)).text.splitlines()
+    assert lines[-2:] == ["Abstract", "We study things."]
+
+
 def test_extract_pdf_keeps_the_values_of_a_filled_form() -> None:
     # The values are annotations (widgets), which PDFium's text page does not read: the form
     # was stored as its labels alone, its answers left out of search.
@@ -561,6 +575,7 @@ def test_extract_text_removes_nul_characters() -> None:
         codecs.BOM_UTF8 + b" \n",
         "\u3000\u00a0".encode(),
         "\u200b\u2060\u00ad\n".encode(),
+        "\u200c\u200d\u200e\u200f\u202a\u202e\u2066\u2069".encode(),
         codecs.BOM_UTF8 * 2,
         codecs.BOM_UTF16_LE + " \ufeff".encode("utf-16-le"),
     ],
@@ -571,6 +586,7 @@ def test_extract_text_removes_nul_characters() -> None:
         "bom-and-space",
         "unicode-spaces",
         "invisible",
+        "joiners-and-direction-marks",
         "two-boms",
         "utf-16-boms",
     ],
@@ -673,6 +689,21 @@ def test_html_to_text_leaves_out_hidden_elements() -> None:
         "<p hidden>No end tag<div>Shown after.</div><input hidden>Kept."
     )
     assert html_to_text(html) == "Shown.\n\nFound.\n\nShown after.\nKept."
+
+
+def test_html_to_text_hides_a_hidden_element_left_open_only_to_the_end_of_its_parent() -> None:
+    """A browser's </p> or </td> ends a <span> or <div> left open in it: the page after it
+    shows. Left out to its own end tag, which never came, the rest of the page was lost."""
+    html = (
+        "<p>Price <span hidden>old price</p><p>Second paragraph.</p>"
+        "<table><tr><td><div hidden>Tip</td><td>Visible cell</td></tr></table><p>After.</p>"
+    )
+    assert html_to_text(html) == "Price\n\nSecond paragraph.\n\nVisible cell\n\nAfter."
+
+
+def test_html_to_text_ends_a_ruby_reading_left_open_with_its_cell() -> None:
+    html = "<table><tr><td><ruby>漢<rt>かん</td><td>Next cell</td></tr></table>"
+    assert html_to_text(html) == "漢 Next cell"
 
 
 def test_html_to_text_reads_body_when_head_is_not_closed() -> None:
