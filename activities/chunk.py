@@ -18,9 +18,13 @@ from core.staging import TEXT, StagingStore
 from workflows.types import CHUNK, ChunkResult, FailureType, IngestTask
 
 MANIFEST = "chunks/manifest.json"
+# What may close a sentence after its full stop, and stays in its chunk: quotes and brackets,
+# CJK ones too (「…。」: the 」 began the next chunk).
+_CLOSERS = "\"'\u201d\u2019)]\u3009\u300b\u300d\u300f\u3011\u3015\u3017\u3019\uff09\uff3d"
+_STOPS = ".!?\u3002\uff01\uff1f"
 # CJK full stops need no following space: CJK text has none between sentences.
 _SENTENCE_END = re.compile(
-    r"[.!?][\"'\u201d\u2019)\]]*\s+|[\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*\s*"
+    rf"[.!?][{re.escape(_CLOSERS)}]*\s+|[\u3002\uff01\uff1f][{re.escape(_CLOSERS)}]*\s*"
 )
 # Line ends as a text file may have them: "\n", Windows' "\r\n", or a lone "\r" (classic Mac).
 _PARAGRAPH = re.compile(r"(?:\r\n?|\n)[ \t]*(?:\r\n?|\n)\s*")
@@ -131,7 +135,7 @@ def _cut(text: str, start: int, chunk_size: int) -> int:
 
 def _boundary_keep(separator: str) -> int:
     """Keep sentence punctuation in the chunk that ends with it, drop the whitespace."""
-    return len(separator) - len(separator.lstrip(".!?\u3002\uff01\uff1f\"'\u201d\u2019)]"))
+    return len(separator) - len(separator.lstrip(_STOPS + _CLOSERS))
 
 
 def _next_start(text: str, start: int, end: int, overlap: int) -> int:

@@ -240,6 +240,18 @@ def test_split_text_cjk_cuts_after_full_stops() -> None:
         assert chunk.start % len(sentence) == 0
 
 
+def test_split_text_cjk_keeps_a_closing_quote_with_its_sentence() -> None:
+    """「…。」: the closing bracket after the full stop began the next chunk."""
+    sentence = "彼は「明日また来ます。」と言った。"
+    text = sentence * 40
+    chunks = split_text(text, 50, 0)
+    assert_valid(text, chunks, 50)
+    assert not any(chunk.text.startswith("」") for chunk in chunks)
+    quoted = "「本当ですか\uff1f」" * 40
+    for chunk in split_text(quoted, 30, 0):
+        assert chunk.text.startswith("「") and chunk.text.endswith("」"), chunk.text
+
+
 def test_split_text_cjk_with_overlap() -> None:
     text = "東京は日本の首都です。大阪は関西にあります\uff01本当ですか\uff1f" * 30
     chunks = split_text(text, 40, 10)
