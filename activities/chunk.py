@@ -21,10 +21,13 @@ MANIFEST = "chunks/manifest.json"
 # What may close a sentence after its full stop, and stays in its chunk: quotes and brackets,
 # CJK ones too (「…。」: the 」 began the next chunk).
 _CLOSERS = "\"'\u201d\u2019)]\u3009\u300b\u300d\u300f\u3011\u3015\u3017\u3019\uff09\uff3d"
-_STOPS = ".!?\u3002\uff01\uff1f"
+_LATIN_STOPS = ".!?"
+_CJK_STOPS = "\u3002\uff01\uff1f"
+_STOPS = _LATIN_STOPS + _CJK_STOPS
 # CJK full stops need no following space: CJK text has none between sentences.
 _SENTENCE_END = re.compile(
-    rf"[.!?][{re.escape(_CLOSERS)}]*\s+|[\u3002\uff01\uff1f][{re.escape(_CLOSERS)}]*\s*"
+    rf"[{re.escape(_LATIN_STOPS)}][{re.escape(_CLOSERS)}]*\s+"
+    rf"|[{_CJK_STOPS}][{re.escape(_CLOSERS)}]*\s*"
 )
 # Line ends as a text file may have them: "\n", Windows' "\r\n", or a lone "\r" (classic Mac).
 _PARAGRAPH = re.compile(r"(?:\r\n?|\n)[ \t]*(?:\r\n?|\n)\s*")

@@ -107,12 +107,13 @@ _PDFIUM_LINE_END_HYPHEN = "\x02"
 # still the document's text); unlike get_text_range, get_text_bounded keeps all of Unicode.
 _EVERYWHERE = (-1e9, -1e9, 1e9, 1e9)  # left, bottom, right, top
 # The control characters left after line breaks are made "\n" (C0 and C1): none carries text.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
 # What PDFium reads from a font that does not say which letters it draws (no ToUnicode map,
 # glyphs named /g1, /g2, ...: it gives the character codes themselves, control characters
 # for most such fonts) or maps them into the Private Use Area: no text holds mostly these. A
 # page that does is left out; its chunks were stored, and no search found them.
-_NOT_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ue000-\uf8ff\ufffd\U000f0000-\U0010ffff]")
+_NOT_TEXT = re.compile(f"[{_CONTROLS}\ue000-\uf8ff\ufffd\U000f0000-\U0010ffff]")
 _SPACE = re.compile(r"\s")
 
 
@@ -342,17 +343,26 @@ _W_NOT_TEXT = {
 
 def _docx_blocks(container: BaseOxmlElement) -> Iterator[str]:
     """The text of each paragraph and table of `container` (the body, a cell), in order."""
-    for child in container:
+    for child in _unwrapped(container):
         if child.tag == _W_P:
             yield "".join(_paragraph_text(child)).strip("\n")
         elif child.tag == _W_TBL:
             yield _table_text(child)
-        elif child.tag == _W_SDT:
+
+
+def _unwrapped(parent: BaseOxmlElement) -> Iterator[BaseOxmlElement]:
+    """The children of `parent` (paragraphs and tables of the body, rows of a table, cells of
+    a row), with those that a content control (w:sdt) or custom XML holds in their place: Word
+    wraps a repeating section's rows, or a control put on cells or paragraphs, in one."""
+    for child in parent:
+        if child.tag == _W_SDT:
             content = child.find(_W_SDT_CONTENT)
             if content is not None:
-                yield from _docx_blocks(content)
+                yield from _unwrapped(content)
         elif child.tag == _W_CUSTOM_XML:
-            yield from _docx_blocks(child)
+            yield from _unwrapped(child)
+        else:
+            yield child
 
 
 # Footnotes, then endnotes: their parts hold one w:footnote / w:endnote each, besides the
@@ -447,18 +457,9 @@ _Element = TypeVar("_Element", bound=BaseOxmlElement)
 
 
 def _wrapped(parent: BaseOxmlElement, kind: type[_Element]) -> Iterator[_Element]:
-    """The children of `parent` of `kind` (rows of a table, cells of a row), with those that a
-    content control (w:sdt) or custom XML holds: Word wraps a repeating section's rows, or a
-    control put on cells, in one."""
-    for child in parent:
-        if isinstance(child, kind):
-            yield child
-        elif child.tag == _W_SDT:
-            content = child.find(_W_SDT_CONTENT)
-            if content is not None:
-                yield from _wrapped(content, kind)
-        elif child.tag == _W_CUSTOM_XML:
-            yield from _wrapped(child, kind)
+    """The children of `parent` of `kind` (rows of a table, cells of a row), those in content
+    controls too (`_unwrapped`)."""
+    return (child for child in _unwrapped(parent) if isinstance(child, kind))
 
 
 class _HTMLText(HTMLParser):
