@@ -165,17 +165,17 @@ class _PartEvents:
             shown = name.decode("utf-8", "replace") if name is not None else ""
             self.field_names.append(shown[:_MAX_FIELD_NAME])
         self._in_file = name == FILE_FIELD.encode()
-        if not self._in_file:
-            self._others += 1
-            if self._others > MAX_OTHER_FIELDS:
-                raise InvalidRequest(
-                    f"the request has more than {MAX_OTHER_FIELDS} form fields besides `file`; "
-                    "send the documents in `file` fields (options go in the query string)"
-                )
         if self._in_file:
             disposition = self._headers.get(b"content-disposition", b"")
             filename = part_filename(disposition, options.get(b"filename"))
             self.events.append(("begin", clean_filename(filename)))
+            return
+        self._others += 1
+        if self._others > MAX_OTHER_FIELDS:
+            raise InvalidRequest(
+                f"the request has more than {MAX_OTHER_FIELDS} form fields besides `file`; "
+                "send the documents in `file` fields (options go in the query string)"
+            )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
