@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.bridge.services_generated import WorkflowService
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
@@ -54,7 +56,7 @@ from tests.support import (
 )
 from worker.main import EXECUTOR_THREADS, Role, build_workers
 from workflows.staging_cleanup import StagingCleanupResult
-from workflows.types import IngestTask, Status
+from workflows.types import RECORD_OUTCOME, IngestTask, Status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -1138,36 +1140,35 @@ async def test_a_task_failed_by_a_database_outage_says_so_then_keeps_its_record(
     once Temporal forgot it. The task now says `error` at once and writes its record once the
     database answers; a retry meanwhile is told to wait."""
     settings = stack_settings(stack, database_attempts=2)
-    nowhere = create_engine(unreachable_database_url())
-    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
     documents = f"/agents/{tenant.agent_id}/documents"
-    try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=3).encode())
-            async with running_workers(down, settings, FakeEmbedder()):
-                final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
-                assert final["status"] == "error", final
-                early = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
-                async with asyncio.timeout(10):  # visibility is eventually consistent
-                    while task_id not in await listed(http, tenant, {"status": "error"}):
-                        await asyncio.sleep(0.1)
-            assert (early.status_code, early.json()["code"]) == (409, "conflict")
-            assert "still writing its record" in early.json()["detail"]
-            assert (await http.get(documents, headers=tenant.headers)).json()["total"] == 0
+    async with (
+        database_down(stack) as down,
+        serve(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=3).encode())
+        async with running_workers(down, settings, FakeEmbedder()):
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+            assert final["status"] == "error", final
+            early = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+            async with asyncio.timeout(10):  # visibility is eventually consistent
+                while task_id not in await listed(http, tenant, {"status": "error"}):
+                    await asyncio.sleep(0.1)
+        assert (early.status_code, early.json()["code"]) == (409, "conflict")
+        assert "still writing its record" in early.json()["detail"]
+        assert (await http.get(documents, headers=tenant.headers)).json()["total"] == 0
 
-            async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
-                with pytest.raises(WorkflowFailureError):
-                    await asyncio.wait_for(
-                        stack.client.get_workflow_handle(task_id).result(), timeout=120
-                    )
-            rows = (await http.get(documents, headers=tenant.headers)).json()["documents"]
-            assert [(row["task_id"], row["status"]) for row in rows] == [(task_id, "error")]
-            assert rows[0]["error"]["message"] == final["error"]["message"]
-            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
-            assert retried.status_code == 202, retried.text
-            await stack.client.get_workflow_handle(task_id).terminate("test over")
-    finally:
-        await nowhere.dispose()
+        async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
+            with pytest.raises(WorkflowFailureError):
+                await asyncio.wait_for(
+                    stack.client.get_workflow_handle(task_id).result(), timeout=120
+                )
+        rows = (await http.get(documents, headers=tenant.headers)).json()["documents"]
+        assert [(row["task_id"], row["status"]) for row in rows] == [(task_id, "error")]
+        assert rows[0]["error"]["message"] == final["error"]["message"]
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert retried.status_code == 202, retried.text
+        await stack.client.get_workflow_handle(task_id).terminate("test over")
 
 
 async def test_a_task_failed_by_a_long_database_outage_keeps_its_record_soon_after_it(
@@ -1177,32 +1178,55 @@ async def test_a_task_failed_by_a_long_database_outage_keeps_its_record_soon_aft
     were a minute apart by then, and the row (and a retry, 409 until it is written) came up to
     a minute after the database was back; they are now at most 10 s apart."""
     settings = stack_settings(stack, database_attempts=2)
-    nowhere = create_engine(unreachable_database_url())
-    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
     documents = f"/agents/{tenant.agent_id}/documents"
+    async with (
+        database_down(stack) as down,
+        serve(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=31).encode())
+        async with running_workers(down, settings, FakeEmbedder()):
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+            assert final["status"] == "error", final
+            # What the Temporal UI shows for the waiting record once five tries have
+            # failed: its next try is at most 10 s after the last (it was 16 s, and a
+            # minute later on).
+            async with asyncio.timeout(90):
+                pending = await pending_record(stack, task_id, failed_tries=5)
+        gap = (
+            pending.next_attempt_schedule_time.ToDatetime()
+            - pending.last_attempt_complete_time.ToDatetime()
+        )
+        assert round(gap.total_seconds()) <= 10, f"the next try is {gap} after the last"
+        async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
+            async with asyncio.timeout(90):
+                while not (await http.get(documents, headers=tenant.headers)).json()["total"]:
+                    await asyncio.sleep(0.2)
+            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert retried.status_code == 202, retried.text
+        await stack.client.get_workflow_handle(task_id).terminate("test over")
+
+
+@contextlib.asynccontextmanager
+async def database_down(stack: Stack) -> AsyncIterator[Stack]:
+    """The stack as a worker sees it while the database cannot be reached."""
+    nowhere = create_engine(unreachable_database_url())
     try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=31).encode())
-            async with running_workers(down, settings, FakeEmbedder()):
-                final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
-                assert final["status"] == "error", final
-                await asyncio.sleep(33)  # tries after 1, 3, 7, 15 and 31 s have failed
-            async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
-                back = loop_time()
-                async with asyncio.timeout(90):
-                    while not (await http.get(documents, headers=tenant.headers)).json()["total"]:
-                        await asyncio.sleep(0.2)
-                waited = loop_time() - back
-                retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
-            assert waited < 20, f"the row was written {waited:.0f} s after the database was back"
-            assert retried.status_code == 202, retried.text
-            await stack.client.get_workflow_handle(task_id).terminate("test over")
+        yield dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
     finally:
         await nowhere.dispose()
 
 
-def loop_time() -> float:
-    return asyncio.get_running_loop().time()
+async def pending_record(stack: Stack, task_id: str, failed_tries: int) -> PendingActivityInfo:
+    """The task's record of its end, as Temporal shows it while it waits for its next try,
+    once `failed_tries` tries have failed."""
+    while True:
+        description = await stack.client.get_workflow_handle(task_id).describe()
+        (pending,) = description.raw_description.pending_activities
+        assert pending.activity_type.name == RECORD_OUTCOME, pending
+        if pending.attempt > failed_tries and pending.HasField("next_attempt_schedule_time"):
+            return pending
+        await asyncio.sleep(0.5)
 
 
 async def test_a_task_cancelled_while_its_record_waits_for_the_database_still_keeps_it(
@@ -1213,32 +1237,29 @@ async def test_a_task_cancelled_while_its_record_waits_for_the_database_still_ke
     stopped the record, and the task ended with no documents row; the record now runs on, and
     the row says what the status says once the database is back."""
     settings = stack_settings(stack, database_attempts=2)
-    nowhere = create_engine(unreachable_database_url())
-    down = dataclasses.replace(stack, sessionmaker=create_sessionmaker(nowhere))
     documents = f"/agents/{tenant.agent_id}/documents"
-    try:
-        async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=32).encode())
-            handle = stack.client.get_workflow_handle(task_id)
-            async with running_workers(down, settings, FakeEmbedder()):
-                final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
-                assert final["status"] == "error", final
-                refused = await http.post(f"/upload/{task_id}/cancel", headers=tenant.headers)
-                assert refused.status_code == 409
-                await handle.cancel()
-                await history_has(
-                    stack, task_id, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED
-                )
-            async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
-                with pytest.raises(WorkflowFailureError):
-                    await asyncio.wait_for(handle.result(), timeout=120)
-            status = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
-            rows = (await http.get(documents, headers=tenant.headers)).json()["documents"]
+    async with (
+        database_down(stack) as down,
+        serve(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        task_id = await upload_file(http, tenant, "notes.txt", lorem(20, seed=32).encode())
+        handle = stack.client.get_workflow_handle(task_id)
+        async with running_workers(down, settings, FakeEmbedder()):
+            final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+            assert final["status"] == "error", final
+            refused = await http.post(f"/upload/{task_id}/cancel", headers=tenant.headers)
+            assert refused.status_code == 409
+            await handle.cancel()
+            await history_has(stack, task_id, EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED)
+        async with running_workers(stack, settings, FakeEmbedder()):  # the database is back
+            with pytest.raises(WorkflowFailureError):
+                await asyncio.wait_for(handle.result(), timeout=120)
+        status = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
+        rows = (await http.get(documents, headers=tenant.headers)).json()["documents"]
         assert status["status"] == "error"
         assert [(row["task_id"], row["status"]) for row in rows] == [(task_id, "error")]
         assert rows[0]["error"] == status["error"]
-    finally:
-        await nowhere.dispose()
 
 
 async def listed(http: httpx.AsyncClient, tenant: Tenant, params: dict[str, str]) -> list[str]:
