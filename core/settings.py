@@ -28,6 +28,10 @@ TEMPORAL_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$
 PSYCOPG_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")
 
 
+# The settings whose default is "unset" (the embedded server, local dev, HOME/staging, the
+# bundled model): an empty value is taken as unset.
+UNSET_WHEN_EMPTY = ("database_url", "temporal_address", "staging_url", "embedding_model")
+
 # Embed activities of one document at most (about six history events each: Temporal fails a
 # workflow past 51,200 events).
 MAX_EMBED_ACTIVITIES = 5_000
@@ -184,6 +188,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"DOCINGEST_LOG_LEVEL ({value!r}) must be one of {', '.join(LOG_LEVELS)}"
             )
+        return value
+
+    @field_validator(*UNSET_WHEN_EMPTY, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`DOCINGEST_DATABASE_URL=` (a compose file's `${DATABASE_URL:-}`, an `.env` line left
+        blank) means the default, as if unset, not a URL to refuse."""
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("database_url")

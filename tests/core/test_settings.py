@@ -110,6 +110,25 @@ def test_embedding_model_must_be_a_folder_that_holds_a_model(
 
 
 @pytest.mark.parametrize(
+    "variable",
+    [
+        "DOCINGEST_DATABASE_URL",
+        "DOCINGEST_TEMPORAL_ADDRESS",
+        "DOCINGEST_STAGING_URL",
+        "DOCINGEST_EMBEDDING_MODEL",
+    ],
+)
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_a_setting_whose_default_is_unset_takes_an_empty_value_as_unset(
+    monkeypatch: pytest.MonkeyPatch, variable: str, empty: str
+) -> None:
+    """`DOCINGEST_DATABASE_URL=` (a compose file's `${DATABASE_URL:-}`) was refused as "must be
+    a PostgreSQL URL" and every command exited; it now means the embedded server, as unset."""
+    monkeypatch.setenv(variable, empty)
+    assert getattr(Settings(), variable.removeprefix("DOCINGEST_").lower()) is None
+
+
+@pytest.mark.parametrize(
     ("variable", "shortest"),
     [
         ("DOCINGEST_ACTIVITY_HEARTBEAT_TIMEOUT", timedelta(seconds=1)),
