@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -15,6 +15,7 @@ from api.deps import Resources
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache
 from api.log_redaction import redact_tokens_in_server_logs
+from api.query_params import one_value_per_query_parameter
 from api.routes import (
     agents,
     batches,
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         # a 307 to the path without it, a different resource (`DELETE /agents/%2F` to
         # `/agents`).
         redirect_slashes=False,
+        dependencies=[Depends(one_value_per_query_parameter)],
     )
     install_error_handlers(app)
     for module in (

@@ -57,11 +57,37 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    not_json = _not_json(request)
+    problems = [_problem(error, not_json) for error in exc.errors()]
     return JSONResponse(_body("; ".join(problems), "invalid_request"), status_code=422)
+
+
+def _problem(error: Any, not_json: str | None) -> str:
+    """One validation error in words: where, then what. A body that is not JSON says where
+    its JSON breaks and why (it was `body.18: JSON decode error`, the 18 unexplained)."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+        return f"body: not valid JSON at character {loc[-1] if len(loc) > 1 else 0}: {reason}"
+    if loc == ("body",) and not_json:
+        return f"body: {not_json}"
+    return f"{'.'.join(str(part) for part in loc)}: {error.get('msg', 'invalid')}"
+
+
+def _not_json(request: Request) -> str | None:
+    """What to say of a body sent with a media type other than JSON, which FastAPI never
+    parses: `curl -d '{"query": …}'` (a form's type) was told "Input should be a valid
+    dictionary" of the object it sent."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    maintype, _, subtype = media_type.partition("/")
+    if not media_type or (
+        maintype == "application" and (subtype == "json" or subtype.endswith("+json"))
+    ):
+        return None
+    return (
+        f"the body was sent as {media_type[:100]}, which is not read: send a JSON object "
+        "with `Content-Type: application/json`"
+    )
 
 
 # The 503 of a database out of reach; a WebSocket route closes 1011 with it (api/routes/live.py).

@@ -19,7 +19,9 @@ class QueryEmbedder:
     """Loads the model once per process on the first query; encodes off the event loop.
 
     `window` loads the model's window (activities/token_budget.py): a query longer than it
-    is refused, as the model would embed its first tokens only and drop the rest unseen."""
+    is refused, as the model would embed its first tokens only and drop the rest unseen; so
+    is one of no token but the model's own (a zero-width space, control characters), which
+    it would embed as an empty text."""
 
     def __init__(
         self,
@@ -29,6 +31,7 @@ class QueryEmbedder:
         self._load = load
         self._load_window = window
         self._window: TokenBudget | None = None
+        self._no_words = 0  # the tokens of an empty text: the model's own ([CLS], [SEP])
         self._embedder: TextEmbedder | None = None
         self._loading = asyncio.Lock()
         # One encode at a time: the embedder already spreads one encode over every core.
@@ -65,6 +68,11 @@ class QueryEmbedder:
                     f"the query is {tokens} tokens long; the embedding model reads "
                     f"{self._window.limit} and would not see the rest: shorten it"
                 )
+            if tokens <= self._no_words:
+                raise InvalidRequest(
+                    "the query has no word the embedding model reads (only invisible or "
+                    "control characters): every chunk would be scored against an empty text"
+                )
         return embedder.encode([query])
 
     async def _loaded(self) -> TextEmbedder:
@@ -79,6 +87,9 @@ class QueryEmbedder:
                         f"the schema stores {EMBEDDING_DIMENSION}"
                     )
                 if self._load_window is not None:
-                    self._window = await anyio.to_thread.run_sync(self._load_window)
+                    window = await anyio.to_thread.run_sync(self._load_window)
+                    if window is not None:
+                        self._no_words = window.count("")
+                    self._window = window
                 self._embedder = embedder
         return self._embedder

@@ -171,6 +171,47 @@ async def test_agents_reject_bad_bodies_and_missing_keys(
     assert anonymous.headers["www-authenticate"] == "Bearer"
 
 
+async def test_agents_and_search_say_why_a_body_is_not_read_as_json(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """`curl -d '{"name": "sales"}'` sends a form's Content-Type, and FastAPI reads no JSON
+    from it: the answer was "body: Input should be a valid dictionary or object", of the
+    object that was sent. It says which Content-Type to send instead. A body that is not
+    valid JSON was "body.17: JSON decode error": it says where and why."""
+    for path, body, media_type in (
+        ("/agents", b'{"name": "sales"}', "application/x-www-form-urlencoded"),
+        (f"/agents/{tenant.agent_id}/search", b'{"query": "bread"}', "text/plain"),
+    ):
+        response = await http.post(
+            path, content=body, headers={**tenant.headers, "Content-Type": media_type}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json() == {
+            "detail": f"body: the body was sent as {media_type}, which is not read: send a "
+            "JSON object with `Content-Type: application/json`",
+            "code": "invalid_request",
+        }
+    suffixed = await http.post(
+        "/agents",
+        content=b'{"name": "sales"}',
+        headers={**tenant.headers, "Content-Type": "application/vnd.api+json; charset=utf-8"},
+    )
+    assert suffixed.status_code == 201, suffixed.text
+    trailing_comma = await http.post(
+        "/agents",
+        content=b'{"name": "sales",}',
+        headers={**tenant.headers, "Content-Type": "application/json"},
+    )
+    assert trailing_comma.status_code == 422
+    assert trailing_comma.json()["detail"] == (
+        "body: not valid JSON at character 17: Expecting property name enclosed in double quotes"
+    )
+    not_an_object = await http.post("/agents", json=["sales"], headers=tenant.headers)
+    assert not_an_object.json()["detail"] == (
+        "body: Input should be a valid dictionary or object to extract fields from"
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

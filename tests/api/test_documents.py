@@ -275,6 +275,42 @@ async def test_documents_list_filters_by_embedding_precision_and_model(
         assert refused.json()["code"] == "invalid_request"
 
 
+async def test_documents_list_and_uploads_refuse_a_query_parameter_given_twice(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """FastAPI reads the last of a repeated parameter: `?status=complete&status=failed` listed
+    the failed documents alone (none here, beside a complete one), and an upload with two
+    `agent_id`s went to the second agent. Both are 422, naming the parameter; nothing is
+    uploaded."""
+    stored = await ingest(http, tenant, "kept.txt", lorem(2, seed=60).encode())
+    assert stored["status"] == "complete"
+    url = f"/agents/{tenant.agent_id}/documents"
+    both = await http.get(
+        url, params=[("status", "complete"), ("status", "failed")], headers=tenant.headers
+    )
+    assert both.status_code == 422, both.text
+    assert both.json() == {
+        "detail": "query.status: given 2 times; it takes one value",
+        "code": "invalid_request",
+    }
+    other = (await http.post("/agents", json={"name": "other"}, headers=tenant.headers)).json()
+    upload = await http.post(
+        "/upload/agent",
+        params=[("agent_id", tenant.agent_id), ("agent_id", other["id"])],
+        headers=tenant.headers,
+        files={"file": ("twice.txt", b"which agent?")},
+    )
+    assert upload.status_code == 422, upload.text
+    assert upload.json()["detail"] == "query.agent_id: given 2 times; it takes one value"
+    listed = await http.get(f"/agents/{other['id']}/documents", headers=tenant.headers)
+    assert listed.json()["total"] == 0
+    # A parameter the route does not read may repeat, as before; one given once is read.
+    once = await http.get(
+        url, params=[("status", "complete"), ("x", "1"), ("x", "2")], headers=tenant.headers
+    )
+    assert [d["filename"] for d in once.json()["documents"]] == ["kept.txt"]
+
+
 async def test_documents_delete_removes_the_document_and_its_chunks(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:

@@ -172,6 +172,23 @@ async def test_search_refuses_a_query_past_the_models_window(
     assert within.status_code == 200, within.text
 
 
+async def test_search_refuses_a_query_of_no_word_the_model_reads(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A query of invisible or control characters alone is not blank to the trim, but the
+    model reads no token of it: it was answered 200 with the agent's chunks scored against an
+    empty text, the same results whatever those characters were. It is 422 now; such
+    characters beside a word are searched."""
+    url = f"/agents/{tenant.agent_id}/search"
+    for query in ("\u200b", "\ufeff\u200c", "\x00", "\x01\x02", "\ufe0f", "\u00ad"):
+        response = await http.post(url, json={"query": query}, headers=tenant.headers)
+        assert response.status_code == 422, (query, response.text)
+        assert response.json()["code"] == "invalid_request"
+        assert "no word the embedding model reads" in response.json()["detail"]
+    worded = await http.post(url, json={"query": "\u200bbread\x00"}, headers=tenant.headers)
+    assert worded.status_code == 200, worded.text
+
+
 async def test_search_answers_404_for_unknown_and_foreign_agents(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
