@@ -30,7 +30,15 @@ _SENTENCE_END = re.compile(
     rf"|[{_CJK_STOPS}][{re.escape(_CLOSERS)}]*\s*"
 )
 # Line ends as a text file may have them: "\n", Windows' "\r\n", or a lone "\r" (classic Mac).
-_PARAGRAPH = re.compile(r"(?:\r\n?|\n)[ \t]*(?:\r\n?|\n)\s*")
+# One "\r\n" is one line end, not "\r" then "\n": each line end of a Windows file was a paragraph.
+_PARAGRAPH = re.compile(r"(?:\r\n|\r(?!\n)|\n)[ \t]*(?:\r\n?|\n)\s*")
+# Full stops that end no sentence, since a line end is the better cut:
+# - after the number that begins a line, a list item's ("6. Start the worker"): chunks of a
+#   numbered list ended with "\n6." and the next began with its item;
+# - in a table's row (a Markdown table's lines begin with "|"): a row was cut after a sentence
+#   in one of its cells, the rest of its cells in the next chunk.
+_NO_SENTENCE_END = re.compile(r"[ \t]*(?:\d{1,9}\Z|\|)")  # matched from the line's start
+_NO_SENTENCE_END_REACH = 1000  # characters before the stop where its line may start
 _LINE = re.compile(r"[\r\n]\s*")
 _SPACE = re.compile(r"\s+")
 # Where a word starts: after whitespace, or at a CJK character (ideographs, kana, CJK and
@@ -125,15 +133,26 @@ def _cut(text: str, start: int, chunk_size: int) -> int:
     # A boundary whose dropped whitespace begins at `limit` keeps the chunk within the limit.
     window_end = min(limit + _LOOKAHEAD, len(text))
     for pattern in (_PARAGRAPH, _SENTENCE_END, _LINE, _SPACE):
-        last = None
+        boundaries: list[tuple[int, int]] = []  # (where the separator starts, the chunk's end)
         for match in pattern.finditer(text, earliest, window_end):
             end = match.start() + _boundary_keep(match.group())
             if end > limit:
                 break
-            last = end
-        if last is not None:
-            return last
+            boundaries.append((match.start(), end))
+        for stop, end in reversed(boundaries):  # the last one that is a boundary of the level
+            if pattern is not _SENTENCE_END or not _ends_no_sentence(text, stop):
+                return end
     return limit
+
+
+def _ends_no_sentence(text: str, stop: int) -> bool:
+    """Whether the full stop at `stop` numbers a list's item or stands in a table's row
+    (`_NO_SENTENCE_END`)."""
+    reach = max(0, stop - _NO_SENTENCE_END_REACH)
+    line = max(text.rfind("\n", reach, stop), text.rfind("\r", reach, stop)) + 1
+    if line == 0 and reach > 0:
+        return False  # a line this long is prose
+    return _NO_SENTENCE_END.match(text, line, stop) is not None
 
 
 def _boundary_keep(separator: str) -> int:

@@ -65,8 +65,8 @@ def extract_text(data: bytes, fmt: DocumentFormat, on_page: OnPage | None = None
         DocumentFormat.PDF: lambda: extract_pdf(data, on_page),
         DocumentFormat.DOCX: lambda: ExtractedText(extract_docx(data)),
         DocumentFormat.HTML: lambda: ExtractedText(html_to_text(decode_html(data))),
-        DocumentFormat.MARKDOWN: lambda: ExtractedText(decode_text(data)),
-        DocumentFormat.TEXT: lambda: ExtractedText(decode_text(data)),
+        DocumentFormat.MARKDOWN: lambda: ExtractedText(plain_text(decode_text(data))),
+        DocumentFormat.TEXT: lambda: ExtractedText(plain_text(decode_text(data))),
     }
     extracted = extractors[fmt]()
     # PostgreSQL text cannot hold NUL; dropping it keeps offsets consistent from here on (a
@@ -75,6 +75,34 @@ def extract_text(data: bytes, fmt: DocumentFormat, on_page: OnPage | None = None
     if _VISIBLE.search(extracted.text) is None:
         raise RejectedDocument(FailureType.EMPTY_DOCUMENT, _empty_reason(fmt))
     return extracted
+
+
+# What a text file holds that no reader sees as words, which the model read glued to the words
+# beside it or as hundreds of chunks of nothing:
+# - a terminal's escape sequences, as a log captured with colours has them (ECMA-48: CSI
+#   "\x1b[1;31m", an OSC's window title or link up to its terminator, and the short ones,
+#   "\x1b(B"): "\x1b[31mERROR" was read as "[31mERROR", pieces "##mer" "##ror", not "error";
+_TERMINAL_ESCAPE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]"
+)
+# - a character struck over by the next after a backspace, as `man` prints bold ("N\bN") and
+#   underline ("_\bN"): the model read "NNAAMMEE";
+_OVERSTRUCK = re.compile(r"[^\n\x08]\x08")
+# - the bytes of an image inlined as a data: URI, as a Markdown editor pastes a screenshot: a
+#   60 KB screenshot made 269 chunks of base64 beside a document's 2 (its type is kept).
+_DATA_URI = re.compile(r"(data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,)[A-Za-z0-9+/_-]+=*")
+
+
+def plain_text(text: str) -> str:
+    """A text or Markdown file's text without its terminal escapes, overstrikes and inlined
+    data (above); the rest is kept as written."""
+    if "\x1b" in text:
+        text = _TERMINAL_ESCAPE.sub("", text)
+    if "\x08" in text:
+        text = _OVERSTRUCK.sub("", text)
+    if ";base64," in text:
+        text = _DATA_URI.sub(r"\1", text)
+    return text
 
 
 def _empty_reason(fmt: DocumentFormat) -> str:

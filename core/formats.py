@@ -18,7 +18,8 @@ import charset_normalizer
 SNIFF_BYTES = 8192
 _MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
 _HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
-_ALLOWED_CONTROL = {"\t", "\n", "\r", "\f", "\v", "\x1b"}
+# A backspace overstrikes (`man` prints bold as "N\bN"), an escape starts a terminal colour.
+_ALLOWED_CONTROL = {"\t", "\n", "\r", "\f", "\v", "\x1b", "\b"}
 _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
     (codecs.BOM_UTF32_BE, "utf-32-be"),
@@ -208,12 +209,15 @@ def _looks_like_html(text: str) -> bool:
 
 
 def detect_encoding(data: bytes) -> tuple[str, int]:
-    """Return (codec, bytes to skip) for `data`: BOM, then NUL-rich UTF-16, UTF-8, then a
-    legacy encoding (`legacy_encoding`)."""
+    """Return (codec, bytes to skip) for `data`: BOM, then BOM-less UTF-32 or UTF-16 (zero
+    bytes), UTF-8, then a legacy encoding (`legacy_encoding`)."""
     for bom, codec in _BOMS:
         if data.startswith(bom):
             return codec, len(bom)
     sample = data[:SNIFF_BYTES]
+    wide = _wide_unicode(sample)
+    if wide is not None:
+        return wide, 0
     # Before UTF-8: BOM-less UTF-16 of ASCII text is valid UTF-8 too (full of NULs).
     if len(sample) >= 2 and sample.count(0) * 3 >= len(sample):
         zeros_even = sample[0::2].count(0)
@@ -347,6 +351,33 @@ def _mixes_scripts(word: str) -> bool:
     return any(ch.isascii() for ch in word) and any(
         ord(ch) > 0x24F and (ch.isupper() or ch.islower()) for ch in word
     )
+
+
+# charset_normalizer's names of the encodings a text of any script may be in without a BOM
+# and with zero bytes, and their codecs.
+_WIDE_CODECS = {
+    "utf_32_le": "utf-32-le",
+    "utf_32_be": "utf-32-be",
+    "utf_16_le": "utf-16-le",
+    "utf_16_be": "utf-16-be",
+}
+# Fewer bytes than this are no evidence: "abc\0def\0" reads as UTF-16 too.
+_WIDE_MIN_BYTES = 64
+
+
+def _wide_unicode(sample: bytes) -> str | None:
+    """The codec of BOM-less UTF-32 or UTF-16 text, as charset_normalizer finds it in a
+    sample with zero bytes; None for any other sample. UTF-16 of Russian or Chinese has
+    zero bytes only in its spaces and line ends, too few for the ASCII rule of
+    `detect_encoding`, and was refused as binary data; UTF-32 of ASCII text read as UTF-16."""
+    if len(sample) < _WIDE_MIN_BYTES or b"\x00" not in sample:
+        return None
+    whole = len(sample) - len(sample) % 4
+    for end in (whole, whole - 2):  # the sample may end inside a UTF-16 surrogate pair
+        best = charset_normalizer.from_bytes(sample[:end], cp_isolation=list(_WIDE_CODECS)).best()
+        if best is not None:
+            return _WIDE_CODECS.get(best.encoding)
+    return None
 
 
 def _utf8_prefix_ok(sample: bytes) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,6 +147,17 @@ def test_split_text_finds_paragraphs_whatever_the_line_ends(line_end: str) -> No
     assert [chunk.text.replace(line_end, "\n") for chunk in other] == unix
 
 
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"], ids=["windows", "classic-mac"])
+def test_split_text_a_line_end_is_no_paragraph_whatever_the_line_ends(line_end: str) -> None:
+    """A Windows line end ("\r\n") was a paragraph break ("\r", then "\n"): the chunks of a
+    text wrapped at 60 characters ended at a line end mid-sentence, not at its paragraphs."""
+    text = "\n\n".join(textwrap.fill(part, 60) for part in lorem(80, seed=4).split("\n\n"))
+    unix = [chunk.text for chunk in split_text(text, 500, 0)]
+    assert sum(chunk.endswith(".") for chunk in unix) * 2 > len(unix)
+    other = split_text(text.replace("\n", line_end), 500, 0)
+    assert [chunk.text.replace(line_end, "\n") for chunk in other] == unix
+
+
 def test_split_text_prefers_a_sentence_end_over_spaces() -> None:
     first = "This sentence ends in the middle of the window and then."
     text = first + " More words follow without any full stop for quite a while longer"
@@ -159,6 +171,41 @@ def test_split_text_keeps_sentence_punctuation_in_the_chunk(end: str) -> None:
     text = first + " and the rest of the story carries on with more words to read"
     chunks = split_text(text, 100, 0)
     assert chunks[0].text == first
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"], ids=["unix", "windows"])
+def test_split_text_keeps_a_list_items_number_with_it(line_end: str) -> None:
+    """A full stop after the number that begins a line is no sentence end: every chunk of a
+    numbered list ended with the next item's number ("...ports\n6.") and the next chunk began
+    with that item's words, without it."""
+    items = [f"{n}. Step number {n} of the setup, done by hand" for n in range(1, 40)]
+    text = (
+        "Setup steps:"
+        + line_end
+        + line_end.join(f"  {item}" if n % 2 else item for n, item in enumerate(items))
+    )
+    for size in range(200, 400, 25):
+        chunks = split_text(text, size, 0)
+        assert len(chunks) > 3
+        for chunk in chunks:
+            assert chunk.text.startswith(("Setup", *(item[:3] for item in items)))
+            assert chunk.text.endswith("by hand")
+    assert (
+        split_text("It costs 3. Then it costs 4 for a long while yet, and more", 20, 0)[0].text
+        == "It costs 3."
+    )
+
+
+def test_split_text_keeps_a_tables_row_whole() -> None:
+    """A full stop in a table's cell is no sentence end: a Markdown table was cut after a
+    sentence in a row's cell, the rest of its cells in the next chunk."""
+    rows = [f"| SETTING_{n} | {n * 10} | Sets part {n}. Raise it under load. |" for n in range(60)]
+    text = "| Name | Default | Meaning |\n|---|---|---|\n" + "\n".join(rows)
+    chunks = split_text(text, 1000, 0)
+    assert len(chunks) > 3
+    assert all(chunk.text.endswith("under load. |") for chunk in chunks)
+    prose = "A table follows. | It has bars. The rest of this long line is prose, not a table"
+    assert split_text(prose, 60, 0)[0].text == "A table follows. | It has bars."
 
 
 def test_split_text_prefers_a_line_break_over_spaces() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import codecs
 import dataclasses
 import io
+import random
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +19,8 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities import extract as extract_module
+from activities.chunk import chunk_spans
+from activities.embed import bundled_model_path
 from activities.errors import RejectedDocument
 from activities.extract import (
     ExtractActivities,
@@ -26,6 +30,7 @@ from activities.extract import (
     html_to_text,
 )
 from activities.reader_process import ReaderLimits
+from activities.token_budget import model_token_budget
 from core.formats import DocumentFormat
 from core.staging import ORIGINAL, StagingStore
 from core.staging import TEXT as TEXT_JSON
@@ -547,6 +552,43 @@ def test_extract_text_decodes_text_encodings(data: bytes, fmt: DocumentFormat) -
 def test_extract_text_markdown_is_kept_verbatim() -> None:
     source = "# Title\n\n* item with **bold**\n\n```\ncode\n```\n"
     assert extract_text(source.encode(), DocumentFormat.MARKDOWN).text == source
+
+
+COLOURED_LOG = (
+    "\x1b]0;deploy@prod\x07"
+    "12:00:03 \x1b[1;31mERROR\x1b[0m \x1b[36mpayments\x1b(B\x1b[m: timeout charging card\n"
+    "See \x1b]8;;https://status.example\x1b\\the status page\x1b]8;;\x1b\\.\n"
+)
+MAN_PAGE = "N\bNA\bAM\bME\bE\n       ls - list _\bf_\bi_\bl_\be_\bs\n"
+
+
+@pytest.mark.parametrize("fmt", [DocumentFormat.TEXT, DocumentFormat.MARKDOWN])
+def test_extract_text_leaves_out_terminal_escapes_and_overstrikes(fmt: DocumentFormat) -> None:
+    """A log captured with colours, or a man page saved as text: "\x1b[31mERROR" was read as
+    "[31mERROR" (the pieces "##mer" "##ror"), bold "NAME" as "NNAAMMEE"."""
+    assert extract_text(COLOURED_LOG.encode(), fmt).text == (
+        "12:00:03 ERROR payments: timeout charging card\nSee the status page.\n"
+    )
+    assert extract_text(MAN_PAGE.encode(), fmt).text == "NAME\n       ls - list files\n"
+
+
+def test_extract_text_leaves_out_the_bytes_of_an_inlined_image() -> None:
+    """A screenshot pasted into a Markdown file is a data: URI: a 60 KB one made 269 chunks of
+    base64 beside the document's one, each embedded and returned by searches."""
+    image = base64.b64encode(random.Random(3).randbytes(60_000)).decode()
+    source = (
+        "# Refunds\n\nRefunds are accepted within 30 days.\n\n"
+        f"![The refund form](data:image/png;base64,{image})\n\n"
+        f'<img alt="logo" src="data:image/svg+xml;charset=utf-8;base64,{image[:400]}">\n'
+    )
+    text = extract_text(source.encode(), DocumentFormat.MARKDOWN).text
+    assert text == (
+        "# Refunds\n\nRefunds are accepted within 30 days.\n\n"
+        "![The refund form](data:image/png;base64,)\n\n"
+        '<img alt="logo" src="data:image/svg+xml;charset=utf-8;base64,">\n'
+    )
+    budget = model_token_budget(bundled_model_path())
+    assert len(list(chunk_spans(text, 1000, 100, budget))) == 1
 
 
 @pytest.mark.parametrize(

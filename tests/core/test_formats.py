@@ -225,6 +225,20 @@ def test_sniff_format_plain_utf8_text(filename: str) -> None:
     assert sniff(data, filename) is DocumentFormat.TEXT
 
 
+def test_sniff_format_terminal_output_is_text() -> None:
+    """A man page saved as text prints bold as "N\\bN": one character in ten of `man git` is a
+    backspace, and it was refused as binary data (415)."""
+
+    def bold(text: str) -> str:
+        return "".join(f"{ch}\b{ch}" for ch in text)
+
+    page = f"{bold('OPTIONS')}\n       {bold('--version')}\n           Prints the version.\n" * 40
+    assert page.count("\b") * 10 > len(page)
+    assert sniff(page.encode(), "git.txt") is DocumentFormat.TEXT
+    log = b"\x1b[1;31mERROR\x1b[0m payments: timeout\n" * 40
+    assert sniff(log, "app.log") is DocumentFormat.TEXT
+
+
 def test_sniff_format_cp1252_text() -> None:
     assert sniff(CP1252_TEXT.encode("cp1252"), "legacy.txt") is DocumentFormat.TEXT
 
@@ -273,6 +287,30 @@ def test_detect_encoding_cp1252_fallback() -> None:
 @pytest.mark.parametrize("text", ["hello world", "héllo wörld"], ids=["ascii", "latin"])
 def test_detect_encoding_utf16_without_bom(codec: str, text: str) -> None:
     assert detect_encoding(text.encode(codec)) == (codec, 0)
+
+
+WIDE_TEXTS = {
+    "russian": "Привет! Это отчёт о годовом бюджете всех отделов компании.\n",  # noqa: RUF001
+    "chinese": "这是关于公司所有部门年度预算的报告。\n",
+    "japanese": "これは会社のすべての部門の年間予算に関する報告書です。\n",
+    "ascii": PLAIN,
+}
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize("text", WIDE_TEXTS.values(), ids=WIDE_TEXTS.keys())
+def test_utf16_and_utf32_without_bom_are_read_in_any_script(codec: str, text: str) -> None:
+    """BOM-less UTF-16 of Russian or Chinese has zero bytes only in its spaces and line ends:
+    it was refused as binary data (415), and UTF-32 of ASCII text was read as UTF-16."""
+    data = (text * 300).encode(codec)
+    assert detect_encoding(data) == (codec, 0)
+    assert sniff(data, "report.txt") is DocumentFormat.TEXT
+    assert decode_text(data) == text * 300
+    # A head may end inside a character, or inside a surrogate pair.
+    assert sniff_head(data[: SNIFF_BYTES - 1], "report.txt") is DocumentFormat.TEXT
+    with_emoji = (("😀 " + text) * 300).encode(codec)
+    inside_pair = with_emoji.rfind("😀".encode(codec), 0, SNIFF_BYTES) + 2
+    assert sniff_head(with_emoji[:inside_pair], "report.txt") is DocumentFormat.TEXT
 
 
 # --- decode_text --------------------------------------------------------------------------

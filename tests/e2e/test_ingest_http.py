@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
+import textwrap
 import uuid
 from typing import Any
 
@@ -164,6 +167,49 @@ async def test_e2e_legacy_encoded_text_is_stored_as_written(
         assert status["status"] == "complete", status
         chunks = await stored_chunks(stack, status["document_id"])
         assert [chunk["text"] for chunk in chunks] == [content]
+
+
+async def test_e2e_text_is_stored_and_found_as_a_reader_sees_it(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """BOM-less UTF-16 of Russian was refused (415, "binary data"); a log's colours were read
+    glued to its words ("[31mERROR"); a screenshot pasted into Markdown made 269 chunks of
+    base64, which searches returned; a wrapped Windows text was cut mid-sentence."""
+    russian = "Это отчёт о годовом бюджете всех отделов компании.\n" * 3  # noqa: RUF001
+    image = base64.b64encode(random.Random(3).randbytes(60_000)).decode()
+    markdown = f"Refunds are accepted within 30 days.\n\n![form](data:image/png;base64,{image})"
+    files = {
+        "отчёт.txt": (russian.encode("utf-16-le"), [russian.strip()]),
+        "app.log": (
+            b"12:00:03 \x1b[1;31mERROR\x1b[0m \x1b[36mpayments\x1b[0m: card charge timed out\n",
+            ["12:00:03 ERROR payments: card charge timed out"],
+        ),
+        "refunds.md": (
+            markdown.encode(),
+            ["Refunds are accepted within 30 days.\n\n![form](data:image/png;base64,)"],
+        ),
+    }
+    for name, (data, texts) in files.items():
+        task_id = await upload_file(http, tenant, name, data)
+        status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+        assert status["status"] == "complete", status
+        chunks = await stored_chunks(stack, status["document_id"])
+        assert [chunk["text"] for chunk in chunks] == texts, name
+    # Each "\r\n" of a wrapped Windows text was a paragraph break: chunks ended mid-sentence.
+    wrapped = "\n\n".join(textwrap.fill(part, 72) for part in lorem(120, seed=4).split("\n\n"))
+    task_id = await upload_file(http, tenant, "wrapped.txt", wrapped.replace("\n", "\r\n").encode())
+    status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert status["status"] == "complete", status
+    chunks = await stored_chunks(stack, status["document_id"])
+    assert len(chunks) > 5
+    assert all(chunk["text"].endswith(".") for chunk in chunks)
+    found = await http.post(
+        f"/agents/{tenant.agent_id}/search",
+        json={"query": "payments error", "top_k": 1},
+        headers=tenant.headers,
+    )
+    assert found.status_code == 200, found.text
+    assert [hit["filename"] for hit in found.json()["results"]] == ["app.log"]
 
 
 async def test_e2e_max_document_chunks_is_the_apis_not_the_workers(
