@@ -21,12 +21,13 @@ import logging
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.chunk import MANIFEST, shard_starts
 from activities.embed import EmbedActivities
 from activities.errors import staging_missing
 from activities.heartbeats import heartbeating_thread
-from activities.store import Shard, StoreActivities
+from activities.store import RUN_ENDED, Shard, StoreActivities
 from workflows.types import EMBED_AND_STORE, EmbeddedAndStored, IngestTask, StoreResult
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,13 @@ class EmbedAndStoreActivities:
         # The store runs on the worker's event loop; this thread waits for it, heartbeating.
         with activity.shield_thread_cancel_exception(), heartbeating_thread():
             running = asyncio.run_coroutine_threadsafe(
-                self._save(task, manifest, shards), self.loop
+                self._save(task, manifest, shards, activity.info().workflow_run_id), self.loop
             )
             try:
                 return running.result()
             except Exception as exc:  # the store step runs it again, and reports its failure
+                if isinstance(exc, ApplicationError) and exc.type == RUN_ENDED:
+                    raise  # no store step follows: the task's workflow run has ended
                 log.warning(
                     "storing %s in the embed step failed (%s: %s); the store step runs next",
                     task.task_id,
@@ -90,10 +93,12 @@ class EmbedAndStoreActivities:
                 return None
 
     async def _save(
-        self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard]
+        self, task: IngestTask, manifest: dict[str, Any], shards: list[Shard], run_id: str | None
     ) -> StoreResult:
         async with asyncio.timeout(self.store_limit_s):  # cancelled: the transaction rolls back
-            return await self.store.save(task, manifest, shards, self.embed.embedding)
+            return await self.store.save(
+                task, manifest, shards, self.embed.embedding, run_id=run_id
+            )
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

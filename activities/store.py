@@ -7,6 +7,7 @@ dropped its first workflow) fails the step instead of replacing that document.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -20,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from temporalio import activity
-from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.chunk import MANIFEST, shard_name, shard_starts
 from activities.embed import from_npy, vectors_name
@@ -30,7 +32,7 @@ from activities.errors import refusal, staging_missing
 from activities.heartbeats import heartbeat_interval_s
 from activities.vectors import Vectors
 from core.db import violates
-from core.dedup import StoredCopy, settled, stored_copy
+from core.dedup import DESCRIBE_TIMEOUT, StoredCopy, settled, stored_copy
 from core.formats import DocumentFormat
 from core.models import Chunk, Document
 from core.staging import StagingStore
@@ -52,7 +54,11 @@ _COPY_CHUNKS = (
     "FROM STDIN WITH (FORMAT BINARY)"
 )
 _COPY_TYPES = ["uuid", "int4", "text", "int4", "int4", "int4", "vector"]
+# The failure of a store whose workflow run had ended: reported to no one (the server drops
+# the result of a closed run's activity), but named in the worker's log.
+RUN_ENDED = "RunEnded"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 async def upsert_document(
@@ -160,7 +166,9 @@ class StoreActivities:
             if stored is None:
                 raise
             return stored
-        return await self.save(task, manifest, shards, embedding)
+        return await self.save(
+            task, manifest, shards, embedding, run_id=activity.info().workflow_run_id
+        )
 
     async def save(
         self,
@@ -168,10 +176,13 @@ class StoreActivities:
         manifest: dict[str, Any],
         shards: list[Shard],
         embedding: Embedding,
+        *,
+        run_id: str | None = None,
     ) -> StoreResult:
         """Store the document of `task`: its manifest, each shard's chunks with their vectors,
         and the embedding that made them, in one transaction (or find the copy another task
-        stored first)."""
+        stored first). `run_id`: the workflow run that asked; the transaction rolls back when
+        that run has ended meanwhile (`_refuse_when_run_ended`)."""
         try:
             async with self.sessionmaker.begin() as session:
                 existing = await self._settled_copy(session, task)
@@ -190,6 +201,7 @@ class StoreActivities:
                 await self._refuse_when_moved_on(task)
                 await session.execute(delete(Chunk).where(Chunk.document_id == document_id))
                 await copy_chunks(session, _rows(document_id, shards))
+                await self._refuse_when_run_ended(task, run_id)
         except IntegrityError as exc:
             return await self._settle_conflict(task, exc)
         return StoreResult(document_id=str(document_id), chunks=manifest["chunks"])
@@ -203,6 +215,34 @@ class StoreActivities:
         later waits for this transaction, and one that came before is seen as missing staging."""
         if not await asyncio.to_thread(self.staging.exists, task.task_id, MANIFEST):
             raise staging_missing("the chunks or their vectors")
+
+    async def _refuse_when_run_ended(self, task: IngestTask, run_id: str | None) -> None:
+        """Roll back a store whose workflow run ended while it ran: an operator terminated
+        the task (or reset it, which ends the run) while the store waited for a lock or wrote
+        a large document. The task says `error`, "the upload can be retried"; committed, its
+        document would be `complete` and searchable all the same, and an upload of the same
+        bytes answered as a duplicate of a task that says `error`. A cancel leaves the run
+        open (the workflow deletes what was stored), so the store commits then. Asked last,
+        before the commit; when Temporal does not answer, the store commits as it did."""
+        if self.temporal is None or run_id is None:
+            return
+        handle = self.temporal.get_workflow_handle(task.task_id, run_id=run_id)
+        try:
+            description = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
+        except RPCError as exc:
+            if exc.status is not RPCStatusCode.NOT_FOUND:
+                return
+        else:
+            if description.status is WorkflowExecutionStatus.RUNNING:
+                return
+        message = (
+            f"the run {run_id} of task {task.task_id} ended (terminated or reset) while its "
+            "document was being stored: the store was rolled back"
+        )
+        log.info("%s", message)
+        raise ApplicationError(
+            message, type=RUN_ENDED, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+        )
 
     async def _settled_copy(self, session: AsyncSession, task: IngestTask) -> StoreResult | None:
         """Another task's copy of the same bytes (`_other_copy`), once that task ended.

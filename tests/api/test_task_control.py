@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflow.v1 import PendingActivityInfo
@@ -34,7 +34,7 @@ from api.ingest_start import start_ingest
 from api.routes import uploads
 from core.db import create_engine, create_sessionmaker
 from core.formats import DocumentFormat
-from core.models import Chunk, Document
+from core.models import Agent, Chunk, Document
 from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_docx_with_unreadable_rels, make_pdf
@@ -42,6 +42,8 @@ from tests.support import (
     FakeEmbedder,
     Stack,
     Tenant,
+    chunks_stored,
+    documents_stored,
     forget_workflow,
     new_tenant,
     running_workers,
@@ -1286,6 +1288,62 @@ async def test_a_key_whose_turn_does_not_come_is_503_not_a_wait_without_end(
 
 
 # --- terminated in Temporal ----------------------------------------------------------------
+
+
+async def _locks_on_documents(stack: Stack, *, waiting: bool) -> int:
+    """How many locks other connections hold on `documents` (`waiting`: wait for, on any
+    table): a store's transaction holds one until it commits or rolls back."""
+    query = (
+        "SELECT count(*) FROM pg_locks WHERE pid <> pg_backend_pid() AND NOT granted"
+        if waiting
+        else "SELECT count(*) FROM pg_locks WHERE pid <> pg_backend_pid() "
+        "AND relation = 'documents'::regclass"
+    )
+    async with stack.sessionmaker() as session:
+        return int((await session.execute(text(query))).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("sentences", "chunk_size"), [(3, 1000), (80, 200)], ids=["embed_and_store", "store"]
+)
+async def test_a_task_terminated_while_it_stores_stores_nothing_and_can_be_retried(
+    stack: Stack, http: httpx.AsyncClient, tenant: Tenant, sentences: int, chunk_size: int
+) -> None:
+    """An operator terminates a task whose store waits (for a lock, here its agent's row,
+    which this test holds): the store rolls back. Before, it committed once the lock was
+    released: the task said `error`, "the upload can be retried", while its document was
+    `complete` and searchable, and an upload of the same bytes was answered as a duplicate
+    "complete" under that task."""
+    data = lorem(sentences, seed=61).encode()
+    async with stack.sessionmaker() as holder:
+        await holder.execute(
+            select(Agent.id).where(Agent.id == uuid.UUID(tenant.agent_id)).with_for_update()
+        )
+        task_id = await upload_file(http, tenant, "held.txt", data, chunk_size=chunk_size)
+        async with asyncio.timeout(120):
+            while not await _locks_on_documents(stack, waiting=True):  # its store waits
+                await asyncio.sleep(0.05)
+        await stack.client.get_workflow_handle(task_id).terminate(reason="stuck storing")
+        await holder.rollback()
+    async with asyncio.timeout(60):
+        while await _locks_on_documents(stack, waiting=False):  # until the store has ended
+            await asyncio.sleep(0.05)
+
+    status = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert (status["status"], status["error"]["type"]) == ("error", "Terminated")
+    assert (await documents_stored(stack, task_id), await chunks_stored(stack, task_id)) == (0, 0)
+    again = await upload(http, tenant, "held-again.txt", data)
+    assert again.status_code == 202, again.text  # no duplicate of a task that says `error`
+    await wait_for_status(http, tenant, again.json()["task_id"], Status.TERMINAL)
+
+    retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 202, retried.text
+    done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert done["status"] == "complete"
+    stored = await documents_with(stack, data)  # the second upload's, joined by the retry
+    assert [document.task_id for document in stored] == [again.json()["task_id"]]
+    assert done["document_id"] == str(stored[0].id)
+    assert await chunk_count(stack, done["document_id"]) == stored[0].chunk_count
 
 
 async def test_task_terminated_by_an_operator_says_so_with_the_reason_given(

@@ -580,8 +580,10 @@ async def test_a_task_missing_its_upload_takes_another_tasks_copy_only_once_that
     committed = asyncio.Event()
     save = StoreActivities.save
 
-    async def save_then_answer_late(self: StoreActivities, task: IngestTask, *args: Any) -> Any:
-        stored = await save(self, task, *args)
+    async def save_then_answer_late(
+        self: StoreActivities, task: IngestTask, *args: Any, **kwargs: Any
+    ) -> Any:
+        stored = await save(self, task, *args, **kwargs)
         if task.task_id == b.task_id:
             committed.set()
             await asyncio.sleep(8)  # B's copy is committed, B still runs
