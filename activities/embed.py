@@ -181,9 +181,21 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         model_kwargs = {"torch_dtype": torch.bfloat16} if precision == "bfloat16" else None
-        model = SentenceTransformer(
-            self.model_path, device=self.device, local_files_only=True, model_kwargs=model_kwargs
-        )
+        try:
+            model = SentenceTransformer(
+                self.model_path,
+                device=self.device,
+                local_files_only=True,
+                model_kwargs=model_kwargs,
+            )
+        except (OSError, ValueError) as exc:
+            # A folder with its config but no weights (copied without them, or Git LFS
+            # pointers), or a config that names no model: a traceback from the worker's start.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigurationError(
+                f"DOCINGEST_EMBEDDING_MODEL: the model in {self.model_path} cannot be loaded: "
+                f"{reason}"
+            ) from exc
         model.eval()
         return model
 

@@ -38,6 +38,11 @@ def _body(detail: str, code: str) -> dict[str, str]:
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DocingestError)
+    if exc.status_code == 500:
+        # The deployment's fault (a configuration_error: a CUDA device or a model the API
+        # cannot load), not the client's: said to its operator too, whose access log read only
+        # "500 Internal Server Error".
+        log.error("%s on %s %s: %s", exc.code, _method(request), request.url.path, exc.detail)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse(_body(exc.detail, exc.code), status_code=exc.status_code, headers=headers)
 

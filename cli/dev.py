@@ -89,12 +89,18 @@ def _child(command: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes
         stop_process(process)
 
 
+EXITED_DURING_START_UP = "a docingest process exited during start-up; see the log above"
+
+
 def _wait_healthy(settings: Settings, children: list[subprocess.Popen[bytes]]) -> None:
-    wait_for_port(settings.api_host, settings.api_port, timeout=120, process=children[1])
+    try:
+        wait_for_port(settings.api_host, settings.api_port, timeout=120, process=children[1])
+    except RuntimeError as exc:  # the API exited before it listened, having said why: it was
+        raise SystemExit(EXITED_DURING_START_UP) from exc  # a traceback below its line
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children):
-            raise SystemExit("a docingest process exited during start-up; see the log above")
+            raise SystemExit(EXITED_DURING_START_UP)
         with suppress(httpx.HTTPError):
             if httpx.get(f"{http_url(settings.api_host, settings.api_port)}/health").is_success:
                 return

@@ -24,6 +24,7 @@ from core.temporal import TemporalUnreachable
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 KEY_NAME_MAX = 200  # the `api_keys.name` and `owners.name` columns
 INTERRUPTED = 128 + 2  # the shell's exit status for a command stopped by SIGINT
@@ -59,13 +60,19 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     app = create_app(settings)
     failures = _keep_startup_failure(app, http_url(host, port))
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=settings.log_level.lower(), http=HTTP_PARSER
+        _without_explained_tracebacks(app, failures),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        http=HTTP_PARSER,
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         return  # Ctrl-C, once the server has shut down (`uvicorn.run` returned too)
     except SystemExit:
+        if failures and isinstance(failures[0], DocingestError):
+            raise failures[0] from None  # its words say what to do, as the other commands'
         if failures:
             raise ConfigurationError(f"the API did not start: {failures[0]}") from failures[0]
         raise
@@ -94,6 +101,24 @@ def _keep_startup_failure(app: FastAPI, url: str) -> list[Exception]:
 
     app.router.lifespan_context = keeping
     return failures
+
+
+def _without_explained_tracebacks(app: ASGIApp, failures: list[Exception]) -> ASGIApp:
+    """`app`, whose start-up failure uvicorn logs without its traceback when it is one we
+    explain in one line (a DOCINGEST_HOME or staging folder that cannot be made): Starlette
+    sends the traceback with the failure, which uvicorn logged above that line. An unexpected
+    failure keeps its traceback."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            explained = failures and isinstance(failures[0], DocingestError)
+            if message["type"] == "lifespan.startup.failed" and explained:
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        await app(scope, receive, sending if scope["type"] == "lifespan" else send)
+
+    return serve
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field(default="default", min_length=1)
     temporal_port: int = Field(default=7233, ge=1, le=MAX_PORT)
     temporal_ui_port: int = Field(default=8233, ge=1, le=MAX_PORT)
-    api_host: str = "127.0.0.1"
+    # Not empty: an empty host listened on every interface, not on the default's loopback.
+    api_host: str = Field(default="127.0.0.1", min_length=1)
     api_port: int = Field(default=8000, ge=1, le=MAX_PORT)
     staging_url: str | None = Field(
         default=None, description="fsspec URL of the staging store; unset means HOME/staging."
@@ -168,6 +169,18 @@ class Settings(BaseSettings):
         """Durations also read as plain seconds (`DOCINGEST_STAGING_TTL=3600`)."""
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
+        return value
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _home_not_empty(cls, value: object) -> object:
+        """An empty one was the current folder: the database, Temporal's file and the staging
+        store were made there, not under `.docingest`."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "DOCINGEST_HOME is empty: give the folder for docingest's state, or unset it "
+                "for .docingest"
+            )
         return value
 
     @field_validator("embedding_device")

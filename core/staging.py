@@ -12,6 +12,8 @@ from typing import Any, BinaryIO, cast
 import fsspec
 from fsspec.core import url_to_fs
 
+from core.errors import ConfigurationError
+
 ORIGINAL = "original"
 TEXT = "text.json"
 CHUNKS = "chunks.json"
@@ -24,7 +26,15 @@ class StagingStore:
         fs, root = url_to_fs(url)
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = cast(str, root).rstrip("/")
-        self.fs.makedirs(self.root, exist_ok=True)
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as exc:  # a file in its path, a folder the user may not write
+            # Named by its path, never the URL, which may hold a key. It was a traceback from
+            # the API's start-up and from the worker's, once its model had loaded.
+            raise ConfigurationError(
+                f"DOCINGEST_STAGING_URL: cannot make the folder {exc.filename or self.root}: "
+                f"{exc.strerror or exc}"
+            ) from exc
 
     def path(self, task_id: str, name: str) -> str:
         return f"{self.folder(task_id)}/{name}"

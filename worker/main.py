@@ -166,6 +166,9 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # First: a staging folder that cannot be made is said at once, not after the wait for
+    # Temporal and the model's load.
+    staging = StagingStore(settings.resolved_staging_url)
     client = await connect(settings.resolved_temporal_address, settings.temporal_namespace)
     await register_search_attributes(client)
     if role in (Role.ALL, Role.MAIN):
@@ -187,7 +190,6 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
         await check_embedding_dimension(engine, embedder.dimension)
     if role in (Role.ALL, Role.MAIN):
         start_reader_server()
-    staging = StagingStore(settings.resolved_staging_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

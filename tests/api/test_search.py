@@ -30,6 +30,7 @@ from tests.support import (
     Tenant,
     new_tenant,
     plan_from_indexes,
+    serve,
     stack_settings,
     statements_run,
     wait_for_status,
@@ -285,6 +286,23 @@ async def test_query_embedder_refuses_a_model_of_another_width() -> None:
     embedder = QueryEmbedder(NarrowEmbedder)
     with pytest.raises(ConfigurationError, match="8-wide"):
         await embedder.embed("anything")
+
+
+async def test_search_on_an_api_that_cannot_load_its_model_says_why_to_client_and_log(
+    stack: Stack, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 of the deployment's own (configuration_error): the operator's log said only
+    "500 Internal Server Error" while the client read the reason."""
+    settings = stack_settings(stack, embedding_device="cuda:99")
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        answer = await http.post(
+            f"/agents/{tenant.agent_id}/search", json={"query": "tyre"}, headers=tenant.headers
+        )
+    assert (answer.status_code, answer.json()["code"]) == (500, "configuration_error")
+    assert answer.json()["detail"].startswith("DOCINGEST_EMBEDDING_DEVICE=cuda:99, but torch")
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == [
+        f"configuration_error on POST /agents/{tenant.agent_id}/search: " + answer.json()["detail"]
+    ]
 
 
 # --- a small agent among many chunks -------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -206,7 +207,9 @@ def test_cli_errors_are_one_line_each_not_a_traceback() -> None:
     assert "Traceback" not in down.stderr
 
 
-@pytest.mark.parametrize("args", [["migrate"], ["keys", "list"], ["worker"], ["temporal"], ["dev"]])
+@pytest.mark.parametrize(
+    "args", [["migrate"], ["keys", "list"], ["worker"], ["temporal"], ["dev"], ["api"]]
+)
 def test_cli_home_that_cannot_be_made_is_one_line(tmp_path: Path, args: list[str]) -> None:
     """A DOCINGEST_HOME that is a file (or under a folder the user may not write) was an
     OSError traceback from each command that makes it."""
@@ -251,6 +254,15 @@ def test_cli_home_that_cannot_be_made_is_one_line(tmp_path: Path, args: list[str
         (
             {"DOCINGEST_TEMPORAL_NAMESPACE": ""},
             "  DOCINGEST_TEMPORAL_NAMESPACE: String should have at least 1 character",
+        ),
+        (
+            {"DOCINGEST_API_HOST": ""},  # it listened on every interface
+            "  DOCINGEST_API_HOST: String should have at least 1 character",
+        ),
+        (
+            {"DOCINGEST_HOME": ""},  # the state went to the current folder
+            "  DOCINGEST_HOME is empty: give the folder for docingest's state, or unset it for "
+            ".docingest",
         ),
         (
             {"DOCINGEST_TEMPORAL_ADDRESS": "http://temporal 7233"},
@@ -373,8 +385,33 @@ def test_cli_api_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
         f"docingest api: port {port} is in use: stop what runs there or set DOCINGEST_API_PORT"
     )
     assert no_staging.stderr.splitlines()[-1] == (
-        f"docingest api: the API did not start: [Errno 20] Not a directory: '{staging}'"
+        f"docingest api: DOCINGEST_STAGING_URL: cannot make the folder {staging}: Not a directory"
     )
+    assert "Traceback" not in no_staging.stderr  # uvicorn logged the start-up's above the line
+
+
+def test_cli_worker_whose_staging_folder_cannot_be_made_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """As the API does: it was a NotADirectoryError traceback, once the model had loaded."""
+    (tmp_path / "file").write_text("not a folder")
+    staging = tmp_path / "file" / "staging"
+    result = run_cli(
+        "worker",
+        env={
+            "DOCINGEST_HOME": str(tmp_path),
+            "DOCINGEST_DATABASE_URL": unreachable_database_url(),
+            "DOCINGEST_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+            "DOCINGEST_STAGING_URL": str(staging),
+        },
+    )
+    assert (result.returncode, result.stderr.splitlines()) == (
+        1,
+        [
+            f"docingest worker: DOCINGEST_STAGING_URL: cannot make the folder {staging}: "
+            "Not a directory"
+        ],
+    ), result.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -622,6 +659,33 @@ def test_cli_dev_refuses_a_busy_ipv6_api_port(tmp_path: Path) -> None:
     assert http_url("0.0.0.0", 8000) == "http://0.0.0.0:8000"
 
 
+def test_cli_dev_whose_api_cannot_start_says_so_without_a_traceback(
+    database_url: str, temporal_address: str, tmp_path: Path
+) -> None:
+    """The API's own line says why; `dev` then said a RuntimeError traceback below it."""
+    (tmp_path / "file").write_text("not a folder")
+    staging = tmp_path / "file" / "staging"
+    result = run_cli(
+        "dev",
+        env={
+            "DOCINGEST_HOME": str(tmp_path),
+            "DOCINGEST_DATABASE_URL": database_url,
+            "DOCINGEST_TEMPORAL_ADDRESS": temporal_address,
+            "DOCINGEST_STAGING_URL": str(staging),
+            "DOCINGEST_API_PORT": str(free_port()),
+        },
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert (
+        f"docingest api: DOCINGEST_STAGING_URL: cannot make the folder {staging}: Not a directory"
+        in result.stderr.splitlines()
+    )
+    assert result.stderr.splitlines()[-1] == (
+        "a docingest process exited during start-up; see the log above"
+    )
+
+
 def test_cli_temporal_stops_its_server_on_sigterm(tmp_path: Path) -> None:
     _stop_temporal(tmp_path, signal.SIGTERM)
 
@@ -657,3 +721,32 @@ def _stop_temporal(home: Path, signum: signal.Signals) -> None:
         for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
+
+
+def test_cli_worker_whose_model_folder_has_no_weights_says_so_in_one_line(
+    temporal_address: str, tmp_path: Path
+) -> None:
+    """A model folder copied without its weights (or holding Git LFS pointers) passes the
+    settings' check, which looks for its config: loading it was a traceback."""
+    from activities.embed import bundled_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(bundled_model_path(), model, ignore=shutil.ignore_patterns("*.safetensors"))
+    result = run_cli(
+        "worker",
+        "--role",
+        "embed",
+        env={
+            "DOCINGEST_HOME": str(tmp_path),
+            "DOCINGEST_DATABASE_URL": unreachable_database_url(),
+            "DOCINGEST_TEMPORAL_ADDRESS": temporal_address,
+            "DOCINGEST_EMBEDDING_MODEL": str(model),
+            "DOCINGEST_EMBEDDING_PRECISION": "float32",
+        },
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"docingest worker: DOCINGEST_EMBEDDING_MODEL: the model in {model} cannot be loaded: "
+        f"Error no file named model.safetensors, or pytorch_model.bin, found in directory {model}."
+    )
+    assert "Traceback" not in result.stderr

@@ -7,7 +7,19 @@ from typing import Any
 
 import pytest
 
+from core.errors import ConfigurationError
 from core.staging import StagingStore
+
+
+def test_a_folder_that_cannot_be_made_is_named_in_one_line(tmp_path: Path) -> None:
+    """The API and the worker said it as an OSError traceback."""
+    (tmp_path / "file").write_text("not a folder")
+    staging = tmp_path / "file" / "staging"
+    with pytest.raises(ConfigurationError) as refused:
+        StagingStore(f"file://{staging}")
+    assert str(refused.value) == (
+        f"DOCINGEST_STAGING_URL: cannot make the folder {staging}: Not a directory"
+    )
 
 
 def test_a_write_survives_the_task_folder_removed_under_it(
