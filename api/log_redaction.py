@@ -14,7 +14,10 @@ import re
 # The loggers whose lines quote a request's path and query string.
 SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access")
 REDACTED = "[redacted]"
-_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+# The parameter's name as the server reads it: each letter may come percent-encoded (`%74oken`
+# is `token` to the route, which took the key, and was logged whole).
+_NAME = "".join(f"(?:{letter}|%{ord(letter):02x})" for letter in "token")
+_TOKEN = re.compile(rf"([?&]{_NAME}=)[^&\s\"]*", re.IGNORECASE)
 
 
 class RedactTokens(logging.Filter):

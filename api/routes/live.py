@@ -1,9 +1,10 @@
 """Live progress of one upload over a WebSocket, read from Temporal like `/upload/status`.
 
 The workflow mirrors its progress into its memo on every change (once per embed batch
-too), so polling `describe()` a few times a second sees every step without a worker. The
-sockets of one owner on one task share that polling (api/status_feeds.py): one describe()
-per interval however many watch it.
+too), so a `describe()` after each change sees every step without a worker. Each change is
+an event of the workflow's history: a long poll of the history wakes the look (and costs
+the server nothing while the task waits). The sockets of one owner on one task share that
+polling (api/status_feeds.py): at most one describe() per interval however many watch it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.websockets import WebSocketState
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
+from temporalio.client import Client
 
 from api.deps import Resources
 from api.errors import DATABASE_UNAVAILABLE
 from api.schemas import TaskStatus
 from api.status_feeds import Look
 from api.task_status import find_task
+from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.keys import owner_for_key
 from workflows.types import Status
@@ -118,7 +123,8 @@ async def _follow(
     """Send each new status until a final one; None when the client went away."""
     seen = 0
     poll = partial(current_status, resources, owner, task_id)
-    async with resources.feeds.follow(owner, task_id, poll) as feed:
+    changed = WorkflowChanges(resources.temporal, task_id).changed
+    async with resources.feeds.follow(owner, task_id, poll, changed) as feed:
         while True:
             seen, look = await feed.after(seen)
             if isinstance(look, TaskStatus):
@@ -148,6 +154,42 @@ async def current_status(resources: Resources, owner: uuid.UUID, task_id: str) -
         async with resources.sessionmaker() as session:  # it connects only to read a record
             found = await find_task(resources.temporal, session, owner, task_id)
     return None if found is None else found[0]
+
+
+class WorkflowChanges:
+    """Waits for the task's workflow to record something new: every change of its status is
+    an event of its history (the memo's upsert, the run's end), which a long poll of the
+    history returns as it is written."""
+
+    def __init__(self, temporal: Client, task_id: str) -> None:
+        self._temporal = temporal
+        self._task_id = task_id
+        self._page_token = b""  # where the history read so far ends; b"": at its start
+
+    async def changed(self) -> None:
+        """Returns once events were written since the last call returned; the first call
+        reads the history so far, and returns at once."""
+        while True:
+            request = GetWorkflowExecutionHistoryRequest(
+                namespace=self._temporal.namespace,
+                execution=WorkflowExecution(workflow_id=self._task_id),
+                next_page_token=self._page_token,
+                wait_new_event=True,
+            )
+            try:
+                with temporal_unavailable_as_503("Cannot follow the task"):
+                    # Not retried: a server that went away ends the wait, and the look that
+                    # follows says whether it can be reached (1011 if not).
+                    page = await self._temporal.workflow_service.get_workflow_execution_history(
+                        request, retry=False
+                    )
+            except ServiceUnavailable:
+                self._page_token = b""
+                return
+            self._page_token = page.next_page_token  # b"" once its run ended
+            if page.history.events or not self._page_token:
+                return
+            # A long poll that expired with nothing new: wait again.
 
 
 async def _cancel_on_disconnect(websocket: WebSocket, scope: anyio.CancelScope) -> None:

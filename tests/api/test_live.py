@@ -270,9 +270,7 @@ async def test_live_shared_poll_stops_with_its_last_watcher(
                 await asyncio.sleep(1.0)
                 assert len(asked) - during <= 1.0 / POLL_INTERVAL_S + 1  # not 6 times that
                 assert len(feeds) == 1
-            before = len(asked)
-            await asyncio.sleep(4 * POLL_INTERVAL_S)
-            assert len(asked) > before  # the last watcher still has its poll
+            assert len(feeds) == 1  # the last watcher still has its poll
         while connection_tasks():
             await asyncio.sleep(0.05)
         assert len(feeds) == 0
@@ -280,6 +278,28 @@ async def test_live_shared_poll_stops_with_its_last_watcher(
         await asyncio.sleep(4 * POLL_INTERVAL_S)
         assert len(asked) == stopped
     await stack.client.get_workflow_handle(task_id).terminate("test over")
+
+
+async def test_live_unchanged_task_asks_temporal_nothing_until_it_changes(
+    stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queued tasks of a batch, one socket each: every socket's task was described once
+    per interval, changed or not (100 sockets, 400 describe() calls a second). The feed now
+    long-polls the workflow's history between looks: an unchanged task is not described
+    again, and its next change still comes at once."""
+    task_id = await start_queued_forever(stack, tenant)
+    app = create_app(stack_settings(stack))
+    async with asyncio.timeout(60), serve_app(app) as url:
+        asked = describes_asked(app, monkeypatch)
+        async with connect(ws_url(url, task_id), additional_headers=tenant.headers) as socket:
+            assert json.loads(await socket.recv())["status"] == "queued"
+            await asyncio.sleep(12 * POLL_INTERVAL_S)
+            assert len(asked) <= 2  # the first look, and one once the history was read
+            await stack.client.get_workflow_handle(task_id).terminate(reason="drained host 3")
+            seen = await receive_all(socket, Watched())
+    assert [(m["status"], m["error"]["type"]) for m in seen.messages] == [("error", "Terminated")]
+    assert "drained host 3" in seen.messages[0]["message"]
+    assert (seen.code, seen.reason) == (1000, "Task error")
 
 
 def _waiting_for_permit(latest: dict[str, Any], released: int) -> bool:
