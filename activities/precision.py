@@ -6,7 +6,9 @@
 - On a CPU with native bf16 it depends on the chip, so `auto` measures. On the development
   machine of 2026-11-29 (AVX512_BF16, no AMX) bfloat16 embedded at ~0.73x float32 in the
   embedding lanes: oneDNN's bf16 matrix product ran at ~75 GFLOPS on one core against MKL's
-  ~130 for float32. Where bf16 pays, it pays well: the issue that asked for it measured 1.9x.
+  ~130 for float32. Where bf16 pays, it pays well: the issue that asked for it measured 1.9x,
+  and on the AMD EPYC (Zen 4, AVX512_BF16) of 2026-11-30 night `auto` measured 1.76x and chose
+  it (oneDNN's bf16 product ~213 GFLOPS on one core against MKL's ~97 for float32).
 
 The measurement (activities/embed.py) runs the same micro-batches of chunk-sized texts in both
 precisions, alternately, after a warm-up; bfloat16 is taken only when it is at least
