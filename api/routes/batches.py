@@ -121,6 +121,7 @@ async def upload_batch(
                         max_file_bytes=settings.max_upload_bytes,
                         max_files=settings.max_batch_files,
                         max_request_bytes=settings.max_batch_bytes,
+                        batch=True,
                     )
                 )  # fmt: skip
                 agent = await lookup.agent_id()

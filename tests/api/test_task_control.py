@@ -326,6 +326,60 @@ async def test_batch_with_a_file_over_the_limit_rejects_only_that_file(
     assert entries[0]["status_code"] == 413
 
 
+async def test_a_batch_over_its_limits_is_refused_naming_the_batch_and_stages_nothing(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    """The refusals were guessed from the limits' values: a batch limit of one file answered
+    "use the batch endpoint for several" on the batch endpoint, and a batch limit equal to a
+    file's (plus the multipart framing) was named "the limit for a file" for a batch of two
+    files each under it."""
+    boundary = "a-batch-over-its-limits"
+
+    def part(name: str, data: bytes) -> bytes:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"'
+        return f"{head}\r\nContent-Type: text/plain\r\n\r\n".encode() + data + b"\r\n"
+
+    async def body(*files: tuple[str, bytes]) -> AsyncIterator[bytes]:
+        for name, data in files:  # streamed: no Content-Length, so the files are staged
+            yield part(name, data)
+        yield f"--{boundary}--\r\n".encode()
+
+    async def batch(limits: dict[str, int], *files: tuple[str, bytes]) -> httpx.Response:
+        settings = stack_settings(stack, staging_url=str(tmp_path / "staging"), **limits)
+        async with serve(settings) as url, httpx.AsyncClient(base_url=url) as http:
+            return await http.post(
+                "/upload/agent/batch",
+                params=params(tenant),
+                headers={
+                    **tenant.headers,
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                },
+                content=body(*files),
+            )
+
+    one_file = await batch(
+        {"max_batch_files": 1}, ("a.txt", lorem(2, seed=81).encode()), ("b.txt", b"second")
+    )
+    assert one_file.status_code == 422, one_file.text
+    assert one_file.json()["detail"] == (
+        "a batch holds at most 1 file(s); send the others in another batch"
+    )
+
+    per_file = 50_000
+    too_large = await batch(
+        {"max_upload_bytes": per_file, "max_batch_bytes": per_file + 64 * 1024},
+        ("a.txt", b"a " * 20_000),  # 40,000 bytes each: under the limit for a file
+        ("b.txt", b"b " * 20_000),
+        ("c.txt", b"c " * 20_000),
+    )
+    assert too_large.status_code == 413, too_large.text
+    assert too_large.json()["detail"] == (
+        f"the batch is larger than the {per_file + 64 * 1024}-byte limit for a whole batch; "
+        "send its files in several batches"
+    )
+    assert os.listdir(tmp_path / "staging") == []
+
+
 async def test_batch_with_a_docx_whose_parts_cannot_be_read_rejects_only_that_file(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
