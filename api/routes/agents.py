@@ -35,6 +35,7 @@ from api.schemas import (
 )
 from core.errors import InvalidRequest, NotFound
 from core.models import Agent, Document
+from core.staging import StagingStore
 from core.temporal import AGENT_ID, OWNER_ID
 from workflows.types import AGENT_DELETED, WORKFLOW_NAME, Status
 
@@ -239,6 +240,32 @@ async def delete_agent(
         raise NotFound(f"Agent {agent_id[:100]!r} not found")
     await cancel_running_ingests(temporal, owner, deleted)
     await remove_staged_uploads(staging, task_ids)
+    await remove_unrecorded_uploads(temporal, staging, owner, deleted)
+
+
+async def remove_unrecorded_uploads(
+    temporal: Client, staging: StagingStore, owner: uuid.UUID, agent_id: uuid.UUID
+) -> None:
+    """Remove the staged uploads of the deleted agent's tasks that an operator terminated, or
+    that timed out: they end `error` with no documents row, keep their upload for a retry,
+    and can no longer be retried. Left there, the deleted agent's files stayed until the
+    staging sweep (7 days by default). A failure is only logged: the sweep removes them."""
+    query = (
+        f"WorkflowType = '{WORKFLOW_NAME}' AND {OWNER_ID.name} = '{owner}' "
+        f"AND {AGENT_ID.name} = '{agent_id}' "
+        "AND ExecutionStatus IN ('Terminated', 'TimedOut')"
+    )
+    try:
+        task_ids = {
+            execution.id
+            async for execution in temporal.list_workflows(
+                query, page_size=_CANCEL_PAGE, rpc_timeout=_CANCEL_RPC_TIMEOUT
+            )
+        }
+    except Exception:  # the deletion stands, answered 204
+        log.warning("could not list the stopped uploads of agent %s", agent_id, exc_info=True)
+        return
+    await remove_staged_uploads(staging, sorted(task_ids))
 
 
 async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:

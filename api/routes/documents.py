@@ -7,13 +7,14 @@ import uuid
 
 import anyio
 from fastapi import APIRouter
-from sqlalchemy import delete, select
+from sqlalchemy import Row, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from api.deps import (
     ChangesTasks,
     OwnerDep,
+    ReadsDep,
     SessionDep,
     SessionmakerDep,
     StagingDep,
@@ -22,6 +23,7 @@ from api.deps import (
 from api.ownership import owned_row, parse_id
 from api.schemas import DocumentPublic, ErrorBody, TaskError
 from api.task_status import describe_owned
+from api.task_turns import TURN_PATIENCE_S, task_busy, task_turn
 from core.errors import Conflict, NotFound, ServiceUnavailable
 from core.models import Document
 from core.staging import StagingStore
@@ -75,28 +77,32 @@ async def delete_document(
     document_id: str,
     owner: OwnerDep,
     sessionmaker: SessionmakerDep,
+    reads: ReadsDep,
     temporal: TemporalDep,
     staging: StagingDep,
 ) -> None:
     """Delete one of the caller's documents, its chunks and its staged upload; 409 while its
     task runs."""
     parsed = parse_id(document_id)
-    if parsed is not None:
-        await _refuse_while_its_task_runs(sessionmaker, temporal, owner, parsed)
-    deleted = None
-    # Its own transaction, committed before the 204 is sent: a search made once the caller
-    # has the answer never finds the chunks. The chunks go in the same statement (ON DELETE
-    # CASCADE).
-    async with sessionmaker.begin() as session:
-        if parsed is not None:
-            deleted = await session.scalar(
-                delete(Document)
-                .where(Document.id == parsed, Document.owner_id == owner)
-                .returning(Document.task_id)
-            )
-    if deleted is None:
+    found = None if parsed is None else await _its_task(sessionmaker, owner, parsed)
+    if parsed is None or found is None:
         raise _not_found(document_id)
-    await remove_staged_uploads(staging, [deleted])
+    # A retry of the task takes the same turn: one that checked the staged upload before this
+    # delete and started its run after it wrote the row back.
+    async with task_turn(reads, found.task_id, TURN_PATIENCE_S, task_busy(found.task_id)) as turn:
+        await _refuse_while_its_task_runs(temporal, owner, parsed, found.task_id, found.filename)
+        # On the turn's connection (one per request: two, under a burst of deletes, took the
+        # whole pool and waited on each other), which commits each statement: before the 204
+        # is sent, so a search made once the caller has the answer never finds the chunks.
+        # The chunks go in the same statement (ON DELETE CASCADE).
+        deleted = await turn.scalar(
+            delete(Document)
+            .where(Document.id == parsed, Document.owner_id == owner)
+            .returning(Document.task_id)
+        )
+        if deleted is None:
+            raise _not_found(document_id)
+        await remove_staged_uploads(staging, [deleted])
 
 
 async def remove_staged_uploads(staging: StagingStore, task_ids: list[str]) -> None:
@@ -115,36 +121,37 @@ async def remove_staged_uploads(staging: StagingStore, task_ids: list[str]) -> N
     await anyio.to_thread.run_sync(remove_all)
 
 
-async def _refuse_while_its_task_runs(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    temporal: Client,
-    owner: uuid.UUID,
-    document_id: uuid.UUID,
-) -> None:
-    """409 when the document's task runs again (a retry): its store or its outcome would write
-    the row back, and the delete would be undone. With Temporal out of reach the delete goes
-    ahead (a retry running at that moment is rare; the delete should not wait for Temporal)."""
+async def _its_task(
+    sessionmaker: async_sessionmaker[AsyncSession], owner: uuid.UUID, document_id: uuid.UUID
+) -> Row[str, str] | None:
+    """The task id and file name of the caller's document; None when there is no such one."""
     async with sessionmaker() as session:
-        row = (
+        return (
             await session.execute(
                 select(Document.task_id, Document.filename).where(
                     Document.id == document_id, Document.owner_id == owner
                 )
             )
         ).first()
-    if row is None:
-        return
+
+
+async def _refuse_while_its_task_runs(
+    temporal: Client, owner: uuid.UUID, document_id: uuid.UUID, task_id: str, filename: str
+) -> None:
+    """409 when the document's task runs again (a retry): its store or its outcome would write
+    the row back, and the delete would be undone. With Temporal out of reach the delete goes
+    ahead (a retry running at that moment is rare; the delete should not wait for Temporal)."""
     try:
-        found = await describe_owned(temporal, owner, row.task_id)
+        found = await describe_owned(temporal, owner, task_id)
     except ServiceUnavailable:
-        log.warning("could not ask Temporal whether task %s runs", row.task_id, exc_info=True)
+        log.warning("could not ask Temporal whether task %s runs", task_id, exc_info=True)
         return
     if found is None:
         return
     description, _ = found
     if description.status is WorkflowExecutionStatus.RUNNING:
         raise Conflict(
-            f"Document {document_id} ({row.filename}) is still being processed by task "
-            f"{row.task_id}; cancel the task (POST /upload/{row.task_id}/cancel) or wait for it "
+            f"Document {document_id} ({filename}) is still being processed by task "
+            f"{task_id}; cancel the task (POST /upload/{task_id}/cancel) or wait for it "
             "to end, then delete the document"
         )

@@ -20,6 +20,7 @@ from temporalio.client import (
 from api.deps import (
     ChangesTasks,
     OwnerDep,
+    ReadsDep,
     SessionDep,
     SettingsDep,
     StagingDep,
@@ -28,12 +29,14 @@ from api.deps import (
 from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import find_task
+from api.task_turns import TURN_PATIENCE_S, task_busy, task_turn
 from api.temporal_errors import temporal_unavailable_as_503
 from core.durations import describe_duration
 from core.errors import Conflict, NotFound
 from core.models import Agent
+from core.settings import Settings
 from core.temporal import iso_utc
-from workflows.types import FailureType, Status
+from workflows.types import FailureType, IngestTask, Status
 
 router = APIRouter(
     prefix="/upload",
@@ -67,6 +70,7 @@ async def retry_task(
     task_id: str,
     owner: OwnerDep,
     settings: SettingsDep,
+    reads: ReadsDep,
     staging: StagingDep,
     temporal: TemporalDep,
     session: SessionDep,
@@ -92,17 +96,37 @@ async def retry_task(
     # Where its embed steps run is this deployment's, not the first run's: after a rename of
     # DOCINGEST_EMBED_TASK_QUEUE no worker polls the old queue, and the retry would wait there.
     task = dataclasses.replace(task, embed_task_queue=settings.embed_task_queue)
-    if await session.scalar(select(Agent.id).where(Agent.id == uuid.UUID(task.agent_id))) is None:
-        raise Conflict(
-            f"The agent {task.agent_id} of task {task_id} was deleted; it cannot be retried"
-        )
-    if not await anyio.to_thread.run_sync(staging.exists, task.task_id, task.original):
-        raise Conflict(
-            f"The staged original of {task.filename} was removed (its document was "
-            f"deleted, or staging is kept {describe_duration(settings.staging_ttl)} after a "
-            "task ends); upload it again"
-        )
-    await session.close()  # done with the database: no connection held while Temporal answers
+    await session.close()  # one connection at most per request: the turn's, below
+    # The delete of the task's document takes the same turn: between this check of the staged
+    # upload and the start, it removed row and upload, and the run wrote the row back.
+    async with task_turn(reads, task_id, TURN_PATIENCE_S, task_busy(task_id)) as turn:
+        agent = await turn.scalar(select(Agent.id).where(Agent.id == uuid.UUID(task.agent_id)))
+        if agent is None:
+            raise Conflict(
+                f"The agent {task.agent_id} of task {task_id} was deleted; it cannot be retried"
+            )
+        if not await anyio.to_thread.run_sync(staging.exists, task.task_id, task.original):
+            raise Conflict(
+                f"The staged original of {task.filename} was removed (its document was "
+                f"deleted, or staging is kept {describe_duration(settings.staging_ttl)} after "
+                "a task ends); upload it again"
+            )
+        await _start_again(temporal, settings, task, owner, status)
+    return UploadAccepted(
+        message=RETRY_MESSAGE,
+        filename=task.filename,
+        agent_id=task.agent_id,
+        task_id=task.task_id,
+        size_bytes=task.size_bytes,
+    )
+
+
+async def _start_again(
+    temporal: Client, settings: Settings, task: IngestTask, owner: uuid.UUID, status: TaskStatus
+) -> None:
+    """Start a new run of the task whose run ended `status` (once that run wrote its record
+    and closed); 409 when another request retried it first."""
+    task_id = task.task_id
     handle = temporal.get_workflow_handle(task_id)
     with temporal_unavailable_as_503("Cannot retry the task"):
         retried = _the_run_that_ended(task_id, status, await handle.describe())
@@ -124,13 +148,6 @@ async def retry_task(
         raise Conflict(
             f"Task {task_id} is already running again (retried by another request)"
         ) from exc
-    return UploadAccepted(
-        message=RETRY_MESSAGE,
-        filename=task.filename,
-        agent_id=task.agent_id,
-        task_id=task.task_id,
-        size_bytes=task.size_bytes,
-    )
 
 
 def _the_run_that_ended(

@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from api.deps import (
@@ -39,14 +36,14 @@ from api.task_status import (
     record_status,
     render_with_reason,
 )
+from api.task_turns import task_turn
 from api.upload_stream import (
     ReceivedFile,
     kept_fresh,
     receive_files,
     request_limit,
-    to_the_end,
 )
-from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound, ServiceUnavailable
+from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
 from workflows.types import IngestTask, Status
@@ -56,8 +53,6 @@ router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model":
 # Task ids of idempotent uploads are uuid5(owner:key) in this namespace.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("8f1d2c47-3f0e-4a53-9c55-2b7f4f0e9a11")
 _MAX_IDEMPOTENCY_KEY = 255
-# How long a request waits before it asks again for its Idempotency-Key's turn.
-KEY_TURN_POLL_S = 0.01
 # How long a request waits for its turn: a turn is a replay check and a workflow start, which
 # take under a second, and at most the start's deadline when Temporal is slow.
 KEY_TURN_PATIENCE_S = 60.0
@@ -104,40 +99,14 @@ async def key_turn(reads: AsyncEngine, task_id: str) -> AsyncIterator[AsyncConne
     """The turn of one Idempotency-Key, from its replay check to its start: requests with the
     key take turns. Between them the duplicate check could change its answer (another upload
     of the same bytes ended), and requests sent at once were answered, some as a duplicate of
-    that upload's task, the others with the key's own. A PostgreSQL advisory lock, shared by
-    every API process, on the connection the turn's reads use; a request waiting for the turn
-    holds no connection meanwhile, so turns cannot exhaust the pool, and one that waited
-    `KEY_TURN_PATIENCE_S` is answered 503."""
-    lock = int.from_bytes(uuid.UUID(task_id).bytes[:8], "big", signed=True)
-    deadline = time.monotonic() + KEY_TURN_PATIENCE_S
-    while True:
-        async with reads.connect() as connection:
-            if await _took_lock(connection, lock):
-                try:
-                    yield connection
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await connection.execute(select(func.pg_advisory_unlock(lock)))
-                return
-        if time.monotonic() > deadline:
-            raise ServiceUnavailable(
-                "Another request with this Idempotency-Key has been in progress for "
-                f"{KEY_TURN_PATIENCE_S:.0f} s; try again shortly"
-            )
-        await asyncio.sleep(KEY_TURN_POLL_S)
-
-
-async def _took_lock(connection: AsyncConnection, lock: int) -> bool:
-    """Whether `pg_try_advisory_lock` took the lock on `connection`. A cancel that came while
-    the server answered must not leave that unknown: a lock held by a connection back in the
-    pool would keep every later request of the key waiting."""
-
-    async def release(taken: Any) -> None:
-        if taken:
-            await connection.execute(select(func.pg_advisory_unlock(lock)))
-
-    taken = await to_the_end(connection.scalar(select(func.pg_try_advisory_lock(lock))), release)
-    return bool(taken)
+    that upload's task, the others with the key's own. One that waited `KEY_TURN_PATIENCE_S`
+    is answered 503."""
+    busy = (
+        "Another request with this Idempotency-Key has been in progress for "
+        f"{KEY_TURN_PATIENCE_S:.0f} s; try again shortly"
+    )
+    async with task_turn(reads, task_id, KEY_TURN_PATIENCE_S, busy) as connection:
+        yield connection
 
 
 async def discard(staging: StagingStore, received: list[ReceivedFile]) -> None:

@@ -384,6 +384,40 @@ async def test_documents_delete_removes_the_staged_upload_so_a_retry_cannot_brin
     assert await document_rows(stack, tenant.agent_id) == 0
 
 
+async def test_documents_delete_and_a_retry_sent_at_once_never_bring_the_document_back(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """A delete of a failed document and a retry of its task sent at once (two clients, a
+    "retry all failed" beside a cleanup) take turns: the retry runs and the delete is 409, or
+    the delete goes through and the retry is 409. Before, the retry checked that the upload
+    was staged, the delete removed row and upload, the retry started: both were answered
+    (202, 204), and the retried run wrote the row back (`error`, "the uploaded file is no
+    longer in the staging store", or `failed` again): the deleted document was listed again,
+    7 times in 8 here."""
+    for attempt in range(3):
+        failed = await ingest(http, tenant, f"cut{attempt}.pdf", make_pdf([str(attempt)])[:300])
+        task_id = failed["task_id"]
+        await ended(stack, task_id)  # the row is written once the task said `failed`
+        listed = await http.get(f"/agents/{tenant.agent_id}/documents", headers=tenant.headers)
+        (document,) = [d for d in listed.json()["documents"] if d["task_id"] == task_id]
+
+        retried, deleted = await asyncio.gather(
+            http.post(f"/upload/{task_id}/retry", headers=tenant.headers),
+            http.delete(f"/documents/{document['id']}", headers=tenant.headers),
+        )
+        assert {retried.status_code, deleted.status_code} <= {202, 204, 409}, (retried, deleted)
+        await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+        await ended(stack, task_id)
+        shown = await http.get(f"/documents/{document['id']}", headers=tenant.headers)
+        if deleted.status_code == 204:
+            assert shown.status_code == 404, (attempt, retried.json(), shown.json())
+            assert await document_rows(stack, tenant.agent_id) == 0
+            assert not staged(stack, task_id)
+        else:
+            assert (retried.status_code, shown.status_code) == (202, 200), deleted.json()
+            await http.delete(f"/documents/{document['id']}", headers=tenant.headers)
+
+
 async def test_documents_delete_stands_when_an_operator_resets_the_documents_task(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:
@@ -456,6 +490,37 @@ async def test_agents_delete_removes_the_staged_uploads_of_its_documents(
     deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
     assert deleted.status_code == 204
     assert not staged(stack, failed["task_id"])
+
+
+async def test_agents_delete_removes_the_staged_upload_of_a_task_an_operator_terminated(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, idle_api: str
+) -> None:
+    """A terminated task is `error` ("the upload can be retried") with no documents row: its
+    upload stays staged for a retry. Once its agent is deleted no retry can run, and the file
+    goes with the agent (before: kept until the staging sweep, 7 days by default)."""
+    async with httpx.AsyncClient(base_url=idle_api) as idle:  # no worker: it waits, queued
+        waiting = await idle.post(
+            "/upload/agent",
+            params={"agent_id": tenant.agent_id},
+            headers=tenant.headers,
+            files={"file": ("private.txt", lorem(5, seed=36).encode())},
+        )
+    assert waiting.status_code == 202, waiting.text
+    task_id = waiting.json()["task_id"]
+    await stack.client.get_workflow_handle(task_id).terminate("disk full on host 3")
+    query = f"WorkflowId = '{task_id}' AND ExecutionStatus = 'Terminated'"
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while not [run async for run in stack.client.list_workflows(query)]:
+            await asyncio.sleep(0.1)
+    status = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+    assert (status.json()["status"], status.json()["error"]["type"]) == ("error", "Terminated")
+    assert staged(stack, task_id)
+
+    deleted = await http.delete(f"/agents/{tenant.agent_id}", headers=tenant.headers)
+    assert deleted.status_code == 204
+    assert not staged(stack, task_id)
+    retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 409, retried.text
 
 
 async def test_agents_delete_leaves_no_staged_file_of_an_upload_it_missed(
