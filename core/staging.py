@@ -6,6 +6,7 @@ and the workers run on different machines) are used the same way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, BinaryIO, cast
 
@@ -93,7 +94,10 @@ class StagingStore:
     def remove(self, task_id: str, name: str) -> None:
         """Remove one staged object, and the task folder once empty; missing is not an error."""
         path = self.path(task_id, name)
-        if self.fs.exists(path):
+        # Not "exists, then rm": the task's cleanup may remove it in between (an upload of the
+        # same Idempotency-Key answered as a replay while the key's task ended), and that
+        # upload was answered 500.
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
         folder = self.folder(task_id)
         try:
@@ -105,5 +109,5 @@ class StagingStore:
     def remove_task(self, task_id: str) -> None:
         """Remove everything staged for a task; removing twice is not an error."""
         folder = self.folder(task_id)
-        if self.fs.exists(folder):
+        with contextlib.suppress(FileNotFoundError):  # another remover may be halfway through
             self.fs.rm(folder, recursive=True)
