@@ -17,6 +17,7 @@ from activities.embedding_record import Embedding, record_name, shard_record
 from activities.errors import staging_missing
 from activities.heartbeats import heartbeating_thread
 from activities.lanes import Lanes, usable_cores
+from activities.model_files import LOAD_ERRORS, unloadable
 from activities.onnx_int8 import OnnxInt8Embedder, model_key
 from activities.precision import (
     PRECISIONS,
@@ -188,14 +189,8 @@ class SentenceTransformerEmbedder:
                 local_files_only=True,
                 model_kwargs=model_kwargs,
             )
-        except (OSError, ValueError) as exc:
-            # A folder with its config but no weights (copied without them, or Git LFS
-            # pointers), or a config that names no model: a traceback from the worker's start.
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigurationError(
-                f"DOCINGEST_EMBEDDING_MODEL: the model in {self.model_path} cannot be loaded: "
-                f"{reason}"
-            ) from exc
+        except LOAD_ERRORS as exc:
+            raise unloadable(self.model_path, exc) from exc
         model.eval()
         return model
 

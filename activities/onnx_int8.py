@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from activities.lanes import Lanes, encode_by_length, usable_cores
+from activities.model_files import LOAD_ERRORS, unloadable
 from activities.vectors import Vectors, unit_rows
 from core.errors import ConfigurationError
 from core.filelock import exclusive
@@ -120,7 +121,10 @@ def _build(model_path: str, target: Path) -> None:
     # Eager attention exports to plain MatMul/Softmax, which the quantizer turns into int8
     # matrix products (measured: 1.9x float32 torch on an AVX-512 VNNI CPU; SDPA's export
     # and ONNX Runtime's BERT fusion both quantize to slower graphs).
-    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+    try:
+        model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+    except LOAD_ERRORS as exc:  # the model's fault, not the export folder's (OSError below)
+        raise unloadable(model_path, exc) from exc
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sample = tokenizer(
         ["an example", "a second, longer example"], padding=True, return_tensors="pt"

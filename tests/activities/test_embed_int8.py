@@ -4,6 +4,7 @@ search end to end."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -80,6 +81,32 @@ def test_int8_where_the_export_cannot_be_built_is_refused_naming_the_folder(
     blocked.write_text("a file where the folder should be")  # as a read-only home, for root
     with pytest.raises(ConfigurationError, match=r"cannot build the int8 export .* in .*models"):
         make_embedder(None, 32, "cpu", "int8", blocked)
+
+
+@pytest.mark.parametrize("lfs_pointer", [False, True], ids=["no-weights", "git-lfs-pointer"])
+def test_int8_of_a_model_folder_without_its_weights_names_the_model_not_the_export_folder(
+    tmp_path: Path, lfs_pointer: bool
+) -> None:
+    """A model folder copied without its weights was "cannot build the int8 export …: make
+    that folder writable", of a folder that was writable; one cloned without Git LFS (a
+    pointer file where its weights go) was a SafetensorError traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(bundled_model_path(), model, ignore=shutil.ignore_patterns("*.safetensors"))
+    if lfs_pointer:
+        (model / "model.safetensors").write_text(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:53aa5117\nsize 90868376\n"
+        )
+    with pytest.raises(ConfigurationError) as refused:
+        make_embedder(str(model), 32, "cpu", "int8", tmp_path / "models")
+    reason = (
+        "model.safetensors holds a Git LFS pointer, not the file: run `git lfs pull` in that "
+        "folder (the clone was made without Git LFS)"
+        if lfs_pointer
+        else "Error no file named model.safetensors"
+    )
+    assert str(refused.value).startswith(
+        f"DOCINGEST_EMBEDDING_MODEL: the model in {model} cannot be loaded: {reason}"
+    )
 
 
 def test_int8_vectors_agree_closely_with_float32(models_dir: Path) -> None:

@@ -723,15 +723,48 @@ def _stop_temporal(home: Path, signum: signal.Signals) -> None:
                 child.kill()
 
 
+# What a clone without Git LFS holds in place of a large file.
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db\n"
+    "size 90868376\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("pointer", "reason"),
+    [
+        (
+            None,
+            "Error no file named model.safetensors, or pytorch_model.bin, found in directory "
+            "{model}.",
+        ),
+        (
+            "model.safetensors",
+            "model.safetensors holds a Git LFS pointer, not the file: run `git lfs pull` in "
+            "that folder (the clone was made without Git LFS)",
+        ),
+        (
+            "pytorch_model.bin",
+            "pytorch_model.bin holds a Git LFS pointer, not the file: run `git lfs pull` in "
+            "that folder (the clone was made without Git LFS)",
+        ),
+    ],
+    ids=["no-weights", "lfs-safetensors", "lfs-bin"],
+)
 def test_cli_worker_whose_model_folder_has_no_weights_says_so_in_one_line(
-    temporal_address: str, tmp_path: Path
+    temporal_address: str, tmp_path: Path, pointer: str | None, reason: str
 ) -> None:
-    """A model folder copied without its weights (or holding Git LFS pointers) passes the
-    settings' check, which looks for its config: loading it was a traceback."""
+    """A model folder copied without its weights, or a model repository cloned without Git
+    LFS (a pointer file where its weights go), passes the settings' check, which looks for its
+    config: loading it was a traceback ("header too large" from safetensors; for a .bin,
+    torch's advice to load it with `weights_only=False`)."""
     from activities.embed import bundled_model_path
 
     model = tmp_path / "model"
     shutil.copytree(bundled_model_path(), model, ignore=shutil.ignore_patterns("*.safetensors"))
+    if pointer is not None:
+        (model / pointer).write_text(LFS_POINTER)
     result = run_cli(
         "worker",
         "--role",
@@ -747,6 +780,6 @@ def test_cli_worker_whose_model_folder_has_no_weights_says_so_in_one_line(
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-1] == (
         f"docingest worker: DOCINGEST_EMBEDDING_MODEL: the model in {model} cannot be loaded: "
-        f"Error no file named model.safetensors, or pytorch_model.bin, found in directory {model}."
-    )
+        + reason.format(model=model)
+    ), result.stderr
     assert "Traceback" not in result.stderr
