@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import email.message
 import hashlib
+import logging
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,9 +23,17 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from core.errors import DocingestError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from core.errors import (
+    DocingestError,
+    InvalidRequest,
+    PayloadTooLarge,
+    StagingUnwritable,
+    UnsupportedMediaType,
+)
 from core.formats import SNIFF_BYTES
-from core.staging import StagingStore
+from core.staging import StagingStore, refused_writes
+
+log = logging.getLogger(__name__)
 
 FILE_FIELD = "file"
 # Rewritten in each folder of a batch's received files while the request lasts (`kept_fresh`).
@@ -259,7 +268,8 @@ class _Receiver:
 
     def _open_sink(self, current: ReceivedFile) -> None:
         """In a worker thread: the file is the receiver's (to close) as soon as it exists."""
-        current._sink = self.staging.open_write(current.task_id, current.original)
+        with refused_writes():
+            current._sink = self.staging.open_write(current.task_id, current.original)
 
     async def _data(self, piece: bytes) -> None:
         current = self.current
@@ -300,11 +310,13 @@ class _Receiver:
         self.pending_bytes = 0
         if current._sink is not None:
             sink, current._sink = current._sink, None
-            await _to_thread_to_the_end(sink.close)
+            await _to_thread_to_the_end(_close_sink, sink)
 
     async def close_all(self) -> None:
+        """Close what is still open: files of a request that failed, to be discarded."""
         for received in self.received:
-            await self._close(received)
+            with contextlib.suppress(StagingUnwritable):  # its buffer, for a full store
+                await self._close(received)
 
 
 async def to_the_end(work: Awaitable[T], undo: Callable[[T], Awaitable[None]] | None = None) -> T:
@@ -333,7 +345,14 @@ def _hash_and_write(hasher: Any, sink: BinaryIO, data: bytes) -> None:
     """In a worker thread: sha256 releases the GIL on large buffers, so hashing a MiB (~6 ms
     without SHA extensions) runs beside the event loop instead of stalling every request."""
     hasher.update(data)
-    sink.write(data)
+    with refused_writes():
+        sink.write(data)
+
+
+def _close_sink(sink: BinaryIO) -> None:
+    """In a worker thread: the file's last buffered bytes are written as it closes."""
+    with refused_writes():
+        sink.close()
 
 
 async def receive_files(
@@ -380,6 +399,14 @@ async def receive_files(
         raise InvalidRequest("the client disconnected before the upload finished") from exc
     except FormParserError as exc:
         raise InvalidRequest(f"the multipart body is malformed: {exc}") from exc
+    except StagingUnwritable as exc:
+        # A 503, not a 500 "Internal error": the client learns why, and to send it later.
+        name = receiver.current.filename if receiver.current is not None else "the file"
+        # Its operator's to fix: the access log said only "503 Service Unavailable".
+        log.error("an upload could not be staged: %s", exc.__cause__)
+        raise StagingUnwritable(
+            f"{name} could not be received: {exc.detail}; nothing was kept, send it again later"
+        ) from exc
     finally:
         await receiver.close_all()
     if not received:

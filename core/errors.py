@@ -55,6 +55,13 @@ class ServiceUnavailable(DocingestError):
     status_code = 503
 
 
+class StagingUnwritable(ServiceUnavailable):
+    """The staging store refused a write: it is full, read-only, or not ours to write. A
+    worker's step that raises it fails with its class name as type, which the task's message
+    words (`FailureType.STAGING_UNWRITABLE`); the step is retried, as the store may have room
+    again by then."""
+
+
 class ConfigurationError(DocingestError):
     """The deployment is inconsistent (e.g. model dimension differs from the schema)."""
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
 import fsspec
 from fsspec.core import url_to_fs
 
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, StagingUnwritable
 
 ORIGINAL = "original"
 TEXT = "text.json"
@@ -74,12 +75,20 @@ class StagingStore:
         return int(self.fs.size(self.path(task_id, name)))
 
     def write_bytes(self, task_id: str, name: str, data: bytes) -> None:
-        """Write atomically where the backend allows it: a reader never sees half a file."""
+        """Write atomically where the backend allows it: a reader never sees half a file.
+        StagingUnwritable when the store refuses it (full, read-only), with nothing of it left
+        behind: each failed try of a step left its part, filling a full store further."""
         final = self.path(task_id, name)
         partial = f"{final}.partial"
-        with self.open_write(task_id, f"{name}.partial") as out:
-            out.write(data)
-        self.fs.mv(partial, final)
+        try:
+            with refused_writes():
+                with self.open_write(task_id, f"{name}.partial") as out:
+                    out.write(data)
+                self.fs.mv(partial, final)
+        except StagingUnwritable:
+            with contextlib.suppress(OSError):
+                self.fs.rm(partial)
+            raise
 
     def read_bytes(self, task_id: str, name: str) -> bytes:
         with self.open_read(task_id, name) as src:
@@ -111,3 +120,19 @@ class StagingStore:
         folder = self.folder(task_id)
         with contextlib.suppress(FileNotFoundError):  # another remover may be halfway through
             self.fs.rm(folder, recursive=True)
+
+
+@contextlib.contextmanager
+def refused_writes() -> Iterator[None]:
+    """A write's OSError as StagingUnwritable, saying why in the system's words ("No space
+    left on device"), never the path, which names the server's files. A full store was a
+    500 "Internal error" for an upload, and a task's step failed as "reading the file failed
+    with an internal error" or "the embedding model failed". FileNotFoundError stays itself:
+    a task folder removed meanwhile, which the steps report as their input gone."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        reason = f" ({exc.strerror})" if exc.strerror else ""
+        raise StagingUnwritable(f"the staging store could not be written{reason}") from exc

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import io
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import httpx
 import numpy as np
@@ -371,6 +373,39 @@ def private_home(prefix: str) -> Path:
     0700 whenever a session starts, which locks out PostgreSQL's own user (`pgserver` when
     running as root) of any other pytest session running at the same time."""
     return Path(tempfile.mkdtemp(prefix=f"docingest-{prefix}-"))
+
+
+class FullStaging(StagingStore):
+    """A staging store on a disk with no room left for the files whose names start with
+    `refused` ("" for every file): each is created, and writing it fails with ENOSPC (at
+    `write`, or at `close` for bytes still buffered), as a full disk does, until `full` is
+    cleared."""
+
+    def __init__(self, url: str, refused: str = "") -> None:
+        super().__init__(url)
+        self.refused = refused
+        self.full = True
+
+    def open_write(self, task_id: str, name: str) -> BinaryIO:
+        opened = super().open_write(task_id, name)
+        if not self.full or not name.startswith(self.refused):
+            return opened
+        return cast(BinaryIO, io.BufferedWriter(_NoRoom(opened)))
+
+
+class _NoRoom(io.RawIOBase):
+    def __init__(self, opened: BinaryIO) -> None:
+        self.opened = opened
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self) -> None:
+        self.opened.close()
+        super().close()
 
 
 class DelayedStore(StoreActivities):

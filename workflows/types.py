@@ -92,10 +92,13 @@ class FailureType:
     # (activities/store.py), a reader process died (activities/reader_process.py).
     COPY_NOT_SETTLED = "CopyNotSettled"
     READER_DIED = "ReaderDied"
+    # A step's write to the staging store was refused (core.errors.StagingUnwritable: the
+    # store full, read-only): the operator's to fix, not the file's nor the model's.
+    STAGING_UNWRITABLE = "StagingUnwritable"
     # Failures whose messages are written for the person who uploaded the file. Any other
     # (an exception of the database driver or the model) can name the database's host, SQL or
     # the server's files: the task's message says what failed in words of its own.
-    WORDED = frozenset({*NON_RETRYABLE, COPY_NOT_SETTLED, READER_DIED})
+    WORDED = frozenset({*NON_RETRYABLE, COPY_NOT_SETTLED, READER_DIED, STAGING_UNWRITABLE})
     # A step that raised an exception no code of ours named is recorded with that exception's
     # class (KeyError, OperationalError): words for operators, which change with the libraries.
     # The API shows the documented types only, and this one for any other.

@@ -19,10 +19,12 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.bridge.services_generated import WorkflowService
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.app import create_app
 from api.upload_stream import MAX_OTHER_FIELDS
 from core.embedded import free_port
 from tests.documents import lorem, make_docx_with_unreadable_rels, make_pdf
 from tests.support import (
+    FullStaging,
     Stack,
     Tenant,
     chunks_stored,
@@ -31,6 +33,7 @@ from tests.support import (
     new_tenant,
     runs_of,
     serve,
+    serve_app,
     stack_settings,
     upload_file,
     wait_for_status,
@@ -563,6 +566,32 @@ async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
     assert health.status_code == 503
     assert health.json()["temporal"] == "unavailable"
     assert health.json()["database"] == "ok"
+
+
+@pytest.mark.parametrize("route", ["/upload/agent", "/upload/agent/batch"])
+async def test_upload_into_a_full_staging_store_is_503_saying_so_and_leaves_nothing(
+    stack: Stack, tenant: Tenant, route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full staging disk was a 500 "Internal error; it has been logged": the client could
+    not tell that nothing was kept, nor that the same upload may be sent again later. Its
+    operator is told too."""
+    app = create_app(stack.settings)
+    before = staged_tasks(stack)
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        app.state.resources.staging = FullStaging(stack.settings.resolved_staging_url)
+        response = await http.post(
+            f"{route}?agent_id={tenant.agent_id}",
+            headers=tenant.headers,
+            files={"file": ("notes.txt", lorem(40, seed=81).encode())},
+        )
+    assert response.status_code == 503, response.text
+    assert response.json() == {
+        "detail": "notes.txt could not be received: the staging store could not be written "
+        "(No space left on device); nothing was kept, send it again later",
+        "code": "service_unavailable",
+    }
+    assert staged_tasks(stack) <= before
+    assert "an upload could not be staged: [Errno 28] No space left on device" in caplog.text
 
 
 @contextlib.contextmanager

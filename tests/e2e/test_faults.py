@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +33,7 @@ from tests.support import (
     FIGURES,
     ApiProcess,
     FakeEmbedder,
+    FullStaging,
     Stack,
     Tenant,
     WorkerProcess,
@@ -318,6 +321,41 @@ async def test_fault_staging_removed_under_a_task_ends_error_with_a_reason(
     assert final["status"] == "error"
     assert final["error"]["type"] == "StagingMissing"
     assert "the uploaded file is no longer in the staging store" in final["message"]
+
+
+@pytest.mark.parametrize("refused", ["chunks/", "vectors/"])
+async def test_fault_staging_full_under_a_task_says_so_and_its_retry_completes(
+    stack: Stack, tenant: Tenant, refused: str
+) -> None:
+    """A staging disk with no room for the chunks a step writes, or for their vectors: the
+    task said "reading the file failed with an internal error", or "the embedding model
+    failed", and each try left a part-written file, filling the disk further. Once there is
+    room again, its retry completes from the upload kept."""
+    settings = fault_settings(stack)
+    full = FullStaging(settings.resolved_staging_url, refused)
+    workers = running_workers(dataclasses.replace(stack, staging=full), settings, FakeEmbedder())
+    async with (
+        serve(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+        workers,
+    ):
+        task_id = await upload_text(http, tenant, lorem(60, seed=700 + len(refused)))
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+        assert final["status"] == "error", final
+        reason = "the staging store could not be written (No space left on device)"
+        assert final["error"] == {"type": "StagingUnwritable", "message": reason}
+        assert final["message"] == (
+            f"Processing long.txt stopped after repeated errors: {reason}. "
+            "The upload is kept and can be retried."
+        )
+        folder = Path(settings.resolved_staging_url, task_id)
+        written = [name for _, _, names in os.walk(folder) for name in names]
+        assert not [name for name in written if name.endswith(".partial")], written
+        full.full = False  # room again
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert retried.status_code == 202, retried.text
+        final = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    await assert_stored_once(stack, final)
 
 
 async def slow_body(boundary: str, name: str, pieces: int) -> AsyncIterator[bytes]:
