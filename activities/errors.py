@@ -32,6 +32,21 @@ def refusal(message: str, error_type: str) -> ApplicationError:
     )
 
 
+def staging_damaged(what: str, size_bytes: int, expected_bytes: int) -> ApplicationError:
+    """A staged input is not what was received (cut short or changed by a crash of its disk):
+    ingested, its chunks would be a part of the file, or other text, and no one would know."""
+    differs = (
+        f"{size_bytes} of its {expected_bytes} bytes are there"
+        if size_bytes != expected_bytes
+        else "its bytes differ from those received (SHA-256)"
+    )
+    return ApplicationError(
+        f"{what} in the staging store is damaged: {differs}",
+        type=FailureType.STAGING_MISSING,
+        non_retryable=True,
+    )
+
+
 def staging_missing(what: str) -> ApplicationError:
     """The staged input of a step vanished: the task ends `error`, retries cannot bring it back."""
     return ApplicationError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -25,7 +26,12 @@ from docx.oxml.table import CT_Row, CT_Tc
 from docx.oxml.xmlchemy import BaseOxmlElement
 from temporalio import activity
 
-from activities.errors import RejectedDocument, rejected_to_failure, staging_missing
+from activities.errors import (
+    RejectedDocument,
+    rejected_to_failure,
+    staging_damaged,
+    staging_missing,
+)
 from activities.reader_process import READ_IN_CHILD, ReaderLimits, read_in_child
 from core.formats import DocumentFormat, decode_html, decode_text
 from core.staging import TEXT, StagingStore
@@ -715,6 +721,8 @@ class ExtractActivities:
             data = self.staging.read_bytes(task.task_id, task.original)
         except FileNotFoundError as exc:
             raise staging_missing("the uploaded file") from exc
+        if len(data) != task.size_bytes or hashlib.sha256(data).hexdigest() != task.sha256:
+            raise staging_damaged("the uploaded file", len(data), task.size_bytes)
         fmt = DocumentFormat(task.format)
         try:
             if fmt in READ_IN_CHILD:

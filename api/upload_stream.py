@@ -31,7 +31,7 @@ from core.errors import (
     UnsupportedMediaType,
 )
 from core.formats import SNIFF_BYTES
-from core.staging import StagingStore, refused_writes
+from core.staging import StagingStore, close_durably, refused_writes
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,7 @@ class _Receiver:
         if current is not None and current.error is None:
             await self._flush(current)
             await self._close(current)
+            await _to_thread_to_the_end(_make_durable, self.staging, current.task_id)
             current.sha256 = current._hasher.hexdigest()
         self.current = None
 
@@ -349,10 +350,17 @@ def _hash_and_write(hasher: Any, sink: BinaryIO, data: bytes) -> None:
         sink.write(data)
 
 
-def _close_sink(sink: BinaryIO) -> None:
-    """In a worker thread: the file's last buffered bytes are written as it closes."""
+def _make_durable(staging: StagingStore, task_id: str) -> None:
+    """In a worker thread: the file's folder entries on the disk (`StagingStore.make_durable`)."""
     with refused_writes():
-        sink.close()
+        staging.make_durable(task_id)
+
+
+def _close_sink(sink: BinaryIO) -> None:
+    """In a worker thread: the file's last buffered bytes are written, and on the disk, as it
+    closes."""
+    with refused_writes():
+        close_durably(sink)
 
 
 async def receive_files(

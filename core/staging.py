@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from core.errors import ConfigurationError, StagingUnwritable
 
@@ -64,6 +66,20 @@ class StagingStore:
             # task whose id an upload reuses (a repeated Idempotency-Key). Make it again, once.
             self.fs.makedirs(folder, exist_ok=True)
             return cast(BinaryIO, self.fs.open(path, "wb"))
+
+    def make_durable(self, task_id: str) -> None:
+        """On a local disk, the task's folder and its entry in the store survive a crash of the
+        host (a file's bytes are synced as it closes: `close_durably`): an upload is
+        acknowledged only once it would be found after a reboot. An object store (S3) has its
+        objects durable once written; nothing to do there."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return
+        for folder in (self.folder(task_id), self.root):
+            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
 
     def open_read(self, task_id: str, name: str) -> BinaryIO:
         return cast(BinaryIO, self.fs.open(self.path(task_id, name), "rb"))
@@ -120,6 +136,20 @@ class StagingStore:
         folder = self.folder(task_id)
         with contextlib.suppress(FileNotFoundError):  # another remover may be halfway through
             self.fs.rm(folder, recursive=True)
+
+
+def close_durably(sink: BinaryIO) -> None:
+    """Close a file opened by `open_write`, its bytes on the disk first where it is a local
+    file (the API answered 202 with the file still in the page cache: a host crash then lost
+    an acknowledged upload, or kept it cut short)."""
+    sink.flush()
+    try:
+        descriptor = sink.fileno()
+    except (AttributeError, OSError, ValueError):  # an object store's file: durable as it closes
+        descriptor = None
+    if descriptor is not None:
+        os.fsync(descriptor)
+    sink.close()
 
 
 @contextlib.contextmanager

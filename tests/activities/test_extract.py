@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import codecs
 import dataclasses
+import hashlib
 import io
 import random
 import zipfile
@@ -848,7 +849,7 @@ def staged_html(tmp_path: Path, data: bytes) -> tuple[StagingStore, IngestTask]:
         filename="large.html",
         format=DocumentFormat.HTML.value,
         size_bytes=len(data),
-        sha256="unused",
+        sha256=hashlib.sha256(data).hexdigest(),
         chunk_size=200,
         chunk_overlap=20,
         embed_task_queue="unused",

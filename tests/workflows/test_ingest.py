@@ -483,6 +483,36 @@ async def test_a_task_whose_upload_left_staging_ends_error_and_asks_for_it_again
     assert (document.status, document.error_type) == (Status.ERROR, "StagingMissing")
 
 
+@pytest.mark.parametrize("damage", ["cut short", "changed"])
+async def test_a_task_whose_staged_upload_is_damaged_ends_error_and_stores_nothing(
+    stack: Stack, fake_settings: Settings, tenant: Tenant, damage: str
+) -> None:
+    """The staged original is not what was received: cut short, or other bytes of its size
+    (a host that crashed after the 202, a disk that lost a block). It was ingested as it was,
+    part of the file stored `complete` and no one told; the task now ends `error` saying so."""
+    data = lorem(40, seed=7).encode()
+    task = stage(stack, fake_settings, tenant, data, DocumentFormat.TEXT, "a.txt")
+    damaged = data[: len(data) // 2] if damage == "cut short" else data.upper()
+    stack.staging.write_bytes(task.task_id, ORIGINAL, damaged)
+    handle, cause = await run_to_failure(stack, fake_settings, task)
+    differs = (
+        f"{len(damaged)} of its {len(data)} bytes are there"
+        if damage == "cut short"
+        else "its bytes differ from those received (SHA-256)"
+    )
+    message = (
+        "Processing a.txt stopped: the uploaded file in the staging store is damaged: "
+        f"{differs}; upload it again"
+    )
+    assert (cause.type, cause.message) == ("StagingMissing", message)
+    progress = await handle.query(IngestDocument.progress)
+    assert (progress.status, progress.message) == (Status.ERROR, message)
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    assert (document.status, document.chunk_count) == (Status.ERROR, 0)
+
+
 async def reset_to_first_workflow_task(
     stack: Stack, handle: WorkflowHandle[IngestDocument, TaskProgress]
 ) -> WorkflowHandle[IngestDocument, TaskProgress]:
