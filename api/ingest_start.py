@@ -25,7 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.ownership import owned_id
 from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
-from api.upload_stream import ReceivedFile
+from api.upload_stream import ReceivedFile, made_durable
 from core.dedup import StoredCopy, settled, stored_copy
 from core.errors import InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, is_zip, sniff_format, sniff_head
@@ -172,6 +172,7 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
         )
     task = _ingest_task(request, received, fmt)
     await start_ingest(request.temporal, request.settings, task, request.owner, request.idempotent)
+    await made_durable(received)
     return UploadAccepted(
         filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
         size_bytes=task.size_bytes,

@@ -31,7 +31,7 @@ from core.errors import (
     UnsupportedMediaType,
 )
 from core.formats import SNIFF_BYTES
-from core.staging import StagingStore, close_durably, refused_writes
+from core.staging import StagingStore, refused_writes
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class ReceivedFile:
     error: DocingestError | None = None
     _hasher: Any = field(default_factory=hashlib.sha256, repr=False)
     _sink: BinaryIO | None = field(default=None, repr=False)
+    # The fsync of the staged file, started once it is received (`made_durable`).
+    durable: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
 # A staging target for the next file: (task_id, name of the original inside its folder).
@@ -295,8 +297,13 @@ class _Receiver:
         if current is not None and current.error is None:
             await self._flush(current)
             await self._close(current)
-            await _to_thread_to_the_end(_make_durable, self.staging, current.task_id)
             current.sha256 = current._hasher.hexdigest()
+            # On the disk while the request goes on (sniffing, the duplicate check, the
+            # workflow's start); the 202 waits for it (`made_durable`).
+            current.durable = asyncio.ensure_future(
+                anyio.to_thread.run_sync(_make_durable, self.staging, current)
+            )
+            current.durable.add_done_callback(_retrieved)
         self.current = None
 
     async def _flush(self, current: ReceivedFile) -> None:
@@ -350,17 +357,34 @@ def _hash_and_write(hasher: Any, sink: BinaryIO, data: bytes) -> None:
         sink.write(data)
 
 
-def _make_durable(staging: StagingStore, task_id: str) -> None:
-    """In a worker thread: the file's folder entries on the disk (`StagingStore.make_durable`)."""
+def _make_durable(staging: StagingStore, received: ReceivedFile) -> None:
+    """In a worker thread: the staged file on the disk (`StagingStore.make_durable`)."""
     with refused_writes():
-        staging.make_durable(task_id)
+        staging.make_durable(received.task_id, received.original)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """A discarded upload's fsync is awaited by no one: its failure is not worth a warning."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def made_durable(received: ReceivedFile) -> None:
+    """Wait until the received file is on the disk, before it is acknowledged. A disk that
+    refuses the fsync (an I/O error) is logged: the workflow that owns the file has started,
+    and the worker checks the file's size and SHA-256 before it reads it."""
+    if received.durable is None:
+        return
+    try:
+        await received.durable
+    except StagingUnwritable as exc:
+        log.error("an upload could not be synced to the disk: %s", exc.__cause__)
 
 
 def _close_sink(sink: BinaryIO) -> None:
-    """In a worker thread: the file's last buffered bytes are written, and on the disk, as it
-    closes."""
+    """In a worker thread: the file's last buffered bytes are written as it closes."""
     with refused_writes():
-        close_durably(sink)
+        sink.close()
 
 
 async def receive_files(

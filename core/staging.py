@@ -67,19 +67,25 @@ class StagingStore:
             self.fs.makedirs(folder, exist_ok=True)
             return cast(BinaryIO, self.fs.open(path, "wb"))
 
-    def make_durable(self, task_id: str) -> None:
-        """On a local disk, the task's folder and its entry in the store survive a crash of the
-        host (a file's bytes are synced as it closes: `close_durably`): an upload is
-        acknowledged only once it would be found after a reboot. An object store (S3) has its
-        objects durable once written; nothing to do there."""
+    def make_durable(self, task_id: str, name: str) -> None:
+        """On a local disk, put the staged object, its task's folder and the folder's entry in
+        the store on the disk (fsync), so that they survive a crash of the host: the API
+        answered 202 with an upload still in the page cache, which a crash then lost or kept
+        cut short. An object store (S3) keeps an object once written: nothing to do there.
+        An object removed meanwhile (its upload discarded) is no error."""
         if not isinstance(self.fs, LocalFileSystem):
             return
-        for folder in (self.folder(task_id), self.root):
-            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+        with contextlib.suppress(FileNotFoundError):
+            for path, flags in (
+                (self.path(task_id, name), os.O_RDONLY),
+                (self.folder(task_id), os.O_RDONLY | os.O_DIRECTORY),
+                (self.root, os.O_RDONLY | os.O_DIRECTORY),
+            ):
+                descriptor = os.open(path, flags)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
 
     def open_read(self, task_id: str, name: str) -> BinaryIO:
         return cast(BinaryIO, self.fs.open(self.path(task_id, name), "rb"))
@@ -136,20 +142,6 @@ class StagingStore:
         folder = self.folder(task_id)
         with contextlib.suppress(FileNotFoundError):  # another remover may be halfway through
             self.fs.rm(folder, recursive=True)
-
-
-def close_durably(sink: BinaryIO) -> None:
-    """Close a file opened by `open_write`, its bytes on the disk first where it is a local
-    file (the API answered 202 with the file still in the page cache: a host crash then lost
-    an acknowledged upload, or kept it cut short)."""
-    sink.flush()
-    try:
-        descriptor = sink.fileno()
-    except (AttributeError, OSError, ValueError):  # an object store's file: durable as it closes
-        descriptor = None
-    if descriptor is not None:
-        os.fsync(descriptor)
-    sink.close()
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,27 @@ def test_a_task_id_that_names_another_folder_is_refused(tmp_path: Path, task_id:
     with pytest.raises(ValueError, match="is not a task id"):
         staging.write_bytes(task_id, "original", b"x")
     assert staging.read_bytes("kept", "original") == b"an upload"
+
+
+def test_make_durable_syncs_a_staged_file_and_its_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload is on the disk before its 202: the file, its task's folder and the store's
+    folder (which holds the task folder's entry) are each synced; one discarded meanwhile is
+    no error, and an object store (no local files) has nothing to sync."""
+    staging = StagingStore(str(tmp_path))
+    staging.write_bytes("task", "original", b"received bytes")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    staging.make_durable("task", "original")
+    assert synced == [str(tmp_path / "task" / "original"), str(tmp_path / "task"), str(tmp_path)]
+    staging.remove_task("task")
+    staging.make_durable("task", "original")  # discarded: nothing to sync, no error
+    StagingStore("memory://staging").make_durable("task", "original")
+    assert len(synced) == 3
