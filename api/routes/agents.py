@@ -250,11 +250,7 @@ async def remove_unrecorded_uploads(
     that timed out: they end `error` with no documents row, keep their upload for a retry,
     and can no longer be retried. Left there, the deleted agent's files stayed until the
     staging sweep (7 days by default). A failure is only logged: the sweep removes them."""
-    query = (
-        f"WorkflowType = '{WORKFLOW_NAME}' AND {OWNER_ID.name} = '{owner}' "
-        f"AND {AGENT_ID.name} = '{agent_id}' "
-        "AND ExecutionStatus IN ('Terminated', 'TimedOut')"
-    )
+    query = _agent_workflows(owner, agent_id, "ExecutionStatus IN ('Terminated', 'TimedOut')")
     try:
         task_ids = {
             execution.id
@@ -284,11 +280,16 @@ async def cancel_running_ingests(temporal: Client, owner: uuid.UUID, agent_id: u
     await asyncio.wait([cancelling], timeout=_CANCEL_DEADLINE.total_seconds())
 
 
-async def _cancel_every_page(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:
-    query = (
+def _agent_workflows(owner: uuid.UUID, agent_id: uuid.UUID, condition: str) -> str:
+    """The visibility query of the agent's ingest workflows that meet `condition`."""
+    return (
         f"WorkflowType = '{WORKFLOW_NAME}' AND {OWNER_ID.name} = '{owner}' "
-        f"AND {AGENT_ID.name} = '{agent_id}' AND ExecutionStatus = 'Running'"
+        f"AND {AGENT_ID.name} = '{agent_id}' AND {condition}"
     )
+
+
+async def _cancel_every_page(temporal: Client, owner: uuid.UUID, agent_id: uuid.UUID) -> None:
+    query = _agent_workflows(owner, agent_id, "ExecutionStatus = 'Running'")
     try:
         page: list[tuple[str, str | None]] = []
         async for execution in temporal.list_workflows(
