@@ -462,6 +462,21 @@ async def test_a_cancel_that_came_while_a_complete_task_cleaned_up_still_cleans_
     assert replay.replay_failure is None
 
 
+async def staging_failure(
+    stack: Stack, settings: Settings, task: IngestTask, message: str
+) -> Document:
+    """Run a task whose staged upload is missing or damaged: it fails as `StagingMissing` with
+    `message`, its progress says the same, and its document row is returned."""
+    handle, cause = await run_to_failure(stack, settings, task)
+    assert (cause.type, cause.message) == ("StagingMissing", message)
+    progress = await handle.query(IngestDocument.progress)
+    assert (progress.status, progress.message) == (Status.ERROR, message)
+    async with stack.sessionmaker() as session:
+        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
+    assert document is not None
+    return document
+
+
 async def test_a_task_whose_upload_left_staging_ends_error_and_asks_for_it_again(
     stack: Stack, fake_settings: Settings, tenant: Tenant
 ) -> None:
@@ -469,17 +484,11 @@ async def test_a_task_whose_upload_left_staging_ends_error_and_asks_for_it_again
     the message does not promise a retry that `/retry` would refuse."""
     task = stage(stack, fake_settings, tenant, lorem(3).encode(), DocumentFormat.TEXT, "a.txt")
     stack.staging.remove_task(task.task_id)
-    handle, cause = await run_to_failure(stack, fake_settings, task)
     message = (
         "Processing a.txt stopped: the uploaded file is no longer in the staging store; "
         "upload it again"
     )
-    assert (cause.type, cause.message) == ("StagingMissing", message)
-    progress = await handle.query(IngestDocument.progress)
-    assert (progress.status, progress.message) == (Status.ERROR, message)
-    async with stack.sessionmaker() as session:
-        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
-    assert document is not None
+    document = await staging_failure(stack, fake_settings, task, message)
     assert (document.status, document.error_type) == (Status.ERROR, "StagingMissing")
 
 
@@ -494,7 +503,6 @@ async def test_a_task_whose_staged_upload_is_damaged_ends_error_and_stores_nothi
     task = stage(stack, fake_settings, tenant, data, DocumentFormat.TEXT, "a.txt")
     damaged = data[: len(data) // 2] if damage == "cut short" else data.upper()
     stack.staging.write_bytes(task.task_id, ORIGINAL, damaged)
-    handle, cause = await run_to_failure(stack, fake_settings, task)
     differs = (
         f"{len(damaged)} of its {len(data)} bytes are there"
         if damage == "cut short"
@@ -504,12 +512,7 @@ async def test_a_task_whose_staged_upload_is_damaged_ends_error_and_stores_nothi
         "Processing a.txt stopped: the uploaded file in the staging store is damaged: "
         f"{differs}; upload it again"
     )
-    assert (cause.type, cause.message) == ("StagingMissing", message)
-    progress = await handle.query(IngestDocument.progress)
-    assert (progress.status, progress.message) == (Status.ERROR, message)
-    async with stack.sessionmaker() as session:
-        document = await session.scalar(select(Document).where(Document.task_id == task.task_id))
-    assert document is not None
+    document = await staging_failure(stack, fake_settings, task, message)
     assert (document.status, document.chunk_count) == (Status.ERROR, 0)
 
 
