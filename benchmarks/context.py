@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from activities.embed import Embedder
+from benchmarks.baseline import plain_model
 from benchmarks.corpus import Document, corpus
 from benchmarks.encoding import Encoding, encode_timed, worker_batches, worker_embedder
 from benchmarks.stack import Stack
@@ -74,6 +76,7 @@ class Context:
     stored_corpus: list[list[str]] | None = None
     _embedders: dict[str, Embedder] = field(default_factory=dict)
     _encodings: dict[tuple[str, int], Encoding] = field(default_factory=dict)
+    _plain_models: dict[str, Any] = field(default_factory=dict)
 
     def corpus(self) -> list[Document]:
         return corpus(list(self.sizes.text_document_chunks), list(self.sizes.pdf_chunks))
@@ -105,6 +108,14 @@ class Context:
             self._encodings[key] = await asyncio.to_thread(encode_timed, embedder, shards)
         return self._encodings[key]
 
+    async def plain_model(self, precision: str) -> Any:
+        """The model as a plain sentence-transformers script loads it (benchmarks/baseline.py)."""
+        if precision not in self._plain_models:
+            model = self.stack.settings.embedding_model
+            self._plain_models[precision] = await asyncio.to_thread(plain_model, model, precision)
+        return self._plain_models[precision]
+
     def release_models(self) -> None:
         """Free the benchmark's own models before figures that measure memory or latency."""
         self._embedders.clear()
+        self._plain_models.clear()

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from benchmarks.__main__ import parse_args
 from benchmarks.bare_upload import create_bare_app
+from benchmarks.baseline import libpq_url
 from benchmarks.context import QUICK
 from benchmarks.corpus import Document, corpus, first_sentence, local_chunks, make_pdf, variant
 from benchmarks.encoding import encode_timed, worker_batches
@@ -141,3 +142,9 @@ def test_bare_upload_streams_the_file_part_to_disk(tmp_path: Path) -> None:
     assert response.status_code == 202
     assert response.json() == {"size_bytes": len(data)}
     assert [path.read_bytes() for path in tmp_path.iterdir()] == [data]
+
+
+def test_the_typical_pipeline_connects_with_libpq_to_the_stacks_database() -> None:
+    """The stack's SQLAlchemy URL (psycopg driver, socket folder as `host`) as libpq reads it."""
+    url = "postgresql+psycopg://postgres@/docingest?host=/tmp/pg-socket"
+    assert libpq_url(url) == "postgresql://postgres@/docingest?host=%2Ftmp%2Fpg-socket"
