@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import email
+import email.policy
 import hashlib
 import io
 import math
@@ -19,9 +22,10 @@ import docx
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from docx.document import Document
-from docx.opc.constants import RELATIONSHIP_TYPE
+from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
+from docx.opc.part import Part, PartFactory
 from docx.oxml.ns import qn
-from docx.oxml.parser import parse_xml
+from docx.oxml.parser import OxmlElement, parse_xml
 from docx.oxml.table import CT_Row, CT_Tc
 from docx.oxml.xmlchemy import BaseOxmlElement
 from temporalio import activity
@@ -181,11 +185,13 @@ def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> Extract
     pages = len(document)
     if on_page is not None:
         on_page(0, pages)
-    unreadable = 0
+    unreadable = readable = 0
     for index in range(pages):
         page_text = _page_text(document, index)
         if page_text is None:
             page_text, unreadable = "", unreadable + 1
+        elif page_text:
+            readable += 1
         page_starts.append(offset)
         parts.append(page_text)
         offset += len(page_text) + len(PAGE_SEPARATOR)
@@ -197,11 +203,19 @@ def _read_pages(document: pdfium.PdfDocument, on_page: OnPage | None) -> Extract
             FailureType.EMPTY_DOCUMENT,
             "the PDF contains no extractable text (its fonts do not say which letters they draw)",
         )
+    if unreadable > readable:
+        # Stored, it was a fraction of the document, searched as though it were all of it.
+        raise RejectedDocument(
+            FailureType.EMPTY_DOCUMENT,
+            f"the text of {unreadable} of the PDF's {pages} pages cannot be extracted (their "
+            "fonts do not say which letters they draw)",
+        )
     return ExtractedText(text, page_starts)
 
 
 def _page_text(document: pdfium.PdfDocument, index: int) -> str | None:
-    """The page's text; None when most of it is characters that no text holds (_NOT_TEXT)."""
+    """The page's text; None when most of it is characters that no text holds (_NOT_TEXT), or
+    that PDFium knows no letter for (_sample_characters)."""
     try:
         page = _page_with_annotations_drawn(document, index)
         try:
@@ -213,6 +227,8 @@ def _page_text(document: pdfium.PdfDocument, index: int) -> str | None:
             FailureType.CORRUPT_DOCUMENT,
             f"the PDF is damaged and its page {index + 1} cannot be read",
         ) from exc
+    if raw is None:
+        return None
     lines = raw.replace("\r\n", "\n").replace("\r", "\n").replace(_PDFIUM_LINE_END_HYPHEN, "")
     if len(_NOT_TEXT.findall(lines)) * 2 > len(_SPACE.sub("", lines)):
         return None
@@ -234,10 +250,13 @@ _DIRECTION_SLACK = 10
 _DIRECTION_MAJORITY = 0.9
 
 
-def _text_along_its_lines(page: pdfium.PdfPage) -> str:
+def _text_along_its_lines(page: pdfium.PdfPage) -> str | None:
+    """The page's text; None when most of its characters have no letter that PDFium knows."""
     text_page = page.get_textpage()
     try:
-        direction = _text_direction(text_page)
+        direction, unmapped = _sample_characters(text_page)
+        if unmapped:
+            return None
         if direction is None or (direction == 0 and page.get_rotation() == 0):
             return _all_text(text_page)
     finally:
@@ -259,24 +278,33 @@ def _all_text(text_page: pdfium.PdfTextPage) -> str:
     return text
 
 
-def _text_direction(text_page: pdfium.PdfTextPage) -> int | None:
+def _sample_characters(text_page: pdfium.PdfTextPage) -> tuple[int | None, bool]:
     """The direction (0, 90, 180 or 270 degrees, counterclockwise) that nearly all of the
-    page's characters run in (_DIRECTION_MAJORITY); None when none does (slanted, mixed)."""
+    page's characters run in (_DIRECTION_MAJORITY), None when none does (slanted, mixed); and
+    whether most of them have no letter that PDFium knows (a Unicode map error): a font that
+    draws by glyph number (a Type0 font, "Identity-H") without a ToUnicode map reads as
+    printable junk, each glyph's number taken for a letter ("7KHLQYRLFH" for "The invoice"),
+    which _NOT_TEXT lets pass, and its chunks were stored."""
     count = text_page.count_chars()
     directions: Counter[int | None] = Counter()
+    sampled = unmapped = 0
     matrix = pdfium_c.FS_MATRIX()
     for index in range(0, count, max(1, count // _DIRECTION_SAMPLES)):
         if pdfium_c.FPDFText_IsGenerated(text_page, index) == 1:
             continue  # a space or line end that PDFium put in runs nowhere
+        sampled += 1
+        unmapped += pdfium_c.FPDFText_HasUnicodeMapError(text_page, index) == 1
         if pdfium_c.FPDFText_GetMatrix(text_page, index, matrix):
             angle = math.degrees(math.atan2(matrix.b, matrix.a))
             quarter = round(angle / 90)
             leans = abs(angle - quarter * 90) > _DIRECTION_SLACK
             directions[None if leans else quarter % 4 * 90] += 1
+    mostly_unmapped = unmapped * 2 > sampled
     if not directions:
-        return None
+        return None, mostly_unmapped
     direction, most = directions.most_common(1)[0]
-    return direction if most >= _DIRECTION_MAJORITY * directions.total() else None
+    majority = most >= _DIRECTION_MAJORITY * directions.total()
+    return (direction if majority else None), mostly_unmapped
 
 
 def _page_with_annotations_drawn(document: pdfium.PdfDocument, index: int) -> pdfium.PdfPage:
@@ -316,18 +344,97 @@ def _shows_annotations(page: pdfium.PdfPage) -> bool:
     return False
 
 
-def extract_docx(data: bytes) -> str:
+def extract_docx(data: bytes, depth: int = 0) -> str:
+    """The text of a Word document; `depth`: how many documents it is imported into."""
     _check_docx_archive(data)
     try:
         document = docx.Document(io.BytesIO(data))
+        _read_imported_chunks(document, depth)
         blocks = [*_docx_blocks(document.element.body), *_docx_notes(document)]
-    except MemoryError:  # past the reader's memory limit: the reader says so
+    # Past the memory limit (the reader says so), or an imported document refused.
+    except (MemoryError, RejectedDocument):
         raise
     except Exception as exc:  # python-docx and lxml raise many types on damaged files
         raise RejectedDocument(
             FailureType.CORRUPT_DOCUMENT, "the Word document is damaged and cannot be read"
         ) from exc
     return "\n\n".join(block for block in blocks if block.strip())
+
+
+# A chunk imported from another file (w:altChunk), as document generators (html-docx-js, an
+# HTML page's whole body) and merges (the Open XML SDK's, a .docx in a .docx) write them: Word
+# shows its content where it stands, but python-docx reads none of it (a document made of one
+# was refused as empty), and took an imported .docx for the main document's XML (refused as
+# damaged). Its part is kept as bytes, and read as its content type says.
+_W_ALT_CHUNK, _R_ID = qn("w:altChunk"), qn("r:id")
+_CHUNK_DEPTH = 8  # imported documents inside imported documents
+
+
+_DOCX_PART_CLASS = PartFactory.part_class_selector  # python-docx's own (images)
+
+
+def _part_class(content_type: str, reltype: str) -> type[Part] | None:
+    if reltype == RELATIONSHIP_TYPE.A_F_CHUNK:
+        return Part
+    return None if _DOCX_PART_CLASS is None else _DOCX_PART_CLASS(content_type, reltype)
+
+
+PartFactory.part_class_selector = _part_class
+
+
+def _read_imported_chunks(document: Document, depth: int) -> None:
+    """Each imported chunk of the body replaced by paragraphs of its text (`_chunk_text`)."""
+    for chunk in list(document.element.body.iter(_W_ALT_CHUNK)):
+        relationship = document.part.rels.get(chunk.get(_R_ID) or "")
+        text = ""
+        if relationship is not None and not relationship.is_external:
+            text = _chunk_text(relationship.target_part, depth)
+        for block in text.split("\n\n"):
+            paragraph, run, words = OxmlElement("w:p"), OxmlElement("w:r"), OxmlElement("w:t")
+            words.text = block
+            run.append(words)
+            paragraph.append(run)
+            chunk.addprevious(paragraph)
+        chunk.getparent().remove(chunk)
+
+
+def _chunk_text(part: Part, depth: int) -> str:
+    """An imported chunk's text: HTML, a web archive (MHT), text or a Word document; "" for
+    another format (RTF)."""
+    kind = part.content_type.split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml"):
+        return html_to_text(decode_html(part.blob))
+    if kind == "message/rfc822":
+        return _web_archive_text(part.blob)
+    if kind == "text/plain":
+        return plain_text(decode_text(part.blob))
+    if kind == CONTENT_TYPE.WML_DOCUMENT_MAIN:
+        if depth >= _CHUNK_DEPTH:
+            raise RejectedDocument(
+                FailureType.CORRUPT_DOCUMENT,
+                f"the Word document imports documents nested more than {_CHUNK_DEPTH} deep",
+            )
+        return extract_docx(part.blob, depth + 1)
+    return ""
+
+
+def _web_archive_text(data: bytes) -> str:
+    """The text of a web archive's page (its first HTML part)."""
+    archive = email.message_from_bytes(data, policy=email.policy.compat32)
+    for section in archive.walk():
+        if section.get_content_type() != "text/html":
+            continue
+        payload = section.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            return ""
+        charset = section.get_content_charset()
+        try:
+            codec = codecs.lookup(charset).name if charset else None
+        except LookupError:
+            codec = None
+        html = payload.decode(codec, errors="replace") if codec else decode_html(payload)
+        return html_to_text(html)
+    return ""
 
 
 def _check_docx_archive(data: bytes) -> None:
@@ -365,12 +472,15 @@ _W_RUN_TEXT = {
     qn("w:noBreakHyphen"): "-",
 }
 # Not text: deleted or moved-away runs (their text is w:delText, but a move may hold w:t),
-# properties, and a text box's fallback copy for older readers (mc:Fallback beside mc:Choice).
+# properties, a text box's fallback copy for older readers (mc:Fallback beside mc:Choice),
+# and a ruby's reading (w:rt, "かんじ" set over "漢字"): the text reads as written, "漢字",
+# not "かんじ漢字", as in an HTML page.
 _W_NOT_TEXT = {
     qn("w:del"),
     qn("w:moveFrom"),
     qn("w:pPr"),
     qn("w:rPr"),
+    qn("w:rt"),
     "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback",
 }
 

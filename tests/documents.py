@@ -275,6 +275,34 @@ def make_unmapped_font_pdf(
     return build_pdf(objects)
 
 
+def make_glyph_numbered_font_pdf(pages: list[str]) -> bytes:
+    """Pages drawn in a Type0 font coded by glyph number ("Identity-H"), with no ToUnicode
+    map, as a PDF printer writes a subset of a TrueType font: each letter coded as its glyph's
+    number in the font (here the letter's code less 29, as in many fonts' glyph order), which
+    PDFium reads as the letter of that code: "The" reads "7KH"."""
+    kids = b" ".join(b"%d 0 R" % (5 + 2 * n) for n in range(len(pages)))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%b] /Count %d >>" % (kids, len(pages)),
+        b"<< /Type /Font /Subtype /Type0 /BaseFont /ABCDEF+Arial /Encoding /Identity-H "
+        b"/DescendantFonts [4 0 R] >>",
+        b"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /ABCDEF+Arial /CIDSystemInfo "
+        b"<< /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /DW 600 >>",
+    ]
+    for page in pages:
+        lines = b" T* ".join(
+            b"<%b> Tj" % b"".join(b"%04X" % max(ord(letter) - 29, 0) for letter in line)
+            for line in page.splitlines()
+        )
+        content = b"BT /F1 12 Tf 14 TL 40 700 Td %b ET" % lines
+        objects += [
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+            b"/Resources << /Font << /F1 3 0 R >> >> >>" % (len(objects) + 2),
+            b"<< /Length %d >>\nstream\n%b\nendstream" % (len(content), content),
+        ]
+    return build_pdf(objects)
+
+
 def make_slow_pdf(operators_mib: float, pages: int) -> bytes:
     """A PDF of a few KiB whose pages all run one shared, compressed content stream of
     `operators_mib` MiB of `q Q` operators (save and restore the graphics state): PDFium needs
@@ -367,6 +395,35 @@ def docx_with_notes(document_xml: bytes, footnotes_xml: bytes, endnotes_xml: byt
             archive.writestr(member.filename, content)
         archive.writestr("word/footnotes.xml", footnotes_xml)
         archive.writestr("word/endnotes.xml", endnotes_xml)
+    return out.getvalue()
+
+
+def docx_with_imported_chunk(
+    document_xml: bytes, target: str, content_type: str, content: bytes
+) -> bytes:
+    """A real DOCX with `document_xml` as its body, whose `<w:altChunk r:id="rIdChunk1"/>`
+    imports `content` (an HTML page, a web archive, text or a whole .docx) from the part
+    word/`target`, as document generators and merges write them."""
+    source = zipfile.ZipFile(io.BytesIO(docx_with_body(document_xml)))
+    relationships = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member in source.infolist():
+            data = source.read(member.filename)
+            if member.filename == "[Content_Types].xml":
+                data = data.replace(
+                    b"</Types>",
+                    f'<Override PartName="/word/{target}" ContentType="{content_type}"/>'
+                    "</Types>".encode(),
+                )
+            elif member.filename == "word/_rels/document.xml.rels":
+                data = data.replace(
+                    b"</Relationships>",
+                    f'<Relationship Id="rIdChunk1" Type="{relationships}/aFChunk" '
+                    f'Target="{target}"/></Relationships>'.encode(),
+                )
+            archive.writestr(member.filename, data)
+        archive.writestr(f"word/{target}", content)
     return out.getvalue()
 
 

@@ -37,12 +37,14 @@ from core.staging import ORIGINAL, StagingStore
 from core.staging import TEXT as TEXT_JSON
 from tests.documents import (
     docx_with_body,
+    docx_with_imported_chunk,
     docx_with_notes,
     make_docx,
     make_docx_blocks,
     make_encrypted_pdf,
     make_filled_form_pdf,
     make_form_without_appearances_pdf,
+    make_glyph_numbered_font_pdf,
     make_image_only_pdf,
     make_pdf,
     make_unmapped_font_pdf,
@@ -256,6 +258,53 @@ def test_extract_pdf_leaves_out_a_page_whose_fonts_map_no_letters() -> None:
     result = extract_pdf(out.getvalue())
     assert result.text == "Page one is readable.\n\n\n\nPage three is readable."
     assert result.page_starts == [0, 23, 25]
+
+
+def test_extract_text_pdf_in_a_glyph_numbered_font_without_map_is_empty_saying_why() -> None:
+    # Its glyph numbers were stored as letters, "7KHLQYRLFH" for "The invoice": `complete`,
+    # chunks of junk that no search found.
+    error = rejected(make_glyph_numbered_font_pdf(UNMAPPED), DocumentFormat.PDF)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+    assert error.message == (
+        "the PDF contains no extractable text (its fonts do not say which letters they draw)"
+    )
+
+
+def test_extract_pdf_leaves_out_a_page_in_a_glyph_numbered_font_without_map() -> None:
+    readable = pypdf.PdfWriter(clone_from=io.BytesIO(make_pdf(["Page one is readable."])))
+    readable.append(io.BytesIO(make_glyph_numbered_font_pdf(UNMAPPED[:1])))
+    readable.append(io.BytesIO(make_pdf(["Page three is readable."])))
+    out = io.BytesIO()
+    readable.write(out)
+    result = extract_pdf(out.getvalue())
+    assert result.text == "Page one is readable.\n\n\n\nPage three is readable."
+    assert result.page_starts == [0, 23, 25]
+
+
+@pytest.mark.parametrize(
+    "unreadable",
+    [
+        make_glyph_numbered_font_pdf(UNMAPPED),
+        make_unmapped_font_pdf(UNMAPPED, 128),
+    ],
+    ids=["glyph-numbers", "control-characters"],
+)
+def test_extract_text_pdf_mostly_in_fonts_that_map_no_letters_fails_saying_how_much(
+    unreadable: bytes,
+) -> None:
+    """Two of three pages unreadable: the PDF was stored `complete` from its one readable
+    page, and searched as though that were the whole document, without a word to the user."""
+    document = pypdf.PdfWriter(clone_from=io.BytesIO(make_pdf(["Only this page is readable."])))
+    document.append(io.BytesIO(unreadable))
+    document.append(io.BytesIO(make_image_only_pdf()))  # a scanned page counts for neither
+    out = io.BytesIO()
+    document.write(out)
+    error = rejected(out.getvalue(), DocumentFormat.PDF)
+    assert error.error_type == FailureType.EMPTY_DOCUMENT
+    assert error.message == (
+        "the text of 2 of the PDF's 4 pages cannot be extracted (their fonts do not say which "
+        "letters they draw)"
+    )
 
 
 def test_extract_pdf_keeps_text_in_other_scripts() -> None:
@@ -483,6 +532,83 @@ def test_extract_docx_reads_symbol_font_letters_not_pictures() -> None:
     )
     data = docx_with_body(WORD_BODY.format(body).encode())
     assert extract_docx(data) == "Significance level α = 0.05, Ω in ohms"  # noqa: RUF001
+
+
+def test_extract_docx_reads_a_ruby_as_written_without_its_reading() -> None:
+    """Japanese text with furigana: the reading set over "漢字" was read before it,
+    "漢字かんじ漢字を読む", as an HTML page's ruby is not."""
+    body = (
+        "<w:p><w:r><w:t>新しい</w:t></w:r><w:r><w:ruby><w:rubyPr/>"
+        "<w:rt><w:r><w:t>かんじ</w:t></w:r></w:rt>"
+        "<w:rubyBase><w:r><w:t>漢字</w:t></w:r></w:rubyBase></w:ruby></w:r>"
+        "<w:r><w:t>を読む</w:t></w:r></w:p>"
+    )
+    data = docx_with_body(WORD_BODY.format(body).encode())
+    assert extract_docx(data) == "新しい漢字を読む"
+
+
+WEB_ARCHIVE = (
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/related; type="text/html"; boundary="----=mhtDocumentPart"\r\n'
+    b"\r\n------=mhtDocumentPart\r\n"
+    b'Content-Type: text/html; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"Content-Location: file:///C:/fake/document.html\r\n\r\n"
+    b"<html><body><h1>Refund policy</h1><p>Refunds are paid within fourteen da=\r\n"
+    b"ys, caf=C3=A9 vouchers excepted.</p></body></html>\r\n"
+    b"------=mhtDocumentPart--\r\n"
+)
+IMPORTED = "Refund policy\n\nRefunds are paid within fourteen days, café vouchers excepted."
+WORD_MAIN = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+ALT_CHUNK = (
+    '<w:altChunk xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"'
+    ' r:id="rIdChunk1"/>'
+)
+
+
+@pytest.mark.parametrize(
+    ("target", "content_type", "content"),
+    [
+        (
+            "chunk.html",
+            "text/html",
+            "<html><body><h1>Refund policy</h1><p>Refunds are paid within fourteen days, café "
+            "vouchers excepted.</p></body></html>".encode(),
+        ),
+        ("afchunk.mht", "message/rfc822", WEB_ARCHIVE),
+        ("chunk.txt", "text/plain", IMPORTED.encode()),
+        ("chunk.docx", WORD_MAIN, make_docx(IMPORTED.split("\n\n"))),
+    ],
+    ids=["html", "web-archive", "text", "word"],
+)
+def test_extract_docx_reads_an_imported_chunk_where_it_stands(
+    target: str, content_type: str, content: bytes
+) -> None:
+    """Word shows a chunk imported from another file (w:altChunk) in place; its text was
+    left out, and a .docx imported by a merge made the whole document "damaged"."""
+    body = word_paragraph("Terms of sale.") + ALT_CHUNK + word_paragraph("Signed in Lyon.")
+    data = docx_with_imported_chunk(WORD_BODY.format(body).encode(), target, content_type, content)
+    assert extract_docx(data) == f"Terms of sale.\n\n{IMPORTED}\n\nSigned in Lyon."
+
+
+def test_extract_text_docx_made_of_an_imported_web_archive_is_not_empty() -> None:
+    """html-docx-js writes a page's whole body as one imported web archive: such a document
+    was refused as containing no text."""
+    data = docx_with_imported_chunk(
+        WORD_BODY.format(ALT_CHUNK).encode(), "afchunk.mht", "message/rfc822", WEB_ARCHIVE
+    )
+    assert extract_text(data, DocumentFormat.DOCX).text == IMPORTED
+
+
+def test_extract_text_docx_importing_documents_nested_too_deep_is_corrupt() -> None:
+    data = make_docx(["The innermost document."])
+    for _ in range(9):
+        data = docx_with_imported_chunk(
+            WORD_BODY.format(ALT_CHUNK).encode(), "chunk.docx", WORD_MAIN, data
+        )
+    error = rejected(data, DocumentFormat.DOCX)
+    assert error.error_type == FailureType.CORRUPT_DOCUMENT
+    assert error.message == "the Word document imports documents nested more than 8 deep"
 
 
 def test_extract_text_docx_without_text_is_empty() -> None:

@@ -29,9 +29,11 @@ from activities.embed import TextEmbedder
 from tests.documents import (
     build_pdf,
     docx_with_body,
+    docx_with_imported_chunk,
     lorem,
     make_docx,
     make_encrypted_pdf,
+    make_glyph_numbered_font_pdf,
     make_image_only_pdf,
     make_legacy_doc,
     make_memory_hungry_pdf,
@@ -154,6 +156,19 @@ def external_entity_docx() -> bytes:
     """An XXE: the text includes /etc/passwd if the parser resolves external entities."""
     doctype = b'<!DOCTYPE w:document [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
     return docx_with_body(_document_xml(doctype, b"Quarterly figures &xxe; end of report"))
+
+
+def merged_docx() -> bytes:
+    """A document that imports another .docx whole (w:altChunk), as the Open XML SDK merges
+    them: refused as damaged, python-docx having read the imported package as XML."""
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document '
+        + _W
+        + b' xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">'
+        + b'<w:body><w:altChunk r:id="rIdChunk1"/></w:body></w:document>'
+    )
+    main = "application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"
+    return docx_with_imported_chunk(body, "part1.docx", main, make_docx([lorem(5, seed=13)]))
 
 
 def zip_bomb_docx(inflated_mib: int = 300) -> bytes:
@@ -286,6 +301,13 @@ ENDS = [
     Ends(
         "old-fonts.pdf", make_unmapped_font_pdf([lorem(1)], 128), "failed", "EmptyDocument", "fonts"
     ),
+    Ends(
+        "printer-fonts.pdf",
+        make_glyph_numbered_font_pdf([lorem(1)]),
+        "failed",
+        "EmptyDocument",
+        "fonts",
+    ),
     Ends("tree-loop.pdf", page_tree_loop_pdf(), "failed", "CorruptDocument", "damaged"),
     Ends("tree-cycle.pdf", page_tree_cycle_pdf(), "failed", "CorruptDocument", "damaged"),
     Ends("parent-loop.pdf", parent_loop_pdf(), "complete"),  # PDFium reads it all the same
@@ -307,6 +329,7 @@ ENDS = [
     # A NUL past the sniffed head: PostgreSQL text cannot hold it, so extraction drops it.
     Ends("late-nul.txt", b"sound words " * 1000 + b"\x00 and more words.", "complete"),
     Ends("xxe.docx", external_entity_docx(), "complete"),
+    Ends("merged.docx", merged_docx(), "complete"),
 ]
 
 
