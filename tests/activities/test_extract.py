@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import random
+import textwrap
 import zipfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -716,6 +717,40 @@ def test_extract_text_leaves_out_the_bytes_of_an_inlined_image() -> None:
     )
     budget = model_token_budget(bundled_model_path())
     assert len(list(chunk_spans(text, 1000, 100, budget))) == 1
+
+
+def test_extract_text_leaves_out_encoded_bytes() -> None:
+    """A certificate pasted between its PEM lines, an e-mail's attachment saved with its text,
+    an ssh key: 30 KB of an attachment made 177 chunks of base64, each embedded and returned
+    by searches for other things. Text that only looks like it stays: words, hex hashes, a
+    path, a short token."""
+    noise = random.Random(5)
+    certificate = "\n".join(textwrap.wrap(base64.b64encode(noise.randbytes(1400)).decode(), 64))
+    attachment = "\n".join(textwrap.wrap(base64.b64encode(noise.randbytes(30_000)).decode(), 76))
+    key = base64.b64encode(noise.randbytes(279)).decode()
+    source = (
+        "Install the chain and restart nginx.\n\n```\n-----BEGIN CERTIFICATE-----\n"
+        f"{certificate}\n-----END CERTIFICATE-----\n```\n\n"
+        f"    ssh-rsa {key} deploy@ci\n\n"
+        "Content-Transfer-Encoding: base64\n\n"
+        f"{attachment}\nThanks\n--boundary--\n"
+    )
+    text = extract_text(source.encode(), DocumentFormat.TEXT).text
+    assert text == (
+        "Install the chain and restart nginx.\n\n```\n-----BEGIN CERTIFICATE-----\n\n"
+        "-----END CERTIFICATE-----\n```\n\n    ssh-rsa  deploy@ci\n\n"
+        "Content-Transfer-Encoding: base64\n\n\nThanks\n--boundary--\n"
+    )
+    budget = model_token_budget(bundled_model_path())
+    assert len(list(chunk_spans(source, 1000, 100, budget))) > 180
+    assert len(list(chunk_spans(text, 1000, 100, budget))) == 1
+    kept = (
+        f"Commit {'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' * 5}\n"
+        f"/usr/lib/{'Abc1/' * 60}x\n"
+        f"token {key[:200]} is short\n"
+        f"{'Pneumonoultramicroscopicsilicovolcanoconiosis' * 6} 2024\n"
+    )
+    assert extract_text(kept.encode(), DocumentFormat.MARKDOWN).text == kept
 
 
 @pytest.mark.parametrize(
