@@ -13,6 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Resources
 from api.errors import install_error_handlers
+from api.head_requests import HeadAsGet
 from api.listing_cache import ListingCache
 from api.log_redaction import redact_tokens_in_server_logs
 from api.query_params import one_value_per_query_parameter
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         dependencies=[Depends(one_value_per_query_parameter)],
     )
     install_error_handlers(app)
+    app.add_middleware(HeadAsGet)
     for module in (
         health,
         agents,

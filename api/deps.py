@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection, Request
 from temporalio.client import Client
 
 from api.listing_cache import ListingCache
@@ -72,12 +75,21 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def get_owner(request: Request, resources: ResourcesDep) -> uuid.UUID:
+def one_authorization(connection: HTTPConnection) -> str | None:
+    """The request's `Authorization` header; Unauthorized when it is given more than once
+    (`curl -H` twice, say), of which the first was read and the others ignored."""
+    headers = connection.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise Unauthorized(f"Authorization given {len(headers)} times: send one `Bearer <key>`")
+    return headers[0] if headers else None
+
+
+async def get_owner(request: HTTPConnection, resources: ResourcesDep) -> uuid.UUID:
     """The owner of the `Authorization: Bearer <key>` presented; 401 otherwise.
 
     Uses its own short transaction so a long upload does not hold a pooled connection.
     """
-    header = request.headers.get("authorization")
+    header = one_authorization(request)
     if not header:
         raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`")
     scheme, _, key = header.partition(" ")
@@ -93,6 +105,24 @@ async def get_owner(request: Request, resources: ResourcesDep) -> uuid.UUID:
         raise Unauthorized("Invalid API key")
     resources.owners.put(key, owner)
     return owner
+
+
+def needs_key(dependant: Dependant) -> bool:
+    """Whether a route (or a dependency) asks for the caller's key, at any depth."""
+    return any(
+        dependency.call is get_owner or needs_key(dependency)
+        for dependency in dependant.dependencies
+    )
+
+
+async def authenticate_first(connection: HTTPConnection) -> None:
+    """401, as the route would answer, where it needs a key and the one presented is missing
+    or not valid. For the refusals that come before FastAPI solves a route's dependencies (a
+    query parameter given twice, a body that is not JSON): a caller with no key, or a wrong
+    one, was told what was wrong with its request instead of that it needs a key."""
+    route = connection.scope.get("route")
+    if isinstance(route, APIRoute) and needs_key(route.dependant):
+        await get_owner(connection, connection.app.state.resources)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

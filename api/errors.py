@@ -13,6 +13,7 @@ from psycopg.errors import UndefinedColumn, UndefinedTable
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
+from starlette.routing import Match
 
 from api.schemas import ErrorBody
 from core.errors import DocingestError
@@ -54,9 +55,50 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # JSON at all is a 422 (RequestValidationError): to a client both are the same mistake.
         detail = f"body: {exc.detail}; send a UTF-8 JSON object"
         return JSONResponse(_body(detail, "invalid_request"), status_code=422)
+    if exc.status_code == 404:
+        # The router's, for a path no route takes (the routes' own 404s are NotFound).
+        return JSONResponse(_body(_no_route(request), "not_found"), status_code=404)
+    if exc.status_code == 405:
+        return _method_not_allowed(request)
     code = _HTTP_CODES.get(exc.status_code, "error")
     return JSONResponse(
         _body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def _no_route(request: Request) -> str:
+    """What to do of a path no route takes: it was "Not Found", as for an unknown id."""
+    path = request.url.path
+    shown = path if len(path) <= 200 else f"{path[:200]}…"
+    if path.endswith("/") and _takes(request, path=path.rstrip("/")):
+        return f"No route at {shown}: drop the trailing slash"
+    if _takes(request, type="websocket"):
+        return f"{shown} takes a WebSocket: connect with ws:// (or wss://), not HTTP"
+    return f"No route at {shown}: the routes are listed at /docs"
+
+
+def _takes(request: Request, **changes: str) -> bool:
+    """Whether a route takes the request with these changes of its scope (method, path)."""
+    scope = {**request.scope, **changes}
+    return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+
+# The methods a 405 looks the path up with (HEAD goes with GET: api/head_requests.py).
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _method_not_allowed(request: Request) -> JSONResponse:
+    """The 405 naming every method the path takes, in `Allow` and in words. Starlette's named
+    those of the first route on the path only: `PUT /agents` said `Allow: POST`, though
+    `GET /agents` lists the agents, and its detail was "Method Not Allowed"."""
+    allowed = [method for method in _METHODS if _takes(request, method=method)]
+    if "GET" in allowed:
+        allowed.insert(1, "HEAD")
+    detail = f"{request.method} is not allowed here; this path takes {', '.join(allowed)}"
+    return JSONResponse(
+        _body(detail, "method_not_allowed"),
+        status_code=405,
+        headers={"Allow": ", ".join(allowed)},
     )
 
 

@@ -3,7 +3,8 @@
 FastAPI reads a route's JSON body whole, into memory, before it solves the route's
 dependencies, the API key check among them: without a bound, a client with no key could make
 the API hold a body of any size (a 200 MiB one took 200 MiB) until it ended, and only then
-hear 401. The upload routes stream their bodies under their own limits instead.
+hear 401. A body refused here is still a 401 for a caller without a valid key (checked from
+the headers alone). The upload routes stream their bodies under their own limits instead.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
+from api.deps import authenticate_first
 from api.schemas import ErrorBody
 from core.errors import PayloadTooLarge
 
@@ -41,8 +45,8 @@ class JsonBodyRoute(APIRoute):
     """A route whose body is bounded by `MAX_JSON_BODY_BYTES`."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        # Any request to the route may be answered 413 (before its key is checked): the schema
-        # says so, as it does for the upload routes' own limits.
+        # Any request to the route may be answered 413: the schema says so, as it does for the
+        # upload routes' own limits.
         responses = {413: {"model": ErrorBody}, **(kwargs.pop("responses", None) or {})}
         super().__init__(path, endpoint, responses=responses, **kwargs)
 
@@ -50,7 +54,13 @@ class JsonBodyRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def bounded(request: Request) -> Response:
-            await read_small_body(request)
-            return await handle(request)
+            try:
+                await read_small_body(request)
+                return await handle(request)
+            except (PayloadTooLarge, RequestValidationError, HTTPException):
+                # Both come before FastAPI checks the key (a body too large, one it cannot
+                # parse): a caller with no key heard of its body, not that it needs a key.
+                await authenticate_first(request)
+                raise
 
         return bounded

@@ -15,6 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 
+from api.deps import authenticate_first
 from core.errors import InvalidRequest
 
 
@@ -27,6 +28,8 @@ async def one_value_per_query_parameter(connection: HTTPConnection) -> None:
     given = Counter(name for name, _ in connection.query_params.multi_items())
     repeated = [name for name in dict.fromkeys(_query_names(route.dependant)) if given[name] > 1]
     if repeated:
+        # This dependency of the app comes before the route's own, its key check among them.
+        await authenticate_first(connection)
         raise InvalidRequest(
             "; ".join(
                 f"query.{name}: given {given[name]} times; it takes one value" for name in repeated

@@ -23,13 +23,13 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
 from temporalio.client import Client
 
-from api.deps import Resources
+from api.deps import Resources, one_authorization
 from api.errors import DATABASE_UNAVAILABLE
 from api.schemas import TaskStatus
 from api.status_feeds import Look
 from api.task_status import find_task
 from api.temporal_errors import temporal_unavailable_as_503
-from core.errors import ServiceUnavailable
+from core.errors import ServiceUnavailable, Unauthorized
 from core.keys import owner_for_key
 from workflows.types import Status
 
@@ -56,18 +56,25 @@ def presented_key(websocket: WebSocket) -> str | None:
     """The key of `Authorization: Bearer <key>`, else of `?token=<key>` (browsers cannot set
     headers on a WebSocket); None when neither is usable. Another scheme's header (the Basic
     credentials a browser sends by itself behind a password-protected proxy) is not ours: it
-    hid the token, and the query form could not work there."""
-    header = websocket.headers.get("authorization")
+    hid the token, and the query form could not work there.
+
+    Unauthorized when `token` is given more than once: the last one was read, where an HTTP
+    route refuses any parameter given twice (api/query_params.py); or `Authorization`."""
+    header = one_authorization(websocket)
     if header is not None:
         scheme, _, key = header.partition(" ")
         if scheme.lower() == "bearer":
             return key.strip() or None
-    token = websocket.query_params.get("token", "").strip()
+    tokens = websocket.query_params.getlist("token")
+    if len(tokens) > 1:
+        raise Unauthorized(f"?token= given {len(tokens)} times: send one key")
+    token = "".join(tokens).strip()
     return token or None
 
 
 async def websocket_owner(websocket: WebSocket, resources: Resources) -> uuid.UUID | None:
-    """The owner of the presented key, or None when it is missing or not valid."""
+    """The owner of the presented key, or None when it is missing or not valid; Unauthorized
+    when it is malformed (`presented_key`)."""
     key = presented_key(websocket)
     if key is None:
         return None
@@ -98,6 +105,9 @@ async def upload_progress(websocket: WebSocket, task_id: str) -> None:
     except ServiceUnavailable as exc:
         # The app's exception handlers answer HTTP only: raised, it was a bare 1006.
         await _close(websocket, Close(CloseCode.SERVER_ERROR, exc.detail))
+        return
+    except Unauthorized as exc:
+        await _close(websocket, Close(CloseCode.UNAUTHORIZED, exc.detail))
         return
     if owner is None:
         await _close(

@@ -212,60 +212,124 @@ async def test_agents_and_search_say_why_a_body_is_not_read_as_json(
     )
 
 
+@pytest.mark.parametrize("route", ["/agents", "/agents/{agent}/search"])
+async def test_agents_json_body_that_does_not_parse_is_401_without_a_valid_key(
+    http: httpx.AsyncClient, tenant: Tenant, route: str
+) -> None:
+    """FastAPI parses a JSON body before the route's key check: a caller with no key, or a
+    wrong one, was told where its JSON broke (422) instead of that it needs a key."""
+    path = route.format(agent=tenant.agent_id)
+    json_type = {"Content-Type": "application/json"}
+    for body in (b'{"name": ', b"\xff\xfe"):
+        for key in ({}, {"Authorization": "Bearer dik_not-a-key"}):
+            refused = await http.post(path, content=body, headers={**json_type, **key})
+            assert refused.status_code == 401, (body, key, refused.text)
+            assert refused.json()["code"] == "unauthorized"
+            assert refused.headers["WWW-Authenticate"] == "Bearer"
+        with_key = await http.post(path, content=body, headers={**json_type, **tenant.headers})
+        assert with_key.status_code == 422, with_key.text
+        assert with_key.json()["detail"].startswith("body: not valid JSON at character")
+
+
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "hint"),
     [
-        ("DELETE", "/agents/%2F"),
-        ("DELETE", "/agents/{agent_id}/"),
-        ("GET", "/agents/"),
-        ("POST", "/agents/"),
-        ("GET", "/documents/{agent_id}/"),
-        ("GET", "/upload/status/{agent_id}/"),
-        ("GET", "/health/"),
+        ("DELETE", "/agents/%2F", "the routes are listed at /docs"),
+        ("DELETE", "/agents/{agent_id}/", "drop the trailing slash"),
+        ("GET", "/agents/", "drop the trailing slash"),
+        ("POST", "/agents/", "drop the trailing slash"),
+        ("GET", "/documents/{agent_id}/", "drop the trailing slash"),
+        ("GET", "/upload/status/{agent_id}/", "drop the trailing slash"),
+        ("GET", "/health/", "drop the trailing slash"),
+        ("GET", "/healthz/", "the routes are listed at /docs"),
+        ("GET", "/ws/upload/{agent_id}", "connect with ws:// (or wss://), not HTTP"),
     ],
 )
-async def test_app_answers_a_path_ending_in_a_slash_with_a_json_404(
-    http: httpx.AsyncClient, tenant: Tenant, method: str, path: str
+async def test_app_answers_a_path_no_route_takes_with_a_json_404(
+    http: httpx.AsyncClient, tenant: Tenant, method: str, path: str, hint: str
 ) -> None:
-    """Never a redirect to another URL: `DELETE /agents/%2F` was a 307 to `/agents`."""
+    """Never a redirect to another URL: `DELETE /agents/%2F` was a 307 to `/agents`. The 404
+    says what to do (it said "Not Found", as of an unknown id; of the WebSocket's path too)."""
     response = await http.request(
         method, path.format(agent_id=tenant.agent_id), headers=tenant.headers, json={"name": "a"}
     )
     assert response.status_code == 404, response.headers
     assert response.json()["code"] == "not_found"
+    assert response.json()["detail"].endswith(hint), response.json()
     agents = await http.get("/agents", headers=tenant.headers)
     assert [agent["id"] for agent in agents.json()["agents"]] == [tenant.agent_id]
 
 
+async def test_app_method_not_allowed_names_every_method_of_the_path(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """Starlette's 405 named the methods of the first route on the path alone: `PUT /agents`
+    said `Allow: POST`, though `GET /agents` lists the agents, and its detail said "Method Not
+    Allowed" and nothing of what to use."""
+    for method, path, allowed in (
+        ("PUT", "/agents", "GET, HEAD, POST"),
+        ("DELETE", "/agents", "GET, HEAD, POST"),
+        ("POST", "/health", "GET, HEAD"),
+        ("PATCH", f"/agents/{tenant.agent_id}", "DELETE"),
+        ("PUT", f"/documents/{uuid.uuid4()}", "GET, HEAD, DELETE"),
+        ("GET", "/upload/agent", "POST"),
+    ):
+        refused = await http.request(method, path, headers=tenant.headers)
+        assert refused.status_code == 405, (method, path)
+        assert refused.headers["Allow"] == allowed, (method, path)
+        assert refused.json() == {
+            "detail": f"{method} is not allowed here; this path takes {allowed}",
+            "code": "method_not_allowed",
+        }
+
+
+async def test_app_answers_head_as_get_without_its_body(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """FastAPI's routes take only the methods they declare: `HEAD /health`, the probe of many
+    load balancers and uptime monitors, was a 405."""
+    health = await http.head("/health")
+    assert (health.status_code, health.content) == (200, b"")
+    assert (await http.head("/agents")).status_code == 401
+    listed = await http.head("/agents", headers=tenant.headers)
+    assert (listed.status_code, listed.content) == (200, b"")
+    body = (await http.get("/agents", headers=tenant.headers)).content
+    assert int(listed.headers["Content-Length"]) == len(body)
+
+
 async def _post_json_head(
-    api_url: str, path: str, framing: str
+    api_url: str, path: str, framing: str, key: str | None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw connection that has sent the head of a JSON POST with no key."""
+    """A raw connection that has sent the head of a JSON POST, with `key` if given."""
     url = urlsplit(api_url)
     assert url.hostname is not None and url.port is not None
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    authorization = "" if key is None else f"Authorization: Bearer {key}\r\n"
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        f"{framing}\r\n\r\n".encode()
+        f"{authorization}{framing}\r\n\r\n".encode()
     )
     return reader, writer
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["key", "no key"])
 @pytest.mark.parametrize("route", ["/agents", "/agents/{agent}/search"])
 async def test_agents_json_body_past_its_limit_is_413_before_it_is_read(
-    api_url: str, tenant: Tenant, route: str
+    api_url: str, tenant: Tenant, route: str, keyed: bool
 ) -> None:
     """FastAPI reads a JSON body whole before the key is checked: a client with no key made
-    the API wait for a declared 8 GiB body, and hold a 32 MiB one until it ended, then 401."""
+    the API wait for a declared 8 GiB body, and hold a 32 MiB one until it ended, then 401.
+    Past the bound it is a 413 at once; for a caller with no key a 401 at once (it was 413)."""
     path = route.format(agent=tenant.agent_id)
-    reader, writer = await _post_json_head(api_url, path, "Content-Length: 8589934592")
+    key, status = (tenant.key, b"413") if keyed else (None, b"401")
+    reader, writer = await _post_json_head(api_url, path, "Content-Length: 8589934592", key)
     try:
         answered = await asyncio.wait_for(reader.readline(), timeout=10)
     finally:
         writer.close()
-    assert answered.split()[1] == b"413", answered
+    assert answered.split()[1] == status, answered
 
-    reader, writer = await _post_json_head(api_url, path, "Transfer-Encoding: chunked")
+    reader, writer = await _post_json_head(api_url, path, "Transfer-Encoding: chunked", key)
     chunk, sent, total = b"a" * (256 * 1024), 0, 32 * 1024 * 1024
     try:
         answer = asyncio.ensure_future(reader.readline())
@@ -279,7 +343,7 @@ async def test_agents_json_body_past_its_limit_is_413_before_it_is_read(
         answered = await asyncio.wait_for(answer, timeout=10)
     finally:
         writer.close()
-    assert answered.split()[1] == b"413", answered
+    assert answered.split()[1] == status, answered
     assert sent < total  # answered while the body was still coming
 
 

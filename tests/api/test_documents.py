@@ -311,6 +311,26 @@ async def test_documents_list_and_uploads_refuse_a_query_parameter_given_twice(
     assert [d["filename"] for d in once.json()["documents"]] == ["kept.txt"]
 
 
+async def test_documents_a_query_parameter_given_twice_without_a_valid_key_is_401(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """The refusal of a repeated parameter came before the key check: a caller with no key, or
+    a wrong one, was told "query.limit: given 2 times" (422) where any other request of its
+    is a 401."""
+    agent = tenant.agent_id
+    for key in ({}, {"Authorization": "Bearer dik_not-a-key"}):
+        for method, url in (
+            ("GET", "/agents?limit=1&limit=2"),
+            ("GET", f"/agents/{agent}/documents?status=failed&status=error"),
+            ("POST", f"/upload/agent?agent_id={agent}&agent_id={agent}"),
+            ("GET", "/api/progress?status=queued&status=queued"),
+        ):
+            refused = await http.request(method, url, headers=key)
+            assert refused.status_code == 401, (method, url, key, refused.text)
+            assert refused.json()["code"] == "unauthorized"
+            assert refused.headers["WWW-Authenticate"] == "Bearer"
+
+
 async def test_documents_delete_removes_the_document_and_its_chunks(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant
 ) -> None:

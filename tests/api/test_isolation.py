@@ -353,6 +353,26 @@ async def test_isolation_other_owners_ids_are_404_and_lists_exclude_them(
 # --- keys -------------------------------------------------------------------------------------
 
 
+async def test_isolation_authorization_given_twice_is_401(world: World) -> None:
+    """Of two `Authorization` headers (`curl -H` twice) the first was read and the other
+    ignored: the order of the headers chose whose agents were listed. Both are refused, over
+    HTTP and on the WebSocket."""
+    both = [
+        ("Authorization", world.victim.headers["Authorization"]),
+        ("Authorization", world.intruder.headers["Authorization"]),
+    ]
+    said = "Authorization given 2 times: send one `Bearer <key>`"
+    async with httpx.AsyncClient(base_url=world.api_url, timeout=30) as http:
+        refused = await http.get("/agents", headers=both)
+    assert refused.status_code == 401, refused.text
+    assert refused.json() == {"detail": said, "code": "unauthorized"}
+    url = f"{world.api_url.replace('http://', 'ws://', 1)}/ws/upload/no-such-task"
+    async with asyncio.timeout(30), connect(url, additional_headers=both) as socket:
+        with pytest.raises(ConnectionClosed):
+            await socket.recv()
+    assert (socket.close_code, socket.close_reason) == (4401, said)
+
+
 async def test_isolation_api_keys_are_stored_only_as_hashes(stack: Stack, world: World) -> None:
     async with stack.sessionmaker() as session:
         for tenant in (world.intruder, world.victim):
@@ -393,10 +413,14 @@ async def test_isolation_key_differing_only_in_its_last_character_is_401(
 
 
 # `%74o%6Ben` is `token` percent-encoded in part: the route reads it as `token` (and took
-# the key), the log showed it as it came, with the key in full.
-@pytest.mark.parametrize("name", ["token", "%74o%6Ben"])
+# the key), the log showed it as it came, with the key in full. A token given twice is refused
+# (4401), and neither copy is logged.
+@pytest.mark.parametrize(
+    ("query", "close_code"),
+    [("token={key}", 4404), ("%74o%6Ben={key}", 4404), ("token={key}&token={key}", 4401)],
+)
 async def test_isolation_websocket_token_is_not_written_to_the_api_log(
-    stack: Stack, tenant: Tenant, tmp_path: Path, name: str
+    stack: Stack, tenant: Tenant, tmp_path: Path, query: str, close_code: int
 ) -> None:
     """`docingest api` at its default level (INFO) logs every WebSocket it accepts with its
     query string: the key a browser sends as ?token=<key> was written there in full."""
@@ -413,14 +437,16 @@ async def test_isolation_websocket_token_is_not_written_to_the_api_log(
         )
         try:
             await wait_until_healthy(f"http://127.0.0.1:{settings.api_port}", process)
-            url = f"ws://127.0.0.1:{settings.api_port}/ws/upload/no-such-task?{name}={tenant.key}"
+            given = query.format(key=tenant.key)
+            url = f"ws://127.0.0.1:{settings.api_port}/ws/upload/no-such-task?{given}"
             async with asyncio.timeout(30), connect(url) as socket:
                 with pytest.raises(ConnectionClosed):
                     await socket.recv()
-            assert socket.close_code == 4404  # the key was read: the task is unknown
+            assert socket.close_code == close_code  # 4404: the key was read, the task unknown
         finally:
             process.terminate()
             process.wait(timeout=30)
     logged = log_path.read_text(errors="replace")
-    assert f'"WebSocket /ws/upload/no-such-task?{name}=[redacted]" [accepted]' in logged, logged
+    shown = query.format(key="[redacted]")
+    assert f'"WebSocket /ws/upload/no-such-task?{shown}" [accepted]' in logged, logged
     assert tenant.key.partition("_")[2] not in logged

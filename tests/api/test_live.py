@@ -340,6 +340,29 @@ async def test_live_token_works_beside_a_proxys_basic_credentials(
     assert seen.code == 4401
 
 
+async def test_live_token_given_twice_closes_4401(
+    api_url: str, stack: Stack, tenant: Tenant
+) -> None:
+    """The socket read the last of two `?token=`s (an HTTP route refuses any parameter given
+    twice): `?token=<mine>&token=<another's key>` was a 4404 of my own task, as the other
+    owner. Now it is refused, in either order and with the same key twice."""
+    task_id = await start_queued_forever(stack, tenant)
+    other = await new_tenant(stack, "other")
+    base = ws_url(api_url, task_id)
+    for tokens in ((tenant.key, other.key), (other.key, tenant.key), (tenant.key, tenant.key)):
+        query = "&".join(f"token={key}" for key in tokens)
+        seen = await watch(f"{base}?{query}", {})
+        assert (seen.messages, seen.code) == ([], 4401), tokens
+        assert seen.reason == "?token= given 2 times: send one key"
+    # The header is read first, as before: a token beside it is not read at all.
+    async with (
+        asyncio.timeout(90),
+        connect(f"{base}?token=x&token=y", additional_headers=tenant.headers) as socket,
+    ):
+        assert json.loads(await socket.recv())["task_id"] == task_id
+    await stack.client.get_workflow_handle(task_id).terminate("test over")
+
+
 async def test_live_of_an_unknown_or_foreign_task_closes_4404(
     api_url: str, stack: Stack, tenant: Tenant
 ) -> None:
