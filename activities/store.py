@@ -75,6 +75,8 @@ async def upsert_document(
         "content_type": DocumentFormat(task.format).media_type,
         "size_bytes": task.size_bytes,
         "sha256": task.sha256,
+        "chunk_size": task.chunk_size,
+        "chunk_overlap": task.chunk_overlap,
         "status": status,
         "error_type": None,
         "error_message": None,
@@ -394,7 +396,15 @@ async def _other_copy(session: AsyncSession, task: IngestTask) -> StoredCopy | N
 
 
 def _duplicate_of(found: StoredCopy) -> StoreResult:
-    return StoreResult(document_id=str(found.document_id), chunks=found.chunk_count, duplicate=True)
+    size, overlap = found.chunking or (None, None)
+    return StoreResult(
+        document_id=str(found.document_id),
+        chunks=found.chunk_count,
+        duplicate=True,
+        stored_as=found.filename,
+        stored_chunk_size=size,
+        stored_chunk_overlap=overlap,
+    )
 
 
 def agent_deleted(task: IngestTask) -> ApplicationError:

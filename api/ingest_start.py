@@ -23,7 +23,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.ownership import owned_id
-from api.schemas import DUPLICATE_MESSAGE, UploadAccepted
+from api.schemas import UploadAccepted
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, made_durable
 from core.dedup import StoredCopy, settled, stored_copy
@@ -34,7 +34,14 @@ from core.settings import Settings
 from core.staging import StagingStore
 from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc, markdown_text
 from workflows.ingest import IngestDocument
-from workflows.types import MEMO_PROGRESS, MEMO_TASK, IngestTask, Status, TaskProgress
+from workflows.types import (
+    MEMO_PROGRESS,
+    MEMO_TASK,
+    IngestTask,
+    Status,
+    TaskProgress,
+    already_stored,
+)
 
 
 class AlreadyStarted(Exception):
@@ -160,8 +167,12 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
     duplicate = await _stored_copy(request, received.sha256)
     if duplicate is not None:
         await anyio.to_thread.run_sync(request.staging.remove, received.task_id, received.original)
+        message = already_stored(
+            received.filename, duplicate.filename, str(duplicate.document_id),
+            duplicate.chunking, (request.chunk_size, request.chunk_overlap),
+        )  # fmt: skip
         return UploadAccepted(
-            message=DUPLICATE_MESSAGE,
+            message=message,
             filename=received.filename,
             agent_id=str(request.agent_id),
             task_id=duplicate.task_id,

@@ -49,7 +49,6 @@ class AgentsPublic(BaseModel):
 
 
 UPLOAD_MESSAGE = "Document uploaded successfully, processing in background"
-DUPLICATE_MESSAGE = "Document already ingested for this agent; nothing new was stored"
 
 
 class UploadAccepted(BaseModel):
@@ -172,6 +171,11 @@ class DocumentPublic(BaseModel):
         description="The model that embedded its vectors (the bundled `all-MiniLM-L6-v2`, or "
         "the folder name of DOCINGEST_EMBEDDING_MODEL); `mixed` and null as for the precision"
     )
+    chunk_size: int | None = Field(
+        description="The chunking it was stored with, in characters; null: unknown (stored "
+        "before it was recorded)"
+    )
+    chunk_overlap: int | None = Field(description="As `chunk_size`")
     created_at: Timestamp
     updated_at: Timestamp
 

@@ -29,6 +29,8 @@ class StoredCopy:
     document_id: uuid.UUID
     task_id: str
     chunk_count: int
+    filename: str
+    chunking: tuple[int, int] | None  # chunk_size, chunk_overlap; None: unknown (older row)
 
 
 async def stored_copy(
@@ -39,7 +41,14 @@ async def stored_copy(
     other_than_task: str | None = None,
 ) -> StoredCopy | None:
     """The agent's complete document with these bytes (not `other_than_task`'s), if any."""
-    query = select(Document.id, Document.task_id, Document.chunk_count).where(
+    query = select(
+        Document.id,
+        Document.task_id,
+        Document.chunk_count,
+        Document.filename,
+        Document.chunk_size,
+        Document.chunk_overlap,
+    ).where(
         Document.agent_id == agent_id,
         Document.sha256 == sha256,
         Document.status == Status.COMPLETE,
@@ -49,7 +58,10 @@ async def stored_copy(
     found = (await session.execute(query)).first()
     if found is None:
         return None
-    return StoredCopy(found.id, found.task_id, found.chunk_count)
+    chunking = None
+    if found.chunk_size is not None and found.chunk_overlap is not None:
+        chunking = (found.chunk_size, found.chunk_overlap)
+    return StoredCopy(found.id, found.task_id, found.chunk_count, found.filename, chunking)
 
 
 async def settled(temporal: Client, copy: StoredCopy) -> bool:

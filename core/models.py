@@ -135,6 +135,10 @@ class Document(Base):
     # before this was recorded) or when it has no vectors.
     embedding_precision: Mapped[str | None] = mapped_column(String(20))
     embedding_model: Mapped[str | None] = mapped_column(Text)
+    # The chunking it was stored with (characters); NULL when unknown (stored before this
+    # was recorded).
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
+    chunk_overlap: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

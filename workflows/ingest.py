@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         Status,
         StoreResult,
         TaskProgress,
+        already_stored,
         cancelled_message,
     )
 
@@ -242,6 +243,13 @@ class IngestDocument:
         message = f"Successfully processed {task.filename}"
         if stored.duplicate:
             message = f"{task.filename} is already stored for this agent; nothing new was stored"
+        if stored.duplicate and stored.stored_as is not None:
+            # Named by a store of this release (a recorded result of the release before
+            # names no copy, so its history replays with the message above).
+            message = already_stored(
+                task.filename, stored.stored_as, stored.document_id, _stored_chunking(stored),
+                (task.chunk_size, task.chunk_overlap),
+            )  # fmt: skip
         self._update(
             Status.COMPLETE,
             Stage.DONE,
@@ -576,6 +584,12 @@ def _not_an_upload(task: IngestTask, workflow_id: str) -> str | None:
     if task.format not in set(DocumentFormat):
         return f"its format {task.format!r} is none of {', '.join(DocumentFormat)}"
     return None
+
+
+def _stored_chunking(stored: StoreResult) -> tuple[int, int] | None:
+    if stored.stored_chunk_size is None or stored.stored_chunk_overlap is None:
+        return None
+    return stored.stored_chunk_size, stored.stored_chunk_overlap
 
 
 def _reset_run() -> bool:

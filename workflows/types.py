@@ -167,6 +167,11 @@ class StoreResult:
     chunks: int
     # The agent already had these bytes stored: nothing new was written.
     duplicate: bool = False
+    # A duplicate's stored copy: its file name, and the chunking it was stored with (None
+    # when unknown, or from a store of the release before, which named neither).
+    stored_as: str | None = None
+    stored_chunk_size: int | None = None
+    stored_chunk_overlap: int | None = None
 
 
 @dataclass
@@ -222,3 +227,27 @@ class TaskProgress:
             started_at=started_at,
             size_bytes=task.size_bytes,
         )
+
+
+def already_stored(
+    filename: str,
+    stored_as: str,
+    document_id: str,
+    stored_chunking: tuple[int, int] | None,
+    chunking: tuple[int, int],
+) -> str:
+    """What an upload of bytes the agent has stored already is told: the document that holds
+    them (its name may differ), and, unless that document was chunked as this upload asked,
+    that it keeps its chunking and how to get the one asked for."""
+    named = "" if stored_as == filename else f" as {stored_as}"
+    message = f"{filename} is already stored for this agent{named}; nothing new was stored"
+    if stored_chunking == chunking:
+        return message
+    kept = ""
+    if stored_chunking is not None:
+        kept = f" (chunk_size {stored_chunking[0]}, chunk_overlap {stored_chunking[1]})"
+    return (
+        f"{message}. It keeps the chunking it was stored with{kept}; to store it with "
+        f"chunk_size {chunking[0]}, chunk_overlap {chunking[1]}, delete document "
+        f"{document_id} and upload it again"
+    )

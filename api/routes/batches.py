@@ -131,7 +131,7 @@ async def upload_batch(
         ingest = IngestRequest(
             temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id
         )
-        entries = await asyncio.gather(*(_accept_one(ingest, item) for item in received))
+        entries = await _accept_all(ingest, received)
     rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
     duplicates = [
         entry for entry in entries if isinstance(entry, UploadAccepted) and entry.duplicate
@@ -174,7 +174,53 @@ def _stored_rejection(entry: UploadRejected) -> dict[str, object]:
     return entry.model_dump()
 
 
-async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> UploadAccepted | UploadRejected:
+Entry = UploadAccepted | UploadRejected
+
+
+async def _accept_all(ingest: IngestRequest, received: list[ReceivedFile]) -> list[Entry]:
+    """Each file's entry, in the order sent. The same bytes sent twice in one batch make one
+    task: both ran the whole pipeline (extract, embed) before the second store found the
+    first's copy. A later copy is answered as a duplicate of the first one's task; until one
+    starts (the first was refused, or the agent had them stored), each is checked as sent."""
+    groups: dict[str | int, list[int]] = {}
+    for index, item in enumerate(received):
+        groups.setdefault(item.sha256 if item.error is None else index, []).append(index)
+    entries: list[Entry | None] = [None] * len(received)
+
+    async def accept_group(indexes: list[int]) -> None:
+        started: UploadAccepted | None = None
+        for index in indexes:
+            item = received[index]
+            if started is not None:
+                await discard(ingest.staging, [item])
+                entries[index] = _sent_twice(item, started)
+                continue
+            entry = await _accept_one(ingest, item)
+            if isinstance(entry, UploadAccepted) and not entry.duplicate:
+                started = entry
+            entries[index] = entry
+
+    await asyncio.gather(*(accept_group(indexes) for indexes in groups.values()))
+    return [entry for entry in entries if entry is not None]
+
+
+def _sent_twice(item: ReceivedFile, first: UploadAccepted) -> UploadAccepted:
+    """The entry of a file whose bytes an earlier file of the batch started a task for
+    (`first`): a duplicate of that task, whose status it shows (see `batch_status`)."""
+    return first.model_copy(
+        update={
+            "message": (
+                f"{item.filename} has the same content as {first.filename}, sent in this "
+                f"batch: its task {first.task_id} stores it once; nothing more will be stored"
+            ),
+            "filename": item.filename,
+            "size_bytes": item.size_bytes,
+            "duplicate": True,
+        }
+    )
+
+
+async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> Entry:
     try:
         if item.error is not None:
             raise item.error
@@ -221,7 +267,10 @@ async def batch_status(
         for entry in batch.rejected
         if entry.get("task_id") not in listed
     ]
-    duplicates = [UploadAccepted.model_validate(entry) for entry in batch.duplicates]
+    by_task = {task.task_id: task for task in tasks}
+    duplicates = [
+        _as_now(UploadAccepted.model_validate(entry), by_task) for entry in batch.duplicates
+    ]
     summary: Counter[str] = Counter(str(task.status) for task in tasks)
     if rejected:
         summary["rejected"] = len(rejected)
@@ -237,6 +286,15 @@ async def batch_status(
         duplicates=duplicates,
         summary=dict(summary),
     )
+
+
+def _as_now(duplicate: UploadAccepted, tasks: dict[str, TaskStatus]) -> UploadAccepted:
+    """A duplicate as it is now: one of a file sent earlier in the batch follows that file's
+    task; one of a copy the agent had stored stays as answered (`complete`)."""
+    task = tasks.get(duplicate.task_id)
+    if task is None:
+        return duplicate
+    return duplicate.model_copy(update={"status": task.status, "document_id": task.document_id})
 
 
 async def _recorded(

@@ -52,6 +52,8 @@ def document_public(document: Document) -> DocumentPublic:
         task_id=document.task_id,
         embedding_precision=document.embedding_precision,
         embedding_model=document.embedding_model,
+        chunk_size=document.chunk_size,
+        chunk_overlap=document.chunk_overlap,
         created_at=document.created_at,
         updated_at=document.updated_at,
     )

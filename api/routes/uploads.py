@@ -199,8 +199,8 @@ async def upload_document(
 @dataclasses.dataclass(frozen=True)
 class FirstUpload:
     """What is known of the upload a key was first sent with: the task its workflow keeps or,
-    after Temporal's retention dropped the workflow, its `documents` row (which does not keep
-    the chunking: None)."""
+    after Temporal's retention dropped the workflow, its `documents` row (whose chunking is
+    None when it was stored before the row kept it)."""
 
     task_id: str
     agent_id: str
@@ -218,9 +218,12 @@ class FirstUpload:
 
     @classmethod
     def of_record(cls, document: Document) -> FirstUpload:
+        chunking = None
+        if document.chunk_size is not None and document.chunk_overlap is not None:
+            chunking = (document.chunk_size, document.chunk_overlap)
         return cls(
             document.task_id, str(document.agent_id), document.sha256, document.filename,
-            document.size_bytes, None,
+            document.size_bytes, chunking,
         )  # fmt: skip
 
 

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 DOCUMENT_KEYS = {
     "id", "agent_id", "filename", "content_type", "size_bytes", "sha256", "page_count",
     "chunk_count", "status", "error", "task_id", "embedding_precision", "embedding_model",
-    "created_at", "updated_at",
+    "chunk_size", "chunk_overlap", "created_at", "updated_at",
 }  # fmt: skip
 BAD_IDS = [str(uuid.uuid4()), "not-a-uuid", "1 OR 1=1", "x" * 300]
 

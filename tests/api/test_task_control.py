@@ -565,6 +565,106 @@ async def test_dedup_two_identical_uploads_racing_end_with_one_document(
     documents = await documents_with(stack, data)
     assert [doc.status for doc in documents] == ["complete"]
     assert await chunk_count(stack, str(documents[0].id)) == documents[0].chunk_count
+    # The one that lost names the file stored (it said its own name was stored, which the
+    # documents list does not show), whether it lost at its store or at its upload.
+    stored = documents[0].filename
+    (lost,) = {f"r{i}.txt" for i in range(2)} - {stored}
+    told = [
+        *(final["message"] for final in finals if final["task_id"] != documents[0].task_id),
+        *(response.json()["message"] for response in responses if response.status_code == 200),
+    ]
+    assert told == [f"{lost} is already stored for this agent as {stored}; nothing new was stored"]
+
+
+async def test_dedup_an_upload_chunked_otherwise_is_told_the_stored_document_keeps_its_own(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """The same bytes sent again with a finer chunking store nothing new, as any duplicate;
+    the answer said only "already ingested", and the user, who asked for other chunks, got
+    the old ones with no word why. It says the stored document keeps its chunking, and how
+    to get the one asked for."""
+    data = lorem(40, seed=14).encode()
+    first = await upload(http, tenant, "guide.txt", data)
+    done = await wait_for_status(http, tenant, first.json()["task_id"], Status.TERMINAL)
+    document_id = done["document_id"]
+    size, overlap = stack.settings.chunk_size, stack.settings.chunk_overlap
+    kept = (
+        f"guide.txt is already stored for this agent; nothing new was stored. It keeps the "
+        f"chunking it was stored with (chunk_size {size}, chunk_overlap {overlap}); to store "
+        f"it with chunk_size 500, chunk_overlap 50, delete document {document_id} and upload "
+        "it again"
+    )
+    finer = params(tenant, chunk_size=500, chunk_overlap=50)
+    single = await http.post(
+        "/upload/agent", params=finer, headers=tenant.headers, files={"file": ("guide.txt", data)}
+    )
+    assert single.status_code == 200, single.text
+    assert single.json() == {
+        "message": kept, "filename": "guide.txt", "agent_id": tenant.agent_id,
+        "task_id": first.json()["task_id"], "status": "complete", "size_bytes": len(data),
+        "duplicate": True, "document_id": document_id,
+    }  # fmt: skip
+    batch = await http.post(
+        "/upload/agent/batch", params=finer, headers=tenant.headers,
+        files=[("file", ("guide.txt", data))],
+    )  # fmt: skip
+    assert [entry["message"] for entry in batch.json()["tasks"]] == [kept]
+    same = await http.post(
+        "/upload/agent", params=params(tenant, chunk_size=size), headers=tenant.headers,
+        files={"file": ("guide (1).txt", data)},
+    )  # fmt: skip
+    assert same.status_code == 200, same.text
+    assert same.json()["message"] == (
+        "guide (1).txt is already stored for this agent as guide.txt; nothing new was stored"
+    )
+    document = (await http.get(f"/documents/{document_id}", headers=tenant.headers)).json()
+    assert (document["chunk_size"], document["chunk_overlap"]) == (size, overlap)
+    assert [doc.chunk_count for doc in await documents_with(stack, data)] == [
+        done["progress"]["chunks_total"]
+    ]
+
+
+async def test_dedup_the_same_bytes_twice_in_one_batch_make_one_task(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant
+) -> None:
+    """Both copies became tasks, and both were extracted and embedded before the second's
+    store found the first's document: twice the work for one document. The second is a
+    duplicate of the first's task from the start, and the batch lists it as that task is."""
+    twin, other = lorem(30, seed=15).encode(), lorem(30, seed=16).encode()
+    response = await http.post(
+        "/upload/agent/batch", params=params(tenant), headers=tenant.headers,
+        files=[("file", ("b.txt", twin)), ("file", ("c.txt", other)),
+               ("file", ("b copy.txt", twin))],
+    )  # fmt: skip
+    assert response.status_code == 202, response.text
+    body = response.json()
+    first, fresh, copy = body["tasks"]
+    assert "duplicate" not in first and "duplicate" not in fresh
+    assert copy == {
+        "message": f"b copy.txt has the same content as b.txt, sent in this batch: its task "
+        f"{first['task_id']} stores it once; nothing more will be stored",
+        "filename": "b copy.txt", "agent_id": tenant.agent_id, "task_id": first["task_id"],
+        "status": "queued", "size_bytes": len(twin), "duplicate": True,
+    }  # fmt: skip
+    done = await wait_for_status(http, tenant, first["task_id"], Status.TERMINAL)
+    assert (done["status"], done["message"]) == ("complete", "Successfully processed b.txt")
+    await wait_for_status(http, tenant, fresh["task_id"], Status.TERMINAL)
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while True:
+            batch = (
+                await http.get(f"/upload/batch/{body['batch_id']}", headers=tenant.headers)
+            ).json()
+            if batch["summary"].get("complete") == 2:
+                break
+            await asyncio.sleep(0.1)
+    assert batch["summary"] == {"complete": 2, "duplicate": 1}
+    assert sorted(task["task_id"] for task in batch["tasks"]) == sorted(
+        [first["task_id"], fresh["task_id"]]
+    )
+    assert batch["duplicates"] == [
+        {**copy, "status": "complete", "document_id": done["document_id"]}
+    ]
+    assert [doc.filename for doc in await documents_with(stack, twin)] == ["b.txt"]
 
 
 class HeldEmbedder(FakeEmbedder):

@@ -811,6 +811,12 @@ async def test_upload_with_a_key_reused_after_retention_keeps_the_first_document
     assert task_id in body["detail"] and "'jan.txt'" in body["detail"]
     assert "differs in file content, file name." in body["detail"]
     assert "idempotent-replayed" not in refused.headers
+    # The row keeps the chunking too: the same file chunked otherwise is another upload.
+    rechunked = await http.post(
+        upload_url(tenant, chunk_size=300), headers=headers, files={"file": ("jan.txt", january)}
+    )
+    assert rechunked.status_code == 422, rechunked.text
+    assert "differs in chunking." in rechunked.json()["detail"]
 
     replayed = await http.post(
         upload_url(tenant), headers=headers, files={"file": ("jan.txt", january)}
