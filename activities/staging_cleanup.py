@@ -5,6 +5,10 @@ longer knows the task (retention passed, or an upload never got its workflow sta
 nothing in the folder changed within the TTL. A folder with a recent change is always kept:
 an upload stages its file before it starts its workflow, and an idempotent retry stages
 again under the same task id, so young files mean someone is at work there.
+
+Before judging a folder, the sweep records the end of a task whose run was stopped from
+outside (terminated, timed out) in its documents row (`activities/stopped_tasks.py`): its
+workflow could not, and the row is what tells the task once Temporal forgot it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fsspec
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.stopped_tasks import record_stopped, recorded_since, stopped_task
 from core.staging import StagingStore
+from core.temporal import STOPPED_FROM_OUTSIDE
 from workflows.staging_cleanup import CLEAN_STAGING, StagingCleanupResult
 
 DESCRIBE_TIMEOUT = timedelta(seconds=10)
@@ -140,11 +147,13 @@ class StagingCleanupActivities:
         self,
         staging: StagingStore,
         client: Client,
+        sessionmaker: async_sessionmaker[AsyncSession],
         ttl: timedelta,
         orphan_grace: timedelta | None = None,
     ) -> None:
         self.staging = staging
         self.client = client
+        self.sessionmaker = sessionmaker
         self.ttl = ttl
         self.orphan_grace = orphan_grace
 
@@ -172,23 +181,44 @@ class StagingCleanupActivities:
             changed = await asyncio.to_thread(newest_change, fs, folder, files)
         except FileNotFoundError:
             return False  # another sweep removed it meanwhile
-        fate = await self._fate(task_id)
-        if not expired(fate, changed, now, self.ttl, self.orphan_grace):
+        description = await self._describe(task_id)
+        if description is not None:
+            # Before its folder may go: no later sweep would see the task again.
+            await self._record_if_stopped(description)
+        if not expired(fate_of(description), changed, now, self.ttl, self.orphan_grace):
             return False
         await asyncio.to_thread(remove_files, fs, folder, list(files))
         return True
 
-    async def _fate(self, task_id: str) -> TaskFate:
+    async def _describe(self, task_id: str) -> WorkflowExecutionDescription | None:
+        """The task's latest run; None when Temporal does not know the task."""
         handle = self.client.get_workflow_handle(task_id)
         try:
-            description = await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
+            return await handle.describe(rpc_timeout=DESCRIBE_TIMEOUT)
         except RPCError as exc:
             if exc.status in _UNKNOWN:
-                return VANISHED
+                return None
             raise
-        if description.status is WorkflowExecutionStatus.RUNNING:
-            return TaskFate(exists=True)
-        return TaskFate(exists=True, closed_at=description.close_time)
+
+    async def _record_if_stopped(self, description: WorkflowExecutionDescription) -> None:
+        """Write the row of a run terminated or timed out, unless written since it closed."""
+        closed_at = description.close_time
+        if closed_at is None or description.status not in STOPPED_FROM_OUTSIDE:
+            return
+        if await recorded_since(self.sessionmaker, description.id, closed_at):
+            return
+        stop = await stopped_task(self.client, description)
+        if stop is not None:
+            await record_stopped(self.sessionmaker, stop)
+
+
+def fate_of(description: WorkflowExecutionDescription | None) -> TaskFate:
+    """Temporal's word on a task, from its latest run (None: Temporal does not know it)."""
+    if description is None:
+        return VANISHED
+    if description.status is WorkflowExecutionStatus.RUNNING:
+        return TaskFate(exists=True)
+    return TaskFate(exists=True, closed_at=description.close_time)
 
 
 def _resumed() -> tuple[str | None, int, int]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +41,7 @@ from workflows.types import (
     Status,
     TaskProgress,
     already_stored,
+    task_from_memo,
 )
 
 
@@ -375,12 +376,3 @@ def _details(task: IngestTask, owner: uuid.UUID) -> str:
     if task.batch_id:
         lines.append(f"batch `{task.batch_id}`")
     return "\n\n".join(lines)
-
-
-def task_from_memo(memo: Mapping[str, Any]) -> IngestTask | None:
-    """The IngestTask a workflow was started with, as its memo keeps it."""
-    raw = memo.get(MEMO_TASK)
-    if not isinstance(raw, dict):
-        return None
-    known = {field.name for field in dataclasses.fields(IngestTask)}
-    return IngestTask(**{key: value for key, value in raw.items() if key in known})

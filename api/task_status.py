@@ -8,6 +8,7 @@ query would, and list results carry the same object for `/api/progress`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import uuid
@@ -22,7 +23,6 @@ from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
-    WorkflowHistoryEventFilterType,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -30,29 +30,27 @@ from api.schemas import TaskError, TaskProgressCounts, TaskStatus
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.models import Document
-from core.temporal import AGENT_ID, INGEST_STATUS, OWNER_ID, iso_utc
+from core.temporal import (
+    AGENT_ID,
+    INGEST_STATUS,
+    OWNER_ID,
+    STOPPED_FROM_OUTSIDE,
+    iso_utc,
+    termination_reason,
+)
 from workflows.types import (
     MEMO_PROGRESS,
     WORKFLOW_NAME,
-    FailureType,
     Stage,
     Status,
     TaskProgress,
     cancelled_message,
+    recorded_stop,
+    stopped,
 )
 
 RPC_DEADLINE = timedelta(seconds=2)
 _MISSING = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
-# An execution status the memo cannot know of: how the message and the error say it.
-_STOPPED = {
-    WorkflowExecutionStatus.TERMINATED: (
-        "was stopped by an operator (terminated)",
-        "Stopped by an operator (terminated)",
-    ),
-    WorkflowExecutionStatus.TIMED_OUT: ("timed out", "Timed out"),
-}
-_REASON_MAX = 500  # characters of an operator's terminate reason quoted to the user
-_NO_REASON = "terminated by user via frontend"  # what the server records when none was given
 
 
 async def describe_owned(
@@ -192,25 +190,10 @@ async def render_with_reason(
     history's close event: neither the memo nor visibility has it)."""
     reason = ""
     if execution.status is WorkflowExecutionStatus.TERMINATED:
-        reason = await _termination_reason(client, execution)
+        # A history that cannot be read: the task says it was terminated, without a reason.
+        with contextlib.suppress(RPCError):
+            reason = await termination_reason(client, execution, RPC_DEADLINE)
     return render(execution, memo, stop_reason=reason)
-
-
-async def _termination_reason(client: Client, execution: WorkflowExecution) -> str:
-    """The reason given with the terminate request; "" when none was given or the history
-    cannot be read (the task then says it was terminated, without a reason)."""
-    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
-    try:
-        async for event in handle.fetch_history_events(
-            event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT,
-            rpc_timeout=RPC_DEADLINE,
-        ):
-            if event.HasField("workflow_execution_terminated_event_attributes"):
-                reason = event.workflow_execution_terminated_event_attributes.reason
-                return "" if reason == _NO_REASON else " ".join(reason.split())[:_REASON_MAX]
-    except RPCError:
-        return ""
-    return ""
 
 
 def render(
@@ -254,19 +237,15 @@ def _reconcile(
 ) -> TaskProgress:
     """The memo cannot know of a terminate or timeout: the execution status decides then."""
     completed_at = progress.completed_at or (iso_utc(closed) if closed else None)
-    if status in _STOPPED and progress.status not in Status.TERMINAL:
-        happened, error = _STOPPED[status]
-        reason = f": {stop_reason}" if stop_reason else ""
+    error_type = STOPPED_FROM_OUTSIDE.get(status) if status else None
+    if error_type is not None and progress.status not in Status.TERMINAL:
+        message, error = stopped(progress.filename, error_type, stop_reason)
         return _replace(
             progress,
             status=Status.ERROR,
-            message=f"Processing {progress.filename} {happened}{reason}; the upload can be retried",
-            error_type=(
-                FailureType.TERMINATED
-                if status is WorkflowExecutionStatus.TERMINATED
-                else FailureType.TIMEOUT
-            ),
-            error_message=error + reason,
+            message=f"{message}; the upload can be retried",
+            error_type=error_type,
+            error_message=error,
             completed_at=completed_at,
         )
     if status is WorkflowExecutionStatus.CANCELED and progress.status != Status.CANCELLED:
@@ -356,4 +335,8 @@ def _recorded_message(document: Document) -> str:
         return f"Failed to process {name}: {reason}"
     if document.status == Status.CANCELLED:
         return cancelled_message(name, reason or "")
-    return f"Processing {name} stopped: {reason}"
+    # A stop from outside, recorded by the staging sweep: as the task said it, less that its
+    # upload can be retried (no retry can run once its workflow is gone).
+    return (
+        recorded_stop(name, document.error_type, reason) or f"Processing {name} stopped: {reason}"
+    )

@@ -6,15 +6,22 @@ import asyncio
 import logging
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowHistoryEventFilterType,
+)
 from temporalio.common import SearchAttributeKey
+
+from workflows.types import FailureType
 
 OWNER_ID = SearchAttributeKey.for_keyword("OwnerId")
 AGENT_ID = SearchAttributeKey.for_keyword("AgentId")
@@ -88,3 +95,28 @@ def iso_utc(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# A run stopped from outside, as the task's error type says it (its memo cannot know of it).
+STOPPED_FROM_OUTSIDE = {
+    WorkflowExecutionStatus.TERMINATED: FailureType.TERMINATED,
+    WorkflowExecutionStatus.TIMED_OUT: FailureType.TIMEOUT,
+}
+REASON_MAX = 500  # characters of an operator's terminate reason quoted to the user
+_NO_REASON = "terminated by user via frontend"  # what the server records when none was given
+
+
+async def termination_reason(
+    client: Client, execution: WorkflowExecution, rpc_timeout: timedelta
+) -> str:
+    """The reason given with the terminate request of a terminated run, read from its
+    history's close event (neither the memo nor visibility has it); "" when none was given.
+    Raises RPCError when the history cannot be read."""
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    async for event in handle.fetch_history_events(
+        event_filter_type=WorkflowHistoryEventFilterType.CLOSE_EVENT, rpc_timeout=rpc_timeout
+    ):
+        if event.HasField("workflow_execution_terminated_event_attributes"):
+            reason = event.workflow_execution_terminated_event_attributes.reason
+            return "" if reason == _NO_REASON else " ".join(reason.split())[:REASON_MAX]
+    return ""

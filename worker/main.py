@@ -109,7 +109,11 @@ def build_workers(
                     store.record_outcome,
                     CleanupActivities(staging).cleanup,
                     StagingCleanupActivities(
-                        staging, client, settings.staging_ttl, settings.upload_orphan_grace
+                        staging,
+                        client,
+                        sessionmaker,
+                        settings.staging_ttl,
+                        settings.upload_orphan_grace,
                     ).clean_staging,
                 ],
                 activity_executor=executor,

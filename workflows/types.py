@@ -6,7 +6,9 @@ file bytes, chunk lists or vectors: those live in the staging store under the ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 WORKFLOW_NAME = "IngestDocument"
 PROGRESS_QUERY = "progress"
@@ -109,6 +111,36 @@ class FailureType:
     TERMINATED = "Terminated"
     CANCELLED = "Cancelled"
     SHOWN = frozenset({*WORDED, TIMEOUT, TERMINATED, CANCELLED, INTERNAL_ERROR})
+
+
+# How a run stopped from outside is told (its workflow, no longer running, cannot say it): an
+# operator terminated it, or it ran past its execution timeout. What happened, and the error.
+_STOPPED_WORDS = {
+    FailureType.TERMINATED: (
+        "was stopped by an operator (terminated)",
+        "Stopped by an operator (terminated)",
+    ),
+    FailureType.TIMEOUT: ("timed out", "Timed out"),
+}
+
+
+def stopped(filename: str, error_type: str, reason: str) -> tuple[str, str]:
+    """The message and the error message of a task whose run was stopped from outside
+    (`error_type` `Terminated` or `Timeout`), quoting the reason an operator typed, if any.
+    The API says them from the execution's status; the staging sweep writes them into the
+    task's documents row, which says them once Temporal's retention dropped the workflow."""
+    happened, said = _STOPPED_WORDS[error_type]
+    reason = f": {reason}" if reason else ""
+    return f"Processing {filename} {happened}{reason}", said + reason
+
+
+def recorded_stop(filename: str, error_type: str | None, error: str | None) -> str | None:
+    """The message of a task whose row records a stop from outside (`stopped`'s error);
+    None for any other error (a step of it that timed out is `Timeout` too)."""
+    happened, said = _STOPPED_WORDS.get(error_type or "", ("", ""))
+    if not said or error is None or not (error == said or error.startswith(f"{said}: ")):
+        return None
+    return f"Processing {filename} {happened}{error[len(said) :]}"
 
 
 @dataclass
@@ -251,3 +283,12 @@ def already_stored(
         f"chunk_size {chunking[0]}, chunk_overlap {chunking[1]}, delete document "
         f"{document_id} and upload it again"
     )
+
+
+def task_from_memo(memo: Mapping[str, Any]) -> IngestTask | None:
+    """The IngestTask a workflow was started with, as its memo keeps it."""
+    raw = memo.get(MEMO_TASK)
+    if not isinstance(raw, dict):
+        return None
+    known = {field.name for field in fields(IngestTask)}
+    return IngestTask(**{key: value for key, value in raw.items() if key in known})

@@ -26,7 +26,7 @@ from api.deps import (
     StagingDep,
     TemporalDep,
 )
-from api.ingest_start import AlreadyStarted, start_ingest, task_from_memo
+from api.ingest_start import AlreadyStarted, start_ingest
 from api.schemas import ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import find_task
 from api.task_turns import TURN_PATIENCE_S, task_busy, task_turn
@@ -36,7 +36,7 @@ from core.errors import Conflict, NotFound
 from core.models import Agent
 from core.settings import Settings
 from core.temporal import iso_utc
-from workflows.types import FailureType, IngestTask, Status
+from workflows.types import FailureType, IngestTask, Status, task_from_memo
 
 router = APIRouter(
     prefix="/upload",

@@ -26,7 +26,6 @@ from api.ingest_start import (
     StartUnconfirmed,
     accept_file,
     chunking,
-    task_from_memo,
 )
 from api.schemas import UPLOAD_MESSAGE, ErrorBody, TaskStatus, UploadAccepted
 from api.task_status import (
@@ -46,7 +45,7 @@ from api.upload_stream import (
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
-from workflows.types import IngestTask, Status
+from workflows.types import IngestTask, Status, task_from_memo
 
 router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model": ErrorBody}})
 

@@ -23,11 +23,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.bridge.services_generated import WorkflowService
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 
 from activities.embed import TextEmbedder
 from activities.staging_cleanup import StagingCleanupActivities
+from activities.stopped_tasks import record_stopped, stopped_task
 from activities.vectors import Vectors
 from api.app import create_app
 from api.ingest_start import start_ingest
@@ -37,6 +39,7 @@ from core.formats import DocumentFormat
 from core.models import Agent, Chunk, Document
 from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
+from core.temporal import OWNER_ID
 from tests.documents import lorem, make_docx_with_unreadable_rels, make_pdf
 from tests.support import (
     FakeEmbedder,
@@ -409,7 +412,9 @@ async def test_a_batch_streaming_longer_than_the_orphan_grace_keeps_its_first_fi
         update={"upload_orphan_grace": grace}
     )
     staging = StagingStore(settings.resolved_staging_url)
-    sweeper = StagingCleanupActivities(staging, stack.client, timedelta(hours=1), grace)
+    sweeper = StagingCleanupActivities(
+        staging, stack.client, stack.sessionmaker, timedelta(hours=1), grace
+    )
     boundary = "a-slow-batch"
     sweeps: list[StagingCleanupResult] = []
 
@@ -497,7 +502,9 @@ async def test_a_single_upload_streaming_longer_than_the_orphan_grace_keeps_its_
         update={"upload_orphan_grace": grace}
     )
     staging = StagingStore(settings.resolved_staging_url)
-    sweeper = StagingCleanupActivities(staging, stack.client, timedelta(hours=1), grace)
+    sweeper = StagingCleanupActivities(
+        staging, stack.client, stack.sessionmaker, timedelta(hours=1), grace
+    )
     boundary = "a-slow-upload"
     sweeps: list[StagingCleanupResult] = []
     text = lorem(4, seed=5)
@@ -1019,6 +1026,158 @@ async def test_retry_after_the_staged_original_was_removed_is_409_saying_how_lon
     assert refused.json()["detail"] == (
         "The staged original of gone.txt was removed (its document was deleted, or staging is "
         "kept 7 days after a task ends); upload it again"
+    )
+
+
+@pytest.fixture
+async def swept_api(
+    stack: Stack, tmp_path: Path
+) -> AsyncIterator[tuple[str, Settings, StagingCleanupActivities]]:
+    """An API on task queues no worker polls, with a staging store of its own, and the
+    staging sweep of that store (the worker's, with its default TTL and grace)."""
+    settings = stack_settings(stack, staging_url=str(tmp_path / "staging"))
+    staging = StagingStore(settings.resolved_staging_url)
+    sweeper = StagingCleanupActivities(
+        staging,
+        stack.client,
+        stack.sessionmaker,
+        settings.staging_ttl,
+        settings.upload_orphan_grace,
+    )
+    async with serve(settings) as url:
+        yield url, settings, sweeper
+
+
+async def recorded(stack: Stack, task_id: str) -> list[tuple[str, str | None, Any]]:
+    """The task's documents rows: status, error type, when written."""
+    async with stack.sessionmaker() as session:
+        rows = await session.execute(
+            select(Document.status, Document.error_type, Document.updated_at).where(
+                Document.task_id == task_id
+            )
+        )
+    return [(row.status, row.error_type, row.updated_at) for row in rows]
+
+
+async def test_a_terminated_task_still_says_error_once_temporal_forgot_it(
+    swept_api: tuple[str, Settings, StagingCleanupActivities], stack: Stack, tenant: Tenant
+) -> None:
+    """A task an operator terminated writes no documents row (its workflow no longer runs):
+    once Temporal's retention dropped the workflow, its status was 404 and the documents list
+    never had it. The staging sweep records it as the API told it, once."""
+    url, _, sweeper = swept_api
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_id = (await upload(http, tenant, "cut.txt", b"terminated bytes")).json()["task_id"]
+        handle = stack.client.get_workflow_handle(task_id)
+        await handle.terminate(reason="disk full on host 3")
+        told = await wait_for_status(http, tenant, task_id, {Status.ERROR})
+        said = "Processing cut.txt was stopped by an operator (terminated): disk full on host 3"
+        assert told["message"] == f"{said}; the upload can be retried"
+
+        assert await ActivityEnvironment().run(sweeper.clean_staging) == StagingCleanupResult(
+            kept=1, removed=0
+        )
+        first = await recorded(stack, task_id)
+        await ActivityEnvironment().run(sweeper.clean_staging)
+        assert await recorded(stack, task_id) == first  # once: a second sweep changes nothing
+        assert [(status, kind) for status, kind, _ in first] == [("error", "Terminated")]
+        assert (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json() == told
+
+        await forget_workflow(stack, task_id)
+        after = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+        assert after.status_code == 200, after.text
+        body = after.json()
+        assert (body["status"], body["message"], body["error"]) == (
+            "error",
+            said,  # no retry can run once the workflow is gone
+            {
+                "type": "Terminated",
+                "message": "Stopped by an operator (terminated): disk full on host 3",
+            },
+        )
+        assert body["completed_at"] == told["completed_at"]
+        listed = await http.get(
+            f"/agents/{tenant.agent_id}/documents",
+            params={"status": "error"},
+            headers=tenant.headers,
+        )
+        assert [document["task_id"] for document in listed.json()["documents"]] == [task_id]
+        retry = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+        assert retry.status_code == 409, retry.text
+
+
+async def test_a_terminated_task_recorded_by_the_sweep_can_be_retried_to_complete(
+    swept_api: tuple[str, Settings, StagingCleanupActivities],
+    stack: Stack,
+    tenant: Tenant,
+    embedder: TextEmbedder,
+) -> None:
+    """The row the sweep wrote for a terminated task gives way to its retry's document, and
+    a late write of the terminated run's record (a sweep that described it before the retry)
+    leaves the stored document as it is."""
+    url, settings, sweeper = swept_api
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        task_id = await upload_file(http, tenant, "again.txt", lorem(3, seed=91).encode())
+        handle = stack.client.get_workflow_handle(task_id)
+        await handle.terminate(reason="host drained")
+        await wait_for_status(http, tenant, task_id, {Status.ERROR})
+        late = await stopped_task(stack.client, await handle.describe())
+        assert late is not None
+        await ActivityEnvironment().run(sweeper.clean_staging)
+        assert [row[:2] for row in await recorded(stack, task_id)] == [("error", "Terminated")]
+
+        own_stack = dataclasses.replace(stack, staging=sweeper.staging)
+        async with running_workers(own_stack, settings, embedder):
+            retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+            assert retried.status_code == 202, retried.text
+            done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+        assert done["status"] == "complete"
+        await record_stopped(stack.sessionmaker, late)
+        assert [row[:2] for row in await recorded(stack, task_id)] == [("complete", None)]
+        await forget_workflow(stack, task_id)
+        after = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+        assert (after.json()["status"], after.json()["document_id"]) == (
+            "complete",
+            done["document_id"],
+        )
+
+
+async def test_a_timed_out_task_started_by_hand_is_recorded_from_its_input(
+    swept_api: tuple[str, Settings, StagingCleanupActivities], stack: Stack, tenant: Tenant
+) -> None:
+    """A workflow an operator started by hand with an execution timeout (no memo: its input
+    is in its first event) that timed out: recorded `error`, `Timeout`, with its file name."""
+    url, settings, sweeper = swept_api
+    data = b"never processed"
+    task = IngestTask(
+        task_id=str(uuid.uuid4()), owner_id=str(tenant.owner_id), agent_id=tenant.agent_id,
+        filename="late.txt", format=DocumentFormat.TEXT.value, size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), chunk_size=1000, chunk_overlap=100,
+        embed_task_queue=settings.embed_task_queue,
+    )  # fmt: skip
+    sweeper.staging.write_bytes(task.task_id, ORIGINAL, data)
+    handle = await stack.client.start_workflow(
+        "IngestDocument",
+        task,
+        id=task.task_id,
+        task_queue=settings.task_queue,
+        execution_timeout=timedelta(seconds=1),
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(OWNER_ID, str(tenant.owner_id))]
+        ),
+    )
+    async with asyncio.timeout(60):
+        while (await handle.describe()).status is not WorkflowExecutionStatus.TIMED_OUT:
+            await asyncio.sleep(0.2)
+    await ActivityEnvironment().run(sweeper.clean_staging)
+    await forget_workflow(stack, task.task_id)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        after = await http.get(f"/upload/status/{task.task_id}", headers=tenant.headers)
+    assert after.status_code == 200, after.text
+    assert (after.json()["status"], after.json()["message"], after.json()["error"]) == (
+        "error",
+        "Processing late.txt timed out",
+        {"type": "Timeout", "message": "Timed out"},
     )
 
 

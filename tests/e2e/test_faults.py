@@ -413,7 +413,11 @@ async def test_fault_api_killed_with_uploads_in_flight(
                     await assert_stored_once(stack, final)
                     await stack.client.get_workflow_handle(task_id).result()
         sweep = StagingCleanupActivities(
-            staging, stack.client, ttl=timedelta(days=7), orphan_grace=timedelta(0)
+            staging,
+            stack.client,
+            stack.sessionmaker,
+            ttl=timedelta(days=7),
+            orphan_grace=timedelta(0),
         )
         await ActivityEnvironment().run(sweep.clean_staging)
         assert staging.fs.ls(staging.root) == []  # nothing left of the uploads without a 202

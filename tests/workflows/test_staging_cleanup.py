@@ -77,7 +77,9 @@ async def sweeper(stack: Stack, tmp_path: Path) -> AsyncIterator[Sweeper]:
         stack.client,
         task_queue=sweep.task_queue,
         workflows=[CleanStaging],
-        activities=[StagingCleanupActivities(staging, stack.client, TTL).clean_staging],
+        activities=[
+            StagingCleanupActivities(staging, stack.client, stack.sessionmaker, TTL).clean_staging
+        ],
     )
     async with running_workers(own_stack, ingest, FakeEmbedder()), sweep_worker:
         yield Sweeper(ingest, sweep, staging, root)
