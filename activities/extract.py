@@ -37,6 +37,7 @@ from activities.errors import (
     staging_missing,
 )
 from activities.reader_process import READ_IN_CHILD, ReaderLimits, read_in_child
+from activities.word_numbering import WordNumbering
 from core.formats import DocumentFormat, decode_html, decode_text
 from core.staging import TEXT, StagingStore
 from workflows.types import (
@@ -374,7 +375,11 @@ def extract_docx(data: bytes, depth: int = 0) -> str:
     try:
         document = docx.Document(io.BytesIO(data))
         _read_imported_chunks(document, depth)
-        blocks = [*_docx_blocks(document.element.body), *_docx_notes(document)]
+        numbering = WordNumbering.of(document)
+        blocks = [
+            *_docx_blocks(document.element.body, numbering),
+            *_docx_notes(document, numbering),
+        ]
     # Past the memory limit (the reader says so), or an imported document refused.
     except (MemoryError, RejectedDocument):
         raise
@@ -397,8 +402,13 @@ _CHUNK_DEPTH = 8  # imported documents inside imported documents
 _DOCX_PART_CLASS = PartFactory.part_class_selector  # python-docx's own (images)
 
 
+# The numbering part is kept as bytes too: `WordNumbering` reads it, and numbers nothing when
+# it is damaged, where python-docx refused the whole document for it.
+_PARTS_KEPT_AS_BYTES = frozenset({RELATIONSHIP_TYPE.A_F_CHUNK, RELATIONSHIP_TYPE.NUMBERING})
+
+
 def _part_class(content_type: str, reltype: str) -> type[Part] | None:
-    if reltype == RELATIONSHIP_TYPE.A_F_CHUNK:
+    if reltype in _PARTS_KEPT_AS_BYTES:
         return Part
     return None if _DOCX_PART_CLASS is None else _DOCX_PART_CLASS(content_type, reltype)
 
@@ -509,13 +519,16 @@ _W_NOT_TEXT = {
 }
 
 
-def _docx_blocks(container: BaseOxmlElement) -> Iterator[str]:
-    """The text of each paragraph and table of `container` (the body, a cell), in order."""
+def _docx_blocks(container: BaseOxmlElement, numbering: WordNumbering) -> Iterator[str]:
+    """The text of each paragraph and table of `container` (the body, a cell), in order; a
+    numbered paragraph's begins with its number ("4.2 Payment"), as Word shows it."""
     for child in _unwrapped(container):
         if child.tag == _W_P:
-            yield "".join(_paragraph_text(child)).strip("\n")
+            label = numbering.label(child)  # counted even when the paragraph is empty
+            text = "".join(_paragraph_text(child)).strip("\n")
+            yield label + text if label and text.strip() else text
         elif child.tag == _W_TBL:
-            yield _table_text(child)
+            yield _table_text(child, numbering)
 
 
 def _unwrapped(parent: BaseOxmlElement) -> Iterator[BaseOxmlElement]:
@@ -540,7 +553,7 @@ _W_TYPE = qn("w:type")
 _NOT_NOTES = {"separator", "continuationSeparator", "continuationNotice"}
 
 
-def _docx_notes(document: Document) -> Iterator[str]:
+def _docx_notes(document: Document, numbering: WordNumbering) -> Iterator[str]:
     """The text of each footnote and endnote, after the body: a note (a source, a caveat) is
     the document's text too, though not where its mark stands."""
     relationships = list(document.part.rels.values())
@@ -551,7 +564,7 @@ def _docx_notes(document: Document) -> Iterator[str]:
             for note in parse_xml(relationship.target_part.blob):
                 if note.get(_W_TYPE) not in _NOT_NOTES:
                     # Without its mark, a note's text starts with the space Word puts after it.
-                    yield from (block.strip() for block in _docx_blocks(note))
+                    yield from (block.strip() for block in _docx_blocks(note, numbering))
 
 
 _W_TEXT_BOX, _W_RUN, _W_SYM = qn("w:txbxContent"), qn("w:r"), qn("w:sym")
@@ -599,7 +612,7 @@ def _symbol(sym: BaseOxmlElement) -> str:
     return _SYMBOL_FONT_GREEK.get(code - 0xF000 if code >= 0xF000 else code, "")
 
 
-def _table_text(table: BaseOxmlElement) -> str:
+def _table_text(table: BaseOxmlElement, numbering: WordNumbering) -> str:
     """A line per row, its cells apart; a cell merged down from the row above repeats its
     text (as python-docx's `Row.cells` did, which saw only the rows and cells that are the
     table's own children: those of a content control, such as a repeating section, were lost)."""
@@ -612,7 +625,7 @@ def _table_text(table: BaseOxmlElement) -> str:
             if cell.vMerge == "continue":
                 text = merged_down.get(column, "")
             else:
-                blocks = _docx_blocks(cell)
+                blocks = _docx_blocks(cell, numbering)
                 text = " ".join(block for block in blocks if block.strip()).strip()
                 merged_down[column] = text
             cells.append(text)
@@ -678,8 +691,22 @@ class _HTMLText(HTMLParser):
     # Cells, and what a browser draws as a box of its own amid the text (a form's controls, a
     # drop-down's options, an image): their words stay apart from their neighbours' ("RedBlue" was
     # read from two options). A cell's end tag may be left out: "<td>Name<td>Age".
+    # An inline SVG's drawing, and each of its texts, too ("Revenue2024" was read from a chart),
+    # and an embedded frame, media, canvas or gauge ("Watchthis" was read around a video).
     _APART = frozenset(
         {"td", "th", "button", "select", "option", "optgroup", "textarea", "input", "img"}
+        | {"svg", "text", "iframe", "video", "audio", "canvas", "meter", "progress"}
+    )
+    # Elements a browser does not show, left out as hidden ones are: a <title> in the body (an
+    # SVG icon's tooltip) and an SVG's description, metadata and what it defines to draw
+    # elsewhere (<defs>, a sprite's <symbol>s); what an embedded frame, media, canvas or gauge
+    # holds for a browser that cannot show it ("Your browser does not support the video tag.");
+    # an input's suggestions (<datalist>); a formula's annotations (the TeX source beside
+    # MathML); and a <dialog> that is not `open` (a cookie banner before a script opens it).
+    # An <object>'s fallback stays: a browser shows it when it cannot show the object's data.
+    _NOT_SHOWN = frozenset(
+        {"title", "desc", "metadata", "defs", "symbol", "iframe", "video", "audio", "canvas"}
+        | {"meter", "progress", "noframes", "noembed", "datalist", "annotation", "annotation-xml"}
     )
     # What a page's head may hold: any other element starts the body, as a browser reads it.
     _HEAD = frozenset({"base", "link", "meta", "title", "script", "style", "noscript", "template"})
@@ -705,6 +732,9 @@ class _HTMLText(HTMLParser):
         | {"rtc", "caption", "colgroup", "thead", "tbody", "tfoot", "html", "head", "body"}
     )
 
+    # Not shown, and holding only text: one left open ends at the next block or cell too.
+    _TEXT_ONLY = frozenset({"title", "desc", "meter", "progress"})
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
@@ -714,6 +744,8 @@ class _HTMLText(HTMLParser):
         self._annotation: Counter[str] | None = None
         self._hidden: str | None = None  # the hidden element being left out
         self._hidden_open: Counter[str] = Counter()  # it and the elements opened in it, by tag
+        self._drop_down: _DropDown | None = None  # the drop-down being read
+        self._switches: list[_Switch] = []  # the SVG <switch>es being read, innermost last
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "body" or self._starts_body(tag):  # the body is never skipped
@@ -721,10 +753,14 @@ class _HTMLText(HTMLParser):
             self._in_head = False
         if self._inside_hidden(tag, start=True):
             return
-        if not self._skipping and tag not in self._VOID and _hidden_by_attribute(attrs):
+        not_drawn = self._follow_switch(tag, start=True)
+        if not_drawn or (not self._skipping and self._not_shown(tag, attrs)):
             self._hidden, self._hidden_open = tag, Counter({tag: 1})
+            if tag in self._APART:  # a frame, a video: a box amid the text
+                self.parts.append(" ")
             return
         self._follow_ruby(tag, start=True)
+        self._follow_drop_down(tag, attrs)
         if tag in self._SKIP:
             self._skipping += 1
             self._in_head = self._in_head or tag == "head"
@@ -750,7 +786,9 @@ class _HTMLText(HTMLParser):
             self._in_head = False
         if self._inside_hidden(tag, start=False):
             return
+        self._follow_switch(tag, start=False)
         self._follow_ruby(tag, start=False)
+        self._follow_drop_down(tag, None)
         if tag in self._SKIP:
             self._skipping = max(0, self._skipping - 1)
         elif tag in self._BLOCK:
@@ -758,11 +796,54 @@ class _HTMLText(HTMLParser):
         elif tag in self._APART:
             self.parts.append(" ")
 
+    def _follow_switch(self, tag: str, start: bool) -> bool:
+        """Whether `tag` starts a child of an SVG <switch> that it does not draw: a switch
+        draws one of its children, the first one a browser can (here: its first), and the
+        others are its fallbacks. A diagram exported from draw.io holds each label twice (as
+        HTML, and as SVG text for viewers without HTML) and, once for the whole diagram, "Text
+        is not SVG - cannot display": all of them were read."""
+        not_drawn = False
+        if self._switches and start and not +self._switches[-1].opened:
+            switch = self._switches[-1]
+            not_drawn, switch.drawn = switch.drawn and tag not in self._VOID, True
+        # The end of a switch, or of an element around it (and around the switches outside).
+        while self._switches and _ends_around(self._switches[-1].opened, tag, start, self._VOID):
+            self._switches.pop()
+        if start and tag == "switch":
+            self._switches.append(_Switch())
+        return not_drawn
+
+    def _not_shown(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+        if tag in self._VOID:
+            return False
+        if tag in self._NOT_SHOWN or _hidden_by_attribute(attrs):
+            return True
+        return tag == "dialog" and all(name != "open" for name, _ in attrs)
+
+    def _follow_drop_down(self, tag: str, attrs: list[tuple[str, str | None]] | None) -> None:
+        """Keep a drop-down's shown option: its selected one, else its first (`_DropDown`).
+        `attrs` is None at an end tag."""
+        drop_down = self._drop_down
+        if drop_down is not None:
+            drop_down.end_option(len(self.parts))
+            if tag == "select" and attrs is None:
+                drop_down.keep_shown(self.parts)
+                self._drop_down = None
+            elif tag in ("option", "optgroup"):  # their end tags may be left out
+                if tag == "option" and attrs is not None:
+                    drop_down.start_option(len(self.parts) + 1, _has(attrs, "selected"))
+            elif _ends_around(drop_down.opened, tag, attrs is not None, self._VOID):
+                self._drop_down = None  # left open: all of its options are kept
+        if tag == "select" and attrs is not None:
+            size = next((value for name, value in attrs if name == "size"), None)
+            list_box = _has(attrs, "multiple") or (size or "").strip() not in ("", "0", "1")
+            self._drop_down = None if list_box else _DropDown()
+
     def _inside_hidden(self, tag: str, start: bool) -> bool:
         """Whether `tag` is inside the hidden element being left out; False at its end."""
         if self._hidden is None:
             return False
-        if self._hidden in self._END_OPTIONAL:
+        if self._hidden in self._END_OPTIONAL or self._hidden in self._TEXT_ONLY:
             ends = tag == self._hidden or tag in self._BLOCK or tag in self._APART
         else:
             ends = _ends_around(self._hidden_open, tag, start, self._VOID)
@@ -807,6 +888,50 @@ def _ends_around(opened: Counter[str], tag: str, start: bool, void: frozenset[st
         opened[tag] -= 1
         return False
     return True
+
+
+class _Switch:
+    """An SVG <switch> being read (`_HTMLText._follow_switch`)."""
+
+    def __init__(self) -> None:
+        self.opened: Counter[str] = Counter()  # elements opened in it and not yet ended
+        self.drawn = False  # whether the child it draws has started
+
+
+class _DropDown:
+    """A drop-down (a <select>, not `multiple`, of `size` 1) being read: a browser shows one
+    of its options, the selected one, else the first, and the others only when it is opened.
+    Its other options' text is left out at its end tag: a shop's page of two sentences with a
+    country and a birth-year picker made 3 chunks, 2 of them lists of names and years. Left
+    open (an element around it ends first), all of its options are kept."""
+
+    def __init__(self) -> None:
+        self.opened: Counter[str] = Counter()  # elements opened in it and not yet ended
+        # Where each option's text lies in the parts read, and whether it is selected.
+        self.options: list[tuple[int, int, bool]] = []
+        self._option: tuple[int, bool] | None = None  # the option being read: start, selected
+
+    def start_option(self, start: int, selected: bool) -> None:
+        self._option = (start, selected)
+
+    def end_option(self, end: int) -> None:
+        """An option's text ends at the next tag: an option holds nothing else."""
+        if self._option is not None:
+            start, selected = self._option
+            self.options.append((start, max(start, end), selected))
+            self._option = None
+
+    def keep_shown(self, parts: list[str]) -> None:
+        selected = [option for option in self.options if option[2]]
+        shown = selected[-1] if selected else self.options[0] if self.options else None
+        for option in self.options:
+            if option is not shown:
+                start, end, _ = option
+                parts[start:end] = [""] * (end - start)
+
+
+def _has(attrs: list[tuple[str, str | None]], attribute: str) -> bool:
+    return any(name == attribute for name, _ in attrs)
 
 
 def _hidden_by_attribute(attrs: list[tuple[str, str | None]]) -> bool:

@@ -427,15 +427,15 @@ def docx_with_imported_chunk(
     return out.getvalue()
 
 
-def docx_with_body(document_xml: bytes) -> bytes:
-    """A real DOCX whose word/document.xml is replaced by `document_xml`."""
+def docx_with_body(document_xml: bytes, parts: dict[str, bytes] | None = None) -> bytes:
+    """A real DOCX whose word/document.xml is replaced by `document_xml`, and the other parts
+    named in `parts` ("word/numbering.xml", "word/styles.xml") by theirs."""
+    replaced = {**(parts or {}), "word/document.xml": document_xml}
     source = zipfile.ZipFile(io.BytesIO(make_docx(["placeholder"])))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for member in source.infolist():
-            content = source.read(member.filename)
-            if member.filename == "word/document.xml":
-                content = document_xml
+            content = replaced.get(member.filename, source.read(member.filename))
             archive.writestr(member.filename, content)
     return out.getvalue()
 

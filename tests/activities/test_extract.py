@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import random
+import re
 import textwrap
 import zipfile
 from collections.abc import Callable
@@ -548,6 +549,249 @@ def test_extract_docx_reads_a_ruby_as_written_without_its_reading() -> None:
     assert extract_docx(data) == "新しい漢字を読む"
 
 
+W_MAIN = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def word_level(ilvl: int, fmt: str, text: str, more: str = "") -> str:
+    """A list level as Word writes it in numbering.xml, counting from 1."""
+    return (
+        f'<w:lvl w:ilvl="{ilvl}"><w:start w:val="1"/><w:numFmt w:val="{fmt}"/>'
+        f'<w:lvlText w:val="{text}"/>{more}</w:lvl>'
+    )
+
+
+def word_numbering(abstracts: dict[int, str], nums: dict[int, str]) -> bytes:
+    """A numbering part: abstract lists (id: levels) and list instances (id: abstract id and
+    overrides)."""
+    return (
+        f'<w:numbering xmlns:w="{W_MAIN}">'
+        + "".join(
+            f'<w:abstractNum w:abstractNumId="{key}">{levels}</w:abstractNum>'
+            for key, levels in abstracts.items()
+        )
+        + "".join(f'<w:num w:numId="{key}">{num}</w:num>' for key, num in nums.items())
+        + "</w:numbering>"
+    ).encode()
+
+
+def numbered(text: str, num_id: int | str, ilvl: int | str = 0) -> str:
+    return (
+        f'<w:p><w:pPr><w:numPr><w:ilvl w:val="{ilvl}"/><w:numId w:val="{num_id}"/></w:numPr>'
+        f'</w:pPr><w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p>'
+    )
+
+
+def styled(text: str, style: str) -> str:
+    return (
+        f'<w:p><w:pPr><w:pStyle w:val="{style}"/></w:pPr>'
+        f'<w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p>'
+    )
+
+
+def numbered_docx(body: str, numbering: bytes, styles: bytes | None = None) -> bytes:
+    parts = {"word/numbering.xml": numbering}
+    if styles is not None:
+        parts["word/styles.xml"] = styles
+    return docx_with_body(WORD_BODY.format(body).encode(), parts)
+
+
+LEGAL_LIST = (
+    word_level(0, "decimal", "%1.")
+    + word_level(1, "decimal", "%1.%2")
+    + word_level(2, "decimal", "%1.%2.%3")
+)
+
+
+def test_extract_docx_numbers_a_multi_level_legal_list() -> None:
+    """Word's numbers live in the numbering part, not in the text: a search for "clause 4.2"
+    missed the clause, and an agent reading the chunk back could not cite it."""
+    body = (
+        numbered("Definitions", 1)
+        + numbered("Agreement means this contract.", 1, 1)
+        + numbered("Including its schedules.", 1, 2)
+        + numbered("Services means the work.", 1, 1)
+        + word_paragraph("An unnumbered note.")
+        + numbered("Payment", 1)
+        + numbered("Invoices are due in 30 days.", 1, 1)
+    )
+    data = numbered_docx(body, word_numbering({1: LEGAL_LIST}, {1: '<w:abstractNumId w:val="1"/>'}))
+    assert extract_docx(data).split("\n\n") == [
+        "1. Definitions",
+        "1.1 Agreement means this contract.",
+        "1.1.1 Including its schedules.",
+        "1.2 Services means the work.",
+        "An unnumbered note.",
+        "2. Payment",
+        "2.1 Invoices are due in 30 days.",
+    ]
+
+
+def test_extract_docx_restarts_a_list_where_word_does() -> None:
+    """A list restarted at 1 (a list instance overriding its start) counts on its own; one
+    sharing the abstract list without an override continues it, as in Word; an empty item
+    is counted, but shows nothing."""
+    nums = {
+        1: '<w:abstractNumId w:val="1"/>',
+        2: '<w:abstractNumId w:val="1"/>'
+        '<w:lvlOverride w:ilvl="0"><w:startOverride w:val="1"/></w:lvlOverride>',
+        3: '<w:abstractNumId w:val="1"/>',
+    }
+    body = (
+        numbered("Scope", 1)
+        + '<w:p><w:pPr><w:numPr><w:ilvl w:val="0"/><w:numId w:val="1"/></w:numPr></w:pPr></w:p>'
+        + numbered("Term", 1)
+        + numbered("First step", 2)
+        + numbered("Second step", 2)
+        + numbered("Fees", 3)
+    )
+    data = numbered_docx(body, word_numbering({1: LEGAL_LIST}, nums))
+    assert extract_docx(data).split("\n\n") == [
+        "1. Scope",
+        "3. Term",
+        "1. First step",
+        "2. Second step",
+        "4. Fees",
+    ]
+
+
+def test_extract_docx_numbers_lettered_and_roman_sub_items() -> None:
+    levels = (
+        word_level(0, "decimal", "%1.")
+        + word_level(1, "lowerLetter", "%2)")
+        + word_level(2, "lowerRoman", "(%3)")
+        + word_level(3, "upperLetter", "%4.", '<w:suff w:val="nothing"/>')
+    )
+    body = (
+        numbered("Fees", 1)
+        + numbered("Monthly", 1, 1)
+        + numbered("in advance", 1, 2)
+        + numbered("by transfer", 1, 2)
+        + numbered("Yearly", 1, 1)
+        + numbered("Annex", 1, 3)
+        + numbered("Taxes", 1)
+        + numbered("VAT", 1, 1)
+    )
+    data = numbered_docx(body, word_numbering({1: levels}, {1: '<w:abstractNumId w:val="1"/>'}))
+    assert extract_docx(data).split("\n\n") == [
+        "1. Fees",
+        "a) Monthly",
+        "(i) in advance",
+        "(ii) by transfer",
+        "b) Yearly",
+        "A.Annex",
+        "2. Taxes",
+        "a) VAT",
+    ]
+
+
+HEADING_STYLES = (
+    f'<w:styles xmlns:w="{W_MAIN}">'
+    '<w:style w:type="paragraph" w:default="1" w:styleId="Normal"><w:name w:val="Normal"/>'
+    "</w:style>"
+    '<w:style w:type="paragraph" w:styleId="Heading1"><w:name w:val="heading 1"/>'
+    '<w:basedOn w:val="Normal"/><w:pPr><w:numPr><w:numId w:val="7"/></w:numPr></w:pPr>'
+    "</w:style>"
+    '<w:style w:type="paragraph" w:styleId="Heading2"><w:name w:val="heading 2"/>'
+    '<w:basedOn w:val="Heading1"/><w:pPr><w:numPr><w:ilvl w:val="1"/></w:numPr></w:pPr>'
+    "</w:style>"
+    '<w:style w:type="paragraph" w:styleId="Heading3"><w:name w:val="heading 3"/>'
+    '<w:basedOn w:val="Normal"/><w:pPr><w:numPr><w:numId w:val="7"/></w:numPr></w:pPr>'
+    "</w:style></w:styles>"
+).encode()
+
+
+def test_extract_docx_numbers_headings_through_their_style() -> None:
+    """Headings numbered by their style (Heading 1..9 linked to a list): "Article II", then
+    its sections in legal form ("2.1", not "II.1"); a style naming only its level takes the
+    list from the style it is based on, or its level from the list (w:pStyle)."""
+    levels = (
+        word_level(0, "upperRoman", "Article %1", '<w:pStyle w:val="Heading1"/>')
+        + word_level(1, "decimal", "%1.%2", '<w:isLgl/><w:pStyle w:val="Heading2"/>')
+        + word_level(2, "decimal", "§ %3", '<w:pStyle w:val="Heading3"/>')
+    )
+    body = (
+        styled("Definitions", "Heading1")
+        + word_paragraph("Words have these meanings.")
+        + styled("Payment", "Heading1")
+        + styled("Invoices", "Heading2")
+        + styled("Late payment", "Heading3")
+        + styled("Disputes", "Heading2")
+    )
+    numbering = word_numbering({1: levels}, {7: '<w:abstractNumId w:val="1"/>'})
+    assert extract_docx(numbered_docx(body, numbering, HEADING_STYLES)).split("\n\n") == [
+        "Article I Definitions",
+        "Words have these meanings.",
+        "Article II Payment",
+        "2.1 Invoices",
+        "§ 1 Late payment",
+        "2.2 Disputes",
+    ]
+
+
+def test_extract_docx_shows_bullets_as_a_bullet_character() -> None:
+    """A bullet drawn from a symbol font's private use area (Word's default) or as a letter
+    in Courier New reads as "•"; a plain character, as written."""
+    levels = (
+        word_level(0, "bullet", "\uf0b7", '<w:rPr><w:rFonts w:ascii="Symbol"/></w:rPr>')
+        + word_level(1, "bullet", "o", '<w:rPr><w:rFonts w:ascii="Courier New"/></w:rPr>')
+        + word_level(2, "bullet", "\u2013")
+        + word_level(3, "bullet", "§", '<w:rPr><w:rFonts w:ascii="Wingdings"/></w:rPr>')
+    )
+    body = (
+        numbered("Apples", 1)
+        + numbered("Green", 1, 1)
+        + numbered("Granny Smith", 1, 2)
+        + numbered("Sour", 1, 3)
+    )
+    data = numbered_docx(body, word_numbering({1: levels}, {1: '<w:abstractNumId w:val="1"/>'}))
+    assert extract_docx(data).split("\n\n") == [
+        "• Apples",
+        "• Green",
+        "\u2013 Granny Smith",
+        "• Sour",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("numbering", "num_id", "ilvl"),
+    [
+        (word_numbering({1: LEGAL_LIST}, {1: '<w:abstractNumId w:val="1"/>'}), "99", "0"),
+        (word_numbering({1: LEGAL_LIST}, {1: '<w:abstractNumId w:val="5"/>'}), "1", "0"),
+        (word_numbering({1: LEGAL_LIST}, {1: '<w:abstractNumId w:val="1"/>'}), "1", "12"),
+        (word_numbering({1: LEGAL_LIST}, {1: '<w:abstractNumId w:val="1"/>'}), "1", "-1"),
+        (b"<w:numbering><unclosed", "1", "0"),
+        (b"", "1", "0"),
+    ],
+    ids=[
+        "unknown-list",
+        "unknown-abstract-list",
+        "unknown-level",
+        "negative-level",
+        "damaged",
+        "empty",
+    ],
+)
+def test_extract_docx_with_a_broken_numbering_reference_reads_the_text(
+    numbering: bytes, num_id: str, ilvl: str
+) -> None:
+    """A reference to a list or level that is not there, or a damaged numbering part, numbers
+    nothing; the document is read (a damaged part failed it as "damaged")."""
+    body = numbered("Scope", num_id, ilvl) + word_paragraph("Plain words.")
+    data = numbered_docx(body, numbering)
+    assert extract_docx(data) == "Scope\n\nPlain words."
+
+
+def test_extract_docx_without_a_numbering_part_reads_numbered_paragraphs() -> None:
+    with zipfile.ZipFile(io.BytesIO(make_docx(["placeholder"]))) as archive:
+        relationships = archive.read("word/_rels/document.xml.rels")
+    relationships = re.sub(rb"<Relationship [^>]*/numbering\"[^>]*/>", b"", relationships)
+    body = numbered("Scope", 1) + word_paragraph("Plain words.")
+    data = docx_with_body(
+        WORD_BODY.format(body).encode(), {"word/_rels/document.xml.rels": relationships}
+    )
+    assert extract_docx(data) == "Scope\n\nPlain words."
+
+
 WEB_ARCHIVE = (
     b"MIME-Version: 1.0\r\n"
     b'Content-Type: multipart/related; type="text/html"; boundary="----=mhtDocumentPart"\r\n'
@@ -858,7 +1102,7 @@ def test_html_to_text_keeps_words_of_neighbouring_blocks_apart() -> None:
 
 def test_html_to_text_keeps_words_of_controls_and_options_apart() -> None:
     html = (
-        "<p>Colour: <select><option>Red</option><option>Blue</option></select>"
+        "<p>Colour: <select multiple><option>Red</option><option>Blue</option></select>"
         "<button>Save</button><button>Cancel</button></p>"
         "<p><label>Name</label><input name=n><label>Email</label><img src=a.png>Next</p>"
     )
@@ -908,6 +1152,98 @@ def test_html_to_text_hides_a_hidden_element_left_open_only_to_the_end_of_its_pa
 def test_html_to_text_ends_a_ruby_reading_left_open_with_its_cell() -> None:
     html = "<table><tr><td><ruby>漢<rt>かん</td><td>Next cell</td></tr></table>"
     assert html_to_text(html) == "漢 Next cell"
+
+
+def test_html_to_text_leaves_out_svg_tooltips_and_sprites() -> None:
+    """An inline icon's tooltip (<title>, <desc>) and a sprite's icons (<symbol>, <defs>) are
+    not drawn where they stand: they were read, glued to the words beside them
+    ("ClickDownload filean arrowhere"); an SVG's drawn text stays, each <text> apart."""
+    html = (
+        '<svg style="display:none"><defs><symbol id=dl><title>Download icon</title>'
+        '<path d="M0 0"/></symbol></defs><symbol id=x><desc>A cross</desc></symbol></svg>'
+        '<p>Click<svg><title>Download file</title><desc>an arrow</desc><use href="#dl"/></svg>'
+        "here</p><p>Chart<svg><text x=1>Revenue</text><text x=9>2024</text></svg>below</p>"
+        "<p>Icon<svg><title>Left open</svg>after</p>"
+    )
+    assert html_to_text(html) == "Click here\n\nChart Revenue 2024 below\n\nIcon after"
+
+
+def test_html_to_text_reads_the_child_an_svg_switch_draws() -> None:
+    """An SVG <switch> draws its first child a browser can, the others are fallbacks: a
+    draw.io diagram's labels were read twice (as HTML, then as SVG text), and its "Text is not
+    SVG - cannot display" too."""
+    extensibility = 'requiredFeatures="http://www.w3.org/TR/SVG11/feature#Extensibility"'
+    html = (
+        "<p>Flow:</p><svg><g><switch><foreignObject " + extensibility + "><div>"
+        "<div>Upload</div></div></foreignObject><text x=5>Upload</text></switch>"
+        "<switch><foreignObject " + extensibility + "><div>Embed</div></foreignObject>"
+        "<text>Embed</text></switch></g><switch><g " + extensibility + "/>"
+        '<a href="https://www.drawio.com/doc/faq/svg-export-text-problems">'
+        "<text>Text is not SVG - cannot display</text></a></switch></svg>"
+        "<svg><switch><g><switch><text>Inner</text><text>Inner fallback</text></switch></g>"
+        "<text>Outer fallback</text></switch><text>After</text></svg>"
+    )
+    assert html_to_text(html) == "Flow:\n\nUpload\n\nEmbed\nInner After"
+
+
+def test_html_to_text_leaves_out_fallback_content_of_embedded_media() -> None:
+    """What an <iframe>, <video>, <audio>, <canvas>, <meter> or <progress> holds is shown only
+    by a browser that cannot show the element itself: "Your browser does not support the video
+    tag." was read into the text, glued to the words beside it."""
+    html = (
+        "<p>Watch<iframe src=intro.html>Your browser does not support iframes.</iframe>this.</p>"
+        "<video controls><source src=a.mp4><track src=a.vtt>Your browser does not support the "
+        "video tag.</video><audio src=a.mp3><p>Your browser does not support audio.</p></audio>"
+        "<canvas>Enable canvas.</canvas><p>Disk <meter value=2 max=10>2 of 10</meter> full,"
+        " upload <progress value=70 max=100>70%</progress> done.</p>"
+        "<frameset><noframes>Your browser does not support frames.</noframes></frameset>"
+        "<div><video>Left open</div><p>After.</p><p>Load <meter value=5>5 of 10<p>Shown.</p>"
+    )
+    assert html_to_text(html) == (
+        "Watch this.\n\nDisk full, upload done.\n\nAfter.\n\nLoad\nShown."
+    )
+
+
+def test_html_to_text_leaves_out_closed_dialogs_and_datalists() -> None:
+    """A <dialog> without `open` (a cookie banner or a form's pop-up, before a script opens
+    it) and an input's suggestions (<datalist>) are not shown; an open dialog is."""
+    html = (
+        "<dialog id=cookies><p>We use cookies.</p><button>Accept all</button></dialog>"
+        "<dialog open><p>Saved.</p></dialog><p>Browser: <input list=b>"
+        "<datalist id=b><option value=Chrome><option>Firefox</option></datalist></p>"
+    )
+    assert html_to_text(html) == "Saved.\n\nBrowser:"
+
+
+def test_html_to_text_reads_a_drop_down_as_the_option_it_shows() -> None:
+    """A drop-down shows its selected option, or its first: a shop's page of two sentences
+    with a country and a birth-year picker made 3 chunks, 2 of them lists of names and years.
+    A list box (`multiple`, `size` over 1) shows its options."""
+    countries = "".join(f"<option value={n}>Country {n}</option>" for n in range(250))
+    html = (
+        f"<p>Country: <select name=c><option value=''>Choose a country</option>{countries}"
+        "</select> Post code</p><p>Size: <select><optgroup label=Small><option>S<option>XS"
+        "<optgroup label=Large><option selected>L<option>XL</select></p>"
+        "<p>Tags: <select multiple><option>red<option>blue</select>"
+        " <select size=3><option>a<option>b</select></p>"
+        "<p>Open: <select><option>one<option>two</p><p>Next.</p>"
+    )
+    assert html_to_text(html) == (
+        "Country: Choose a country Post code\n\nSize: L\n\nTags: red blue a b\n\n"
+        "Open: one two\n\nNext."
+    )
+
+
+def test_html_to_text_leaves_out_a_formulas_annotations() -> None:
+    """MathML's <annotation> (the TeX source KaTeX and Wikipedia put beside a formula) is not
+    shown: "E=mc2" was read as "E=mc2E=mc^2"."""
+    html = (
+        "<p>Energy <math><semantics><mrow><mi>E</mi><mo>=</mo><mi>m</mi><msup><mi>c</mi>"
+        '<mn>2</mn></msup></mrow><annotation encoding="application/x-tex">E=mc^2</annotation>'
+        "<annotation-xml encoding=MathML-Content><apply/></annotation-xml></semantics></math>"
+        " is conserved.</p>"
+    )
+    assert html_to_text(html) == "Energy E=mc2 is conserved."
 
 
 def test_html_to_text_reads_body_when_head_is_not_closed() -> None:
