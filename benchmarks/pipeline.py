@@ -1,27 +1,34 @@
-"""Figure 1 — pipeline efficiency: end-to-end chunks/s over raw model chunks/s.
+"""Figure 1 — pipeline efficiency: end-to-end chunks/s over the model's own chunks/s.
 
 A fixed corpus (Text and Markdown documents plus two reportlab PDFs, ~400 chunks) is uploaded
 at once to the warm, idle stack; the clock runs from the first upload request to the moment the
 last task turned `complete` (the workflow's own `completed_at`, read once its result is in, so
-no polling interval blurs it). The raw rate encodes the very chunk texts the pipeline stored
-(read back from `chunks`) in this process, with the worker's model, device, precision and batch
-size and the worker's batching (see benchmarks/encoding.py), while the stack is idle.
+no polling interval blurs it). Then, with the stack idle, the very chunk texts the pipeline
+stored (read back from `chunks`) are encoded in this process three ways, and a typical Python
+pipeline ingests the same files (benchmarks/baseline.py):
 
-Why the ratio is fair: both sides run the same model calls on the same texts on the same
-machine, so machine speed cancels out; what remains is what the pipeline costs on top of the
-model: upload, extraction, chunking, staging I/O, Temporal round trips, storing with the HNSW
-index, and the CPU those take from the model on a small machine.
+- `plain encode`: sentence-transformers' own `encode` of every chunk (batch size 32, torch's
+  threads over every core), in the worker's precision: the issue's "raw `encode`" of the same
+  chunks with the same backend. `e2e / plain encode` carries the issue's target (>= 0.9).
+- `worker's raw encode`: the same chunks through the worker's own embedding path (its lanes,
+  micro-batches and embed-batch concurrency: benchmarks/encoding.py). The pipeline cannot
+  outrun it, so `e2e / worker's raw encode` isolates what the orchestration costs around the
+  model (upload, extraction, chunking, staging I/O, Temporal round trips, storing with the
+  HNSW index, and the CPU those take from the model on a small machine): stricter than the
+  issue's ratio, shown beside it. `e2e / worker's raw float32` divides by that path in float32
+  when the worker embeds in another precision.
+- `typical float32 pipeline`: the same files read, split into the same chunks, embedded by
+  the plain `encode` in float32 and inserted into a table with the same HNSW index, file after
+  file. `e2e / typical pipeline` carries the issue's "twice the speed of a popular Python
+  pipeline" (>= 2).
 
-The issue's own yardsticks are measured in each round too (benchmarks/baseline.py): the plain
-sentence-transformers `encode` of the same chunks in the worker's precision, and a typical
-Python pipeline (read, split, embed in float32, store) of the same files. Against them the
-figure reports `e2e / plain encode` and `e2e / typical float32 pipeline` (the issue's "twice
-the speed of a popular Python pipeline"); the headline `e2e / raw` keeps the stricter raw side.
+Both sides of each ratio run on the same texts on the same machine in the same round, so
+machine speed cancels out.
 
-Rounds: the raw rate alone moved by up to 15 % between two measurements a minute apart on this
+Rounds: one rate alone moved by up to 15 % between two measurements a minute apart on this
 shared 2-core machine, so the figure alternates (upload the corpus under a new tenant, then
-encode what it stored) `Sizes.pipeline_rounds` times and divides the summed raw time by the
-summed end-to-end time; each round's own figures are in the details.
+measure the rest) `Sizes.pipeline_rounds` times and divides summed times; each round's own
+figures are in the details.
 """
 
 from __future__ import annotations
@@ -148,7 +155,9 @@ async def one_round(
         "ratio": round(raw.seconds / e2e_seconds, 3),
         **({} if float32 is None else {"raw_float32_seconds": round(float32, 3)}),
         "plain_encode_seconds": round(plain, 3),
+        "plain_ratio": round(plain / e2e_seconds, 3),
         "typical_pipeline_seconds": round(typical.seconds, 3),
+        "typical_ratio": round(typical.seconds / e2e_seconds, 3),
         "typical_pipeline_same_chunks": typical.chunks == stored,
         "idle_before_raw": idle,
         **timeline,
@@ -176,18 +185,20 @@ async def run(ctx: Context) -> FigureResult:
     chunks = sum(done.chunks for done in rounds)
     e2e_rate = chunks / sum(done.e2e_seconds for done in rounds)
     raw_rate = chunks / sum(done.raw_seconds for done in rounds)
+    plain_rate = chunks / sum(done.plain_seconds for done in rounds)
+    typical_rate = sum(d.typical_chunks for d in rounds) / sum(d.typical_seconds for d in rounds)
     result.add("end-to-end", e2e_rate, "chunks/s")
-    result.add("raw encode", raw_rate, "chunks/s")
-    result.add("e2e / raw", e2e_rate / raw_rate, "ratio", Target(">=", 0.9))
+    result.add(f"plain encode ({ctx.worker_precision})", plain_rate, "chunks/s")
+    result.add("e2e / plain encode", e2e_rate / plain_rate, "ratio", Target(">=", 0.9))
+    result.add("worker's raw encode", raw_rate, "chunks/s")
+    result.add("e2e / worker's raw encode", e2e_rate / raw_rate, "ratio")
     float32 = [done.float32_seconds for done in rounds if done.float32_seconds is not None]
     if float32:
-        # The issue's "about 2x a float32 pipeline": a float32 pipeline embeds at most at the
-        # raw float32 rate, so the speed-up over one is at least this.
-        result.add("e2e / raw float32", sum(float32) / sum(d.e2e_seconds for d in rounds), "ratio")
-    plain_rate = chunks / sum(done.plain_seconds for done in rounds)
-    result.add(f"plain encode ({ctx.worker_precision})", plain_rate, "chunks/s")
-    result.add("e2e / plain encode", e2e_rate / plain_rate, "ratio")
-    typical_rate = sum(d.typical_chunks for d in rounds) / sum(d.typical_seconds for d in rounds)
+        result.add(
+            "e2e / worker's raw float32",
+            sum(float32) / sum(done.e2e_seconds for done in rounds),
+            "ratio",
+        )
     result.add("typical float32 pipeline", typical_rate, "chunks/s")
     result.add("e2e / typical pipeline", e2e_rate / typical_rate, "ratio", Target(">=", 2.0))
     result.details.update(
