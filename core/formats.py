@@ -447,7 +447,14 @@ def decode_html(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
+        pass
+    try:
         return data.decode(declared, errors="replace")
+    except (LookupError, UnicodeError):
+        # A label that names no text encoding ("hex", "base64", "rot13") or one that cannot
+        # decode a page ("idna"): it failed the upload as an unexpected error. Read as though
+        # the page named none.
+        return decode_text(data)
 
 
 def _declared_charset(head: bytes) -> str | None:

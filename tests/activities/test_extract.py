@@ -845,6 +845,50 @@ def test_extract_text_docx_made_of_an_imported_web_archive_is_not_empty() -> Non
     assert extract_text(data, DocumentFormat.DOCX).text == IMPORTED
 
 
+def test_extract_docx_reads_an_imported_text_with_page_breaks() -> None:
+    """XML cannot hold a text file's form feed, vertical tab or NUL: lxml refused the imported
+    text, and the whole document was refused as damaged."""
+    content = b"Terms of payment.\fPrices\x0bin euros.\x00"
+    body = word_paragraph("Terms of sale.") + ALT_CHUNK
+    data = docx_with_imported_chunk(
+        WORD_BODY.format(body).encode(), "chunk.txt", "text/plain", content
+    )
+    assert extract_docx(data) == "Terms of sale.\n\nTerms of payment.\nPrices\nin euros."
+
+
+@pytest.mark.parametrize("charset", ["base64", "idna", "no-such-charset"])
+def test_extract_docx_reads_a_web_archive_whose_charset_decodes_no_text(charset: str) -> None:
+    """A charset that is not a text encoding raised at decode, and the document was refused
+    as damaged: the page is read as one that names none."""
+    archive = WEB_ARCHIVE.replace(b'charset="utf-8"', f'charset="{charset}"'.encode())
+    data = docx_with_imported_chunk(
+        WORD_BODY.format(ALT_CHUNK).encode(), "afchunk.mht", "message/rfc822", archive
+    )
+    assert extract_docx(data) == IMPORTED
+
+
+def test_extract_docx_reads_a_part_imported_many_times_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each document imports the next one 4 times, 8 deep: each import was read again,
+    4 ** 8 readings of the innermost (past the reader's time limit)."""
+    data = make_docx(["Innermost clause."])
+    for _ in range(8):
+        body = WORD_BODY.format(ALT_CHUNK * 4).encode()
+        data = docx_with_imported_chunk(body, "chunk.docx", WORD_MAIN, data)
+    read: list[int] = []
+    original = extract_module.extract_docx
+
+    def counted(data: bytes, depth: int = 0) -> str:
+        read.append(depth)
+        return original(data, depth)
+
+    monkeypatch.setattr(extract_module, "extract_docx", counted)
+    text = extract_docx(data)
+    assert text.split("\n\n") == ["Innermost clause."] * 4**8
+    assert read == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
 def test_extract_text_docx_importing_documents_nested_too_deep_is_corrupt() -> None:
     data = make_docx(["The innermost document."])
     for _ in range(9):
@@ -1299,6 +1343,16 @@ def test_extract_text_html_in_its_declared_charset(
 ) -> None:
     page = f"<html><head>{declaration}</head><body><p>{words}</p></body></html>"
     assert extract_text(page.encode(codec), DocumentFormat.HTML).text == words
+
+
+@pytest.mark.parametrize("label", ["hex", "base64", "rot13", "idna"])
+def test_extract_text_html_whose_charset_names_no_text_encoding_reads_as_undeclared(
+    label: str,
+) -> None:
+    """A label Python knows but that decodes no page: the upload failed as an unexpected
+    error ("'hex' is not a text encoding")."""
+    page = f'<html><head><meta charset="{label}"></head><body><p>Café au lait</p></body></html>'
+    assert extract_text(page.encode("cp1252"), DocumentFormat.HTML).text == "Café au lait"
 
 
 def test_extract_text_html_ignores_a_charset_declared_in_a_comment() -> None:
