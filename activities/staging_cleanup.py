@@ -24,6 +24,7 @@ import fsspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.stopped_tasks import record_stopped, recorded_since, stopped_task
@@ -162,15 +163,23 @@ class StagingCleanupActivities:
         """One sweep; running it twice, or beside uploads, removes nothing it should keep."""
         now = datetime.now(UTC)
         done, kept, removed = _resumed()
+        unrecorded: list[tuple[str, Exception]] = []
         for name in await asyncio.to_thread(task_folders, self.staging):
             if done is not None and name <= done:
                 continue  # judged by an earlier attempt of this sweep
-            if await self._sweep(name, now):
+            try:
+                swept = await self._sweep(name, now)
+            except UnrecordedStop as exc:
+                unrecorded.append((name, exc.cause))
+                swept = False
+            if swept:
                 removed += 1
             else:
                 kept += 1
             activity.heartbeat(name, kept, removed)
         activity.logger.info("staging sweep: removed %d folders, kept %d", removed, kept)
+        if unrecorded:
+            raise unrecorded_stops(unrecorded)
         return StagingCleanupResult(kept=kept, removed=removed)
 
     async def _sweep(self, task_id: str, now: datetime) -> bool:
@@ -184,7 +193,13 @@ class StagingCleanupActivities:
         description = await self._describe(task_id)
         if description is not None:
             # Before its folder may go: no later sweep would see the task again.
-            await self._record_if_stopped(description)
+            try:
+                await self._record_if_stopped(description)
+            except Exception as exc:
+                # Its folder is kept, and the sweep fails once the others are judged: raised
+                # here, each retry stopped at this folder, and no later one was ever swept.
+                activity.logger.exception("staging sweep: task %s's end not recorded", task_id)
+                raise UnrecordedStop(exc) from exc
         if not expired(fate_of(description), changed, now, self.ttl, self.orphan_grace):
             return False
         await asyncio.to_thread(remove_files, fs, folder, list(files))
@@ -210,6 +225,29 @@ class StagingCleanupActivities:
         stop = await stopped_task(self.client, description)
         if stop is not None:
             await record_stopped(self.sessionmaker, stop)
+
+
+class UnrecordedStop(Exception):
+    """The documents row of a task stopped from outside could not be written."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def unrecorded_stops(unrecorded: list[tuple[str, Exception]]) -> ApplicationError:
+    """The sweep's failure once every other folder was judged: the tasks whose end could not
+    be recorded (their folders kept), for the operator, and not retried before the next sweep
+    (a retry resumes past them)."""
+    named = "; ".join(f"{task_id}: {type(exc).__name__}: {exc}" for task_id, exc in unrecorded)
+    error = ApplicationError(
+        f"the end of {len(unrecorded)} stopped task(s) could not be recorded, so their staging "
+        f"folders are kept until a sweep records it: {named[:2000]}",
+        type="UnrecordedStop",
+        non_retryable=True,
+    )
+    error.__cause__ = unrecorded[0][1]
+    return error
 
 
 def fate_of(description: WorkflowExecutionDescription | None) -> TaskFate:

@@ -20,6 +20,7 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     WorkflowFailureError,
 )
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -189,6 +190,41 @@ async def test_clean_staging_sweeps_running_side_by_side_remove_each_folder(
     assert sum(result.removed for result in results) >= 20
     assert not any(folder.exists() for folder in expired_folders)
     assert young.joinpath(ORIGINAL).exists()
+
+
+async def test_a_stopped_task_whose_end_cannot_be_recorded_keeps_its_folder_not_the_sweep(
+    stack: Stack, sweeper: Sweeper
+) -> None:
+    """A terminated task whose row cannot be written (a workflow started by hand with a memo
+    that is no task): each retry of the sweep stopped at its folder, and no folder after it
+    was ever swept. Now the others are judged, its folder is kept, and the sweep fails naming
+    it."""
+    poisoned = f"00000000{str(uuid.uuid4())[8:]}"  # judged first: folders go in name order
+    await stack.client.start_workflow(
+        IngestDocument.run,
+        id=poisoned,
+        task_queue=f"nobody-{uuid.uuid4()}",
+        memo={"task": {"filename": "hand-made.txt"}},
+        args=[{"task_id": poisoned}],
+    )
+    await stack.client.get_workflow_handle(poisoned).terminate("test")
+    kept = leave_folder(sweeper, poisoned, old=True)
+    later = [f"ffffffff{str(uuid.uuid4())[8:]}" for _ in range(3)]
+    expired_folders = [leave_folder(sweeper, task_id, old=True) for task_id in later]
+    await asyncio.sleep(TTL.total_seconds() + 0.2)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await sweep(stack, sweeper)
+    step = failed.value.cause
+    assert isinstance(step, ActivityError)
+    cause = step.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "UnrecordedStop"
+    assert cause.message.startswith(
+        "the end of 1 stopped task(s) could not be recorded, so their staging folders are kept "
+        f"until a sweep records it: {poisoned}: TypeError: "
+    )
+    assert kept.joinpath(ORIGINAL).exists()
+    assert not any(folder.exists() for folder in expired_folders)
 
 
 def test_expired_decides_from_the_workflow_and_the_folder_age() -> None:
