@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.models import Document
-from workflows.types import Status
+from workflows.types import Status, chunking_of
 
 DESCRIBE_TIMEOUT = timedelta(seconds=5)
 
@@ -58,9 +58,7 @@ async def stored_copy(
     found = (await session.execute(query)).first()
     if found is None:
         return None
-    chunking = None
-    if found.chunk_size is not None and found.chunk_overlap is not None:
-        chunking = (found.chunk_size, found.chunk_overlap)
+    chunking = chunking_of(found.chunk_size, found.chunk_overlap)
     return StoredCopy(found.id, found.task_id, found.chunk_count, found.filename, chunking)
 
 

@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         TaskProgress,
         already_stored,
         cancelled_message,
+        chunking_of,
     )
 
 _STEP_RETRY = RetryPolicy(
@@ -246,8 +247,9 @@ class IngestDocument:
         if stored.duplicate and stored.stored_as is not None:
             # Named by a store of this release (a recorded result of the release before
             # names no copy, so its history replays with the message above).
+            kept = chunking_of(stored.stored_chunk_size, stored.stored_chunk_overlap)
             message = already_stored(
-                task.filename, stored.stored_as, stored.document_id, _stored_chunking(stored),
+                task.filename, stored.stored_as, stored.document_id, kept,
                 (task.chunk_size, task.chunk_overlap),
             )  # fmt: skip
         self._update(
@@ -584,12 +586,6 @@ def _not_an_upload(task: IngestTask, workflow_id: str) -> str | None:
     if task.format not in set(DocumentFormat):
         return f"its format {task.format!r} is none of {', '.join(DocumentFormat)}"
     return None
-
-
-def _stored_chunking(stored: StoreResult) -> tuple[int, int] | None:
-    if stored.stored_chunk_size is None or stored.stored_chunk_overlap is None:
-        return None
-    return stored.stored_chunk_size, stored.stored_chunk_overlap
 
 
 def _reset_run() -> bool:

@@ -261,6 +261,12 @@ class TaskProgress:
         )
 
 
+def chunking_of(size: int | None, overlap: int | None) -> tuple[int, int] | None:
+    """A document's recorded (chunk_size, chunk_overlap); None when either is unknown (a row
+    stored before documents kept it, or a store result of the release before)."""
+    return None if size is None or overlap is None else (size, overlap)
+
+
 def already_stored(
     filename: str,
     stored_as: str,

@@ -45,7 +45,7 @@ from api.upload_stream import (
 from core.errors import IdempotencyKeyReused, InvalidRequest, NotFound
 from core.models import Document
 from core.staging import ORIGINAL, StagingStore
-from workflows.types import IngestTask, Status, task_from_memo
+from workflows.types import IngestTask, Status, chunking_of, task_from_memo
 
 router = APIRouter(prefix="/upload", tags=["uploads"], responses={401: {"model": ErrorBody}})
 
@@ -217,9 +217,7 @@ class FirstUpload:
 
     @classmethod
     def of_record(cls, document: Document) -> FirstUpload:
-        chunking = None
-        if document.chunk_size is not None and document.chunk_overlap is not None:
-            chunking = (document.chunk_size, document.chunk_overlap)
+        chunking = chunking_of(document.chunk_size, document.chunk_overlap)
         return cls(
             document.task_id, str(document.agent_id), document.sha256, document.filename,
             document.size_bytes, chunking,

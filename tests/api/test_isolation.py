@@ -24,7 +24,6 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from sqlalchemy import text
 from starlette.routing import BaseRoute
@@ -32,7 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
-from api.deps import get_owner
+from api.deps import needs_key
 from core.embedded import free_port
 from core.keys import hash_key
 from core.settings import Settings
@@ -323,13 +322,6 @@ def served_routes() -> list[tuple[str, str, BaseRoute]]:
     return served
 
 
-def needs_owner(dependant: Dependant) -> bool:
-    return any(
-        dependency.call is get_owner or needs_owner(dependency)
-        for dependency in dependant.dependencies
-    )
-
-
 def test_isolation_covers_every_authenticated_route() -> None:
     served = served_routes()
     authenticated = {(method, path) for method, path, _ in served} - PUBLIC
@@ -339,7 +331,7 @@ def test_isolation_covers_every_authenticated_route() -> None:
     )
     for method, path, route in served:
         if isinstance(route, APIRoute) and (method, path) not in PUBLIC:
-            assert needs_owner(route.dependant), f"{method} {path} does not require an API key"
+            assert needs_key(route.dependant), f"{method} {path} does not require an API key"
 
 
 @pytest.mark.parametrize("key", sorted(CASES), ids=[f"{m} {p}" for m, p in sorted(CASES)])
