@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -143,7 +143,18 @@ async def _newest_of_many(
     )
     # A retried task whose new run is running has its earlier run in the closed group.
     candidates = _newest_first(_latest_runs([task for group in found for task in group]))[:limit]
-    closed = found[1]
+    running, closed = found
+    started = [task.started_at for task in running if task.started_at]
+    if len(running) == limit and started:
+        # Visibility lists running workflows by start time, but those started in one
+        # millisecond (a batch) in its own order, not by task id: a group read in part may
+        # cut such a tie, and leave out the task that sorts first in it, which a page of one
+        # then skipped for good (its cursor is past it). The cut millisecond is read whole.
+        edge = min(started)
+        tie = await list_tasks(
+            temporal, owner, _started_in_millisecond(query, edge), _TIE_ROOM, filtered=filtered
+        )
+        candidates = _newest_first(_latest_runs([*candidates, *tie]))[:limit]
     # Running workflows are listed newest first: read whole or not, the group holds the newest.
     # A closed group read whole holds every closed task: no later start is left to find (one
     # more read of `limit` + 1,000 tasks, where every task ran).
@@ -158,6 +169,13 @@ async def _newest_of_many(
             return newest
         candidates = newest
     return candidates
+
+
+def _started_in_millisecond(query: str, started_at: str) -> str:
+    """The query narrowed to tasks started in the millisecond of `started_at` (ISO, ms)."""
+    start = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    end = iso_utc(start + timedelta(milliseconds=1))
+    return f"{query} AND StartTime >= '{started_at}' AND StartTime < '{end}'"
 
 
 def _latest_runs(tasks: list[TaskStatus]) -> list[TaskStatus]:

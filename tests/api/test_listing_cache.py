@@ -342,7 +342,9 @@ async def test_progress_page_of_many_running_tasks_reads_each_run_about_twice(
     assert tasks == sorted(
         tasks, key=lambda task: (task["started_at"], task["task_id"]), reverse=True
     )
-    assert sum(fetched) <= 2 * 1002, fetched
+    # The two groups' reads, and the running group's last millisecond read whole (a batch's
+    # tasks start together: see api/routes/progress.py).
+    assert sum(fetched) <= 2 * 1002 + 100, fetched
 
 
 async def listed_at_least(
