@@ -367,35 +367,48 @@ def make_linked_pdf(pages: int, content_mib: float) -> bytes:
     return build_pdf(objects)
 
 
-def docx_with_notes(document_xml: bytes, footnotes_xml: bytes, endnotes_xml: bytes) -> bytes:
-    """A real DOCX with `document_xml` as its body and footnote and endnote parts, as Word
-    writes them (related from the document, with their content types)."""
+def docx_with_related_parts(
+    document_xml: bytes, parts: list[tuple[str, str, str, str, bytes]]
+) -> bytes:
+    """A real DOCX with `document_xml` as its body and more parts, each `(relationship id,
+    relationship type, target, content type, content)`: stored as word/`target`, related from
+    the document and given its content type, as Word and document generators write them."""
     source = zipfile.ZipFile(io.BytesIO(docx_with_body(document_xml)))
-    word = "application/vnd.openxmlformats-officedocument.wordprocessingml"
     relationships = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    overrides = "".join(
+        f'<Override PartName="/word/{target}" ContentType="{content_type}"/>'
+        for _, _, target, content_type, _ in parts
+    )
+    related = "".join(
+        f'<Relationship Id="{rel_id}" Type="{relationships}/{kind}" Target="{target}"/>'
+        for rel_id, kind, target, _, _ in parts
+    )
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for member in source.infolist():
             content = source.read(member.filename)
             if member.filename == "[Content_Types].xml":
-                content = content.replace(
-                    b"</Types>",
-                    f'<Override PartName="/word/footnotes.xml" ContentType="{word}.footnotes+xml"/>'
-                    f'<Override PartName="/word/endnotes.xml" ContentType="{word}.endnotes+xml"/>'
-                    "</Types>".encode(),
-                )
+                content = content.replace(b"</Types>", f"{overrides}</Types>".encode())
             elif member.filename == "word/_rels/document.xml.rels":
                 content = content.replace(
-                    b"</Relationships>",
-                    f'<Relationship Id="rIdNotes1" Type="{relationships}/footnotes" '
-                    'Target="footnotes.xml"/>'
-                    f'<Relationship Id="rIdNotes2" Type="{relationships}/endnotes" '
-                    'Target="endnotes.xml"/></Relationships>'.encode(),
+                    b"</Relationships>", f"{related}</Relationships>".encode()
                 )
             archive.writestr(member.filename, content)
-        archive.writestr("word/footnotes.xml", footnotes_xml)
-        archive.writestr("word/endnotes.xml", endnotes_xml)
+        for _, _, target, _, data in parts:
+            archive.writestr(f"word/{target}", data)
     return out.getvalue()
+
+
+def docx_with_notes(document_xml: bytes, footnotes_xml: bytes, endnotes_xml: bytes) -> bytes:
+    """A real DOCX with `document_xml` as its body and footnote and endnote parts."""
+    word = "application/vnd.openxmlformats-officedocument.wordprocessingml"
+    return docx_with_related_parts(
+        document_xml,
+        [
+            ("rIdNotes1", "footnotes", "footnotes.xml", f"{word}.footnotes+xml", footnotes_xml),
+            ("rIdNotes2", "endnotes", "endnotes.xml", f"{word}.endnotes+xml", endnotes_xml),
+        ],
+    )
 
 
 def docx_with_imported_chunk(
@@ -404,27 +417,9 @@ def docx_with_imported_chunk(
     """A real DOCX with `document_xml` as its body, whose `<w:altChunk r:id="rIdChunk1"/>`
     imports `content` (an HTML page, a web archive, text or a whole .docx) from the part
     word/`target`, as document generators and merges write them."""
-    source = zipfile.ZipFile(io.BytesIO(docx_with_body(document_xml)))
-    relationships = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for member in source.infolist():
-            data = source.read(member.filename)
-            if member.filename == "[Content_Types].xml":
-                data = data.replace(
-                    b"</Types>",
-                    f'<Override PartName="/word/{target}" ContentType="{content_type}"/>'
-                    "</Types>".encode(),
-                )
-            elif member.filename == "word/_rels/document.xml.rels":
-                data = data.replace(
-                    b"</Relationships>",
-                    f'<Relationship Id="rIdChunk1" Type="{relationships}/aFChunk" '
-                    f'Target="{target}"/></Relationships>'.encode(),
-                )
-            archive.writestr(member.filename, data)
-        archive.writestr(f"word/{target}", content)
-    return out.getvalue()
+    return docx_with_related_parts(
+        document_xml, [("rIdChunk1", "aFChunk", target, content_type, content)]
+    )
 
 
 def docx_with_body(document_xml: bytes, parts: dict[str, bytes] | None = None) -> bytes:
