@@ -2,9 +2,11 @@
 
 A task's folder goes once its workflow closed longer ago than the TTL, or once Temporal no
 longer knows the task (retention passed, or an upload never got its workflow started) and
-nothing in the folder changed within the TTL. A folder with a recent change is always kept:
-an upload stages its file before it starts its workflow, and an idempotent retry stages
-again under the same task id, so young files mean someone is at work there.
+nothing in the folder changed within the TTL. The folder of an upload acknowledged and whose
+workflow is yet to be started (a `task_starts` row: api/task_starts.py) is kept, however old.
+A folder with a recent change is always kept: an upload stages its file before it starts its
+workflow, and an idempotent retry stages again under the same task id, so young files mean
+someone is at work there.
 
 Before judging a folder, the sweep records the end of a task whose run was stopped from
 outside (terminated, timed out) in its documents row (`activities/stopped_tasks.py`): its
@@ -21,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fsspec
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
@@ -28,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.stopped_tasks import record_stopped, recorded_since, stopped_task
+from core.models import TaskStart
 from core.staging import StagingStore
 from core.temporal import STOPPED_FROM_OUTSIDE
 from workflows.staging_cleanup import CLEAN_STAGING, StagingCleanupResult
@@ -190,6 +194,10 @@ class StagingCleanupActivities:
             changed = await asyncio.to_thread(newest_change, fs, folder, files)
         except FileNotFoundError:
             return False  # another sweep removed it meanwhile
+        # Read before Temporal is asked: a start that happens in between deletes the row and
+        # makes a workflow that the describe then finds.
+        if await self._awaits_start(task_id):
+            return False  # acknowledged, its workflow still to be started (api/task_starts.py)
         description = await self._describe(task_id)
         if description is not None:
             # Before its folder may go: no later sweep would see the task again.
@@ -204,6 +212,13 @@ class StagingCleanupActivities:
             return False
         await asyncio.to_thread(remove_files, fs, folder, list(files))
         return True
+
+    async def _awaits_start(self, task_id: str) -> bool:
+        async with self.sessionmaker() as session:
+            found = await session.scalar(
+                select(TaskStart.task_id).where(TaskStart.task_id == task_id)
+            )
+        return found is not None
 
     async def _describe(self, task_id: str) -> WorkflowExecutionDescription | None:
         """The task's latest run; None when Temporal does not know the task."""

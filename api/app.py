@@ -29,6 +29,7 @@ from api.routes import (
     uploads,
 )
 from api.status_feeds import StatusFeeds
+from api.task_starts import TaskStarts
 from core.db import autocommit, create_engine, create_sessionmaker, resolve_database_url
 from core.keys import OwnerCache
 from core.runtime import freeze_startup_objects
@@ -81,10 +82,12 @@ def create_app(settings: Settings) -> FastAPI:
             namespace=settings.temporal_namespace,
             lazy=True,
         )
+        reads = autocommit(engine)
+        starts = TaskStarts(temporal, engine, reads)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
-            reads=autocommit(engine),
+            reads=reads,
             probe=probe,
             sessionmaker=create_sessionmaker(engine),
             temporal=temporal,
@@ -92,13 +95,17 @@ def create_app(settings: Settings) -> FastAPI:
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
             listings=ListingCache(settings.progress_max_age.total_seconds()),
             feeds=StatusFeeds(),
+            starts=starts,
         )
         registering = asyncio.create_task(_register_search_attributes(temporal))
+        dispatching = asyncio.create_task(starts.run())
         freeze_startup_objects()
         try:
             yield
         finally:
             registering.cancel()
+            dispatching.cancel()
+            await starts.close()  # what was not started stays in the outbox for the next API
             await engine.dispose()
             await probe.dispose()
 

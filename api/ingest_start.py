@@ -7,15 +7,13 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from temporalio.client import Client
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -24,22 +22,19 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.ownership import owned_id
 from api.schemas import UploadAccepted
+from api.task_starts import QueuedStart, TaskStarts, queue_start
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, made_durable
+from api.workflow_start import START_TIMEOUT, start_workflow
 from core.dedup import StoredCopy, settled, stored_copy
 from core.errors import InvalidRequest, ServiceUnavailable, UnsupportedMediaType
 from core.formats import DocumentFormat, UnreadableContent, is_zip, sniff_format, sniff_head
 from core.models import Agent
 from core.settings import Settings
 from core.staging import StagingStore
-from core.temporal import AGENT_ID, BATCH_ID, INGEST_STATUS, OWNER_ID, iso_utc, markdown_text
-from workflows.ingest import IngestDocument
+from core.temporal import iso_utc
 from workflows.types import (
-    MEMO_PROGRESS,
-    MEMO_TASK,
     IngestTask,
-    Status,
-    TaskProgress,
     already_stored,
     task_from_memo,
 )
@@ -53,10 +48,6 @@ class StartUnconfirmed(ServiceUnavailable):
     """Temporal answered neither start of a task: its workflow may exist. The staged file
     stays for the staging sweep to judge (kept while a workflow of the task exists, removed
     past the orphan grace when none does), so a task that did start still finds it."""
-
-
-# How long a workflow start may wait for Temporal's answer; one unanswered is sent again.
-START_TIMEOUT = timedelta(seconds=5)
 
 
 async def find_agent(reads: AsyncEngine, owner: uuid.UUID, agent_id: str) -> uuid.UUID:
@@ -160,6 +151,10 @@ class IngestRequest:
     chunk_overlap: int
     batch_id: str | None = None
     idempotent: bool = False
+    # Where the workflow is started from once the upload is acknowledged (the outbox); None
+    # starts it before the answer (an Idempotency-Key's upload: its repeats are answered
+    # from its workflow).
+    starts: TaskStarts | None = None
 
 
 async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadAccepted:
@@ -183,8 +178,21 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
             document_id=str(duplicate.document_id),
         )
     task = _ingest_task(request, received, fmt)
-    await start_ingest(request.temporal, request.settings, task, request.owner, request.idempotent)
-    await made_durable(received)
+    if request.starts is None:
+        await start_ingest(
+            request.temporal, request.settings, task, request.owner, request.idempotent
+        )
+        await made_durable(received)
+    else:
+        # The file on the disk, then its start in the outbox: the 202 waits for both, not
+        # for Temporal (api/task_starts.py).
+        await made_durable(received)
+        queued = QueuedStart(task, request.owner, request.settings.task_queue, datetime.now(UTC))
+        # Shielded: a client gone now must not leave a committed start without its kick, nor
+        # have its staged file discarded under the start.
+        with anyio.CancelScope(shield=True):
+            await queue_start(request.reads, queued)
+            request.starts.kick(queued)
     return UploadAccepted(
         filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
         size_bytes=task.size_bytes,
@@ -273,32 +281,13 @@ async def start_ingest(
     so it is sent once more (`_start_again`) rather than answered "nothing was stored" while
     the task runs; when that one goes unanswered too, `StartUnconfirmed` says so.
     """
-    queued = TaskProgress.queued(task, iso_utc(datetime.now(UTC)))
-    attributes = [
-        SearchAttributePair(OWNER_ID, str(owner)),
-        SearchAttributePair(AGENT_ID, task.agent_id),
-        SearchAttributePair(INGEST_STATUS, Status.QUEUED),
-    ]
-    if task.batch_id:
-        attributes.append(SearchAttributePair(BATCH_ID, task.batch_id))
+    queued_at = iso_utc(datetime.now(UTC))
     reuse = WorkflowIDReusePolicy.ALLOW_DUPLICATE
     if idempotent and not rerun:
         reuse = WorkflowIDReusePolicy.REJECT_DUPLICATE
 
     async def start(reuse: WorkflowIDReusePolicy, conflict: WorkflowIDConflictPolicy) -> None:
-        await temporal.start_workflow(
-            IngestDocument.run,
-            task,
-            id=task.task_id,
-            task_queue=settings.task_queue,
-            id_reuse_policy=reuse,
-            id_conflict_policy=conflict,
-            memo={MEMO_PROGRESS: dataclasses.asdict(queued), MEMO_TASK: dataclasses.asdict(task)},
-            search_attributes=TypedSearchAttributes(attributes),
-            static_summary=f"{markdown_text(task.filename)} → agent {task.agent_id}",
-            static_details=_details(task, owner),
-            rpc_timeout=START_TIMEOUT,
-        )
+        await start_workflow(temporal, settings.task_queue, task, owner, queued_at, reuse, conflict)
 
     try:
         with temporal_unavailable_as_503("The task queue is unavailable, nothing was stored"):
@@ -364,15 +353,3 @@ async def _reads_this_upload(temporal: Client, task: IngestTask) -> bool:
     )
     started = task_from_memo(await description.memo())
     return started is not None and started.original == task.original
-
-
-def _details(task: IngestTask, owner: uuid.UUID) -> str:
-    """The workflow's static details in the Web UI (Markdown)."""
-    lines = [
-        f"**{markdown_text(task.filename)}** ({task.format}, {task.size_bytes} bytes)",
-        f"agent `{task.agent_id}` · owner `{owner}` · sha256 `{task.sha256[:16]}…`",
-        f"chunks of {task.chunk_size} characters, overlap {task.chunk_overlap}",
-    ]
-    if task.batch_id:
-        lines.append(f"batch `{task.batch_id}`")
-    return "\n\n".join(lines)

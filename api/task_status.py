@@ -27,6 +27,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import TaskError, TaskProgressCounts, TaskStatus
+from api.task_starts import queued_start, queued_status, start_error, start_queued
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.models import Document
@@ -77,12 +78,40 @@ async def find_task(
     """The caller's task and its workflow's memo; once Temporal's retention dropped the
     workflow, as its documents row tells it (no memo). None when neither knows it, or it is
     another owner's."""
-    found = await describe_owned(client, owner_id, task_id)
+    found: tuple[WorkflowExecutionDescription, dict[str, Any]] | TaskStatus | None
+    try:
+        found = await describe_owned(client, owner_id, task_id)
+    except ServiceUnavailable:
+        queued = await queued_start(session, owner_id, task_id)
+        if queued is None:
+            raise
+        return queued_status(queued), None  # acknowledged; started once Temporal answers
+    if found is None:
+        found = await started_now(client, session, owner_id, task_id)
+    if isinstance(found, TaskStatus):
+        return found, None
     if found is not None:
         description, memo = found
         return await render_with_reason(client, description, memo), memo
     document = await owned_record(session, owner_id, task_id)
     return None if document is None else (record_status(document), None)
+
+
+async def started_now(
+    client: Client, session: AsyncSession, owner_id: uuid.UUID, task_id: str
+) -> tuple[WorkflowExecutionDescription, dict[str, Any]] | TaskStatus | None:
+    """An acknowledged task whose workflow is yet to start (api/task_starts.py), started now:
+    its workflow's description, or its queued status when Temporal still cannot start it.
+    None when `task_id` is no such task (or a task Temporal's retention dropped)."""
+    queued = await queued_start(session, owner_id, task_id)
+    if queued is None:
+        # Or started since the describe that missed it, its row deleted: describe it again.
+        return await describe_owned(client, owner_id, task_id)
+    try:
+        await start_queued(client, queued)
+    except Exception as exc:  # the outbox tries again; the status says why it waits
+        return queued_status(queued, start_error(exc))
+    return await describe_owned(client, owner_id, task_id)
 
 
 def _owned_by(execution: WorkflowExecution, owner_id: uuid.UUID) -> bool:

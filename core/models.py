@@ -165,3 +165,28 @@ class Chunk(Base):
     end_char: Mapped[int] = mapped_column(Integer)
     page: Mapped[int | None] = mapped_column(Integer)
     embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIMENSION))
+
+
+class TaskStart(Base):
+    """An acknowledged upload whose workflow is yet to be started: the API's outbox.
+
+    An upload is answered 202 once its file is on the disk and this row is committed; its
+    workflow is started right after, off the request's path, and the row deleted. A start
+    that fails (Temporal unreachable, the API killed) is taken again by the API's dispatcher
+    (`api/task_starts.py`) until it succeeds, so no acknowledged upload is left unstarted.
+    """
+
+    __tablename__ = "task_starts"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    task_queue: Mapped[str] = mapped_column(Text)
+    # The workflow's input (workflows.types.IngestTask as a dict).
+    task: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # When the dispatcher takes the row: a while after it was queued (the API that queued it
+    # starts it at once), then after each failed start, later and later.
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

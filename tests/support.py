@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -41,7 +41,7 @@ from activities.vectors import Vectors
 from api.app import HTTP_PARSER, create_app
 from core.embedded import free_port
 from core.keys import create_key
-from core.models import EMBEDDING_DIMENSION, Agent, Chunk, Document
+from core.models import EMBEDDING_DIMENSION, Agent, Chunk, Document, TaskStart
 from core.settings import Settings
 from core.staging import StagingStore
 from worker.main import EXECUTOR_THREADS, Role, build_workers
@@ -158,6 +158,32 @@ async def runs_of(stack: Stack, task_id: str) -> int:
     return len([run async for run in stack.client.list_workflows(f"WorkflowId = '{task_id}'")])
 
 
+async def started(stack: Stack, task_id: str) -> WorkflowHandle[Any, Any]:
+    """The task's workflow, once started: an upload is answered before its workflow starts
+    (api/task_starts.py), which follows within milliseconds."""
+    handle = stack.client.get_workflow_handle(task_id)
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await handle.describe()
+                return handle
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.05)
+
+
+async def outbox_emptied(stack: Stack, task_id: str) -> None:
+    """Returns once the task's start has left the outbox (api/task_starts.py)."""
+    async with asyncio.timeout(30):
+        while True:
+            async with stack.sessionmaker() as session:
+                row = await session.get(TaskStart, task_id)
+            if row is None:
+                return
+            await asyncio.sleep(0.1)
+
+
 async def forget_workflow(stack: Stack, task_id: str) -> None:
     """Delete the task's workflow, as Temporal's retention does a while after it closed;
     returns once the server no longer describes it. The dev server took up to about 30 s to
@@ -255,7 +281,9 @@ async def upload_file(
     http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes, **params: str | int
 ) -> str:
     """POST one file to /upload/agent for the tenant's agent (extra query `params`, e.g.
-    chunking); asserts the 202 and returns the task id."""
+    chunking); asserts the 202 and returns the task id. Reads the task's status once, which
+    starts its workflow if its API has not yet (the 202 comes first: api/task_starts.py), so
+    a test may go on to Temporal directly."""
     response = await http.post(
         "/upload/agent",
         params={"agent_id": tenant.agent_id, **params},
@@ -264,6 +292,8 @@ async def upload_file(
     )
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
+    status = await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
+    assert status.status_code == 200, status.text
     return task_id
 
 

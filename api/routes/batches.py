@@ -7,7 +7,6 @@ from collections import Counter
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,12 +20,12 @@ from api.deps import (
     SessionmakerDep,
     SettingsDep,
     StagingDep,
+    StartsDep,
     TemporalDep,
 )
 from api.ingest_start import (
     AgentLookup,
     IngestRequest,
-    StartUnconfirmed,
     accept_file,
     chunking,
 )
@@ -48,7 +47,7 @@ from api.schemas import (
     UploadAccepted,
     UploadRejected,
 )
-from api.task_status import describe_owned, list_tasks, record_status, render_all
+from api.task_status import describe_owned, list_tasks, record_status, render_all, started_now
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, kept_fresh, receive_files
 from core.db import violates
@@ -71,13 +70,6 @@ def _rejected(received: ReceivedFile, error: DocingestError) -> UploadRejected:
     )
 
 
-class _Unconfirmed(UploadRejected):
-    """A rejected entry whose task may have started after all (`StartUnconfirmed`): the batch
-    keeps its task id, so the file is listed once, as a task, when its workflow turns up."""
-
-    task_id: str = Field(exclude=True)
-
-
 @router.post(
     "/agent/batch",
     dependencies=[ChangesTasks],
@@ -94,6 +86,7 @@ async def upload_batch(
     reads: ReadsDep,
     staging: StagingDep,
     temporal: TemporalDep,
+    starts: StartsDep,
     agent_id: AgentIdQuery,
     chunk_size: ChunkSize = None,
     chunk_overlap: ChunkOverlap = None,
@@ -129,8 +122,9 @@ async def upload_batch(
                 await discard(staging, received)
                 raise
         ingest = IngestRequest(
-            temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id
-        )
+            temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id,
+            starts=starts,
+        )  # fmt: skip
         entries = await _accept_all(ingest, received)
     rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
     duplicates = [
@@ -139,8 +133,7 @@ async def upload_batch(
     task_ids = [
         entry.task_id
         for entry in entries
-        if isinstance(entry, _Unconfirmed)
-        or (isinstance(entry, UploadAccepted) and not entry.duplicate)
+        if isinstance(entry, UploadAccepted) and not entry.duplicate
     ]
     try:
         async with sessionmaker.begin() as session:
@@ -150,7 +143,7 @@ async def upload_batch(
                     owner_id=owner,
                     agent_id=agent,
                     files=len(received),
-                    rejected=[_stored_rejection(entry) for entry in rejected],
+                    rejected=[entry.model_dump() for entry in rejected],
                     duplicates=[entry.model_dump() for entry in duplicates],
                     task_ids=task_ids,
                 )
@@ -166,12 +159,6 @@ async def upload_batch(
             f"Agent {agent} not found: it was deleted while the batch was received"
         ) from exc
     return BatchAccepted(batch_id=batch_id, tasks=list(entries))
-
-
-def _stored_rejection(entry: UploadRejected) -> dict[str, object]:
-    if isinstance(entry, _Unconfirmed):
-        return {**entry.model_dump(), "task_id": entry.task_id}
-    return entry.model_dump()
 
 
 Entry = UploadAccepted | UploadRejected
@@ -225,8 +212,6 @@ async def _accept_one(ingest: IngestRequest, item: ReceivedFile) -> Entry:
         if item.error is not None:
             raise item.error
         return await accept_file(ingest, item)
-    except StartUnconfirmed as error:  # its workflow may have started: the file stays
-        return _Unconfirmed(**_rejected(item, error).model_dump(), task_id=item.task_id)
     except DocingestError as error:
         await discard(ingest.staging, [item])
         return _rejected(item, error)
@@ -258,9 +243,10 @@ async def batch_status(
     with temporal_unavailable_as_503("Cannot list the batch's tasks"):
         tasks = await list_tasks(temporal, owner, query, batch.files)
     tasks += await _recorded(session, owner, batch, {task.task_id for task in tasks})
-    tasks += await _described(temporal, owner, batch, {task.task_id for task in tasks})
+    tasks += await _described(temporal, session, owner, batch, {task.task_id for task in tasks})
     tasks.sort(key=lambda task: task.started_at or "")
-    # A file whose start went unconfirmed is a task once its workflow (or its row) turns up.
+    # A file whose start went unconfirmed (batches stored before the outbox of starts kept
+    # its task id with its rejection) is a task once its workflow (or its row) turns up.
     listed = {task.task_id for task in tasks}
     rejected = [
         UploadRejected.model_validate(entry)
@@ -313,11 +299,24 @@ async def _recorded(
 
 
 async def _described(
-    temporal: Client, owner: uuid.UUID, batch: UploadBatch, listed: set[str]
+    temporal: Client,
+    session: AsyncSession,
+    owner: uuid.UUID,
+    batch: UploadBatch,
+    listed: set[str],
 ) -> list[TaskStatus]:
     """The batch's tasks that visibility does not list yet, as describe() tells them.
     Visibility is eventually consistent: read just after the batch's answer, it missed tasks
     that had started, and the batch listed those files nowhere."""
     missing = [task_id for task_id in batch.task_ids if task_id not in listed]
     found = await asyncio.gather(*(describe_owned(temporal, owner, task_id) for task_id in missing))
-    return await render_all(temporal, [run for run in found if run is not None])
+    runs = [run for run in found if run is not None]
+    queued: list[TaskStatus] = []
+    for task_id in (task_id for task_id, run in zip(missing, found, strict=True) if run is None):
+        # Acknowledged, and its start still in the outbox: started now.
+        started = await started_now(temporal, session, owner, task_id)
+        if isinstance(started, TaskStatus):
+            queued.append(started)
+        elif started is not None:
+            runs.append(started)
+    return await render_all(temporal, runs) + queued

@@ -31,10 +31,12 @@ from tests.support import (
     documents_stored,
     forget_workflow,
     new_tenant,
+    outbox_emptied,
     runs_of,
     serve,
     serve_app,
     stack_settings,
+    started,
     upload_file,
     wait_for_status,
 )
@@ -275,7 +277,7 @@ async def test_upload_sniffs_a_head_that_arrives_in_small_pieces(
     pdf = b"\n" + make_pdf(["Sniffed from pieces."])  # junk first: the magic is not at 0
     accepted = await http.post(upload_url(tenant), headers=headers, content=pieces("a.bin", pdf))
     assert accepted.status_code == 202, accepted.text
-    description = await stack.client.get_workflow_handle(accepted.json()["task_id"]).describe()
+    description = await (await started(stack, accepted.json()["task_id"])).describe()
     memo = await description.memo()
     assert memo[MEMO_TASK]["format"] == "pdf"
     binary = bytes(range(256)) * 40
@@ -546,26 +548,67 @@ async def test_upload_filename_given_as_rfc_5987_is_read(
     )
     assert response.status_code == 202, response.text
     assert response.json()["filename"] == "résumé.md"
-    description = await stack.client.get_workflow_handle(response.json()["task_id"]).describe()
+    description = await (await started(stack, response.json()["task_id"])).describe()
     assert (await description.memo())[MEMO_TASK]["format"] == "markdown"
 
 
-async def test_upload_when_temporal_is_down_is_503_and_leaves_nothing(
+@pytest.mark.usefixtures("worker")
+async def test_upload_while_temporal_is_down_is_kept_and_starts_once_it_is_reachable(
     stack: Stack, tenant: Tenant
 ) -> None:
-    settings = stack_settings(stack, temporal_address=f"127.0.0.1:{free_port()}")
-    before = staged_tasks(stack)
-    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    """An upload is acknowledged once its file is on the disk and its start is recorded in
+    PostgreSQL, not once Temporal answered: with Temporal unreachable it is 202, its status
+    says why it waits, and an API that reaches Temporal starts it (here the read of its
+    status does; otherwise any API's dispatcher)."""
+    down = stack_settings(
+        stack,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        task_queue=stack.settings.task_queue,  # the worker's
+        embed_task_queue=stack.settings.embed_task_queue,
+    )
+    async with serve(down) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         response = await http.post(
-            upload_url(tenant), headers=tenant.headers, files={"file": ("a.txt", b"hello")}
+            upload_url(tenant), headers=tenant.headers, files={"file": ("a.txt", lorem(3))}
         )
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        waiting = (await http.get(f"/upload/status/{task_id}", headers=tenant.headers)).json()
         health = await http.get("/health")
-    assert response.status_code == 503, response.text
-    assert response.json()["code"] == "service_unavailable"
-    assert staged_tasks(stack) <= before  # nothing new (the worker may remove finished ones)
+    assert waiting["status"] == Status.QUEUED, waiting
+    assert re.fullmatch(
+        r"Queued a\.txt for processing; its start waits for the task queue \(.+\) and is "
+        r"tried again",
+        waiting["message"],
+    ), waiting["message"]
+    assert task_id in staged_tasks(stack)
     assert health.status_code == 503
     assert health.json()["temporal"] == "unavailable"
-    assert health.json()["database"] == "ok"
+    async with serve(stack.settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        done = await wait_for_status(http, tenant, task_id, Status.TERMINAL)
+    assert done["status"] == Status.COMPLETE, done
+    assert await runs_of(stack, task_id) == 1
+
+
+@pytest.mark.usefixtures("worker")
+async def test_an_upload_whose_api_stopped_before_starting_it_is_started_by_another(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """The API that acknowledged an upload went away before it could start its workflow:
+    the dispatcher of another API starts it from the outbox, with no one asking for it."""
+    down = stack_settings(
+        stack,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        task_queue=stack.settings.task_queue,
+        embed_task_queue=stack.settings.embed_task_queue,
+    )
+    async with serve(down) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        task_id = await upload_file(http, tenant, "orphaned.txt", lorem(3, seed=73).encode())
+    async with serve(stack.settings):
+        handle = await started(stack, task_id)
+        result = await asyncio.wait_for(handle.result(), timeout=120)
+    assert result["status"] == Status.COMPLETE
+    assert await runs_of(stack, task_id) == 1
+    await outbox_emptied(stack, task_id)
 
 
 @pytest.mark.parametrize("route", ["/upload/agent", "/upload/agent/batch"])
@@ -618,17 +661,13 @@ def unanswered_starts(
 
 
 @pytest.mark.usefixtures("worker")
-@pytest.mark.parametrize("key", [None, "late-start"])
-async def test_upload_whose_start_was_answered_too_late_is_202_and_runs_once(
-    http: httpx.AsyncClient,
-    stack: Stack,
-    tenant: Tenant,
-    monkeypatch: pytest.MonkeyPatch,
-    key: str | None,
+async def test_upload_with_a_key_whose_start_was_answered_too_late_is_202_and_runs_once(
+    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With an Idempotency-Key too: the run found reads this request's own staged file, so it
-    is taken as this upload's, not answered as a repeat whose file is discarded."""
-    headers = tenant.headers if key is None else {**tenant.headers, "Idempotency-Key": key}
+    """An Idempotency-Key's upload starts its workflow before it is answered; the run found
+    when the start is sent again reads this request's own staged file, so it is taken as
+    this upload's, not answered as a repeat whose file is discarded."""
+    headers = {**tenant.headers, "Idempotency-Key": "late-start"}
     with unanswered_starts(monkeypatch, times=1) as sent:
         response = await http.post(
             upload_url(tenant), headers=headers, files={"file": ("late.txt", lorem(3))}
@@ -644,12 +683,13 @@ async def test_upload_whose_start_was_answered_too_late_is_202_and_runs_once(
 
 
 @pytest.mark.usefixtures("worker")
-async def test_upload_whose_start_is_never_confirmed_is_503_naming_the_task_it_may_be(
+async def test_upload_with_a_key_whose_start_is_never_confirmed_is_503_naming_the_task(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    headers = {**tenant.headers, "Idempotency-Key": "never-confirmed"}
     with unanswered_starts(monkeypatch, times=2) as sent:
         response = await http.post(
-            upload_url(tenant), headers=tenant.headers, files={"file": ("lost.txt", lorem(3))}
+            upload_url(tenant), headers=headers, files={"file": ("lost.txt", lorem(3))}
         )
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "service_unavailable"
@@ -661,69 +701,64 @@ async def test_upload_whose_start_is_never_confirmed_is_503_naming_the_task_it_m
     assert await runs_of(stack, task_id) == 1
 
 
-async def test_upload_whose_start_never_reached_temporal_is_503_and_its_status_404(
-    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with unanswered_starts(monkeypatch, times=2, delivered=False) as sent:
-        response = await http.post(
-            upload_url(tenant), headers=tenant.headers, files={"file": ("gone.txt", b"hello")}
-        )
-    assert response.status_code == 503, response.text
-    detail = response.json()["detail"]
-    assert re.search(r"404 means it did not, and the file can be sent again$", detail), detail
-    status = await http.get(f"/upload/status/{sent[0]}", headers=tenant.headers)
-    assert status.status_code == 404
-    # The staged file waits for the staging sweep's orphan grace (tests/core/test_staging.py).
-    assert sent[0] in staged_tasks(stack)
-
-
 @pytest.mark.usefixtures("worker")
-async def test_batch_files_whose_starts_are_never_confirmed_are_rejected_503_and_still_run(
-    http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("delivered", [True, False], ids=["answer-lost", "start-lost"])
+@pytest.mark.parametrize("route", ["/upload/agent", "/upload/agent/batch"])
+async def test_upload_whose_starts_go_unanswered_is_202_and_runs_once(
+    http: httpx.AsyncClient,
+    stack: Stack,
+    tenant: Tenant,
+    monkeypatch: pytest.MonkeyPatch,
+    delivered: bool,
+    route: str,
 ) -> None:
-    with unanswered_starts(monkeypatch, times=4) as sent:
+    """Temporal answers none of the first three starts in time, whether it started the
+    workflow (the answer was lost) or never saw the start: the upload, acknowledged before
+    its start, is started by the outbox's next tries, and runs once."""
+    with unanswered_starts(monkeypatch, times=3, delivered=delivered) as sent:
         response = await http.post(
-            "/upload/agent/batch",
-            params={"agent_id": tenant.agent_id},
+            f"{route}?agent_id={tenant.agent_id}",
             headers=tenant.headers,
-            files=[("file", ("one.txt", lorem(2))), ("file", ("two.txt", lorem(4)))],
+            files={"file": ("slow.txt", lorem(3, seed=72))},
         )
-    assert response.status_code == 202, response.text
-    entries = response.json()["tasks"]
-    assert [(entry["status"], entry["status_code"]) for entry in entries] == [
-        ("rejected", 503), ("rejected", 503)
-    ]  # fmt: skip
-    assert sorted(set(sent)) == sorted(
-        re.findall(
-            r"GET /upload/status/([0-9a-f-]{36}) tells", " ".join(e["detail"] for e in entries)
-        )
-    )
-    for task_id in set(sent):  # the server did start them: their staged files were kept
+        assert response.status_code == 202, response.text
+        answer = response.json()
+        task = answer["tasks"][0] if route.endswith("batch") else answer
+        assert task["status"] == Status.QUEUED, task
+        task_id = task["task_id"]
         done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
-        assert done["status"] == Status.COMPLETE, done
+    assert done["status"] == Status.COMPLETE, done
+    assert set(sent) == {task_id}
+    assert len(sent) > 3 or delivered  # a start that never arrived was sent until one did
+    assert await runs_of(stack, task_id) == 1
+    assert await documents_stored(stack, task_id) == 1
+    await outbox_emptied(stack, task_id)  # the dispatcher found it started
 
 
 @pytest.mark.usefixtures("worker")
-async def test_a_batch_file_whose_unconfirmed_start_did_run_is_listed_once_as_a_task(
+async def test_a_batch_file_not_started_yet_is_listed_once_as_a_task(
     http: httpx.AsyncClient, stack: Stack, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every file of a batch is in exactly one list: one answered `rejected` 503 (neither
-    start confirmed) whose task the server did start was listed as a task and as rejected."""
-    with unanswered_starts(monkeypatch, times=2) as sent:
+    """Every file of a batch is in exactly one list, before its workflow started too: the
+    batch's status lists the task queued (its read starts it, or says why it waits)."""
+    with unanswered_starts(monkeypatch, times=3, delivered=False) as sent:
         response = await http.post(
             "/upload/agent/batch",
             params={"agent_id": tenant.agent_id},
             headers=tenant.headers,
             files=[("file", ("once.txt", lorem(2, seed=71)))],
         )
-    assert response.status_code == 202, response.text
-    assert [entry["status"] for entry in response.json()["tasks"]] == ["rejected"]
-    assert "task_id" not in response.json()["tasks"][0]
-    done = await wait_for_status(http, tenant, sent[0], {Status.COMPLETE, Status.ERROR})
+        assert response.status_code == 202, response.text
+        batch_id = response.json()["batch_id"]
+        (task_id,) = [entry["task_id"] for entry in response.json()["tasks"]]
+        early = (await http.get(f"/upload/batch/{batch_id}", headers=tenant.headers)).json()
+        assert [task["task_id"] for task in early["tasks"]] == [task_id], early
+        assert early["rejected"] == [], early
+        done = await wait_for_status(http, tenant, task_id, {Status.COMPLETE, Status.ERROR})
     assert done["status"] == Status.COMPLETE, done
-    batch_id = response.json()["batch_id"]
+    assert set(sent) == {task_id}
     batch = (await http.get(f"/upload/batch/{batch_id}", headers=tenant.headers)).json()
-    assert [task["task_id"] for task in batch["tasks"]] == [sent[0]], batch
+    assert [task["task_id"] for task in batch["tasks"]] == [task_id], batch
     assert batch["rejected"] == [] and batch["summary"] == {"complete": 1}, batch
 
 

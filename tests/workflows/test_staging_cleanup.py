@@ -4,6 +4,7 @@ that real IngestDocument runs (production workers, fake embedder) leave behind."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import time
@@ -32,6 +33,7 @@ from activities.staging_cleanup import (
     remove_files,
 )
 from core.formats import DocumentFormat
+from core.models import TaskStart
 from core.settings import Settings
 from core.staging import ORIGINAL, StagingStore
 from tests.documents import lorem, make_pdf
@@ -190,6 +192,33 @@ async def test_clean_staging_sweeps_running_side_by_side_remove_each_folder(
     assert sum(result.removed for result in results) >= 20
     assert not any(folder.exists() for folder in expired_folders)
     assert young.joinpath(ORIGINAL).exists()
+
+
+async def test_an_upload_acknowledged_and_not_started_yet_keeps_its_folder(
+    stack: Stack, sweeper: Sweeper, tenant: Tenant
+) -> None:
+    """An upload whose workflow waits in the outbox (api/task_starts.py: Temporal refused its
+    start for an hour, say) has no workflow yet: its folder must outlive the orphan grace,
+    or its start would come to a task whose file was swept."""
+    task = stage(sweeper, tenant, lorem(3).encode(), DocumentFormat.TEXT)
+    backdate(sweeper.folder(task.task_id))
+    async with stack.sessionmaker.begin() as session:
+        session.add(
+            TaskStart(
+                task_id=task.task_id,
+                owner_id=tenant.owner_id,
+                agent_id=uuid.UUID(tenant.agent_id),
+                task_queue=sweeper.ingest.task_queue,
+                task=dataclasses.asdict(task),
+                queued_at=datetime.now(UTC) - timedelta(hours=1),
+                next_attempt_at=datetime.now(UTC) + timedelta(hours=1),
+            )
+        )
+    assert await sweep(stack, sweeper) == StagingCleanupResult(kept=1, removed=0)
+    assert sweeper.folder(task.task_id).joinpath(ORIGINAL).exists()
+    async with stack.sessionmaker.begin() as session:  # no start is waiting any more
+        await session.delete(await session.get_one(TaskStart, task.task_id))
+    assert await sweep(stack, sweeper) == StagingCleanupResult(kept=0, removed=1)
 
 
 async def test_a_stopped_task_whose_end_cannot_be_recorded_keeps_its_folder_not_the_sweep(
