@@ -168,11 +168,15 @@ class StagingCleanupActivities:
         now = datetime.now(UTC)
         done, kept, removed = _resumed()
         unrecorded: list[tuple[str, Exception]] = []
+        # Read before Temporal is asked of any folder: a start that happens meanwhile deletes
+        # its row and makes a workflow that the describe then finds. An upload queued later
+        # has a young folder, which no sweep removes.
+        awaiting = await self._awaiting_start()
         for name in await asyncio.to_thread(task_folders, self.staging):
             if done is not None and name <= done:
                 continue  # judged by an earlier attempt of this sweep
             try:
-                swept = await self._sweep(name, now)
+                swept = name not in awaiting and await self._sweep(name, now)
             except UnrecordedStop as exc:
                 unrecorded.append((name, exc.cause))
                 swept = False
@@ -194,10 +198,6 @@ class StagingCleanupActivities:
             changed = await asyncio.to_thread(newest_change, fs, folder, files)
         except FileNotFoundError:
             return False  # another sweep removed it meanwhile
-        # Read before Temporal is asked: a start that happens in between deletes the row and
-        # makes a workflow that the describe then finds.
-        if await self._awaits_start(task_id):
-            return False  # acknowledged, its workflow still to be started (api/task_starts.py)
         description = await self._describe(task_id)
         if description is not None:
             # Before its folder may go: no later sweep would see the task again.
@@ -213,12 +213,11 @@ class StagingCleanupActivities:
         await asyncio.to_thread(remove_files, fs, folder, list(files))
         return True
 
-    async def _awaits_start(self, task_id: str) -> bool:
+    async def _awaiting_start(self) -> set[str]:
+        """The tasks acknowledged whose workflow is still to be started (api/task_starts.py):
+        their folders are kept, however old."""
         async with self.sessionmaker() as session:
-            found = await session.scalar(
-                select(TaskStart.task_id).where(TaskStart.task_id == task_id)
-            )
-        return found is not None
+            return set(await session.scalars(select(TaskStart.task_id)))
 
     async def _describe(self, task_id: str) -> WorkflowExecutionDescription | None:
         """The task's latest run; None when Temporal does not know the task."""

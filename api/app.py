@@ -28,6 +28,7 @@ from api.routes import (
     task_actions,
     uploads,
 )
+from api.schemas import TaskStatus
 from api.status_feeds import StatusFeeds
 from api.task_starts import TaskStarts
 from core.db import autocommit, create_engine, create_sessionmaker, resolve_database_url
@@ -83,7 +84,10 @@ def create_app(settings: Settings) -> FastAPI:
             lazy=True,
         )
         reads = autocommit(engine)
-        starts = TaskStarts(temporal, engine, reads)
+        listings: ListingCache[list[TaskStatus]] = ListingCache(
+            settings.progress_max_age.total_seconds()
+        )
+        starts = TaskStarts(temporal, engine, reads, on_started=listings.invalidate)
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
@@ -93,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
             temporal=temporal,
             staging=StagingStore(settings.resolved_staging_url),
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
-            listings=ListingCache(settings.progress_max_age.total_seconds()),
+            listings=listings,
             feeds=StatusFeeds(),
             starts=starts,
         )
@@ -105,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             registering.cancel()
             dispatching.cancel()
+            await asyncio.gather(dispatching, return_exceptions=True)
             await starts.close()  # what was not started stays in the outbox for the next API
             await engine.dispose()
             await probe.dispose()

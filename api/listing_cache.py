@@ -8,8 +8,9 @@ single background refresh, so a client polling steadily always gets a snapshot u
 `max_age` old without ever waiting on the list itself. Nobody polling: nothing runs.
 
 Freshness: visibility is eventually consistent anyway; this adds at most `max_age`. Writes
-made through this process (uploads, retries, cancels, deletes) drop the owner's snapshots at
-once, so a client that uploads and then lists sees its task. `max_age` 0 turns it off.
+made through this process (uploads, retries, cancels, deletes, and the start of an upload's
+workflow, which follows its 202) drop the owner's snapshots at once, so a client that uploads
+and then lists sees its task. `max_age` 0 turns it off.
 """
 
 from __future__ import annotations

@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +35,7 @@ from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import TaskProgressCounts, TaskStatus
 from api.workflow_start import start_queued_workflow
@@ -50,12 +53,28 @@ KICK_GRACE = timedelta(seconds=15)
 # How often the dispatcher looks for rows due, and the most it takes at once.
 DISPATCH_INTERVAL_S = 1.0
 DISPATCH_BATCH = 64
+# How long a claimed row is left to the dispatcher that claimed it, before any may take it.
+CLAIM = timedelta(seconds=60)
 # Starts in flight at once, per dispatcher round.
 _PARALLEL_STARTS = 8
 # The wait after a failed start doubles from FIRST_RETRY up to LAST_RETRY.
 FIRST_RETRY = timedelta(seconds=1)
 LAST_RETRY = timedelta(seconds=60)
 _MAX_ERROR = 500
+# What a start that got no answer fails with, as against a refusal.
+_NO_ANSWER = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.UNKNOWN,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# How long an API keeps starting workflows before it answers, after a start was refused.
+REFUSAL_MEMORY = timedelta(seconds=30)
+# How long a stopping API waits for its starts in flight.
+_CLOSE_PATIENCE_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +87,18 @@ class QueuedStart:
     queued_at: datetime
     attempts: int = 0
     last_error: str | None = None
+    next_attempt_at: datetime | None = None
+
+    @property
+    def due(self) -> bool:
+        """Whether a read may start it: no start of it has failed yet (its API's is in flight,
+        or that API is gone), or its next try is due. A failed one waits for its turn, so
+        reads add no load to a Temporal that is struggling."""
+        return (
+            self.attempts == 0
+            or self.next_attempt_at is None
+            or self.next_attempt_at <= datetime.now(UTC)
+        )
 
     @classmethod
     def of_row(cls, row: TaskStart | Row[Any]) -> QueuedStart:
@@ -86,6 +117,7 @@ class QueuedStart:
             queued_at=row.queued_at,
             attempts=row.attempts,
             last_error=row.last_error,
+            next_attempt_at=row.next_attempt_at,
         )
 
 
@@ -131,7 +163,12 @@ async def queued_start(session: AsyncSession, owner: uuid.UUID, task_id: str) ->
     row = await session.scalar(
         select(TaskStart).where(TaskStart.task_id == task_id, TaskStart.owner_id == owner)
     )
-    return None if row is None else QueuedStart.of_row(row)
+    if row is None:
+        return None
+    try:
+        return QueuedStart.of_row(row)
+    except ValueError:  # put off by the dispatcher, which logged it
+        return None
 
 
 def queued_status(queued: QueuedStart, error: str | None = None) -> TaskStatus:
@@ -158,14 +195,23 @@ def queued_status(queued: QueuedStart, error: str | None = None) -> TaskStatus:
 
 
 def start_error(exc: BaseException) -> str:
-    """What a failed start says, for the row and the task's status."""
+    """What a failed start says, for the row and the task's status: no exception's own text,
+    which is for the operator's log."""
+    if isinstance(exc, RPCError):
+        if exc.status in _NO_ANSWER:
+            return "Temporal did not answer"
+        return f"Temporal refused it: {exc.message}"[:_MAX_ERROR]
+    if isinstance(exc, RuntimeError) and "client connect" in str(exc):
+        return "Temporal cannot be reached"  # a lazy client that cannot connect
     if isinstance(exc, DocingestError):
-        text = exc.detail
-    elif isinstance(exc, RPCError):
-        text = f"Temporal: {exc.message}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return text[:_MAX_ERROR]
+        return exc.detail[:_MAX_ERROR]
+    return "an unexpected error (logged)"
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether Temporal answered the start with a refusal (an unknown search attribute, a
+    missing namespace), which trying again will not change by itself."""
+    return isinstance(exc, RPCError) and exc.status not in _NO_ANSWER
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -175,21 +221,27 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 async def _put_off(connection: AsyncConnection, queued: QueuedStart, exc: Exception) -> None:
-    """Record a failed start in its row, and when to try it again."""
-    attempts, error = queued.attempts + 1, start_error(exc)
-    log.warning(
-        "starting task %s failed (try %d), tried again in %s: %s",
-        queued.task.task_id, attempts, retry_delay(attempts), error,
-    )  # fmt: skip
+    """Record a failed start in its row, and when to try it again (the row's own count of
+    tries: a kick and a dispatcher may both have failed it)."""
+    attempts = await connection.scalar(
+        update(TaskStart)
+        .where(TaskStart.task_id == queued.task.task_id)
+        .values(attempts=TaskStart.attempts + 1, last_error=start_error(exc))
+        .returning(TaskStart.attempts)
+    )
+    if attempts is None:
+        return  # started and deleted meanwhile, or its agent deleted
     await connection.execute(
         update(TaskStart)
         .where(TaskStart.task_id == queued.task.task_id)
-        .values(
-            attempts=attempts,
-            last_error=error,
-            next_attempt_at=now_plus(retry_delay(attempts)),
-        )
+        .values(next_attempt_at=now_plus(retry_delay(attempts)))
     )
+    if attempts == 1 or attempts % 10 == 0:  # not a line a row a try while Temporal is away
+        log.warning(
+            "starting task %s failed (try %d), tried again in %s: %s",
+            queued.task.task_id, attempts, retry_delay(attempts), start_error(exc),
+            exc_info=not isinstance(exc, RPCError | RuntimeError),
+        )  # fmt: skip
 
 
 def now_plus(delay: timedelta) -> datetime:
@@ -200,11 +252,37 @@ class TaskStarts:
     """Starts queued tasks: each at once in the API process that queued it (`kick`), and
     any left by a failed start or a dead process from the outbox (`run`)."""
 
-    def __init__(self, temporal: Client, engine: AsyncEngine, reads: AsyncEngine) -> None:
+    def __init__(
+        self,
+        temporal: Client,
+        engine: AsyncEngine,
+        reads: AsyncEngine,
+        on_started: Callable[[uuid.UUID], None] = lambda owner: None,
+    ) -> None:
         self._temporal = temporal
         self._engine = engine  # transactions: the dispatcher's claim
         self._reads = reads  # autocommit: one statement each
+        self._on_started = on_started  # e.g. drop the owner's cached listings
         self._kicks: set[asyncio.Task[None]] = set()
+        self._refused_at = -math.inf  # monotonic time of the last refused start
+
+    @property
+    def refusing(self) -> bool:
+        """Whether a start was refused lately (and none succeeded since): uploads then start
+        their workflow before answering, so a client hears Temporal's refusal (a 503) rather
+        than a 202 for a task that would wait in the outbox until an operator fixes it."""
+        return time.monotonic() - self._refused_at < REFUSAL_MEMORY.total_seconds()
+
+    def _outcome(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self._refused_at = -math.inf
+        elif is_refusal(exc):
+            self._refused_at = time.monotonic()
+
+    def started(self, queued: QueuedStart) -> None:
+        """A start made elsewhere (a read): the outcome counts as the kicks' do."""
+        self._outcome(None)
+        self._on_started(queued.owner)
 
     def kick(self, queued: QueuedStart) -> None:
         """Start the task now, off the caller's path; its row says how it went."""
@@ -213,18 +291,25 @@ class TaskStarts:
         kick.add_done_callback(self._kicks.discard)
 
     async def _start_one(self, queued: QueuedStart) -> None:
-        try:
-            await start_queued(self._temporal, queued)
-        except Exception as exc:
-            await self._record_failure(queued, exc)
-            return
+        task_id = queued.task.task_id
         try:
             async with self._reads.connect() as connection:
-                await connection.execute(
-                    delete(TaskStart).where(TaskStart.task_id == queued.task.task_id)
-                )
+                # Gone: its agent was deleted (the delete cancelled what it found), or it was
+                # started already.
+                still = select(TaskStart.task_id).where(TaskStart.task_id == task_id)
+                if await connection.scalar(still) is None:
+                    return
+            await start_queued(self._temporal, queued)
+        except Exception as exc:
+            self._outcome(exc)
+            await self._record_failure(queued, exc)
+            return
+        self.started(queued)
+        try:
+            async with self._reads.connect() as connection:
+                await connection.execute(delete(TaskStart).where(TaskStart.task_id == task_id))
         except Exception:  # the dispatcher finds it started, and deletes the row then
-            log.warning("task %s started; its outbox row stays", queued.task.task_id, exc_info=True)
+            log.warning("task %s started; its outbox row stays", task_id, exc_info=True)
 
     async def _record_failure(self, queued: QueuedStart, exc: Exception) -> None:
         try:
@@ -250,8 +335,9 @@ class TaskStarts:
                 await asyncio.sleep(DISPATCH_INTERVAL_S)
 
     async def dispatch(self) -> int:
-        """One round: claim the rows due (rows another API process is starting are skipped),
-        start them, delete the started ones and put the others off. How many it took."""
+        """One round: claim the rows due (rows another API process is claiming are skipped)
+        by putting them off for `CLAIM`, start them with no transaction open, then delete
+        the started ones and put the others off. How many it took."""
         async with self._engine.connect() as connection, connection.begin():
             rows = (
                 await connection.execute(
@@ -264,39 +350,52 @@ class TaskStarts:
             ).all()
             if not rows:
                 return 0
-            queued = []
+            claimed = [row.task_id for row in rows]
+            await connection.execute(
+                update(TaskStart)
+                .where(TaskStart.task_id.in_(claimed))
+                .values(next_attempt_at=now_plus(CLAIM))
+            )
+        queued = []
+        async with self._reads.connect() as connection:
             for row in rows:
                 try:
                     queued.append(QueuedStart.of_row(row))
-                except Exception as exc:  # a row no release can start: put off, not blocking
-                    log.error("the outbox row of task %s cannot be read: %s", row.task_id, exc)
+                except ValueError as exc:  # a row no release can start: put off, not blocking
+                    log.error("%s", exc)
                     await connection.execute(
                         update(TaskStart)
                         .where(TaskStart.task_id == row.task_id)
                         .values(last_error=str(exc), next_attempt_at=now_plus(LAST_RETRY))
                     )
-            gate = asyncio.Semaphore(_PARALLEL_STARTS)
+        gate = asyncio.Semaphore(_PARALLEL_STARTS)
 
-            async def start(one: QueuedStart) -> Exception | None:
-                async with gate:
-                    try:
-                        await start_queued(self._temporal, one)
-                    except Exception as exc:
-                        return exc
-                    return None
+        async def start(one: QueuedStart) -> Exception | None:
+            async with gate:
+                try:
+                    await start_queued(self._temporal, one)
+                except Exception as exc:
+                    self._outcome(exc)
+                    return exc
+                self.started(one)
+                return None
 
-            outcomes = await asyncio.gather(*(start(one) for one in queued))
-            done = list(zip(queued, outcomes, strict=True))
-            started = [one.task.task_id for one, error in done if error is None]
-            failed = [(one, error) for one, error in done if error is not None]
+        outcomes = await asyncio.gather(*(start(one) for one in queued))
+        done = list(zip(queued, outcomes, strict=True))
+        started = [one.task.task_id for one, error in done if error is None]
+        async with self._reads.connect() as connection:
             if started:
                 await connection.execute(delete(TaskStart).where(TaskStart.task_id.in_(started)))
-            for one, error in failed:
-                await _put_off(connection, one, error)
-            return len(rows)
+            for one, error in done:
+                if error is not None:
+                    await _put_off(connection, one, error)
+        return len(rows)
 
     async def close(self) -> None:
-        """Stop the starts in flight; their rows stay for the next API process to start."""
+        """Let the starts in flight finish a while, then stop them: a row not started stays
+        for the next API process (or another replica) to start."""
+        if self._kicks:
+            await asyncio.wait(list(self._kicks), timeout=_CLOSE_PATIENCE_S)
         for kick in list(self._kicks):
             kick.cancel()
         await asyncio.gather(*self._kicks, return_exceptions=True)

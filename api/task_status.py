@@ -81,11 +81,12 @@ async def find_task(
     found: tuple[WorkflowExecutionDescription, dict[str, Any]] | TaskStatus | None
     try:
         found = await describe_owned(client, owner_id, task_id)
-    except ServiceUnavailable:
+    except ServiceUnavailable as exc:
         queued = await queued_start(session, owner_id, task_id)
         if queued is None:
             raise
-        return queued_status(queued), None  # acknowledged; started once Temporal answers
+        # Acknowledged; started once Temporal answers.
+        return queued_status(queued, start_error(exc.__cause__ or exc)), None
     if found is None:
         found = await started_now(client, session, owner_id, task_id)
     if isinstance(found, TaskStatus):
@@ -107,6 +108,8 @@ async def started_now(
     if queued is None:
         # Or started since the describe that missed it, its row deleted: describe it again.
         return await describe_owned(client, owner_id, task_id)
+    if not queued.due:
+        return queued_status(queued)
     try:
         await start_queued(client, queued)
     except Exception as exc:  # the outbox tries again; the status says why it waits

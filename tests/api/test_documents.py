@@ -29,6 +29,7 @@ from tests.support import (
     running_workers,
     serve,
     stack_settings,
+    started,
     upload_file,
     wait_for_status,
 )
@@ -529,7 +530,7 @@ async def test_agents_delete_removes_the_staged_upload_of_a_task_an_operator_ter
         )
     assert waiting.status_code == 202, waiting.text
     task_id = waiting.json()["task_id"]
-    await stack.client.get_workflow_handle(task_id).terminate("disk full on host 3")
+    await (await started(stack, task_id)).terminate("disk full on host 3")
     query = f"WorkflowId = '{task_id}' AND ExecutionStatus = 'Terminated'"
     async with asyncio.timeout(10):  # visibility is eventually consistent
         while not [run async for run in stack.client.list_workflows(query)]:
