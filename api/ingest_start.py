@@ -178,7 +178,7 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
             document_id=str(duplicate.document_id),
         )
     task = _ingest_task(request, received, fmt)
-    if request.starts is None or request.starts.refusing:
+    if request.starts is None:
         await start_ingest(
             request.temporal, request.settings, task, request.owner, request.idempotent
         )

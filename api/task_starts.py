@@ -22,15 +22,15 @@ kick, the dispatcher and a read never makes a second run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import math
-import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -54,7 +54,7 @@ KICK_GRACE = timedelta(seconds=15)
 DISPATCH_INTERVAL_S = 1.0
 DISPATCH_BATCH = 64
 # How long a claimed row is left to the dispatcher that claimed it, before any may take it.
-CLAIM = timedelta(seconds=60)
+CLAIM = timedelta(seconds=30)
 # Starts in flight at once, per dispatcher round.
 _PARALLEL_STARTS = 8
 # The wait after a failed start doubles from FIRST_RETRY up to LAST_RETRY.
@@ -71,8 +71,6 @@ _NO_ANSWER = frozenset(
         RPCStatusCode.RESOURCE_EXHAUSTED,
     }
 )
-# How long an API keeps starting workflows before it answers, after a start was refused.
-REFUSAL_MEMORY = timedelta(seconds=30)
 # How long a stopping API waits for its starts in flight.
 _CLOSE_PATIENCE_S = 5.0
 
@@ -194,6 +192,13 @@ def queued_status(queued: QueuedStart, error: str | None = None) -> TaskStatus:
     )
 
 
+def expected(exc: BaseException) -> bool:
+    """Whether a failed start is Temporal's answer, or its absence: no traceback to log."""
+    return isinstance(exc, RPCError) or (
+        isinstance(exc, RuntimeError) and "client connect" in str(exc)
+    )
+
+
 def start_error(exc: BaseException) -> str:
     """What a failed start says, for the row and the task's status: no exception's own text,
     which is for the operator's log."""
@@ -206,12 +211,6 @@ def start_error(exc: BaseException) -> str:
     if isinstance(exc, DocingestError):
         return exc.detail[:_MAX_ERROR]
     return "an unexpected error (logged)"
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """Whether Temporal answered the start with a refusal (an unknown search attribute, a
-    missing namespace), which trying again will not change by itself."""
-    return isinstance(exc, RPCError) and exc.status not in _NO_ANSWER
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -240,7 +239,7 @@ async def _put_off(connection: AsyncConnection, queued: QueuedStart, exc: Except
         log.warning(
             "starting task %s failed (try %d), tried again in %s: %s",
             queued.task.task_id, attempts, retry_delay(attempts), start_error(exc),
-            exc_info=not isinstance(exc, RPCError | RuntimeError),
+            exc_info=not expected(exc),
         )  # fmt: skip
 
 
@@ -264,25 +263,6 @@ class TaskStarts:
         self._reads = reads  # autocommit: one statement each
         self._on_started = on_started  # e.g. drop the owner's cached listings
         self._kicks: set[asyncio.Task[None]] = set()
-        self._refused_at = -math.inf  # monotonic time of the last refused start
-
-    @property
-    def refusing(self) -> bool:
-        """Whether a start was refused lately (and none succeeded since): uploads then start
-        their workflow before answering, so a client hears Temporal's refusal (a 503) rather
-        than a 202 for a task that would wait in the outbox until an operator fixes it."""
-        return time.monotonic() - self._refused_at < REFUSAL_MEMORY.total_seconds()
-
-    def _outcome(self, exc: BaseException | None) -> None:
-        if exc is None:
-            self._refused_at = -math.inf
-        elif is_refusal(exc):
-            self._refused_at = time.monotonic()
-
-    def started(self, queued: QueuedStart) -> None:
-        """A start made elsewhere (a read): the outcome counts as the kicks' do."""
-        self._outcome(None)
-        self._on_started(queued.owner)
 
     def kick(self, queued: QueuedStart) -> None:
         """Start the task now, off the caller's path; its row says how it went."""
@@ -293,18 +273,11 @@ class TaskStarts:
     async def _start_one(self, queued: QueuedStart) -> None:
         task_id = queued.task.task_id
         try:
-            async with self._reads.connect() as connection:
-                # Gone: its agent was deleted (the delete cancelled what it found), or it was
-                # started already.
-                still = select(TaskStart.task_id).where(TaskStart.task_id == task_id)
-                if await connection.scalar(still) is None:
-                    return
             await start_queued(self._temporal, queued)
         except Exception as exc:
-            self._outcome(exc)
             await self._record_failure(queued, exc)
             return
-        self.started(queued)
+        self._on_started(queued.owner)
         try:
             async with self._reads.connect() as connection:
                 await connection.execute(delete(TaskStart).where(TaskStart.task_id == task_id))
@@ -356,6 +329,23 @@ class TaskStarts:
                 .where(TaskStart.task_id.in_(claimed))
                 .values(next_attempt_at=now_plus(CLAIM))
             )
+        try:
+            await self._start_claimed(rows)
+        except BaseException:
+            # Stopped (the API shutting down) or failed: give the claims back, so the rows
+            # wait no longer than their own turn.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                async with self._reads.connect() as connection:
+                    await connection.execute(
+                        update(TaskStart)
+                        .where(TaskStart.task_id.in_(claimed))
+                        .values(next_attempt_at=datetime.now(UTC))
+                    )
+            raise
+        return len(rows)
+
+    async def _start_claimed(self, rows: Sequence[Row[Any]]) -> None:
+        """Start the claimed rows, delete the started ones and put the others off."""
         queued = []
         async with self._reads.connect() as connection:
             for row in rows:
@@ -375,9 +365,8 @@ class TaskStarts:
                 try:
                     await start_queued(self._temporal, one)
                 except Exception as exc:
-                    self._outcome(exc)
                     return exc
-                self.started(one)
+                self._on_started(one.owner)
                 return None
 
         outcomes = await asyncio.gather(*(start(one) for one in queued))
@@ -389,7 +378,6 @@ class TaskStarts:
             for one, error in done:
                 if error is not None:
                     await _put_off(connection, one, error)
-        return len(rows)
 
     async def close(self) -> None:
         """Let the starts in flight finish a while, then stop them: a row not started stays

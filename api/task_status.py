@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import TaskError, TaskProgressCounts, TaskStatus
-from api.task_starts import queued_start, queued_status, start_error, start_queued
+from api.task_starts import expected, queued_start, queued_status, start_error, start_queued
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.models import Document
@@ -50,6 +51,7 @@ from workflows.types import (
     stopped,
 )
 
+log = logging.getLogger(__name__)
 RPC_DEADLINE = timedelta(seconds=2)
 _MISSING = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
 
@@ -113,6 +115,8 @@ async def started_now(
     try:
         await start_queued(client, queued)
     except Exception as exc:  # the outbox tries again; the status says why it waits
+        if not expected(exc):
+            log.warning("starting queued task %s failed", task_id, exc_info=True)
         return queued_status(queued, start_error(exc))
     return await describe_owned(client, owner_id, task_id)
 
