@@ -110,7 +110,6 @@ def create_app(settings: Settings) -> FastAPI:
             registering.cancel()
             dispatching.cancel()
             await asyncio.gather(dispatching, return_exceptions=True)
-            await starts.close()  # what was not started stays in the outbox for the next API
             await engine.dispose()
             await probe.dispose()
 

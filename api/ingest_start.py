@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.ownership import owned_id
 from api.schemas import UploadAccepted
-from api.task_starts import QueuedStart, TaskStarts, queue_start
+from api.task_starts import QueuedStart, TaskStarts, is_refusal, queue_start, start_error
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, made_durable
 from api.workflow_start import START_TIMEOUT, start_workflow
@@ -115,6 +115,12 @@ class AgentLookup:
         receiver.result()
 
 
+def _unanswered(exc: ServiceUnavailable) -> bool:
+    """Whether a failed start got no answer (Temporal unreachable, or silent past the start's
+    deadlines), as against a refusal."""
+    return isinstance(exc, StartUnconfirmed) or not is_refusal(exc.__cause__)
+
+
 def _failed(task: asyncio.Future[Any]) -> bool:
     return task.done() and not task.cancelled() and task.exception() is not None
 
@@ -151,9 +157,9 @@ class IngestRequest:
     chunk_overlap: int
     batch_id: str | None = None
     idempotent: bool = False
-    # Where the workflow is started from once the upload is acknowledged (the outbox); None
-    # starts it before the answer (an Idempotency-Key's upload: its repeats are answered
-    # from its workflow).
+    # Where a start Temporal did not answer is left, the upload still acknowledged (the
+    # outbox); None answers 503 instead (an Idempotency-Key's upload: its repeats are
+    # answered from its workflow).
     starts: TaskStarts | None = None
 
 
@@ -178,21 +184,23 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
             document_id=str(duplicate.document_id),
         )
     task = _ingest_task(request, received, fmt)
-    if request.starts is None:
+    try:
         await start_ingest(
             request.temporal, request.settings, task, request.owner, request.idempotent
         )
-        await made_durable(received)
-    else:
-        # The file on the disk, then its start in the outbox: the 202 waits for both, not
-        # for Temporal (api/task_starts.py).
+    except ServiceUnavailable as exc:
+        if request.starts is None or not _unanswered(exc):
+            raise  # a refusal is heard; an Idempotency-Key's repeats need its workflow
+        # Temporal did not answer: the upload is kept, its start left to the outbox.
         await made_durable(received)
         queued = QueuedStart(task, request.owner, request.settings.task_queue, datetime.now(UTC))
-        # Shielded: a client gone now must not leave a committed start without its kick, nor
-        # have its staged file discarded under the start.
-        with anyio.CancelScope(shield=True):
-            await queue_start(request.reads, queued)
-            request.starts.kick(queued)
+        with anyio.CancelScope(shield=True):  # committed, or the staged file is discarded
+            await queue_start(request.reads, queued, start_error(exc.__cause__ or exc))
+        return UploadAccepted(
+            filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
+            size_bytes=task.size_bytes,
+        )  # fmt: skip
+    await made_durable(received)
     return UploadAccepted(
         filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
         size_bytes=task.size_bytes,

@@ -1,22 +1,21 @@
-"""The outbox of workflow starts: an upload is acknowledged before its workflow is started.
+"""The outbox of workflow starts: an upload is kept when Temporal does not answer its start.
 
-Starting a workflow waits for Temporal, whose store takes one write at a time and is busy with
-the worker's own traffic when it is ingesting: under load the start was the slowest part of
-an upload's 202 (p50 ~80 ms, p99 ~390 ms of ~540 ms in figure 3). So `accept_file` commits a
-`task_starts` row once the file is on the disk and answers; the workflow is started right
-after, off the request's path (`TaskStarts.kick`), and the row deleted.
-
-Nothing acknowledged is left unstarted:
-- a start that fails (Temporal unreachable, a deadline) is tried again by the dispatcher
-  (`TaskStarts.run`, in every API process), later and later, until it succeeds;
-- a row whose API process died before its start is taken by the dispatcher of any API
-  process once `KICK_GRACE` has passed;
+An upload (without an Idempotency-Key) starts its workflow before it is answered, as ever. When
+Temporal does not answer (unreachable, or silent past the start's two deadlines), the upload is
+no longer refused with a 503 and its file removed: its file is on the disk, its start is
+committed to the `task_starts` table, and it is answered 202 `queued`. Then:
+- the dispatcher (`TaskStarts.run`, in every API process) tries the start again, later and
+  later, until it succeeds;
 - a read of the task by id (`GET /upload/status`, the WebSocket, cancel, a batch's status)
-  starts it at once (`start_queued`), so the task is never "not found" after its 202.
+  starts it at once when its next try is due, and otherwise says why it waits.
 
 Every start of a queued task is the same idempotent call (`start_queued`): a workflow of its
 id, running or closed, is its own (its id is new to this upload), so a start repeated by the
-kick, the dispatcher and a read never makes a second run.
+dispatcher and a read, or one whose lost answer sent the upload here, never makes a second run.
+
+The outbox is not on every upload's path: measured, committing each upload's start there and
+starting the workflow after the answer made figure 3's p50 ~10 % worse and its p99 no better
+(docs/performance.md, "the outbox of starts").
 """
 
 from __future__ import annotations
@@ -47,9 +46,6 @@ from workflows.types import MEMO_TASK, IngestTask, Stage, Status, task_from_memo
 
 log = logging.getLogger(__name__)
 
-# How long the dispatcher leaves a new row to the API process that queued it (which starts it
-# at once, answered within START_TIMEOUT).
-KICK_GRACE = timedelta(seconds=15)
 # How often the dispatcher looks for rows due, and the most it takes at once.
 DISPATCH_INTERVAL_S = 1.0
 DISPATCH_BATCH = 64
@@ -71,8 +67,6 @@ _NO_ANSWER = frozenset(
         RPCStatusCode.RESOURCE_EXHAUSTED,
     }
 )
-# How long a stopping API waits for its starts in flight.
-_CLOSE_PATIENCE_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +83,8 @@ class QueuedStart:
 
     @property
     def due(self) -> bool:
-        """Whether a read may start it: no start of it has failed yet (its API's is in flight,
-        or that API is gone), or its next try is due. A failed one waits for its turn, so
-        reads add no load to a Temporal that is struggling."""
+        """Whether a read may start it: its next try is due (or no start of it has failed). A
+        start waits for its turn, so reads add no load to a Temporal that is struggling."""
         return (
             self.attempts == 0
             or self.next_attempt_at is None
@@ -119,8 +112,11 @@ class QueuedStart:
         )
 
 
-async def queue_start(reads: AsyncEngine | AsyncConnection, queued: QueuedStart) -> None:
-    """Record the task's start (committed when this returns: `reads` autocommits)."""
+async def queue_start(
+    reads: AsyncEngine | AsyncConnection, queued: QueuedStart, error: str
+) -> None:
+    """Record the start that Temporal did not answer (`error`), to be tried again in a second
+    (committed when this returns: `reads` autocommits)."""
     task = queued.task
     statement = insert(TaskStart).values(
         task_id=task.task_id,
@@ -129,7 +125,9 @@ async def queue_start(reads: AsyncEngine | AsyncConnection, queued: QueuedStart)
         task_queue=queued.task_queue,
         task=dataclasses.asdict(task),
         queued_at=queued.queued_at,
-        next_attempt_at=queued.queued_at + KICK_GRACE,
+        attempts=1,
+        last_error=error,
+        next_attempt_at=queued.queued_at + FIRST_RETRY,
     )
     try:
         if isinstance(reads, AsyncConnection):
@@ -213,6 +211,12 @@ def start_error(exc: BaseException) -> str:
     return "an unexpected error (logged)"
 
 
+def is_refusal(exc: BaseException | None) -> bool:
+    """Whether Temporal answered with a refusal (an unknown search attribute, a missing
+    namespace), as against no answer."""
+    return isinstance(exc, RPCError) and exc.status not in _NO_ANSWER
+
+
 def retry_delay(attempts: int) -> timedelta:
     """The wait before the next try of a start that failed `attempts` times."""
     delay: timedelta = FIRST_RETRY * 2 ** min(attempts - 1, 16)
@@ -221,7 +225,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 async def _put_off(connection: AsyncConnection, queued: QueuedStart, exc: Exception) -> None:
     """Record a failed start in its row, and when to try it again (the row's own count of
-    tries: a kick and a dispatcher may both have failed it)."""
+    tries: a read and a dispatcher may both have failed it)."""
     attempts = await connection.scalar(
         update(TaskStart)
         .where(TaskStart.task_id == queued.task.task_id)
@@ -248,8 +252,7 @@ def now_plus(delay: timedelta) -> datetime:
 
 
 class TaskStarts:
-    """Starts queued tasks: each at once in the API process that queued it (`kick`), and
-    any left by a failed start or a dead process from the outbox (`run`)."""
+    """The dispatcher: starts the outbox's rows as they fall due (`run`)."""
 
     def __init__(
         self,
@@ -262,36 +265,6 @@ class TaskStarts:
         self._engine = engine  # transactions: the dispatcher's claim
         self._reads = reads  # autocommit: one statement each
         self._on_started = on_started  # e.g. drop the owner's cached listings
-        self._kicks: set[asyncio.Task[None]] = set()
-
-    def kick(self, queued: QueuedStart) -> None:
-        """Start the task now, off the caller's path; its row says how it went."""
-        kick = asyncio.create_task(self._start_one(queued))
-        self._kicks.add(kick)
-        kick.add_done_callback(self._kicks.discard)
-
-    async def _start_one(self, queued: QueuedStart) -> None:
-        task_id = queued.task.task_id
-        try:
-            await start_queued(self._temporal, queued)
-        except Exception as exc:
-            await self._record_failure(queued, exc)
-            return
-        self._on_started(queued.owner)
-        try:
-            async with self._reads.connect() as connection:
-                await connection.execute(delete(TaskStart).where(TaskStart.task_id == task_id))
-        except Exception:  # the dispatcher finds it started, and deletes the row then
-            log.warning("task %s started; its outbox row stays", task_id, exc_info=True)
-
-    async def _record_failure(self, queued: QueuedStart, exc: Exception) -> None:
-        try:
-            async with self._reads.connect() as connection:
-                await _put_off(connection, queued, exc)
-        except Exception:  # the row keeps its due time: the dispatcher takes it then
-            log.warning(
-                "task %s: its failed start not recorded", queued.task.task_id, exc_info=True
-            )
 
     async def run(self) -> None:
         """The dispatcher: start every row due, for as long as the API runs."""
@@ -378,12 +351,3 @@ class TaskStarts:
             for one, error in done:
                 if error is not None:
                     await _put_off(connection, one, error)
-
-    async def close(self) -> None:
-        """Let the starts in flight finish a while, then stop them: a row not started stays
-        for the next API process (or another replica) to start."""
-        if self._kicks:
-            await asyncio.wait(list(self._kicks), timeout=_CLOSE_PATIENCE_S)
-        for kick in list(self._kicks):
-            kick.cancel()
-        await asyncio.gather(*self._kicks, return_exceptions=True)

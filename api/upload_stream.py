@@ -298,8 +298,8 @@ class _Receiver:
             await self._flush(current)
             await self._close(current)
             current.sha256 = current._hasher.hexdigest()
-            # On the disk while the request goes on (sniffing, the duplicate check); the
-            # start's record and the 202 wait for it (`made_durable`).
+            # On the disk while the request goes on (sniffing, the duplicate check, the
+            # workflow's start); the 202 waits for it (`made_durable`).
             current.durable = asyncio.ensure_future(
                 anyio.to_thread.run_sync(_make_durable, self.staging, current)
             )
@@ -371,9 +371,8 @@ def _retrieved(future: asyncio.Future[None]) -> None:
 
 async def made_durable(received: ReceivedFile) -> None:
     """Wait until the received file is on the disk, before it is acknowledged. A disk that
-    refuses the fsync (an I/O error) is logged and the upload goes on: the worker checks the
-    file's size and SHA-256 before it reads it (with an Idempotency-Key, the workflow that owns
-    the file has started already)."""
+    refuses the fsync (an I/O error) is logged: the workflow that owns the file has started,
+    and the worker checks the file's size and SHA-256 before it reads it."""
     if received.durable is None:
         return
     try:

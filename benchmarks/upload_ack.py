@@ -9,9 +9,8 @@ never answers early) from the same client code, in alternating rounds (bare, rea
 
 Why the ratio is fair: transport, multipart parsing and disk writes cost the same on both
 sides; the ratio is what docingest adds to an acknowledgment — key check, agent lookup,
-hashing, sniffing, the dedup query, the fsync of the staged file and the commit of its start
-to PostgreSQL's outbox (the workflow is started right after the answer: api/task_starts.py) —
-when the machine is busy ingesting.
+hashing, sniffing, the dedup query, the fsync of the staged file and starting the workflow in
+Temporal — when the machine is busy ingesting.
 """
 
 from __future__ import annotations

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +27,6 @@ from tests.support import (
     running_workers,
     serve,
     stack_settings,
-    started,
     upload_file,
     wait_for_status,
 )
@@ -530,7 +527,7 @@ async def test_agents_delete_removes_the_staged_upload_of_a_task_an_operator_ter
         )
     assert waiting.status_code == 202, waiting.text
     task_id = waiting.json()["task_id"]
-    await (await started(stack, task_id)).terminate("disk full on host 3")
+    await stack.client.get_workflow_handle(task_id).terminate("disk full on host 3")
     query = f"WorkflowId = '{task_id}' AND ExecutionStatus = 'Terminated'"
     async with asyncio.timeout(10):  # visibility is eventually consistent
         while not [run async for run in stack.client.list_workflows(query)]:
@@ -546,21 +543,19 @@ async def test_agents_delete_removes_the_staged_upload_of_a_task_an_operator_ter
     assert retried.status_code == 409, retried.text
 
 
-async def test_an_upload_whose_agent_is_deleted_while_it_streams_is_404_and_leaves_nothing(
+async def test_agents_delete_leaves_no_staged_file_of_an_upload_it_missed(
     stack: Stack, tenant: Tenant
 ) -> None:
-    """An upload whose agent is deleted after its lookup and before its start is recorded:
-    the start's row in the outbox names the agent, so the upload is refused, saying so, and
-    its staged file removed. (Before the outbox it was a 202 whose task the delete's cancel
-    missed, and which ended `error` at its store.)"""
-    root = Path(stack.settings.resolved_staging_url)
-    before = set(os.listdir(root))
+    """An upload whose agent is deleted after its lookup and before its workflow starts is
+    missed by the delete's cancel, and ends `error` at its store; it can never be retried,
+    and its file, chunks and vectors are removed (before: kept until the staging sweep)."""
+    settings = stack_settings(stack)  # no worker until the agent is gone
     boundary = "an-upload-outliving-its-agent"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
         "Content-Type: text/plain\r\n\r\n"
     )
-    async with serve(stack_settings(stack)) as url, httpx.AsyncClient(base_url=url) as http:
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as http:
 
         async def body() -> AsyncIterator[bytes]:
             yield head.encode() + lorem(3, seed=1).encode()
@@ -574,13 +569,16 @@ async def test_an_upload_whose_agent_is_deleted_while_it_streams_is_404_and_leav
             params={"agent_id": tenant.agent_id},
             headers={**tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
             content=body(),
-            timeout=60,
         )
-    assert response.status_code == 404, response.text
-    assert response.json()["detail"] == (
-        f"Agent {tenant.agent_id} not found: it was deleted while the file was received"
-    )
-    assert set(os.listdir(root)) <= before
+        assert response.status_code == 202, response.text
+        task_id = response.json()["task_id"]
+        async with running_workers(stack, settings, FakeEmbedder()):
+            status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, deadline_s=60)
+            await ended(stack, task_id)
+        assert status["error"]["type"] == "AgentDeleted", status
+        retried = await http.post(f"/upload/{task_id}/retry", headers=tenant.headers)
+    assert retried.status_code == 409
+    assert not staged(stack, task_id)
 
 
 @pytest.fixture(scope="module")

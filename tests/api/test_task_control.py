@@ -73,18 +73,12 @@ def params(tenant: Tenant, **extra: Any) -> dict[str, Any]:
 async def upload(
     http: httpx.AsyncClient, tenant: Tenant, name: str, data: bytes, **headers: str
 ) -> httpx.Response:
-    """The upload's answer; a task's status is read once after a 202, which starts its
-    workflow if its API has not yet (api/task_starts.py): tests go on to Temporal directly."""
-    response = await http.post(
+    return await http.post(
         "/upload/agent",
         params=params(tenant),
         headers={**tenant.headers, **headers},
         files={"file": (name, data)},
     )
-    if response.status_code == 202:
-        task_id = response.json()["task_id"]
-        await http.get(f"/upload/status/{task_id}", headers=tenant.headers)
-    return response
 
 
 async def documents_with(stack: Stack, sha_of: bytes) -> list[Document]:
@@ -449,15 +443,13 @@ async def test_a_batch_streaming_longer_than_the_orphan_grace_keeps_its_first_fi
         assert os.listdir(tmp_path / "staging" / entry["task_id"]) == [ORIGINAL]
 
 
-async def test_a_batch_whose_agent_is_deleted_while_it_streams_is_404_and_starts_nothing(
+async def test_a_batch_whose_agent_is_deleted_while_it_streams_is_404_and_its_tasks_cancelled(
     stack: Stack, tenant: Tenant
 ) -> None:
-    """The agent is looked up as the batch begins, and its tasks are queued once the last
-    file is in: an agent deleted in between could not cancel them. The batch's row then
-    failed its foreign key, a 500, while the tasks ran on to fail at their store. Each
-    task's start in the outbox names the agent now: none is queued, and nothing is left."""
-    settings = stack_settings(stack)  # no worker
-    before = set(os.listdir(Path(stack.settings.resolved_staging_url)))
+    """The agent is looked up as the batch begins, and its tasks start once the last file is
+    in: an agent deleted in between could not cancel them. The batch's row then failed its
+    foreign key, a 500, while the tasks ran on to fail at their store."""
+    settings = stack_settings(stack)  # no worker yet: the tasks wait for the cancel
     boundary = "a-batch-outliving-its-agent"
 
     def part(name: str, data: str) -> bytes:
@@ -483,11 +475,21 @@ async def test_a_batch_whose_agent_is_deleted_while_it_streams_is_404_and_starts
         assert response.json()["detail"] == (
             f"Agent {tenant.agent_id} not found: it was deleted while the batch was received"
         )
-    await asyncio.sleep(2)  # visibility is eventually consistent
-    query = f"OwnerId = '{tenant.owner_id}'"
-    assert [run.id async for run in stack.client.list_workflows(query)] == []
-    root = Path(stack.settings.resolved_staging_url)
-    assert set(os.listdir(root)) <= before
+        task_ids: list[str] = []
+        async with asyncio.timeout(10):  # visibility is eventually consistent
+            while len(task_ids) < 2:
+                query = f"OwnerId = '{tenant.owner_id}'"
+                task_ids = [run.id async for run in stack.client.list_workflows(query)]
+                await asyncio.sleep(0.1)
+        assert len(task_ids) == 2
+        async with running_workers(stack, settings, FakeEmbedder()):
+            for task_id in task_ids:
+                status = await wait_for_status(http, tenant, task_id, Status.TERMINAL, 30)
+                assert status["status"] == "cancelled", status
+                assert status["message"].endswith("was cancelled: its agent was deleted")
+                with pytest.raises(WorkflowFailureError):
+                    await stack.client.get_workflow_handle(task_id).result()
+                assert not stack.staging.exists(task_id, ORIGINAL)
 
 
 async def test_a_single_upload_streaming_longer_than_the_orphan_grace_keeps_its_file(
@@ -1626,22 +1628,16 @@ async def test_a_task_terminated_while_it_stores_stores_nothing_and_can_be_retri
     `complete` and searchable, and an upload of the same bytes was answered as a duplicate
     "complete" under that task."""
     data = lorem(sentences, seed=61).encode()
-    # Uploaded before the agent's row is locked (its start's row in the outbox takes a key
-    # share on it, as the store's insert does, and would wait too), on task queues no worker
-    # polls until the lock is held.
-    settings = stack_settings(stack)
-    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=60) as own:
-        task_id = await upload_file(own, tenant, "held.txt", data, chunk_size=chunk_size)
     async with stack.sessionmaker() as holder:
         await holder.execute(
             select(Agent.id).where(Agent.id == uuid.UUID(tenant.agent_id)).with_for_update()
         )
-        async with running_workers(stack, settings, FakeEmbedder()):
-            async with asyncio.timeout(120):
-                while not await _locks_on_documents(stack, waiting=True):  # its store waits
-                    await asyncio.sleep(0.05)
-            await stack.client.get_workflow_handle(task_id).terminate(reason="stuck storing")
-            await holder.rollback()
+        task_id = await upload_file(http, tenant, "held.txt", data, chunk_size=chunk_size)
+        async with asyncio.timeout(120):
+            while not await _locks_on_documents(stack, waiting=True):  # its store waits
+                await asyncio.sleep(0.05)
+        await stack.client.get_workflow_handle(task_id).terminate(reason="stuck storing")
+        await holder.rollback()
     async with asyncio.timeout(60):
         while await _locks_on_documents(stack, waiting=False):  # until the store has ended
             await asyncio.sleep(0.05)

@@ -66,16 +66,16 @@ def test_a_failed_start_is_tried_again_later_and_later_up_to_a_minute() -> None:
 async def test_the_dispatcher_starts_the_rows_due_and_puts_off_one_it_cannot_read(
     stack: Stack, tenant: Tenant, engine: AsyncEngine
 ) -> None:
-    """A row left by an API that died before its start is started by any API's dispatcher
-    once due; a row not due yet (its API is starting it) is left alone; a row that no release
-    can read (a task of another shape) is put off and blocks none of the others."""
+    """A row is started by any API's dispatcher once due; a row not due yet is left alone; a
+    row that no release can read (a task of another shape) is put off and blocks none of the
+    others."""
     queue = stack_settings(stack).task_queue  # no worker polls it: the runs stay open
     reads = autocommit(engine)
     long_ago = datetime.now(UTC) - timedelta(hours=1)
     due = queued_task(tenant, queue, long_ago)
-    fresh = queued_task(tenant, queue, datetime.now(UTC))
+    fresh = queued_task(tenant, queue, datetime.now(UTC) + timedelta(hours=1))  # not due
     for queued in (due, fresh):
-        await queue_start(reads, queued)
+        await queue_start(reads, queued, "Temporal cannot be reached")
     unreadable = str(uuid.uuid4())
     async with stack.sessionmaker.begin() as session:
         session.add(
@@ -98,7 +98,7 @@ async def test_the_dispatcher_starts_the_rows_due_and_puts_off_one_it_cannot_rea
             while await row_of(stack, due.task.task_id) is not None:
                 await asyncio.sleep(0.1)
         assert await runs_of(stack, due.task.task_id) == 1
-        assert await row_of(stack, fresh.task.task_id) is not None  # its API's to start
+        assert await row_of(stack, fresh.task.task_id) is not None  # its turn is to come
         assert await runs_of(stack, fresh.task.task_id) == 0
         put_off = await row_of(stack, unreadable)
         assert put_off is not None
@@ -119,8 +119,9 @@ async def test_the_dispatcher_starts_the_rows_due_and_puts_off_one_it_cannot_rea
 async def test_a_start_sent_again_after_its_run_started_or_ended_makes_no_second_run(
     stack: Stack, tenant: Tenant
 ) -> None:
-    """The kick, the dispatcher and a read may each start the same queued task: the first
-    makes its run, the others find it, running or closed, and start nothing."""
+    """The upload's own start (its answer lost), the dispatcher and a read may each start the
+    same queued task: the first makes its run, the others find it, running or closed, and
+    start nothing."""
     queued = queued_task(tenant, stack_settings(stack).task_queue, datetime.now(UTC))
     await start_queued(stack.client, queued)
     await start_queued(stack.client, queued)  # running: its run is taken
