@@ -99,7 +99,6 @@ def create_app(settings: Settings) -> FastAPI:
             owners=OwnerCache(settings.key_cache_ttl.total_seconds()),
             listings=listings,
             feeds=StatusFeeds(),
-            starts=starts,
         )
         registering = asyncio.create_task(_register_search_attributes(temporal))
         dispatching = asyncio.create_task(starts.run())

@@ -17,7 +17,6 @@ from temporalio.client import Client
 from api.listing_cache import ListingCache
 from api.schemas import TaskStatus
 from api.status_feeds import StatusFeeds
-from api.task_starts import TaskStarts
 from core.errors import Unauthorized
 from core.keys import OwnerCache, owner_for_key
 from core.settings import Settings
@@ -40,7 +39,6 @@ class Resources:
     owners: OwnerCache
     listings: ListingCache[list[TaskStatus]]
     feeds: StatusFeeds  # what `/ws/upload/{task_id}` sockets follow
-    starts: TaskStarts  # the workflows of acknowledged uploads, started off the request's path
 
 
 async def get_resources(request: Request) -> Resources:
@@ -69,10 +67,6 @@ async def get_sessionmaker(resources: ResourcesDep) -> async_sessionmaker[AsyncS
 
 async def get_reads(resources: ResourcesDep) -> AsyncEngine:
     return resources.reads
-
-
-async def get_starts(resources: ResourcesDep) -> TaskStarts:
-    return resources.starts
 
 
 async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
@@ -135,7 +129,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 StagingDep = Annotated[StagingStore, Depends(get_staging)]
 ReadsDep = Annotated[AsyncEngine, Depends(get_reads)]
-StartsDep = Annotated[TaskStarts, Depends(get_starts)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 # scope="function": commit before the response is sent, so a 201/204 means it is stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

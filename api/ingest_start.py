@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.ownership import owned_id
 from api.schemas import UploadAccepted
-from api.task_starts import QueuedStart, TaskStarts, is_refusal, queue_start, start_error
+from api.task_starts import QueuedStart, is_refusal, queue_start, start_error
 from api.temporal_errors import temporal_unavailable_as_503
 from api.upload_stream import ReceivedFile, made_durable
 from api.workflow_start import START_TIMEOUT, start_workflow
@@ -157,10 +157,6 @@ class IngestRequest:
     chunk_overlap: int
     batch_id: str | None = None
     idempotent: bool = False
-    # Where a start Temporal did not answer is left, the upload still acknowledged (the
-    # outbox); None answers 503 instead (an Idempotency-Key's upload: its repeats are
-    # answered from its workflow).
-    starts: TaskStarts | None = None
 
 
 async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadAccepted:
@@ -189,18 +185,16 @@ async def accept_file(request: IngestRequest, received: ReceivedFile) -> UploadA
             request.temporal, request.settings, task, request.owner, request.idempotent
         )
     except ServiceUnavailable as exc:
-        if request.starts is None or not _unanswered(exc):
+        if request.idempotent or not _unanswered(exc):
             raise  # a refusal is heard; an Idempotency-Key's repeats need its workflow
-        # Temporal did not answer: the upload is kept, its start left to the outbox.
+        # Temporal did not answer: the upload is kept (api/task_starts.py), its file on the
+        # disk before its start is recorded.
         await made_durable(received)
         queued = QueuedStart(task, request.owner, request.settings.task_queue, datetime.now(UTC))
         with anyio.CancelScope(shield=True):  # committed, or the staged file is discarded
             await queue_start(request.reads, queued, start_error(exc.__cause__ or exc))
-        return UploadAccepted(
-            filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
-            size_bytes=task.size_bytes,
-        )  # fmt: skip
-    await made_durable(received)
+    else:
+        await made_durable(received)
     return UploadAccepted(
         filename=task.filename, agent_id=task.agent_id, task_id=task.task_id,
         size_bytes=task.size_bytes,

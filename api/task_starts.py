@@ -36,13 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.schemas import TaskProgressCounts, TaskStatus
+from api.temporal_errors import NO_ANSWER, unreachable
 from api.workflow_start import start_queued_workflow
 from core.db import violates
 from core.errors import DocingestError, NotFound
 from core.models import TaskStart
 from core.temporal import iso_utc
-from workflows.types import MEMO_TASK, IngestTask, Stage, Status, task_from_memo
+from workflows.types import MEMO_TASK, IngestTask, task_from_memo
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,7 @@ FIRST_RETRY = timedelta(seconds=1)
 LAST_RETRY = timedelta(seconds=60)
 _MAX_ERROR = 500
 # What a start that got no answer fails with, as against a refusal.
-_NO_ANSWER = frozenset(
-    {
-        RPCStatusCode.UNAVAILABLE,
-        RPCStatusCode.DEADLINE_EXCEEDED,
-        RPCStatusCode.CANCELLED,
-        RPCStatusCode.UNKNOWN,
-        RPCStatusCode.RESOURCE_EXHAUSTED,
-    }
-)
+_NO_ANSWER = NO_ANSWER | {RPCStatusCode.RESOURCE_EXHAUSTED}  # a start put off, not refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +75,9 @@ class QueuedStart:
 
     @property
     def due(self) -> bool:
-        """Whether a read may start it: its next try is due (or no start of it has failed). A
-        start waits for its turn, so reads add no load to a Temporal that is struggling."""
-        return (
-            self.attempts == 0
-            or self.next_attempt_at is None
-            or self.next_attempt_at <= datetime.now(UTC)
-        )
+        """Whether a read may start it: its next try is due. A start waits for its turn, so
+        reads add no load to a Temporal that is struggling."""
+        return self.next_attempt_at is None or self.next_attempt_at <= datetime.now(UTC)
 
     @classmethod
     def of_row(cls, row: TaskStart | Row[Any]) -> QueuedStart:
@@ -130,11 +118,9 @@ async def queue_start(
         next_attempt_at=queued.queued_at + FIRST_RETRY,
     )
     try:
-        if isinstance(reads, AsyncConnection):
-            await reads.execute(statement)
-            return
-        async with reads.connect() as connection:
-            await connection.execute(statement)
+        async with AsyncSession(reads) as session:  # an engine's, as the dedup query's
+            await session.execute(statement)
+            await session.commit()
     except IntegrityError as exc:
         if not violates(exc, "fk"):
             raise
@@ -167,34 +153,9 @@ async def queued_start(session: AsyncSession, owner: uuid.UUID, task_id: str) ->
         return None
 
 
-def queued_status(queued: QueuedStart, error: str | None = None) -> TaskStatus:
-    """The status of a task whose workflow has not started yet (`queued`); with the reason its
-    start is waiting when one failed (`error`, else the row's last)."""
-    task = queued.task
-    message = f"Queued {task.filename} for processing"
-    reason = error or queued.last_error
-    if reason:
-        message += f"; its start waits for the task queue ({reason}) and is tried again"
-    return TaskStatus(
-        task_id=task.task_id,
-        filename=task.filename,
-        agent_id=task.agent_id,
-        status=Status.QUEUED,
-        message=message,
-        document_id=None,
-        started_at=iso_utc(queued.queued_at),
-        completed_at=None,
-        stage=Stage.QUEUED,
-        progress=TaskProgressCounts(chunks_total=0, chunks_embedded=0, percent=0.0),
-        error=None,
-    )
-
-
 def expected(exc: BaseException) -> bool:
     """Whether a failed start is Temporal's answer, or its absence: no traceback to log."""
-    return isinstance(exc, RPCError) or (
-        isinstance(exc, RuntimeError) and "client connect" in str(exc)
-    )
+    return isinstance(exc, RPCError) or unreachable(exc)
 
 
 def start_error(exc: BaseException) -> str:
@@ -204,8 +165,8 @@ def start_error(exc: BaseException) -> str:
         if exc.status in _NO_ANSWER:
             return "Temporal did not answer"
         return f"Temporal refused it: {exc.message}"[:_MAX_ERROR]
-    if isinstance(exc, RuntimeError) and "client connect" in str(exc):
-        return "Temporal cannot be reached"  # a lazy client that cannot connect
+    if unreachable(exc):
+        return "Temporal cannot be reached"
     if isinstance(exc, DocingestError):
         return exc.detail[:_MAX_ERROR]
     return "an unexpected error (logged)"

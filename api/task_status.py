@@ -28,7 +28,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import TaskError, TaskProgressCounts, TaskStatus
-from api.task_starts import expected, queued_start, queued_status, start_error, start_queued
+from api.task_starts import QueuedStart, expected, queued_start, start_error, start_queued
 from api.temporal_errors import temporal_unavailable_as_503
 from core.errors import ServiceUnavailable
 from core.models import Document
@@ -242,6 +242,17 @@ def render(
     # (`workflow.info().start_time`), which comes later whenever the task waited for a worker.
     progress = _replace(progress, started_at=iso_utc(execution.start_time))
     progress = _reconcile(progress, execution.status, execution.close_time, stop_reason)
+    return to_public(progress)
+
+
+def queued_status(queued: QueuedStart, error: str | None = None) -> TaskStatus:
+    """The status of a task whose workflow has not started yet (`queued`, api/task_starts.py);
+    with the reason its start is waiting when one failed (`error`, else the row's last)."""
+    progress = TaskProgress.queued(queued.task, iso_utc(queued.queued_at))
+    reason = error or queued.last_error
+    if reason:
+        message = f"{progress.message}; its start waits for the task queue ({reason}) and is "
+        progress = _replace(progress, message=message + "tried again")
     return to_public(progress)
 
 

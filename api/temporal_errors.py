@@ -9,7 +9,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.errors import ServiceUnavailable
 
-_NO_ANSWER = frozenset(
+# What a request that got no answer fails with, as against a refusal.
+NO_ANSWER = frozenset(
     {
         RPCStatusCode.UNAVAILABLE,
         RPCStatusCode.DEADLINE_EXCEEDED,
@@ -26,11 +27,15 @@ def temporal_unavailable_as_503(what: str) -> Iterator[None]:
     except RPCError as exc:
         # "did not answer" only when it did not: a refusal (an unknown search attribute, say)
         # is named as one.
-        answered = exc.status not in _NO_ANSWER
+        answered = exc.status not in NO_ANSWER
         verb = "refused the request" if answered else "did not answer"
         raise ServiceUnavailable(f"{what}: Temporal {verb} ({exc.message})") from exc
     except RuntimeError as exc:
-        # A lazy client that cannot reach the server raises "Failed client connect: ...".
-        if "client connect" not in str(exc):
+        if not unreachable(exc):
             raise
         raise ServiceUnavailable(f"{what}: Temporal cannot be reached") from exc
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a lazy client could not reach the server ("Failed client connect: ...")."""
+    return isinstance(exc, RuntimeError) and "client connect" in str(exc)

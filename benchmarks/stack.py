@@ -28,13 +28,8 @@ from typing import Any
 import httpx
 import psutil
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.client import (
-    Client,
-    WorkflowExecutionDescription,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-)
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError
 
 from activities.embed import resolve_device, resolve_precision
 from benchmarks.measure import BenchmarkError
@@ -149,22 +144,8 @@ class Stack:
             await session.flush()
             return Tenant(new_key.key, new_key.owner_id, str(agent.id))
 
-    async def started(self, task_id: str, limit_s: float = 60) -> WorkflowExecutionDescription:
-        """The task's workflow, once started: an upload is answered before its workflow
-        starts (api/task_starts.py), which follows within milliseconds."""
-        handle = self.client.get_workflow_handle(task_id)
-        async with asyncio.timeout(limit_s):
-            while True:
-                try:
-                    return await handle.describe()
-                except RPCError as exc:
-                    if exc.status is not RPCStatusCode.NOT_FOUND:
-                        raise
-                await asyncio.sleep(0.02)
-
     async def wait_closed(self, task_id: str, limit_s: float = 900) -> dict[str, Any]:
         """The final progress object of a task (its workflow's result), watching the worker."""
-        await self.started(task_id)
         result = asyncio.ensure_future(self.client.get_workflow_handle(task_id).result())
         try:
             async with asyncio.timeout(limit_s):
@@ -185,8 +166,7 @@ class Stack:
 
         async def stop(task_id: str) -> None:
             async with gate:
-                with suppress(RPCError, TimeoutError):
-                    await self.started(task_id)  # else it would start, and run, after this
+                with suppress(RPCError):
                     await self.client.get_workflow_handle(task_id).terminate(
                         reason="benchmark figure finished"
                     )
@@ -203,7 +183,7 @@ class Stack:
         """How many of these tasks are still running."""
         count = 0
         for task_id in task_ids:
-            description = await self.started(task_id)
+            description = await self.client.get_workflow_handle(task_id).describe()
             count += description.status == WorkflowExecutionStatus.RUNNING
         return count
 

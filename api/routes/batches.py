@@ -20,7 +20,6 @@ from api.deps import (
     SessionmakerDep,
     SettingsDep,
     StagingDep,
-    StartsDep,
     TemporalDep,
 )
 from api.ingest_start import (
@@ -86,7 +85,6 @@ async def upload_batch(
     reads: ReadsDep,
     staging: StagingDep,
     temporal: TemporalDep,
-    starts: StartsDep,
     agent_id: AgentIdQuery,
     chunk_size: ChunkSize = None,
     chunk_overlap: ChunkOverlap = None,
@@ -122,9 +120,8 @@ async def upload_batch(
                 await discard(staging, received)
                 raise
         ingest = IngestRequest(
-            temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id,
-            starts=starts,
-        )  # fmt: skip
+            temporal, settings, reads, staging, owner, agent, size, overlap, batch_id=batch_id
+        )
         entries = await _accept_all(ingest, received)
     rejected = [entry for entry in entries if isinstance(entry, UploadRejected)]
     duplicates = [

@@ -17,7 +17,6 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     StagingDep,
-    StartsDep,
     TemporalDep,
 )
 from api.ingest_start import (
@@ -132,7 +131,6 @@ async def upload_document(
     reads: ReadsDep,
     staging: StagingDep,
     temporal: TemporalDep,
-    starts: StartsDep,
     agent_id: AgentIdQuery,
     chunk_size: ChunkSize = None,
     chunk_overlap: ChunkOverlap = None,
@@ -164,7 +162,6 @@ async def upload_document(
             ingest = IngestRequest(
                 temporal, settings, reads, staging, owner, await lookup.agent_id(),
                 size, overlap, idempotent=idempotency_key is not None,
-                starts=None if idempotency_key is not None else starts,
             )  # fmt: skip
             if idempotency_key is None:
                 accepted = await accept_file(ingest, received[0])

@@ -277,7 +277,7 @@ async def test_upload_sniffs_a_head_that_arrives_in_small_pieces(
     pdf = b"\n" + make_pdf(["Sniffed from pieces."])  # junk first: the magic is not at 0
     accepted = await http.post(upload_url(tenant), headers=headers, content=pieces("a.bin", pdf))
     assert accepted.status_code == 202, accepted.text
-    description = await (await started(stack, accepted.json()["task_id"])).describe()
+    description = await stack.client.get_workflow_handle(accepted.json()["task_id"]).describe()
     memo = await description.memo()
     assert memo[MEMO_TASK]["format"] == "pdf"
     binary = bytes(range(256)) * 40
@@ -548,7 +548,7 @@ async def test_upload_filename_given_as_rfc_5987_is_read(
     )
     assert response.status_code == 202, response.text
     assert response.json()["filename"] == "résumé.md"
-    description = await (await started(stack, response.json()["task_id"])).describe()
+    description = await stack.client.get_workflow_handle(response.json()["task_id"]).describe()
     assert (await description.memo())[MEMO_TASK]["format"] == "markdown"
 
 
