@@ -19,8 +19,9 @@ from temporalio.worker import Worker
 
 from activities.chunk import ChunkActivities
 from activities.cleanup import CleanupActivities
-from activities.embed import EmbedActivities, TextEmbedder, make_embedder, model_folder
+from activities.embed import EmbedActivities, TextEmbedder, model_folder
 from activities.embed_and_store import EmbedAndStoreActivities
+from activities.embed_process import EmbedderOptions, EmbedderProcess
 from activities.extract import ExtractActivities
 from activities.extract_and_chunk import ExtractAndChunkActivities
 from activities.reader_process import ReaderLimits
@@ -179,14 +180,18 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
         await ensure_staging_schedule(client, settings)
     engine = create_engine(resolve_database_url(settings), pool_size=4)
     embedder: TextEmbedder | None = None
+    loaded: EmbedderProcess | None = None
     if role in (Role.ALL, Role.EMBED):
-        loaded = make_embedder(
+        # In a child process: the lanes never wait for this one's GIL (embed_process.py).
+        options = EmbedderOptions(
             settings.embedding_model,
             settings.embedding_batch_size,
             settings.embedding_device,
             settings.embedding_precision,
             settings.models_dir,
+            logging.getLogger().getEffectiveLevel(),
         )
+        loaded = EmbedderProcess(options)
         embedder = loaded
         log.info(
             "embedding on %s in %s with %s", loaded.device, loaded.precision, loaded.model_name
@@ -198,13 +203,17 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
-        workers = build_workers(
-            client, settings, staging, create_sessionmaker(engine), embedder, executor, role
-        )
-        log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
-        freeze_startup_objects()  # the model, torch and the SDK: never walked by the GC again
-        await _run_until(workers, stop)
+    try:
+        with ThreadPoolExecutor(max_workers=EXECUTOR_THREADS) as executor:
+            workers = build_workers(
+                client, settings, staging, create_sessionmaker(engine), embedder, executor, role
+            )
+            log.info("worker polling %s", ", ".join(w.task_queue for w in workers))
+            freeze_startup_objects()  # the SDK and the code: never walked by the GC again
+            await _run_until(workers, stop)
+    finally:
+        if loaded is not None:
+            loaded.close()
     await engine.dispose()
 
 
