@@ -129,9 +129,9 @@ class EmbedderProcess:
         except (EOFError, OSError) as exc:
             child.join(STOP_WAIT_S)
             ours.close()
+            code = child.exitcode
             raise RuntimeError(
-                f"the embedding process ended while loading its model (exit code "
-                f"{child.exitcode})"
+                f"the embedding process ended while loading its model (exit code {code})"
             ) from exc
         if answer[0] == "failed":
             child.join(STOP_WAIT_S)
