@@ -33,6 +33,7 @@ from typing import Any
 
 from activities.vectors import Vectors
 from core.errors import ConfigurationError
+from core.runtime import LOG_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,10 @@ class EmbedderProcess:
         self._ids = itertools.count()
         self._closed = False
         self._child, self._pipe, loaded = self._start()
-        self._dimension = loaded.dimension
+        self.dimension = loaded.dimension
         self.precision = loaded.precision
         self.model_name = loaded.model_name
         self.device = loaded.device
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
 
     def encode(self, texts: list[str]) -> Vectors:
         call: Future[Vectors] = Future()
@@ -99,9 +96,9 @@ class EmbedderProcess:
             self._calls[number] = call
             try:
                 self._pipe.send((number, texts))
-            except (OSError, ValueError) as exc:  # the child is gone: its reader fails the call
+            except (OSError, ValueError) as exc:  # the child is gone, its reader not told yet
                 self._calls.pop(number, None)
-                raise EmbedderDied(f"the embedding process is gone ({exc})") from exc
+                raise self._ended() from exc
         return call.result()
 
     def close(self) -> None:
@@ -172,14 +169,16 @@ class EmbedderProcess:
             if pipe is not self._pipe:
                 return
             calls, self._calls = self._calls, {}
-        self._child.join(STOP_WAIT_S)
         for call in calls.values():
-            call.set_exception(
-                EmbedderDied(
-                    f"the embedding process ended (exit code {self._child.exitcode}) "
-                    "before it answered; the step is tried again"
-                )
-            )
+            call.set_exception(self._ended())
+
+    def _ended(self) -> EmbedderDied:
+        """The failure of a call the child did not answer."""
+        self._child.join(STOP_WAIT_S)
+        return EmbedderDied(
+            f"the embedding process ended (exit code {self._child.exitcode}) before it "
+            "answered; the step is tried again"
+        )
 
 
 def _serve(pipe: Connection, options: EmbedderOptions) -> None:
@@ -188,9 +187,7 @@ def _serve(pipe: Connection, options: EmbedderOptions) -> None:
     # must not end the model while the worker lets its running activities finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=options.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=options.log_level, format=LOG_FORMAT)
     from activities.embed import make_embedder
 
     try:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from temporalio.service import RPCError
 
 from core.errors import ConfigurationError, DocingestError
+from core.runtime import LOG_FORMAT
 from core.settings import MAX_PORT, Settings
 from core.temporal import TemporalUnreachable
 
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"docingest {args.command}: invalid settings\n{settings_errors(exc)}")
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)

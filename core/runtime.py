@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 
+# The log lines of every docingest process, and of the worker's model process.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def freeze_startup_objects() -> None:
     """Exclude everything built at startup from the garbage collector's full collections.

@@ -179,8 +179,7 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
     if role in (Role.ALL, Role.MAIN):
         await ensure_staging_schedule(client, settings)
     engine = create_engine(resolve_database_url(settings), pool_size=4)
-    embedder: TextEmbedder | None = None
-    loaded: EmbedderProcess | None = None
+    embedder: EmbedderProcess | None = None
     if role in (Role.ALL, Role.EMBED):
         # In a child process: the lanes never wait for this one's GIL (embed_process.py).
         options = EmbedderOptions(
@@ -191,10 +190,12 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
             settings.models_dir,
             logging.getLogger().getEffectiveLevel(),
         )
-        loaded = EmbedderProcess(options)
-        embedder = loaded
+        embedder = EmbedderProcess(options)
         log.info(
-            "embedding on %s in %s with %s", loaded.device, loaded.precision, loaded.model_name
+            "embedding on %s in %s with %s",
+            embedder.device,
+            embedder.precision,
+            embedder.model_name,
         )
         await check_embedding_dimension(engine, embedder.dimension)
     if role in (Role.ALL, Role.MAIN):
@@ -212,8 +213,8 @@ async def run_worker(settings: Settings, role: Role = Role.ALL) -> None:
             freeze_startup_objects()  # the SDK and the code: never walked by the GC again
             await _run_until(workers, stop)
     finally:
-        if loaded is not None:
-            loaded.close()
+        if embedder is not None:
+            embedder.close()
     await engine.dispose()
 
 

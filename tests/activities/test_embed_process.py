@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,6 +79,36 @@ def test_child_ignores_ctrl_c_and_sigterm_the_worker_decides_when_it_stops(
     os.kill(child.pid, signal.SIGTERM)
     assert embedder.encode(["still here"]).shape == (1, embedder.dimension)
     assert embedder._child is child and child.is_alive()
+
+
+def test_a_child_that_died_fails_the_call_in_flight_and_the_next_call_starts_another(
+    tmp_path: Path,
+) -> None:
+    embedder = EmbedderProcess(options(tmp_path))
+    try:
+        first = embedder._child
+        assert first.pid is not None
+        failures: list[BaseException] = []
+
+        def long_call() -> None:
+            try:
+                embedder.encode(["A passage long enough to take a while. " * 40] * 400)
+            except BaseException as exc:  # what the activity would see
+                failures.append(exc)
+
+        call = threading.Thread(target=long_call)
+        call.start()
+        time.sleep(1.0)  # the call is in the child's hands
+        os.kill(first.pid, signal.SIGKILL)  # as the OOM killer would
+        call.join(60)
+        assert len(failures) == 1 and isinstance(failures[0], EmbedderDied), failures
+        assert "ended (exit code -9)" in str(failures[0])
+        vectors = embedder.encode(["after the restart"])
+        assert vectors.shape == (1, embedder.dimension)
+        assert embedder._child is not first and embedder._child.is_alive()
+    finally:
+        embedder.close()
+    assert not embedder._child.is_alive()
 
 
 def test_a_model_that_cannot_load_is_refused_at_start_with_the_childs_reason(
