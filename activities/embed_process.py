@@ -201,10 +201,8 @@ def _serve(pipe: Connection, options: EmbedderOptions) -> None:
     except Exception as exc:
         pipe.send(("failed", isinstance(exc, ConfigurationError), str(exc)))
         return
-    device = getattr(embedder, "device", "cpu")
-    pipe.send(
-        ("ready", _Loaded(embedder.dimension, embedder.precision, embedder.model_name, device))
-    )
+    loaded = _Loaded(embedder.dimension, embedder.precision, embedder.model_name, embedder.device)
+    pipe.send(("ready", loaded))
     sending = threading.Lock()
 
     def run(number: int, texts: list[str]) -> None:
